@@ -1,0 +1,147 @@
+//! The `soundbox-gateway` command line.
+
+mod plugin_test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "soundbox-gateway",
+    version,
+    about = "Edge gateway for payment speakers"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SOUNDBOX_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, short, default_value = "config.toml", env = "SOUNDBOX_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the config and load every plugin, then exit (1 on any error).
+    Check {
+        #[arg(long, short, default_value = "config.toml", env = "SOUNDBOX_CONFIG")]
+        config: PathBuf,
+    },
+    /// Work with plugin files.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Run a plugin once and print what it found as JSON.
+    Test(plugin_test::PluginTest),
+}
+
+/// Parses the command line, runs the command, prints the whole error chain.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            crate::app::run(config, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => check(config).await,
+        Command::Plugin {
+            command: PluginCommand::Test(args),
+        } => args.run().await,
+    }
+}
+
+async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&path)?;
+    // Load plugins against a throwaway store: `check` must not touch a
+    // running gateway's state.
+    let scratch = tempfile::tempdir()?;
+    let db = crate::app::open_store(scratch.path())?;
+    let connectors = crate::app::load_connectors(&config, &db).await?;
+    println!("{}: ok", path.display());
+    for plugin in connectors.iter() {
+        println!("  connector {:<20} {:?}", plugin.name(), plugin.world());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("signal received");
+    token.cancel();
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SOUNDBOX_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

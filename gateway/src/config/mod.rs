@@ -1,0 +1,414 @@
+//! Configuration: TOML → raw serde structs (unknown keys are errors) →
+//! [`Config`], validated, with paths resolved and `${ENV}` expanded.
+//!
+//! Every error names the file, the line and the key, because the person
+//! reading it is a shop owner with a text editor.
+
+mod env;
+mod secret;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use secret::Secret;
+
+/// A config problem, located.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        /// Dotted key path, e.g. `connector[0].plugin`.
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole gateway configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; relative paths inside resolve against its folder.
+    pub source: PathBuf,
+    pub gateway: GatewayConfig,
+    pub limits: PluginLimits,
+    pub connectors: Vec<ConnectorConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Names this box in logs and MQTT topics.
+    pub id: String,
+    /// Where webhooks arrive (`POST /hooks/<connector>`).
+    pub listen: SocketAddr,
+    /// Durable state: the event log, plugin KV, the compiled-plugin cache.
+    pub data_dir: PathBuf,
+    /// Largest webhook body accepted; larger gets 413.
+    pub max_body_bytes: usize,
+}
+
+/// Sandbox limits applied to every plugin call.
+#[derive(Debug, Clone)]
+pub struct PluginLimits {
+    /// Linear memory a plugin instance may grow to.
+    pub memory_bytes: usize,
+    /// CPU time one call may use (wall time in host calls excluded).
+    pub cpu_budget: Duration,
+    /// Wall-clock cap on one call, host calls included.
+    pub call_timeout: Duration,
+    /// Balance changes one call may return.
+    pub max_changes_per_call: usize,
+    /// Guest stderr kept per call (panic messages).
+    pub max_stderr_bytes: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            memory_bytes: 32 << 20,
+            cpu_budget: Duration::from_millis(200),
+            call_timeout: Duration::from_secs(30),
+            max_changes_per_call: 100,
+            max_stderr_bytes: 16 << 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectorConfig {
+    /// Unique; also the webhook path segment.
+    pub name: String,
+    /// The `.wasm` component, absolute.
+    pub plugin: PathBuf,
+    /// How often a polling connector is called.
+    pub poll_interval: Duration,
+    /// Hosts the plugin's `http-client` may reach (exact names, or `*.suffix`).
+    pub allowed_hosts: Vec<String>,
+    /// Let `http-client` reach private/link-local addresses (e.g. a LAN bank box).
+    pub allow_private_addresses: bool,
+    /// The plugin's own table, `${ENV}` expanded; served through `config.get`.
+    pub settings: toml::Table,
+}
+
+impl ConnectorConfig {
+    /// A connector for `plugin test`: no config file, settings from `--set`.
+    pub fn ad_hoc(plugin: PathBuf, settings: toml::Table) -> Self {
+        ConnectorConfig {
+            name: "test".into(),
+            plugin,
+            poll_interval: Duration::from_secs(60),
+            allowed_hosts: Vec::new(),
+            allow_private_addresses: false,
+            settings,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    gateway: RawGateway,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    connector: Vec<RawConnector>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    id: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
+    max_body_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory_mb: Option<Spanned<u64>>,
+    cpu_budget_ms: Option<Spanned<u64>>,
+    call_timeout_ms: Option<Spanned<u64>>,
+    max_changes_per_call: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnector {
+    name: Spanned<String>,
+    plugin: Spanned<String>,
+    poll_interval_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    allowed_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow_private_addresses: bool,
+    #[serde(default)]
+    config: Option<Spanned<toml::Table>>,
+}
+
+/// Where each part of the document is, for error messages.
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn at(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = line_col(self.text, span.start);
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column of byte `offset`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text` as if read from `path` (relative paths resolve against its folder).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let loc = Locator { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            loc.at(
+                span.clone(),
+                &key_at(text, span.start),
+                e.message().to_string(),
+            )
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let resolve = |p: &str| -> PathBuf {
+            let p = PathBuf::from(p);
+            if p.is_absolute() { p } else { base.join(p) }
+        };
+
+        let g = raw.gateway;
+        let id = match g.id {
+            Some(id) => {
+                let valid = !id.get_ref().is_empty()
+                    && id.get_ref().len() <= 64
+                    && id
+                        .get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if !valid {
+                    return Err(loc.at(
+                        id.span(),
+                        "gateway.id",
+                        "use 1-64 letters, digits, `-` or `_` (it becomes an MQTT topic level)",
+                    ));
+                }
+                id.into_inner()
+            }
+            None => "gateway".to_string(),
+        };
+        let listen = match g.listen {
+            Some(l) => l.get_ref().parse().map_err(|e| {
+                loc.at(
+                    l.span(),
+                    "gateway.listen",
+                    format!(
+                        "`{}` is not an address like 127.0.0.1:8080 ({e})",
+                        l.get_ref()
+                    ),
+                )
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let data_dir = resolve(g.data_dir.as_ref().map_or("data", |d| d.get_ref()));
+        let max_body_bytes =
+            positive(&loc, g.max_body_bytes, "gateway.max_body_bytes", 64 << 10)? as usize;
+
+        let d = PluginLimits::default();
+        let l = raw.limits;
+        let limits = PluginLimits {
+            memory_bytes: (positive(&loc, l.memory_mb, "limits.memory_mb", 32)? as usize) << 20,
+            cpu_budget: Duration::from_millis(positive(
+                &loc,
+                l.cpu_budget_ms,
+                "limits.cpu_budget_ms",
+                200,
+            )?),
+            call_timeout: Duration::from_millis(positive(
+                &loc,
+                l.call_timeout_ms,
+                "limits.call_timeout_ms",
+                30_000,
+            )?),
+            max_changes_per_call: positive(
+                &loc,
+                l.max_changes_per_call,
+                "limits.max_changes_per_call",
+                100,
+            )? as usize,
+            max_stderr_bytes: d.max_stderr_bytes,
+        };
+
+        let mut names = BTreeSet::new();
+        let mut connectors = Vec::new();
+        for (i, c) in raw.connector.into_iter().enumerate() {
+            let key = |k: &str| format!("connector[{i}].{k}");
+            let name = c.name.get_ref();
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name.chars().all(|ch| {
+                    ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_'
+                });
+            if !valid {
+                return Err(loc.at(c.name.span(), &key("name"), "use 1-64 lower-case letters, digits, `-` or `_` (it becomes the webhook path /hooks/<name>)"));
+            }
+            if !names.insert(name.clone()) {
+                return Err(loc.at(
+                    c.name.span(),
+                    &key("name"),
+                    format!("`{name}` is used by another connector"),
+                ));
+            }
+            let plugin = resolve(c.plugin.get_ref());
+            if !plugin.is_file() {
+                return Err(loc.at(
+                    c.plugin.span(),
+                    &key("plugin"),
+                    format!(
+                        "no plugin file at {} (build the plugins first: make plugins)",
+                        plugin.display()
+                    ),
+                ));
+            }
+            let mut allowed_hosts = Vec::new();
+            for (j, h) in c.allowed_hosts.iter().enumerate() {
+                let host = h.get_ref().trim().to_ascii_lowercase();
+                if host.is_empty()
+                    || host.contains('/')
+                    || host.contains(':') && !host.starts_with('[')
+                {
+                    return Err(loc.at(h.span(), &format!("connector[{i}].allowed_hosts[{j}]"), "expected a host name like api.example.vn or *.example.vn (no scheme, port or path)"));
+                }
+                allowed_hosts.push(host);
+            }
+            let poll_interval = Duration::from_secs(positive(
+                &loc,
+                c.poll_interval_secs,
+                &key("poll_interval_secs"),
+                60,
+            )?);
+            let settings = match c.config {
+                Some(table) => {
+                    let span = table.span();
+                    env::expand_table(table.into_inner())
+                        .map_err(|e| loc.at(span, &key("config"), e))?
+                }
+                None => toml::Table::new(),
+            };
+            connectors.push(ConnectorConfig {
+                name: c.name.into_inner(),
+                plugin,
+                poll_interval,
+                allowed_hosts,
+                allow_private_addresses: c.allow_private_addresses,
+                settings,
+            });
+        }
+
+        Ok(Config {
+            source: path.to_path_buf(),
+            gateway: GatewayConfig {
+                id,
+                listen,
+                data_dir,
+                max_body_bytes,
+            },
+            limits,
+            connectors,
+        })
+    }
+}
+
+fn positive(
+    loc: &Locator<'_>,
+    value: Option<Spanned<u64>>,
+    key: &str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match value {
+        Some(v) if *v.get_ref() == 0 => Err(loc.at(v.span(), key, "must be greater than 0")),
+        Some(v) => Ok(v.into_inner()),
+        None => Ok(default),
+    }
+}
+
+/// The dotted key on the line containing `offset`, best effort, for parse
+/// errors that carry only a position (e.g. `listen = 8080x`).
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let mut table = String::new();
+    for line in text[..offset].lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+        }
+    }
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split('=')
+        .next()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match (table.is_empty(), key) {
+        (_, Some(k)) if line.contains('=') => {
+            if table.is_empty() {
+                k.to_string()
+            } else {
+                format!("{table}.{k}")
+            }
+        }
+        (false, _) => table,
+        (true, _) => "(top level)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! What a user sees for each bad config: file, line, key and a reason.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("shop.toml"), text)
+}
+
+fn error(text: &str) -> String {
+    parse(text)
+        .expect_err("config should be rejected")
+        .to_string()
+}
+
+#[test]
+fn empty_config_gets_defaults() {
+    let config = parse("").expect("empty config is valid");
+    assert_eq!(config.gateway.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.gateway.data_dir, PathBuf::from("./data"));
+    assert_eq!(config.limits.memory_bytes, 32 << 20);
+    assert!(config.connectors.is_empty());
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let e = error("[gateway]\nlisten = \"127.0.0.1:9\"\nlisen = \"x\"\n");
+    assert!(
+        e.starts_with("shop.toml:3:1: gateway.lisen: unknown field `lisen`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_table_is_rejected() {
+    let e = error("[gatway]\nid = \"a\"\n");
+    assert!(e.starts_with("shop.toml:1:"), "{e}");
+    assert!(e.contains("unknown field `gatway`"), "{e}");
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let e = error("[gateway]\nid = \"shop\n");
+    assert!(e.starts_with("shop.toml:2:"), "{e}");
+}
+
+#[test]
+fn bad_listen_address() {
+    let e = error("[gateway]\n\nlisten = \"localhost\"\n");
+    assert!(
+        e.starts_with("shop.toml:3:10: gateway.listen: `localhost` is not an address"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_type_is_located() {
+    let e = error("[limits]\nmemory_mb = \"big\"\n");
+    assert!(e.starts_with("shop.toml:2:13: limits.memory_mb:"), "{e}");
+    let e = error("[limits]\ncpu_budget_ms = 0\n");
+    assert!(
+        e.contains("limits.cpu_budget_ms: must be greater than 0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn connector_errors_name_the_index_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = dir.path().join("p.wasm");
+    std::fs::write(&wasm, b"").expect("write");
+    let path = dir.path().join("c.toml");
+    let ok = "[[connector]]\nname = \"sepay\"\nplugin = \"p.wasm\"\n";
+    let config = Config::parse(&path, ok).expect("valid");
+    assert_eq!(config.connectors[0].plugin, wasm);
+
+    let missing = "[[connector]]\nname = \"sepay\"\nplugin = \"nope.wasm\"\n";
+    let e = Config::parse(&path, missing)
+        .expect_err("missing plugin")
+        .to_string();
+    assert!(
+        e.contains("c.toml:3:10: connector[0].plugin: no plugin file at"),
+        "{e}"
+    );
+
+    let dup = format!("{ok}{ok}");
+    let e = Config::parse(&path, &dup)
+        .expect_err("duplicate")
+        .to_string();
+    assert!(
+        e.contains(":5:8: connector[1].name: `sepay` is used by another connector"),
+        "{e}"
+    );
+
+    let bad_name = "[[connector]]\nname = \"Se Pay\"\nplugin = \"p.wasm\"\n";
+    let e = Config::parse(&path, bad_name)
+        .expect_err("bad name")
+        .to_string();
+    assert!(e.contains("connector[0].name: use 1-64 lower-case"), "{e}");
+
+    let host =
+        "[[connector]]\nname = \"a\"\nplugin = \"p.wasm\"\nallowed_hosts = [\"https://x.vn\"]\n";
+    let e = Config::parse(&path, host)
+        .expect_err("bad host")
+        .to_string();
+    assert!(e.contains(":4:18: connector[0].allowed_hosts[0]:"), "{e}");
+}
+
+#[test]
+fn env_is_expanded_in_plugin_settings_and_missing_env_is_located() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("p.wasm"), b"").expect("write");
+    let path = dir.path().join("c.toml");
+    // PATH is set in every test environment.
+    let text = "[[connector]]\nname = \"a\"\nplugin = \"p.wasm\"\n[connector.config]\nk = \"${PATH}\"\nn = 3\n";
+    let config = Config::parse(&path, text).expect("valid");
+    let k = config.connectors[0]
+        .settings
+        .get("k")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    assert_eq!(k, std::env::var("PATH").ok());
+    let text = "[[connector]]\nname = \"a\"\nplugin = \"p.wasm\"\n[connector.config]\nk = \"${SOUNDBOX_SURELY_UNSET_VAR}\"\n";
+    let e = Config::parse(&path, text).expect_err("unset").to_string();
+    assert!(
+        e.contains(
+            "connector[0].config: environment variable SOUNDBOX_SURELY_UNSET_VAR is not set"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn secret_is_redacted() {
+    let s = Secret::new("hunter2");
+    assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+    assert_eq!(s.expose(), "hunter2");
+}

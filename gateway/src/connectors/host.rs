@@ -1,0 +1,208 @@
+//! What a plugin instance sees of the gateway: the store data of one call and
+//! the host side of the `log`, `config`, `kv` and `http-client` imports.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::soundbox::connector::{config, http_client, kv, log, types};
+use super::http_client::PluginHttp;
+use super::kv::PluginKv;
+
+/// Longest log line a plugin may write; the rest is cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// What a connector shares across its calls.
+#[derive(Debug)]
+pub struct ConnectorContext {
+    pub name: String,
+    /// `[connector.config]`, strings raw and everything else as JSON.
+    pub settings: Vec<(String, String)>,
+    pub kv: PluginKv,
+    pub http: PluginHttp,
+}
+
+/// The data of one call's store.
+pub struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) connector: Arc<ConnectorContext>,
+    pub(super) limiter: MemoryLimiter,
+    pub(super) stderr: MemoryOutputPipe,
+    /// When the call started, and how much of it was spent waiting in host
+    /// imports: the CPU budget counts only the rest.
+    pub(super) started: Instant,
+    pub(super) host_time: Duration,
+    pub(super) cpu_exceeded: bool,
+}
+
+impl CallState {
+    pub fn new(connector: Arc<ConnectorContext>, memory_bytes: usize, stderr_bytes: usize) -> Self {
+        let stderr = MemoryOutputPipe::new(stderr_bytes);
+        // An empty WASI context: no files, no env, no sockets, no stdin.
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        CallState {
+            wasi,
+            table: ResourceTable::new(),
+            connector,
+            limiter: MemoryLimiter {
+                max_bytes: memory_bytes,
+                exceeded: false,
+            },
+            stderr,
+            started: Instant::now(),
+            host_time: Duration::ZERO,
+            cpu_exceeded: false,
+        }
+    }
+
+    /// CPU time used so far: wall time minus time spent in host imports.
+    pub fn cpu_used(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.host_time)
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps linear memory and remembers that the cap was hit, so a failed call
+/// is reported as a memory blow-up rather than a generic trap.
+pub struct MemoryLimiter {
+    max_bytes: usize,
+    pub(super) exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.exceeded = true;
+            wasmtime::bail!(
+                "plugin memory would grow to {desired} bytes, over the {} byte cap",
+                self.max_bytes
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl types::Host for CallState {}
+
+impl log::Host for CallState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let connector = self.connector.name.as_str();
+        match level {
+            log::Level::Trace => tracing::trace!(connector, "{message}"),
+            log::Level::Debug => tracing::debug!(connector, "{message}"),
+            log::Level::Info => tracing::info!(connector, "{message}"),
+            log::Level::Warn => tracing::warn!(connector, "{message}"),
+            log::Level::Error => tracing::error!(connector, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl config::Host for CallState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .connector
+            .settings
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone()))
+    }
+
+    fn keys(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self
+            .connector
+            .settings
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+}
+
+impl kv::Host for CallState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.connector.kv.get(&key))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.connector.kv.set(&key, &value))
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.connector.kv.delete(&key))
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> wasmtime::Result<Result<bool, String>> {
+        Ok(self
+            .connector
+            .kv
+            .compare_and_swap(&key, expected.as_deref(), &new))
+    }
+}
+
+impl http_client::Host for CallState {
+    async fn send(
+        &mut self,
+        request: types::HttpRequest,
+    ) -> Result<types::HttpResponse, http_client::HttpError> {
+        let started = Instant::now();
+        let http = self.connector.http.clone();
+        let result = http.send(request).await;
+        self.host_time += started.elapsed();
+        result
+    }
+}
+
+/// Converts `[connector.config]` into what `config.get` serves.
+pub fn settings_for_plugin(table: &toml::Table) -> Vec<(String, String)> {
+    table
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                other => serde_json::to_string(other).unwrap_or_default(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}

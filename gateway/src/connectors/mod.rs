@@ -1,0 +1,446 @@
+//! The connector runtime: loads each `[[connector]]` plugin (a WebAssembly
+//! component) and calls it in a sandbox.
+//!
+//! Invariants:
+//! - One `InstancePre` per plugin, a fresh instance per call: a trapped
+//!   instance is never re-entered, and calls share no guest state.
+//! - Each call is capped: memory (limiter), CPU (epoch deadline that does not
+//!   count time spent in host imports), wall time (tokio timeout), number of
+//!   changes returned. Hitting a cap fails that call only.
+//! - Plugins get an empty WASI context: no files, env, sockets or stdin. Their
+//!   stderr is captured (bounded) and logged, so a panic message is visible.
+
+mod bindings;
+pub mod host;
+pub mod http_client;
+pub mod kv;
+pub mod runtime;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Instance, InstancePre};
+use wasmtime::{Store, UpdateDeadline};
+
+use crate::config::{ConnectorConfig, PluginLimits};
+use crate::model::{self, BalanceChange, Direction, InvalidChange};
+use bindings::types as wit;
+use host::{CallState, ConnectorContext};
+use http_client::{HttpPolicy, PluginHttp};
+use kv::PluginKv;
+pub use runtime::Runtime;
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("wasm engine: {0}")]
+    Engine(String),
+    #[error("cannot read plugin {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path} is not a valid WebAssembly component: {reason}")]
+    Compile { path: PathBuf, reason: String },
+    #[error(
+        "{path} needs imports this gateway does not provide (built for another contract?): {reason}"
+    )]
+    Link { path: PathBuf, reason: String },
+    #[error(
+        "{path} exports neither `webhook` nor `poller` of soundbox:connector@0.1 (built for another contract major version?)"
+    )]
+    NoConnectorExport { path: PathBuf },
+    #[error("connector state store: {0}")]
+    Store(String),
+}
+
+/// Which of the contract's worlds a plugin implements, found by looking at
+/// what it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum World {
+    WebhookConnector,
+    PollingConnector,
+    Connector,
+}
+
+impl World {
+    pub fn handles_webhooks(self) -> bool {
+        matches!(self, World::WebhookConnector | World::Connector)
+    }
+
+    pub fn polls(self) -> bool {
+        matches!(self, World::PollingConnector | World::Connector)
+    }
+}
+
+/// A connector's own refusal (`connector-error`), which the sender is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("transient: {0}")]
+    Transient(String),
+    #[error("connector failure: {0}")]
+    Fatal(String),
+}
+
+/// Why a call produced no result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{0}")]
+    Rejected(Rejection),
+    #[error("plugin used up its CPU budget of {0:?}")]
+    CpuBudget(Duration),
+    #[error("plugin hit its memory cap of {0} bytes")]
+    Memory(usize),
+    #[error("plugin call did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    #[error("plugin could not be instantiated: {0}")]
+    Instantiate(String),
+    #[error("plugin returned {0} changes; the cap is {1}")]
+    TooManyChanges(usize, usize),
+    #[error("plugin returned an {0}")]
+    Invalid(InvalidChange),
+    #[error("connector does not export `{0}`")]
+    NotExported(&'static str),
+}
+
+/// A request as the plugin will see it.
+#[derive(Debug, Clone, Default)]
+pub struct IncomingRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The reply a plugin asks the gateway to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookResult {
+    pub changes: Vec<BalanceChange>,
+    pub reply: Option<Reply>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PollResult {
+    pub changes: Vec<BalanceChange>,
+    pub next_poll: Option<Duration>,
+}
+
+type CallFuture<'a, T> = Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send + 'a>>;
+
+/// A loaded plugin, ready to be called any number of times concurrently.
+pub struct Plugin {
+    name: String,
+    path: PathBuf,
+    world: World,
+    pre: InstancePre<CallState>,
+    webhook: Option<bindings::webhook::GuestIndices>,
+    poller: Option<bindings::poller::GuestIndices>,
+    context: Arc<ConnectorContext>,
+    limits: PluginLimits,
+    poll_interval: Duration,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("world", &self.world)
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// Compiles (or loads from cache) and links the plugin of `config`.
+    pub async fn load(
+        runtime: Arc<Runtime>,
+        config: &ConnectorConfig,
+        db: &sled::Db,
+    ) -> Result<Plugin, LoadError> {
+        let path = config.plugin.clone();
+        let compiling = runtime.clone();
+        let component = tokio::task::spawn_blocking(move || compiling.compile(&path))
+            .await
+            .map_err(|e| LoadError::Engine(format!("compile task: {e}")))??;
+        let path = config.plugin.clone();
+        let pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                path: path.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let webhook = bindings::webhook::GuestIndices::new(&pre).ok();
+        let poller = bindings::poller::GuestIndices::new(&pre).ok();
+        let world = match (&webhook, &poller) {
+            (Some(_), Some(_)) => World::Connector,
+            (Some(_), None) => World::WebhookConnector,
+            (None, Some(_)) => World::PollingConnector,
+            (None, None) => return Err(LoadError::NoConnectorExport { path }),
+        };
+        let http = PluginHttp::new(HttpPolicy {
+            allowed_hosts: config.allowed_hosts.clone(),
+            allow_private_addresses: config.allow_private_addresses,
+        })
+        .map_err(|e| LoadError::Engine(format!("http client: {e}")))?;
+        let kv = PluginKv::open(db, &config.name).map_err(|e| LoadError::Store(e.to_string()))?;
+        let context = Arc::new(ConnectorContext {
+            name: config.name.clone(),
+            settings: host::settings_for_plugin(&config.settings),
+            kv,
+            http,
+        });
+        Ok(Plugin {
+            name: config.name.clone(),
+            path,
+            world,
+            pre,
+            webhook,
+            poller,
+            context,
+            limits: runtime.limits.clone(),
+            poll_interval: config.poll_interval,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn world(&self) -> World {
+        self.world
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    /// Calls the plugin's `webhook.handle` in a fresh instance.
+    pub async fn handle(&self, request: IncomingRequest) -> Result<WebhookResult, CallError> {
+        let indices = self
+            .webhook
+            .clone()
+            .ok_or(CallError::NotExported("webhook"))?;
+        let request = wit::HttpRequest {
+            method: request.method,
+            path: request.path,
+            query: request.query,
+            headers: request.headers,
+            body: request.body,
+        };
+        let outcome = self
+            .call(move |store, instance| {
+                Box::pin(async move {
+                    let guest = indices.load(&mut *store, instance)?;
+                    guest.call_handle(&mut *store, &request).await
+                })
+            })
+            .await?
+            .map_err(rejection)?;
+        Ok(WebhookResult {
+            changes: self.normalize(outcome.changes)?,
+            reply: outcome.reply.map(|r| Reply {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            }),
+        })
+    }
+
+    /// Calls the plugin's `poller.poll` in a fresh instance.
+    pub async fn poll(&self) -> Result<PollResult, CallError> {
+        let indices = self
+            .poller
+            .clone()
+            .ok_or(CallError::NotExported("poller"))?;
+        let outcome = self
+            .call(move |store, instance| {
+                Box::pin(async move {
+                    let guest = indices.load(&mut *store, instance)?;
+                    guest.call_poll(&mut *store).await
+                })
+            })
+            .await?
+            .map_err(rejection)?;
+        Ok(PollResult {
+            changes: self.normalize(outcome.changes)?,
+            next_poll: outcome.next_poll_ms.map(Duration::from_millis),
+        })
+    }
+
+    /// Runs `f` against a fresh instance under every cap, and turns a trap
+    /// into the reason it happened.
+    async fn call<T>(
+        &self,
+        f: impl for<'a> FnOnce(&'a mut Store<CallState>, &'a Instance) -> CallFuture<'a, T>,
+    ) -> Result<T, CallError> {
+        let limits = &self.limits;
+        let mut store = Store::new(
+            self.pre.engine(),
+            CallState::new(
+                self.context.clone(),
+                limits.memory_bytes,
+                limits.max_stderr_bytes,
+            ),
+        );
+        store.limiter(|state| &mut state.limiter);
+        let budget = limits.cpu_budget;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            if state.cpu_used() > budget {
+                state.cpu_exceeded = true;
+                wasmtime::bail!("CPU budget of {budget:?} used up");
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
+
+        let run = async {
+            let instance = self
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| (e, true))?;
+            f(&mut store, &instance).await.map_err(|e| (e, false))
+        };
+        let outcome = tokio::time::timeout(limits.call_timeout, run).await;
+        self.log_stderr(&store);
+        let state = store.data();
+        match outcome {
+            Err(_) => Err(CallError::Timeout(limits.call_timeout)),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) if state.cpu_exceeded => Err(CallError::CpuBudget(budget)),
+            Ok(Err(_)) if state.limiter.exceeded => Err(CallError::Memory(limits.memory_bytes)),
+            Ok(Err((e, true))) => Err(CallError::Instantiate(format!("{e:#}"))),
+            Ok(Err((e, false))) => Err(CallError::Trap(trap_summary(&e))),
+        }
+    }
+
+    fn log_stderr(&self, store: &Store<CallState>) {
+        let output = store.data().stderr.contents();
+        if output.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&output);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            tracing::warn!(connector = %self.name, "plugin stderr: {line}");
+        }
+    }
+
+    /// Turns the plugin's changes into the flow's type and checks them.
+    fn normalize(&self, changes: Vec<wit::BalanceChange>) -> Result<Vec<BalanceChange>, CallError> {
+        if changes.len() > self.limits.max_changes_per_call {
+            return Err(CallError::TooManyChanges(
+                changes.len(),
+                self.limits.max_changes_per_call,
+            ));
+        }
+        let received_at_ms = model::now_ms();
+        changes
+            .into_iter()
+            .map(|c| {
+                let change = BalanceChange {
+                    provider: c.provider,
+                    transaction_id: c.transaction_id,
+                    connector: self.name.clone(),
+                    account: c.account,
+                    amount: c.amount,
+                    currency: c.currency,
+                    direction: match c.direction {
+                        wit::Direction::Incoming => Direction::In,
+                        wit::Direction::Outgoing => Direction::Out,
+                    },
+                    reference: c.reference,
+                    counterparty: c.counterparty,
+                    content: c.content,
+                    occurred_at_ms: c.occurred_at_ms,
+                    received_at_ms,
+                    extra: c.extra,
+                };
+                change.validate().map_err(CallError::Invalid)?;
+                Ok(change)
+            })
+            .collect()
+    }
+}
+
+fn rejection(error: wit::ConnectorError) -> CallError {
+    CallError::Rejected(match error {
+        wit::ConnectorError::BadRequest(r) => Rejection::BadRequest(r),
+        wit::ConnectorError::Unauthorized(r) => Rejection::Unauthorized(r),
+        wit::ConnectorError::Transient(r) => Rejection::Transient(r),
+        wit::ConnectorError::Fatal(r) => Rejection::Fatal(r),
+    })
+}
+
+/// The first line of a trap, without wasmtime's backtrace.
+fn trap_summary(error: &wasmtime::Error) -> String {
+    let trap = error
+        .downcast_ref::<wasmtime::Trap>()
+        .map(|t| t.to_string());
+    trap.unwrap_or_else(|| {
+        error
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("unknown")
+            .to_string()
+    })
+}
+
+/// Every configured connector, by name.
+#[derive(Debug, Default)]
+pub struct Connectors {
+    by_name: BTreeMap<String, Arc<Plugin>>,
+}
+
+impl Connectors {
+    /// Loads every connector; the first failure names its connector.
+    pub async fn load_all(
+        runtime: &Arc<Runtime>,
+        configs: &[ConnectorConfig],
+        db: &sled::Db,
+    ) -> Result<Connectors, (String, LoadError)> {
+        let mut by_name = BTreeMap::new();
+        for config in configs {
+            let plugin = Plugin::load(runtime.clone(), config, db)
+                .await
+                .map_err(|e| (config.name.clone(), e))?;
+            tracing::info!(connector = %config.name, world = ?plugin.world(), plugin = %config.plugin.display(), "connector loaded");
+            by_name.insert(config.name.clone(), Arc::new(plugin));
+        }
+        Ok(Connectors { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.by_name.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}

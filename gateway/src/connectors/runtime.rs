@@ -1,0 +1,185 @@
+//! The wasmtime engine shared by every plugin: compilation (cached on disk),
+//! the linker with our imports and an empty WASI, and the epoch ticker that
+//! enforces CPU deadlines.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::LoadError;
+use super::bindings::Connector as ConnectorWorld;
+use super::host::CallState;
+use crate::config::PluginLimits;
+
+/// How often the epoch advances; the CPU budget is checked at this grain.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The engine, the linker and the compiled-component cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    cache_dir: Option<PathBuf>,
+    pub(super) limits: PluginLimits,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("cache_dir", &self.cache_dir)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Builds the engine. `cache_dir`: where compiled plugins are kept so a
+    /// restart does not recompile (None: compile every time).
+    pub fn new(limits: PluginLimits, cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        // A Pi kernel gives a process 512 GiB of address space: keep the pool
+        // small and each slot no bigger than the memory cap allows.
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(64)
+            .total_core_instances(256)
+            .total_memories(128)
+            .total_tables(128)
+            .max_memories_per_component(8)
+            .max_tables_per_component(8)
+            .max_memory_size(limits.memory_bytes)
+            .max_component_instance_size(1 << 20)
+            .max_core_instance_size(1 << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.memory_reservation(
+            (limits.memory_bytes as u64)
+                .next_power_of_two()
+                .max(64 << 20),
+        );
+        config.memory_guard_size(32 << 20);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        ConnectorWorld::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let stop = ticker_stop.clone();
+        let ticking = engine.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| LoadError::Engine(format!("epoch thread: {e}")))?;
+
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir,
+            limits,
+            ticker_stop,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(super) fn linker(&self) -> &Linker<CallState> {
+        &self.linker
+    }
+
+    /// Compiles `path`, or loads it from the cache when this engine compiled
+    /// the same bytes before. Blocking: call from a blocking thread.
+    pub fn compile(&self, path: &Path) -> Result<Component, LoadError> {
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let Some(cache_dir) = &self.cache_dir else {
+            return self.compile_bytes(path, &bytes);
+        };
+        let cached = cache_dir.join(self.cache_key(&bytes));
+        if cached.is_file() {
+            // SAFETY: `deserialize_file` trusts its input. Only files in our own
+            // cache directory are read, each written by `precompile_component`
+            // of this engine configuration (the key includes its compatibility
+            // hash), and a file that fails wasmtime's own checks is recompiled.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(path = %cached.display(), error = %e, "compiled plugin cache entry unusable; recompiling")
+                }
+            }
+        }
+        let compiled =
+            self.engine
+                .precompile_component(&bytes)
+                .map_err(|e| LoadError::Compile {
+                    path: path.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
+        if let Err(e) = write_atomically(cache_dir, &cached, &compiled) {
+            tracing::warn!(dir = %cache_dir.display(), error = %e, "cannot cache compiled plugin");
+        }
+        // SAFETY: the bytes were produced by this engine a moment ago.
+        #[allow(unsafe_code)]
+        unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| LoadError::Compile {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        })
+    }
+
+    fn compile_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
+        Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        })
+    }
+
+    /// Content hash of the plugin plus the engine's compatibility hash: a new
+    /// wasmtime or different settings never read an old entry.
+    fn cache_key(&self, bytes: &[u8]) -> String {
+        let mut compat = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut compat);
+        format!(
+            "{}-{:016x}.cwasm",
+            hex::encode(Sha256::digest(bytes)),
+            compat.finish()
+        )
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `target`, syncs it and renames it
+/// into place, so a power cut never leaves a half-written cache entry.
+fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = target.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, target)
+}

@@ -1,0 +1,19 @@
+//! soundbox-gateway: payments in from banks and e-wallets, spoken by the
+//! shop's SePay SoundBox.
+//!
+//! One folder per stage of the flow, each talking to the next through a
+//! narrow type ([`model::BalanceChange`]):
+//!
+//! - [`config`]: TOML → validated [`config::Config`], errors with file, line, key.
+//! - [`ingress`]: `POST /hooks/<connector>` (axum).
+//! - [`connectors`]: the wasmtime host that runs connector plugins in a sandbox.
+//! - [`log`]: the hand-off that takes responsibility for accepted changes.
+//! - [`app`]: wiring and shutdown order; [`cli`]: the command line.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod connectors;
+pub mod ingress;
+pub mod log;
+pub mod model;

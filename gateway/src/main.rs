@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    soundbox_gateway::cli::main()
+}

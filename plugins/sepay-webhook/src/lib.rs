@@ -1,0 +1,312 @@
+//! SePay webhooks → balance changes.
+//!
+//! SePay posts one JSON object per bank transaction. This plugin checks the
+//! auth mode the shop chose in SePay's dashboard, parses the body and answers
+//! `{"success": true}`, which SePay expects (anything else makes it retry).
+//!
+//! Config (`[connector.config]`):
+//! - `auth`: `none` | `apikey` | `hmac` (default `apikey` when `api_key` is set, else `none`)
+//! - `api_key`: for `Authorization: Apikey <key>`
+//! - `hmac_secret`: for `X-SePay-Signature` over `<X-SePay-Timestamp>.<raw body>`
+//! - `max_skew_secs`: allowed distance of the HMAC timestamp from now (default 300)
+
+use serde::Deserialize;
+use soundbox_plugin_sdk::{
+    BalanceChange, ConnectorError, Direction, HttpRequest, HttpResponse, WebhookConnector,
+    WebhookOutcome, config, export_webhook_connector, signature, time,
+};
+
+/// The dedupe provider: a SePay poller declares the same, so a payment seen by
+/// both is announced once.
+pub const PROVIDER: &str = "sepay";
+
+/// SePay's webhook body, as documented.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SepayWebhook {
+    pub id: u64,
+    pub gateway: Option<String>,
+    pub transaction_date: Option<String>,
+    pub account_number: String,
+    pub sub_account: Option<String>,
+    pub code: Option<String>,
+    pub content: Option<String>,
+    pub transfer_type: String,
+    pub transfer_amount: u64,
+    pub accumulated: Option<i64>,
+    pub reference_code: Option<String>,
+    pub description: Option<String>,
+}
+
+pub struct SepayConnector;
+
+impl WebhookConnector for SepayConnector {
+    fn handle(request: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
+        authenticate(&request, now_secs())?;
+        let change = parse(&request.body)?;
+        Ok(WebhookOutcome {
+            changes: vec![change],
+            reply: Some(HttpResponse::json(200, r#"{"success":true}"#)),
+        })
+    }
+}
+
+export_webhook_connector!(SepayConnector);
+
+/// How the shop told SePay to authenticate its webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    None,
+    ApiKey,
+    Hmac,
+}
+
+fn auth_mode() -> Result<AuthMode, ConnectorError> {
+    match config::get("auth").as_deref() {
+        None if config::get("api_key").is_some() => Ok(AuthMode::ApiKey),
+        None | Some("none") => Ok(AuthMode::None),
+        Some("apikey") | Some("api_key") => Ok(AuthMode::ApiKey),
+        Some("hmac") => Ok(AuthMode::Hmac),
+        Some(other) => Err(ConnectorError::Fatal(format!(
+            "config `auth` is `{other}`; expected none, apikey or hmac"
+        ))),
+    }
+}
+
+/// Checks the request against the configured auth mode.
+pub fn authenticate(request: &HttpRequest, now_secs: i64) -> Result<(), ConnectorError> {
+    match auth_mode()? {
+        AuthMode::None => Ok(()),
+        AuthMode::ApiKey => {
+            let expected = config::require("api_key")?;
+            let given = request
+                .header("authorization")
+                .ok_or_else(|| unauthorized("missing Authorization header"))?;
+            let (scheme, key) = given
+                .split_once(' ')
+                .ok_or_else(|| unauthorized("Authorization is not `Apikey <key>`"))?;
+            if !scheme.eq_ignore_ascii_case("apikey") {
+                return Err(unauthorized("Authorization scheme is not Apikey"));
+            }
+            if signature::constant_time_eq(key.trim().as_bytes(), expected.as_bytes()) {
+                Ok(())
+            } else {
+                Err(unauthorized("wrong API key"))
+            }
+        }
+        AuthMode::Hmac => {
+            let secret = config::require("hmac_secret")?;
+            let max_skew: i64 = config::get_or("max_skew_secs", "300")
+                .parse()
+                .map_err(|_| {
+                    ConnectorError::Fatal("config `max_skew_secs` is not an integer".into())
+                })?;
+            let timestamp = request
+                .header("x-sepay-timestamp")
+                .ok_or_else(|| unauthorized("missing X-SePay-Timestamp"))?;
+            let ts: i64 = timestamp
+                .trim()
+                .parse()
+                .map_err(|_| unauthorized("X-SePay-Timestamp is not Unix seconds"))?;
+            if (now_secs - ts).abs() > max_skew {
+                return Err(unauthorized(
+                    "X-SePay-Timestamp is too far from now (replay?)",
+                ));
+            }
+            let given = request
+                .header("x-sepay-signature")
+                .ok_or_else(|| unauthorized("missing X-SePay-Signature"))?;
+            let given = given.trim();
+            let given = given.strip_prefix("sha256=").unwrap_or(given);
+            let mut signed = Vec::with_capacity(timestamp.len() + 1 + request.body.len());
+            signed.extend_from_slice(timestamp.trim().as_bytes());
+            signed.push(b'.');
+            signed.extend_from_slice(&request.body);
+            let expected = signature::hmac_sha256(secret.as_bytes(), &signed);
+            if signature::verify_hex(given, &expected) {
+                Ok(())
+            } else {
+                Err(unauthorized("bad X-SePay-Signature"))
+            }
+        }
+    }
+}
+
+/// Parses SePay's JSON into a balance change.
+pub fn parse(body: &[u8]) -> Result<BalanceChange, ConnectorError> {
+    let hook: SepayWebhook = serde_json::from_slice(body)
+        .map_err(|e| ConnectorError::BadRequest(format!("not a SePay webhook: {e}")))?;
+    let direction = match hook.transfer_type.as_str() {
+        "in" => Direction::Incoming,
+        "out" => Direction::Outgoing,
+        other => {
+            return Err(ConnectorError::BadRequest(format!(
+                "transferType is `{other}`; expected in or out"
+            )));
+        }
+    };
+    if hook.account_number.trim().is_empty() {
+        return Err(ConnectorError::BadRequest("accountNumber is empty".into()));
+    }
+    let occurred_at_ms = hook
+        .transaction_date
+        .as_deref()
+        .and_then(time::parse_vietnam_local);
+    let mut extra = Vec::new();
+    let mut keep = |k: &str, v: Option<String>| {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            extra.push((k.to_string(), v));
+        }
+    };
+    keep("gateway", hook.gateway);
+    keep("subAccount", hook.sub_account);
+    keep("code", hook.code);
+    keep("accumulated", hook.accumulated.map(|a| a.to_string()));
+    keep("description", hook.description);
+    keep("transactionDate", hook.transaction_date);
+    Ok(BalanceChange {
+        provider: PROVIDER.into(),
+        transaction_id: hook.id.to_string(),
+        account: hook.account_number,
+        amount: hook.transfer_amount,
+        currency: "VND".into(),
+        direction,
+        reference: hook.reference_code.filter(|r| !r.is_empty()),
+        counterparty: None,
+        content: hook.content,
+        occurred_at_ms,
+        extra,
+    })
+}
+
+fn unauthorized(reason: &str) -> ConnectorError {
+    ConnectorError::Unauthorized(reason.into())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use soundbox_plugin_sdk::testing::TestHost;
+
+    const SAMPLE: &str = include_str!("../../../examples/payloads/sepay-webhook.json");
+
+    fn run(host: &TestHost, req: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
+        host.run(|| SepayConnector::handle(req))
+    }
+
+    #[test]
+    fn parses_the_documented_sample() {
+        let change = parse(SAMPLE.as_bytes()).expect("sample parses");
+        assert_eq!(change.provider, "sepay");
+        assert_eq!(change.transaction_id, "92704");
+        assert_eq!(change.account, "0123499999");
+        assert_eq!(change.amount, 2_277_000);
+        assert_eq!(change.direction, Direction::Incoming);
+        assert_eq!(change.reference.as_deref(), Some("MBVCB.3278907687"));
+        assert_eq!(change.occurred_at_ms, Some(1_701_933_300_000));
+        assert!(
+            change
+                .extra
+                .contains(&("gateway".into(), "Vietcombank".into()))
+        );
+    }
+
+    #[test]
+    fn no_auth_accepts_and_replies_success() {
+        let outcome = run(&TestHost::new(), HttpRequest::post_json(SAMPLE)).expect("accepted");
+        assert_eq!(outcome.changes.len(), 1);
+        assert_eq!(outcome.reply.expect("reply").text(), r#"{"success":true}"#);
+    }
+
+    #[test]
+    fn api_key_checked() {
+        let host = TestHost::new().config("api_key", "k3y");
+        let ok = HttpRequest::post_json(SAMPLE).with_header("Authorization", "Apikey k3y");
+        assert!(run(&host, ok).is_ok());
+        let wrong = HttpRequest::post_json(SAMPLE).with_header("Authorization", "Apikey nope");
+        assert!(matches!(
+            run(&host, wrong),
+            Err(ConnectorError::Unauthorized(_))
+        ));
+        let missing = HttpRequest::post_json(SAMPLE);
+        assert!(matches!(
+            run(&host, missing),
+            Err(ConnectorError::Unauthorized(_))
+        ));
+        let bearer = HttpRequest::post_json(SAMPLE).with_header("Authorization", "Bearer k3y");
+        assert!(matches!(
+            run(&host, bearer),
+            Err(ConnectorError::Unauthorized(_))
+        ));
+    }
+
+    fn signed(secret: &str, ts: i64, body: &str, prefix: &str) -> HttpRequest {
+        let sig = signature::hmac_sha256_hex(secret.as_bytes(), format!("{ts}.{body}").as_bytes());
+        HttpRequest::post_json(body)
+            .with_header("X-SePay-Timestamp", &ts.to_string())
+            .with_header("X-SePay-Signature", &format!("{prefix}{sig}"))
+    }
+
+    #[test]
+    fn hmac_valid_tampered_wrong_key_replayed() {
+        let host = TestHost::new()
+            .config("auth", "hmac")
+            .config("hmac_secret", "s3cret");
+        let now = now_secs();
+        assert!(run(&host, signed("s3cret", now, SAMPLE, "sha256=")).is_ok());
+        assert!(
+            run(&host, signed("s3cret", now, SAMPLE, "")).is_ok(),
+            "prefix optional"
+        );
+
+        let mut tampered = signed("s3cret", now, SAMPLE, "sha256=");
+        tampered.body = SAMPLE.replace("2277000", "9277000").into_bytes();
+        assert!(matches!(
+            run(&host, tampered),
+            Err(ConnectorError::Unauthorized(_))
+        ));
+
+        let wrong_key = signed("other", now, SAMPLE, "sha256=");
+        assert!(matches!(
+            run(&host, wrong_key),
+            Err(ConnectorError::Unauthorized(_))
+        ));
+
+        let replayed = signed("s3cret", now - 3600, SAMPLE, "sha256=");
+        assert!(matches!(
+            run(&host, replayed),
+            Err(ConnectorError::Unauthorized(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_bodies_are_bad_requests() {
+        for body in [
+            "",
+            "{",
+            "[]",
+            r#"{"id":1}"#,
+            &SAMPLE.replace("\"in\"", "\"sideways\""),
+        ] {
+            let result = run(&TestHost::new(), HttpRequest::post_json(body));
+            assert!(
+                matches!(result, Err(ConnectorError::BadRequest(_))),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_auth_mode_is_fatal() {
+        let host = TestHost::new().config("auth", "oauth9");
+        let result = run(&host, HttpRequest::post_json(SAMPLE));
+        assert!(matches!(result, Err(ConnectorError::Fatal(_))));
+    }
+}
