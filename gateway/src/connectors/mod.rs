@@ -154,6 +154,8 @@ pub struct Plugin {
     context: Arc<ConnectorContext>,
     limits: PluginLimits,
     poll_interval: Duration,
+    /// Keeps the engine's epoch ticker alive as long as the plugin can be called.
+    _runtime: Arc<Runtime>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -216,6 +218,7 @@ impl Plugin {
             context,
             limits: runtime.limits.clone(),
             poll_interval: config.poll_interval,
+            _runtime: runtime,
         })
     }
 

@@ -1,0 +1,6 @@
+//! End-to-end tests: the real binary, real plugins built from `plugins/`,
+//! real HTTP on loopback. One test binary; a module per area.
+
+mod cli;
+mod sandbox;
+mod webhooks;
