@@ -139,15 +139,11 @@ fn spawn(config: &Path) -> (Child, String, Arc<Mutex<Vec<String>>>) {
     let sink = logs.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-                if json["fields"]["message"] == "webhook ingress listening" {
-                    let _ = tx.send(
-                        json["fields"]["addr"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
-                }
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                && json["fields"]["message"] == "webhook ingress listening"
+            {
+                let addr = json["fields"]["addr"].as_str().unwrap_or_default();
+                let _ = tx.send(addr.to_string());
             }
             sink.lock().expect("log lock").push(line);
         }
