@@ -1,31 +1,32 @@
 //! Wiring: starts every stage from a validated config and stops them in flow
-//! order (ingress first, then the rest).
+//! order: ingress first (in-flight webhooks and their plugin calls finish),
+//! then the log is synced, then the sinks get a grace period to finish what
+//! they are sending, then the log is closed.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, QueueView};
 use crate::config::Config;
 use crate::connectors::{Connectors, Runtime};
 use crate::ingress::Ingress;
-use crate::log::Handoff;
+use crate::log::{EventLog, LogOptions, SledLog};
+use crate::sinks::http::HttpSink;
+use crate::sinks::{Shutdown, SinkStats, run_sink};
 
-/// sled's page cache; its default (1 GiB) is more than a Pi has.
-pub const STORE_CACHE_BYTES: u64 = 8 << 20;
+/// How often settled entries and old dedupe keys are collected.
+const GC_EVERY: Duration = Duration::from_secs(600);
 
-/// Opens the gateway's state store under `data_dir`.
-pub fn open_store(data_dir: &Path) -> anyhow::Result<sled::Db> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    sled::Config::new()
-        .path(data_dir.join("state"))
-        .cache_capacity(STORE_CACHE_BYTES)
-        .open()
-        .with_context(|| format!("cannot open state store in {}", data_dir.display()))
+/// Opens the event log (and with it the state store) under `data_dir`.
+pub fn open_log(data_dir: &Path, options: LogOptions) -> anyhow::Result<SledLog> {
+    SledLog::open(data_dir, options)
+        .with_context(|| format!("cannot open the event log in {}", data_dir.display()))
 }
 
 /// Builds the runtime and loads every connector.
@@ -40,11 +41,17 @@ pub async fn load_connectors(config: &Config, db: &sled::Db) -> anyhow::Result<A
     Ok(Arc::new(connectors))
 }
 
+/// The names of every configured sink, in config order.
+pub fn sink_names(config: &Config) -> Vec<String> {
+    config.forwards.iter().map(|f| f.name.clone()).collect()
+}
+
 /// Runs the gateway until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let db = open_store(&config.gateway.data_dir)?;
-    let connectors = load_connectors(&config, &db).await?;
+    let log = open_log(&config.gateway.data_dir, config.log.clone())?;
+    let shared_log: Arc<dyn EventLog> = Arc::new(log.clone());
+    let connectors = load_connectors(&config, log.db()).await?;
     let listener = TcpListener::bind(config.gateway.listen)
         .await
         .with_context(|| {
@@ -54,20 +61,62 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             )
         })?;
     let addr = listener.local_addr()?;
+    let admin_listener = TcpListener::bind(config.gateway.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (gateway.admin_listen)",
+                config.gateway.admin_listen
+            )
+        })?;
+    let admin_addr = admin_listener.local_addr()?;
 
-    let tasks = TaskTracker::new();
+    // Sinks first, so the backlog starts draining while ingress comes up.
+    let sinks_stop = CancellationToken::new();
+    let sink_tasks = TaskTracker::new();
+    let stop_sinks = Shutdown {
+        stop: sinks_stop.clone(),
+        grace: config.gateway.shutdown_grace,
+    };
+    for forward in &config.forwards {
+        let sink = HttpSink::new(forward.clone())
+            .with_context(|| format!("forward `{}`", forward.name))?;
+        sink_tasks.spawn(run_sink(
+            Arc::new(sink),
+            shared_log.clone(),
+            Arc::new(SinkStats::default()),
+            stop_sinks.clone(),
+        ));
+    }
+    sink_tasks.close();
+
+    let background_stop = CancellationToken::new();
+    let background = TaskTracker::new();
+    background.spawn(collect_garbage(
+        log.clone(),
+        sink_names(&config),
+        background_stop.clone(),
+    ));
+    let view = Arc::new(QueueView {
+        log: log.clone(),
+        sinks: sink_names(&config),
+    });
+    background.spawn(admin::serve(view, admin_listener, background_stop.clone()));
+    background.close();
+
     let ingress_stop = CancellationToken::new();
     let ingress = Arc::new(Ingress {
         connectors: connectors.clone(),
-        handoff: Handoff,
+        log: shared_log.clone(),
         max_body_bytes: config.gateway.max_body_bytes,
     });
-    let serving = tasks.spawn(ingress.serve(listener, ingress_stop.clone()));
-    tasks.close();
+    let serving = tokio::spawn(ingress.serve(listener, ingress_stop.clone()));
     tracing::info!(
         %addr,
+        %admin_addr,
         gateway = %config.gateway.id,
         connectors = connectors.len(),
+        sinks = config.forwards.len(),
         startup_ms = started.elapsed().as_millis() as u64,
         "webhook ingress listening"
     );
@@ -76,8 +125,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!("shutting down: stopping ingress");
     ingress_stop.cancel();
     serving.await.context("ingress task")?.context("ingress")?;
-    tasks.wait().await;
-    db.flush_async().await.context("flushing state store")?;
+    tracing::info!("ingress stopped; syncing the event log");
+    log.sync().context("syncing the event log")?;
+    tracing::info!(
+        grace_secs = config.gateway.shutdown_grace.as_secs(),
+        "stopping sinks"
+    );
+    sinks_stop.cancel();
+    // Workers stop within the grace period on their own; the extra second is
+    // for a sink stuck outside a delivery.
+    let _ = tokio::time::timeout(
+        config.gateway.shutdown_grace + Duration::from_secs(1),
+        sink_tasks.wait(),
+    )
+    .await;
+    background_stop.cancel();
+    background.wait().await;
+    log.close().context("closing the event log")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs GC now and then, off the async threads.
+async fn collect_garbage(log: SledLog, sinks: Vec<String>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(GC_EVERY) => {}
+        }
+        let (log, sinks) = (log.clone(), sinks.clone());
+        match tokio::task::spawn_blocking(move || log.gc(&sinks)).await {
+            Ok(Ok(report)) => tracing::debug!(?report, "event log GC"),
+            Ok(Err(error)) => tracing::error!(%error, "event log GC failed"),
+            Err(error) => tracing::error!(%error, "event log GC panicked"),
+        }
+    }
 }

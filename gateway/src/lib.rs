@@ -7,9 +7,12 @@
 //! - [`config`]: TOML → validated [`config::Config`], errors with file, line, key.
 //! - [`ingress`]: `POST /hooks/<connector>` (axum).
 //! - [`connectors`]: the wasmtime host that runs connector plugins in a sandbox.
-//! - [`log`]: the hand-off that takes responsibility for accepted changes.
+//! - [`log`]: the durable event log (sled): dedupe, group commit, per-sink cursors.
+//! - [`sinks`]: delivery from the log to each destination, with retries and TTL.
+//! - [`admin`]: the loopback API behind `queue` while the gateway runs.
 //! - [`app`]: wiring and shutdown order; [`cli`]: the command line.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -17,3 +20,4 @@ pub mod connectors;
 pub mod ingress;
 pub mod log;
 pub mod model;
+pub mod sinks;

@@ -99,8 +99,8 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     // Load plugins against a throwaway store: `check` must not touch a
     // running gateway's state.
     let scratch = tempfile::tempdir()?;
-    let db = crate::app::open_store(scratch.path())?;
-    let connectors = crate::app::load_connectors(&config, &db).await?;
+    let log = crate::app::open_log(scratch.path(), config.log.clone())?;
+    let connectors = crate::app::load_connectors(&config, log.db()).await?;
     println!("{}: ok", path.display());
     for plugin in connectors.iter() {
         println!("  connector {:<20} {:?}", plugin.name(), plugin.world());

@@ -46,8 +46,11 @@ impl PluginTest {
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
-        let scratch = tempfile::tempdir()?;
-        let db = crate::app::open_store(scratch.path())?;
+        // The plugin's KV lives in a throwaway store.
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(1 << 20)
+            .open()?;
         let runtime = Arc::new(Runtime::new(PluginLimits::default(), None)?);
         let plugin = Plugin::load(runtime, &connector, &db).await?;
 

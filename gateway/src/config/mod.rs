@@ -15,6 +15,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::log::LogOptions;
+use crate::sinks::RetryPolicy;
+
 pub use secret::Secret;
 
 /// A config problem, located.
@@ -43,7 +46,9 @@ pub struct Config {
     pub source: PathBuf,
     pub gateway: GatewayConfig,
     pub limits: PluginLimits,
+    pub log: LogOptions,
     pub connectors: Vec<ConnectorConfig>,
+    pub forwards: Vec<ForwardConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +61,24 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// Largest webhook body accepted; larger gets 413.
     pub max_body_bytes: usize,
+    /// The admin API (`queue` commands while running); loopback by default.
+    pub admin_listen: SocketAddr,
+    /// How long in-flight deliveries may finish after a stop signal.
+    pub shutdown_grace: Duration,
+}
+
+/// A `[[forward]]` sink: every payment POSTed as JSON to `url`.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// Unique among sinks; names its queue.
+    pub name: String,
+    pub url: reqwest::Url,
+    /// Extra request headers (e.g. `Authorization`), `${ENV}` expanded; redacted in logs.
+    pub headers: Vec<(String, Secret)>,
+    /// Payments older than this are not sent (kept, counted as expired). None: no limit.
+    pub max_age: Option<Duration>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
 }
 
 /// Sandbox limits applied to every plugin call.
@@ -123,7 +146,34 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
     connector: Vec<RawConnector>,
+    #[serde(default)]
+    forward: Vec<RawForward>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    dedupe_retention_days: Option<Spanned<u64>>,
+    keep_settled_hours: Option<Spanned<u64>>,
+    max_disk_mb: Option<Spanned<u64>>,
+    min_free_disk_mb: Option<Spanned<u64>>,
+    cache_mb: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    max_age_secs: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+    retry_initial_ms: Option<Spanned<u64>>,
+    retry_max_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    headers: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -133,6 +183,8 @@ struct RawGateway {
     listen: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
     max_body_bytes: Option<Spanned<u64>>,
+    admin_listen: Option<Spanned<String>>,
+    shutdown_grace_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -244,19 +296,25 @@ impl Config {
             }
             None => "gateway".to_string(),
         };
-        let listen = match g.listen {
-            Some(l) => l.get_ref().parse().map_err(|e| {
+        let address = |value: Option<Spanned<String>>, key: &str, default: u16| match value {
+            Some(l) => l.get_ref().parse::<SocketAddr>().map_err(|e| {
                 loc.at(
                     l.span(),
-                    "gateway.listen",
+                    key,
                     format!(
                         "`{}` is not an address like 127.0.0.1:8080 ({e})",
                         l.get_ref()
                     ),
                 )
-            })?,
-            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            }),
+            None => Ok(SocketAddr::from(([127, 0, 0, 1], default))),
         };
+        let listen = address(g.listen, "gateway.listen", 8080)?;
+        let admin_listen = address(g.admin_listen, "gateway.admin_listen", 8081)?;
+        let shutdown_grace = Duration::from_secs(match g.shutdown_grace_secs {
+            Some(v) => v.into_inner(),
+            None => 10,
+        });
         let data_dir = resolve(g.data_dir.as_ref().map_or("data", |d| d.get_ref()));
         let max_body_bytes =
             positive(&loc, g.max_body_bytes, "gateway.max_body_bytes", 64 << 10)? as usize;
@@ -284,6 +342,26 @@ impl Config {
                 100,
             )? as usize,
             max_stderr_bytes: d.max_stderr_bytes,
+        };
+
+        let dl = LogOptions::default();
+        let lr = raw.log;
+        let log = LogOptions {
+            cache_bytes: positive(&loc, lr.cache_mb, "log.cache_mb", dl.cache_bytes >> 20)? << 20,
+            dedupe_retention: Duration::from_secs(
+                positive(
+                    &loc,
+                    lr.dedupe_retention_days,
+                    "log.dedupe_retention_days",
+                    30,
+                )? * 24
+                    * 3600,
+            ),
+            keep_settled: Duration::from_secs(
+                lr.keep_settled_hours.map_or(24, Spanned::into_inner) * 3600,
+            ),
+            max_disk_bytes: positive(&loc, lr.max_disk_mb, "log.max_disk_mb", 1024)? << 20,
+            min_free_disk_bytes: lr.min_free_disk_mb.map_or(64, Spanned::into_inner) << 20,
         };
 
         let mut names = BTreeSet::new();
@@ -352,6 +430,8 @@ impl Config {
             });
         }
 
+        let forwards = parse_forwards(&loc, raw.forward)?;
+
         Ok(Config {
             source: path.to_path_buf(),
             gateway: GatewayConfig {
@@ -359,11 +439,98 @@ impl Config {
                 listen,
                 data_dir,
                 max_body_bytes,
+                admin_listen,
+                shutdown_grace,
             },
             limits,
+            log,
             connectors,
+            forwards,
         })
     }
+}
+
+/// Names reserved for the built-in sinks.
+const RESERVED_SINK_NAMES: [&str; 2] = ["speaker", "mqtt"];
+
+fn parse_forwards(
+    loc: &Locator<'_>,
+    raw: Vec<RawForward>,
+) -> Result<Vec<ForwardConfig>, ConfigError> {
+    let mut names = BTreeSet::new();
+    let mut forwards = Vec::new();
+    for (i, f) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("forward[{i}].{k}");
+        let name = f.name.get_ref();
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_');
+        if !valid {
+            return Err(loc.at(
+                f.name.span(),
+                &key("name"),
+                "use 1-64 lower-case letters, digits, `-` or `_`",
+            ));
+        }
+        if RESERVED_SINK_NAMES.contains(&name.as_str()) || !names.insert(name.clone()) {
+            return Err(loc.at(
+                f.name.span(),
+                &key("name"),
+                format!("`{name}` is already the name of another sink"),
+            ));
+        }
+        let url_text = env::expand(f.url.get_ref(), |v| std::env::var(v).ok())
+            .map_err(|e| loc.at(f.url.span(), &key("url"), e))?;
+        let url = reqwest::Url::parse(&url_text)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                loc.at(
+                    f.url.span(),
+                    &key("url"),
+                    "expected an http:// or https:// URL",
+                )
+            })?;
+        let mut headers = Vec::new();
+        if let Some(table) = f.headers {
+            let span = table.span();
+            let expanded = env::expand_table(table.into_inner())
+                .map_err(|e| loc.at(span.clone(), &key("headers"), e))?;
+            for (name, value) in expanded {
+                let Some(value) = value.as_str() else {
+                    return Err(loc.at(
+                        span,
+                        &key(&format!("headers.{name}")),
+                        "header values are strings",
+                    ));
+                };
+                headers.push((name, Secret::new(value)));
+            }
+        }
+        let d = RetryPolicy::default();
+        let ms = |v: Option<Spanned<u64>>, k: &str, default: Duration| {
+            positive(loc, v, &key(k), default.as_millis() as u64).map(Duration::from_millis)
+        };
+        let retry = RetryPolicy {
+            initial: ms(f.retry_initial_ms, "retry_initial_ms", d.initial)?,
+            max: ms(f.retry_max_ms, "retry_max_ms", d.max)?,
+            max_retry_after: d.max_retry_after,
+        };
+        forwards.push(ForwardConfig {
+            name: f.name.into_inner(),
+            url,
+            headers,
+            max_age: f
+                .max_age_secs
+                .map(|v| Duration::from_secs(v.into_inner()))
+                .filter(|d| !d.is_zero()),
+            timeout: ms(f.timeout_ms, "timeout_ms", Duration::from_secs(10))?,
+            retry,
+        });
+    }
+    Ok(forwards)
 }
 
 fn positive(

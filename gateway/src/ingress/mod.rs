@@ -1,7 +1,7 @@
 //! Webhook ingress: `POST /hooks/<connector>` → the connector's plugin →
-//! the hand-off → the reply the provider expects.
+//! the durable event log → the reply the provider expects.
 //!
-//! The sender gets a 2xx only after the hand-off accepted every change; any
+//! The sender gets a 2xx only after the event log made every change durable; any
 //! failure is a 4xx (do not retry as is) or 5xx (retry) with a short JSON reason.
 
 use std::sync::Arc;
@@ -17,13 +17,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::connectors::{CallError, Connectors, IncomingRequest, Rejection};
-use crate::log::Handoff;
+use crate::log::{Appended, EventLog, LogError};
 
 /// What the handlers share.
 #[derive(Debug)]
 pub struct Ingress {
     pub connectors: Arc<Connectors>,
-    pub handoff: Handoff,
+    pub log: Arc<dyn EventLog>,
     pub max_body_bytes: usize,
 }
 
@@ -112,9 +112,36 @@ async fn webhook(
         Ok(result) => result,
         Err(error) => return call_failed(&name, error),
     };
-    if let Err(error) = ingress.handoff.accept(&result.changes).await {
-        tracing::error!(connector = %name, %error, "could not accept changes; sender will retry");
-        return reason(StatusCode::SERVICE_UNAVAILABLE, "not_stored", error);
+    if !result.changes.is_empty() {
+        let changes = result.changes;
+        let keys: Vec<(String, String, u64)> = changes
+            .iter()
+            .map(|c| (c.provider.clone(), c.transaction_id.clone(), c.amount))
+            .collect();
+        match ingress.log.append(changes).await {
+            Ok(appended) => {
+                for ((provider, transaction_id, amount), outcome) in keys.iter().zip(appended) {
+                    match outcome {
+                        Appended::New(seq) => tracing::info!(
+                            connector = %name, %provider, %transaction_id, amount, seq,
+                            "balance change logged"
+                        ),
+                        Appended::Duplicate(seq) => tracing::info!(
+                            connector = %name, %provider, %transaction_id, seq,
+                            "duplicate balance change ignored"
+                        ),
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(connector = %name, %error, "could not store changes; sender will retry");
+                let code = match error {
+                    LogError::Full(_) => "log_full",
+                    _ => "not_stored",
+                };
+                return reason(StatusCode::SERVICE_UNAVAILABLE, code, error);
+            }
+        }
     }
     match result.reply {
         Some(reply) => plugin_reply(&name, reply),

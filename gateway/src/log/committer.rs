@@ -1,0 +1,133 @@
+//! Group commit: one thread owns every append. It takes all requests that
+//! queued up while the previous sync ran, writes them in one sled
+//! transaction, then makes them durable with a single flush + `syncfs`, and
+//! only then answers each caller. Concurrent webhooks therefore share one
+//! sync instead of queueing behind one each.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+use tokio::sync::oneshot;
+
+use super::record::{self, LogEntry};
+use super::sled_log::Inner;
+use super::{Appended, LogError};
+use crate::model::{BalanceChange, now_ms};
+
+/// At most this many requests share one commit, to bound the transaction.
+const MAX_BATCH: usize = 512;
+
+pub(super) enum Message {
+    Append(Request),
+    /// Commit what is queued, then stop.
+    Close,
+}
+
+pub(super) struct Request {
+    pub changes: Vec<BalanceChange>,
+    pub reply: oneshot::Sender<Result<Vec<Appended>, LogError>>,
+}
+
+/// Runs until told to close or every sender is gone.
+pub(super) fn run(inner: Arc<Inner>, requests: Receiver<Message>) {
+    let mut closing = false;
+    while !closing {
+        let Ok(first) = requests.recv() else { return };
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Append(request) => batch.push(request),
+                Message::Close => closing = true,
+            }
+            if batch.len() < MAX_BATCH && !closing {
+                next = requests.try_recv().ok();
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let result = commit(&inner, &batch);
+        match result {
+            Ok(per_request) => {
+                inner.set_last_error(None);
+                for (request, appended) in batch.into_iter().zip(per_request) {
+                    let _ = request.reply.send(Ok(appended));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "event log commit failed; senders get 503 and retry");
+                inner.set_last_error(Some(error.to_string()));
+                for request in batch {
+                    let _ = request.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn commit(inner: &Inner, batch: &[Request]) -> Result<Vec<Vec<Appended>>, LogError> {
+    inner.check_space()?;
+    let first_seq = inner.next_seq();
+    let now = now_ms();
+    let trees = (&inner.events, &inner.dedupe, &inner.dedupe_age, &inner.meta);
+    let (per_request, next_seq) = trees
+        .transaction(|(events, dedupe, dedupe_age, meta)| {
+            let mut seq = first_seq;
+            let mut per_request = Vec::with_capacity(batch.len());
+            for request in batch {
+                let mut appended = Vec::with_capacity(request.changes.len());
+                for change in &request.changes {
+                    let key = change.dedupe_key();
+                    if let Some(existing) = dedupe.get(key.as_bytes())? {
+                        appended.push(Appended::Duplicate(dedupe_seq(&existing)));
+                        continue;
+                    }
+                    let entry = LogEntry {
+                        seq,
+                        appended_at_ms: now,
+                        change: change.clone(),
+                    };
+                    events.insert(&seq.to_be_bytes(), record::encode(&entry))?;
+                    let mut value = seq.to_be_bytes().to_vec();
+                    value.extend_from_slice(&now.to_be_bytes());
+                    dedupe.insert(key.as_bytes(), value)?;
+                    let mut age_key = now.to_be_bytes().to_vec();
+                    age_key.extend_from_slice(key.as_bytes());
+                    dedupe_age.insert(age_key, &[])?;
+                    appended.push(Appended::New(seq));
+                    seq += 1;
+                }
+                per_request.push(appended);
+            }
+            if seq != first_seq {
+                meta.insert(super::sled_log::NEXT_SEQ, &seq.to_be_bytes())?;
+            }
+            Ok::<_, ConflictableTransactionError<()>>((per_request, seq))
+        })
+        .map_err(|e| LogError::Storage(format!("{e:?}")))?;
+    inner.db.flush()?;
+    sync_filesystem(&inner.dir_handle)?;
+    inner.advance(next_seq);
+    Ok(per_request)
+}
+
+/// The sequence number stored in a dedupe value.
+pub(super) fn dedupe_seq(value: &[u8]) -> u64 {
+    let mut seq = [0u8; 8];
+    if let Some(bytes) = value.get(..8) {
+        seq.copy_from_slice(bytes);
+    }
+    u64::from_be_bytes(seq)
+}
+
+/// sled's `flush()` only issues `sync_file_range`: the pages reach the disk
+/// but not the file metadata or the drive's write cache, so it survives
+/// `kill -9` and not a power cut. `syncfs` on the data directory's filesystem
+/// covers every file sled wrote, metadata and cache flush included.
+pub(super) fn sync_filesystem(dir: &File) -> Result<(), LogError> {
+    rustix::fs::syncfs(dir).map_err(|e| LogError::Storage(format!("syncfs: {e}")))
+}

@@ -1,0 +1,122 @@
+//! Opening the store without crash-looping and without silently wiping it.
+//!
+//! A store held by another process is an error (two gateways must not share
+//! one). A store sled cannot open is renamed to `state.damaged-<unix ms>`, a
+//! fresh one takes its place, and whatever the damaged one still yields is
+//! copied over; [`LogHealth`] tells the operator.
+
+use std::fs::File;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+
+use super::record;
+use super::{LogError, LogHealth, LogOptions};
+use crate::model::now_ms;
+
+pub(super) struct Opened {
+    pub db: sled::Db,
+    pub health: LogHealth,
+}
+
+pub(super) fn open_or_recover(data_dir: &Path, options: &LogOptions) -> Result<Opened, LogError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| LogError::Storage(format!("create {}: {e}", data_dir.display())))?;
+    let path = data_dir.join("state");
+    ensure_not_locked(&path)?;
+    match try_open(&path, options) {
+        Ok(db) => Ok(Opened {
+            db,
+            health: LogHealth::default(),
+        }),
+        Err(reason) => {
+            let aside = data_dir.join(format!("state.damaged-{}", now_ms()));
+            tracing::error!(
+                store = %path.display(),
+                moved_to = %aside.display(),
+                %reason,
+                "event log store cannot be opened; moving it aside and starting a fresh one"
+            );
+            std::fs::rename(&path, &aside).map_err(|e| {
+                LogError::Storage(format!(
+                    "store {} is damaged ({reason}) and cannot be moved aside: {e}",
+                    path.display()
+                ))
+            })?;
+            let db = try_open(&path, options).map_err(LogError::Storage)?;
+            let salvaged = salvage(&aside, &db, options);
+            tracing::warn!(salvaged, "entries salvaged from the damaged store");
+            Ok(Opened {
+                db,
+                health: LogHealth {
+                    damaged_store: Some(aside.display().to_string()),
+                    salvaged,
+                    ..LogHealth::default()
+                },
+            })
+        }
+    }
+}
+
+fn try_open(path: &Path, options: &LogOptions) -> Result<sled::Db, String> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(options.cache_bytes);
+    // sled panics on some kinds of corruption instead of returning an error.
+    match catch_unwind(AssertUnwindSafe(|| config.open())) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("sled panicked while opening the store".to_string()),
+    }
+}
+
+/// sled locks `state/db` exclusively; if another process holds it, stop
+/// here rather than mistaking the lock for damage.
+fn ensure_not_locked(path: &Path) -> Result<(), LogError> {
+    let db_file = path.join("db");
+    let Ok(file) = File::open(&db_file) else {
+        return Ok(()); // not created yet
+    };
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        Ok(()) => Ok(()), // released when `file` drops
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(LogError::Locked(path.display().to_string())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Copies every tree that still reads from the damaged store at `aside`
+/// into `fresh`; event records are copied only if their checksum holds.
+/// Returns how many event records were copied.
+fn salvage(aside: &Path, fresh: &sled::Db, options: &LogOptions) -> u64 {
+    let Ok(old) = try_open(aside, options) else {
+        return 0;
+    };
+    let copied = catch_unwind(AssertUnwindSafe(|| copy_trees(&old, fresh)));
+    match copied {
+        Ok(n) => n,
+        Err(_) => {
+            tracing::error!("salvage stopped: the damaged store panicked while being read");
+            0
+        }
+    }
+}
+
+fn copy_trees(old: &sled::Db, fresh: &sled::Db) -> u64 {
+    let mut events = 0;
+    for name in old.tree_names() {
+        let (Ok(from), Ok(to)) = (old.open_tree(&name), fresh.open_tree(&name)) else {
+            continue;
+        };
+        let is_events = &*name == b"events";
+        for item in from.iter() {
+            let Ok((key, value)) = item else { break };
+            if is_events && record::decode(&value).is_err() {
+                continue;
+            }
+            if to.insert(key, value).is_ok() && is_events {
+                events += 1;
+            }
+        }
+    }
+    let _ = fresh.flush();
+    events
+}

@@ -1,0 +1,506 @@
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::log::Appended;
+use crate::model::Direction;
+
+fn change(txid: &str) -> BalanceChange {
+    BalanceChange {
+        provider: "sepay".into(),
+        transaction_id: txid.into(),
+        connector: "sepay".into(),
+        account: "0123499999".into(),
+        amount: 150_000,
+        currency: "VND".into(),
+        direction: Direction::In,
+        reference: None,
+        counterparty: None,
+        content: Some(format!("payment {txid}")),
+        occurred_at_ms: None,
+        received_at_ms: now_ms(),
+        extra: Vec::new(),
+    }
+}
+
+fn options() -> LogOptions {
+    LogOptions {
+        cache_bytes: 1 << 20,
+        min_free_disk_bytes: 0,
+        keep_settled: Duration::ZERO,
+        ..LogOptions::default()
+    }
+}
+
+fn open(dir: &Path) -> SledLog {
+    SledLog::open(dir, options()).expect("open log")
+}
+
+fn reopen(log: SledLog, dir: &Path) -> SledLog {
+    log.close().expect("close");
+    drop(log);
+    open(dir)
+}
+
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn append(log: &SledLog, txids: &[&str]) -> Vec<Appended> {
+    block(log.append(txids.iter().map(|t| change(t)).collect())).expect("append")
+}
+
+fn txids(entries: &[LogEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| e.change.transaction_id.clone())
+        .collect()
+}
+
+#[test]
+fn appends_in_order_and_dedupes_within_and_across_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    assert_eq!(
+        append(&log, &["a", "b", "a"]),
+        vec![Appended::New(0), Appended::New(1), Appended::Duplicate(0)]
+    );
+    assert_eq!(
+        append(&log, &["b", "c"]),
+        vec![Appended::Duplicate(1), Appended::New(2)]
+    );
+    assert_eq!(txids(&log.read(0, 10).expect("read")), ["a", "b", "c"]);
+    assert_eq!(txids(&log.read(1, 1).expect("read")), ["b"]);
+}
+
+#[test]
+fn unsettled_entries_survive_reopen_and_settled_ones_never_return() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    assert_eq!(log.cursor("pos").expect("cursor"), 0);
+    append(&log, &["1", "2", "3"]);
+    log.settle("pos", 0, &Settlement::Delivered)
+        .expect("settle");
+    log.settle(
+        "pos",
+        1,
+        &Settlement::Dead {
+            reason: "HTTP 400".into(),
+        },
+    )
+    .expect("settle");
+    let log = reopen(log, dir.path());
+    let cursor = log.cursor("pos").expect("cursor");
+    assert_eq!(cursor, 2);
+    assert_eq!(txids(&log.read(cursor, 10).expect("read")), ["3"]);
+    // The dedupe index outlives the restart too.
+    assert_eq!(
+        append(&log, &["1", "4"]),
+        [Appended::Duplicate(0), Appended::New(3)]
+    );
+    let status = log.status("pos").expect("status");
+    assert_eq!(
+        (status.pending, status.dead_letters, status.delivered),
+        (2, 1, 1)
+    );
+}
+
+#[test]
+fn a_new_sink_starts_at_the_end_of_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    append(&log, &["1", "2"]);
+    assert_eq!(log.cursor("late").expect("cursor"), 2);
+}
+
+#[test]
+fn concurrent_appends_all_commit_with_distinct_sequence_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let seqs: Vec<u64> = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                log.append(vec![change(&i.to_string())]).await
+            }));
+        }
+        let mut seqs = Vec::new();
+        for task in tasks {
+            match task.await.expect("join").expect("append").as_slice() {
+                [Appended::New(seq)] => seqs.push(*seq),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        seqs
+    });
+    let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(distinct, (0..200).collect());
+    assert_eq!(log.read(0, 1000).expect("read").len(), 200);
+}
+
+#[test]
+fn dead_letters_can_be_requeued_and_then_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    log.cursor("pos").expect("cursor");
+    append(&log, &["1", "2"]);
+    log.settle(
+        "pos",
+        0,
+        &Settlement::Dead {
+            reason: "HTTP 422".into(),
+        },
+    )
+    .expect("settle");
+    log.settle("pos", 1, &Settlement::Delivered)
+        .expect("settle");
+    let dead = log.list("pos", Some("dead"), 10).expect("list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason.as_deref(), Some("HTTP 422"));
+    assert_eq!(log.requeue("pos", Some(1)).expect("requeue"), 0, "not dead");
+    assert_eq!(log.requeue("pos", None).expect("requeue"), 1);
+    assert_eq!(txids(&log.requeued("pos", 10).expect("requeued")), ["1"]);
+    assert_eq!(log.status("pos").expect("status").pending, 1);
+    log.settle("pos", 0, &Settlement::Delivered)
+        .expect("settle");
+    assert!(log.requeued("pos", 10).expect("requeued").is_empty());
+    let status = log.status("pos").expect("status");
+    assert_eq!(
+        (status.pending, status.dead_letters, status.cursor),
+        (0, 0, 2)
+    );
+}
+
+#[test]
+fn gc_removes_only_what_every_sink_settled_and_keeps_dead_letters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SledLog::open(
+        dir.path(),
+        LogOptions {
+            keep_settled: Duration::ZERO,
+            ..options()
+        },
+    )
+    .expect("open");
+    let sinks = vec!["a".to_string(), "b".to_string()];
+    for s in &sinks {
+        log.cursor(s).expect("cursor");
+    }
+    append(&log, &["1", "2", "3", "4"]);
+    for seq in 0..3 {
+        log.settle("a", seq, &Settlement::Delivered)
+            .expect("settle");
+    }
+    log.settle("b", 0, &Settlement::Delivered).expect("settle");
+    log.settle(
+        "b",
+        1,
+        &Settlement::Dead {
+            reason: "no".into(),
+        },
+    )
+    .expect("settle");
+    let report = log.gc(&sinks).expect("gc");
+    assert_eq!(report.events_removed, 1);
+    assert_eq!(txids(&log.read(0, 10).expect("read")), ["2", "3", "4"]);
+    // Still a duplicate after GC: the dedupe window is separate.
+    assert_eq!(append(&log, &["1"]), [Appended::Duplicate(0)]);
+}
+
+#[test]
+fn dedupe_keys_older_than_retention_are_forgotten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SledLog::open(
+        dir.path(),
+        LogOptions {
+            dedupe_retention: Duration::ZERO,
+            ..options()
+        },
+    )
+    .expect("open");
+    append(&log, &["1"]);
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(log.gc(&[]).expect("gc").dedupe_removed, 1);
+    assert_eq!(append(&log, &["1"]), [Appended::New(1)]);
+}
+
+#[test]
+fn sequence_numbers_never_repeat_after_everything_was_collected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SledLog::open(
+        dir.path(),
+        LogOptions {
+            keep_settled: Duration::ZERO,
+            ..options()
+        },
+    )
+    .expect("open");
+    append(&log, &["1", "2"]);
+    assert_eq!(log.gc(&[]).expect("gc").events_removed, 2);
+    let log = reopen(log, dir.path());
+    assert_eq!(append(&log, &["3"]), [Appended::New(2)]);
+}
+
+#[test]
+fn a_full_store_refuses_appends_and_keeps_what_it_has() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    append(&log, &["1"]);
+    let log = reopen(log, dir.path());
+    log.close().expect("close");
+    drop(log);
+    let full = SledLog::open(
+        dir.path(),
+        LogOptions {
+            max_disk_bytes: 1,
+            ..options()
+        },
+    )
+    .expect("open");
+    let err = block(full.append(vec![change("2")])).expect_err("full");
+    assert!(matches!(err, LogError::Full(_)), "{err}");
+    assert_eq!(txids(&full.read(0, 10).expect("read")), ["1"]);
+}
+
+#[test]
+fn a_second_process_on_the_same_store_is_refused_not_moved_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    append(&log, &["1"]);
+    // flock is per open file description, so this process's second open
+    // conflicts exactly like another process would.
+    let err = SledLog::open(dir.path(), options()).expect_err("locked");
+    assert!(matches!(err, LogError::Locked(_)), "{err}");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.to_string_lossy().contains("damaged")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn damaged_records_are_quarantined_and_the_rest_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    append(&log, &["1", "2", "3"]);
+    let mut damaged = log
+        .inner
+        .events
+        .get(1u64.to_be_bytes())
+        .expect("get")
+        .expect("some")
+        .to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x20;
+    log.inner
+        .events
+        .insert(1u64.to_be_bytes(), damaged)
+        .expect("insert");
+    let log = reopen(log, dir.path());
+    assert_eq!(log.health().quarantined, 1);
+    assert!(log.health().is_degraded());
+    assert_eq!(txids(&log.read(0, 10).expect("read")), ["1", "3"]);
+    assert_eq!(log.inner.quarantine.len(), 1);
+    // Appends keep working, with fresh sequence numbers.
+    assert_eq!(append(&log, &["4"]), [Appended::New(3)]);
+}
+
+#[test]
+fn a_store_that_will_not_open_is_moved_aside_and_a_fresh_one_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    append(&log, &["1"]);
+    log.close().expect("close");
+    drop(log);
+    // Garbage where sled keeps its config: sled refuses to open it.
+    std::fs::write(dir.path().join("state").join("conf"), b"\xff\xfe garbage").expect("write");
+    let log = open(dir.path());
+    let health = log.health();
+    let aside = health.damaged_store.clone().expect("moved aside");
+    assert!(Path::new(&aside).exists(), "{aside}");
+    assert!(health.is_degraded());
+    // The fresh store works.
+    assert!(matches!(
+        append(&log, &["2"]).as_slice(),
+        [Appended::New(_)]
+    ));
+}
+
+// ---- model-based property test -------------------------------------------------
+
+/// What the log must behave like, kept in memory.
+#[derive(Debug, Default)]
+struct Model {
+    /// seq → transaction id, for entries not collected.
+    events: BTreeMap<u64, String>,
+    dedupe: HashMap<String, u64>,
+    next_seq: u64,
+    cursors: [u64; 2],
+    dead: [BTreeSet<u64>; 2],
+    requeued: [BTreeSet<u64>; 2],
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<u8>),
+    Settle { sink: usize, n: usize, dead: bool },
+    Requeue(usize),
+    RetryRequeued(usize),
+    Reopen,
+    Gc,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => proptest::collection::vec(0u8..24, 1..5).prop_map(Op::Append),
+        3 => (0usize..2, 1usize..4, proptest::bool::weighted(0.2))
+            .prop_map(|(sink, n, dead)| Op::Settle { sink, n, dead }),
+        1 => (0usize..2).prop_map(Op::Requeue),
+        1 => (0usize..2).prop_map(Op::RetryRequeued),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Gc),
+    ]
+}
+
+const SINKS: [&str; 2] = ["speaker", "mqtt"];
+
+fn check(log: &SledLog, model: &Model) {
+    let all = log.read(0, 10_000).expect("read");
+    let got: BTreeMap<u64, String> = all
+        .iter()
+        .map(|e| (e.seq, e.change.transaction_id.clone()))
+        .collect();
+    assert_eq!(got, model.events, "log contents");
+    for (i, sink) in SINKS.iter().enumerate() {
+        assert_eq!(
+            log.cursor(sink).expect("cursor"),
+            model.cursors[i],
+            "{sink} cursor"
+        );
+        let requeued: BTreeSet<u64> = log
+            .requeued(sink, 10_000)
+            .expect("requeued")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(requeued, model.requeued[i], "{sink} requeued");
+        let status = log.status(sink).expect("status");
+        assert_eq!(
+            status.dead_letters,
+            model.dead[i].len() as u64,
+            "{sink} dead"
+        );
+        let pending = model.events.range(model.cursors[i]..).count() + model.requeued[i].len();
+        assert_eq!(status.pending, pending as u64, "{sink} pending");
+    }
+}
+
+fn apply(log: SledLog, dir: &Path, model: &mut Model, op: &Op) -> SledLog {
+    match op {
+        Op::Append(ids) => {
+            let ids: Vec<String> = ids.iter().map(|i| format!("tx{i}")).collect();
+            let got = block(log.append(ids.iter().map(|t| change(t)).collect())).expect("append");
+            let mut expected = Vec::new();
+            for id in ids {
+                if let Some(seq) = model.dedupe.get(&id) {
+                    expected.push(Appended::Duplicate(*seq));
+                } else {
+                    let seq = model.next_seq;
+                    model.next_seq += 1;
+                    model.dedupe.insert(id.clone(), seq);
+                    model.events.insert(seq, id);
+                    expected.push(Appended::New(seq));
+                }
+            }
+            assert_eq!(got, expected);
+        }
+        Op::Settle { sink, n, dead } => {
+            let name = SINKS[*sink];
+            let batch = log.read(model.cursors[*sink], *n).expect("read");
+            let expected: Vec<u64> = model
+                .events
+                .range(model.cursors[*sink]..)
+                .take(*n)
+                .map(|(s, _)| *s)
+                .collect();
+            assert_eq!(batch.iter().map(|e| e.seq).collect::<Vec<_>>(), expected);
+            for entry in batch {
+                let settlement = if *dead {
+                    model.dead[*sink].insert(entry.seq);
+                    Settlement::Dead {
+                        reason: "test".into(),
+                    }
+                } else {
+                    Settlement::Delivered
+                };
+                log.settle(name, entry.seq, &settlement).expect("settle");
+                model.cursors[*sink] = entry.seq + 1;
+            }
+        }
+        Op::Requeue(sink) => {
+            let n = log.requeue(SINKS[*sink], None).expect("requeue");
+            assert_eq!(n, model.dead[*sink].len());
+            let dead = std::mem::take(&mut model.dead[*sink]);
+            model.requeued[*sink].extend(dead);
+        }
+        Op::RetryRequeued(sink) => {
+            for entry in log.requeued(SINKS[*sink], 10_000).expect("requeued") {
+                log.settle(SINKS[*sink], entry.seq, &Settlement::Delivered)
+                    .expect("settle");
+            }
+            model.requeued[*sink].clear();
+        }
+        Op::Reopen => return reopen(log, dir),
+        Op::Gc => {
+            let sinks: Vec<String> = SINKS.iter().map(|s| s.to_string()).collect();
+            log.gc(&sinks).expect("gc");
+            let horizon = model.cursors[0].min(model.cursors[1]);
+            let keep: BTreeSet<u64> = model
+                .dead
+                .iter()
+                .chain(&model.requeued)
+                .flatten()
+                .copied()
+                .collect();
+            model
+                .events
+                .retain(|seq, _| *seq >= horizon || keep.contains(seq));
+        }
+    }
+    log
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn behaves_like_the_in_memory_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = SledLog::open(dir.path(), LogOptions { keep_settled: Duration::ZERO, ..options() })
+            .expect("open");
+        let mut model = Model::default();
+        for sink in SINKS {
+            log.cursor(sink).expect("cursor");
+        }
+        for op in &ops {
+            log = apply(log, dir.path(), &mut model, op);
+            check(&log, &model);
+        }
+    }
+}

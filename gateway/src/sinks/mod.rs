@@ -1,0 +1,274 @@
+//! Sinks: where logged payments go (the speaker, MQTT, an HTTP endpoint).
+//!
+//! A sink only says how to deliver one entry and whether a failure is worth
+//! retrying ([`Sink`]). [`run_sink`] does the rest, the same for every sink:
+//! reads the log from the sink's own cursor in order, skips what is too old
+//! for it (expired, kept), retries with capped exponential backoff and full
+//! jitter (or the server's `Retry-After`), dead-letters permanent failures,
+//! and records every outcome in the log so a restart resumes where it was.
+
+pub mod event;
+pub mod http;
+mod retry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{EventLog, LogEntry, LogError, Settlement};
+use crate::model::now_ms;
+
+pub use retry::{RetryPolicy, parse_retry_after};
+
+/// Why one delivery failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Worth trying again (connect error, timeout, 408, 429, 5xx).
+    #[error("{reason}")]
+    Retriable {
+        reason: String,
+        /// What the server asked for (`Retry-After`), if anything.
+        retry_after: Option<Duration>,
+    },
+    /// Will fail the same way again (other 4xx): dead-lettered.
+    #[error("{reason}")]
+    Permanent { reason: String },
+}
+
+impl SinkError {
+    pub fn retriable(reason: impl Into<String>) -> Self {
+        SinkError::Retriable {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        SinkError::Permanent {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One destination for logged payments.
+pub trait Sink: Send + Sync + 'static {
+    /// Unique among sinks; names the sink's cursor in the log.
+    fn name(&self) -> &str;
+
+    /// An entry older than this when its turn comes is expired for this sink
+    /// instead of delivered (a speaker must not announce an hour-old payment).
+    fn max_age(&self) -> Option<Duration> {
+        None
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::default()
+    }
+
+    /// Delivers one entry. Called again with the same entry after a crash or
+    /// a retriable error, so it must be idempotent at the receiver (e.g. a
+    /// request id derived from the dedupe key).
+    fn deliver(&self, entry: &LogEntry) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// Counters since start, for metrics and the status page.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub delivered: AtomicU64,
+    pub retries: AtomicU64,
+    pub expired: AtomicU64,
+    pub dead: AtomicU64,
+}
+
+/// Entries read from the log per batch; keeps memory flat with a large backlog.
+const READ_BATCH: usize = 64;
+
+/// How a worker stops.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// Cancelled when the gateway stops: no new delivery starts.
+    pub stop: CancellationToken,
+    /// How long an in-flight delivery may still run after `stop`.
+    pub grace: Duration,
+}
+
+/// Delivers every entry of `log` to `sink`, in log order, until shut down.
+pub async fn run_sink<S: Sink>(
+    sink: Arc<S>,
+    log: Arc<dyn EventLog>,
+    stats: Arc<SinkStats>,
+    shutdown: Shutdown,
+) {
+    let name = sink.name().to_string();
+    let mut changes = log.watch();
+    tracing::info!(sink = %name, "sink started");
+    loop {
+        if shutdown.stop.is_cancelled() {
+            break;
+        }
+        // Mark the current log end as seen before reading, so a commit that
+        // lands after the read still wakes the wait below.
+        changes.borrow_and_update();
+        // Requeued dead letters first, then the log from the cursor.
+        let batch = log.requeued(&name, READ_BATCH).and_then(|requeued| {
+            if !requeued.is_empty() {
+                return Ok(requeued);
+            }
+            log.cursor(&name).and_then(|c| log.read(c, READ_BATCH))
+        });
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(sink = %name, %error, "cannot read the event log; retrying");
+                if pause(&shutdown.stop, Duration::from_secs(1)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = shutdown.stop.cancelled() => break,
+                changed = changes.changed() => if changed.is_err() { break },
+            }
+            continue;
+        }
+        for entry in batch {
+            if !deliver_one(sink.as_ref(), &*log, &stats, &shutdown, &entry).await {
+                tracing::info!(sink = %name, "sink stopped");
+                return;
+            }
+        }
+    }
+    tracing::info!(sink = %name, "sink stopped");
+}
+
+/// Sleeps `delay` unless stopped first; true if stopped.
+async fn pause(stop: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
+
+/// How old an entry is for TTL purposes: since the bank booked it when the
+/// plugin says (and that is not in the future), else since it was logged.
+pub fn age_ms(entry: &LogEntry, now: i64) -> i64 {
+    let born = entry
+        .change
+        .occurred_at_ms
+        .filter(|&at| at <= now)
+        .map_or(entry.appended_at_ms, |at| at.min(entry.appended_at_ms));
+    (now - born).max(0)
+}
+
+/// Delivers one entry, retrying as the sink's policy says, and settles it.
+/// Returns false if the gateway is stopping and the entry was left pending.
+async fn deliver_one<S: Sink>(
+    sink: &S,
+    log: &dyn EventLog,
+    stats: &SinkStats,
+    shutdown: &Shutdown,
+    entry: &LogEntry,
+) -> bool {
+    let name = sink.name();
+    let policy = sink.retry_policy();
+    let mut attempt: u32 = 0;
+    loop {
+        let now = now_ms();
+        let remaining = sink
+            .max_age()
+            .map(|max| max.as_millis() as i64 - age_ms(entry, now));
+        if remaining.is_some_and(|r| r <= 0) {
+            let max = sink.max_age().unwrap_or_default();
+            let reason = format!("older than this sink's max age ({}s)", max.as_secs());
+            tracing::warn!(sink = %name, seq = entry.seq, %reason, "entry expired, not delivered");
+            stats.expired.fetch_add(1, Ordering::Relaxed);
+            return settle(
+                log,
+                name,
+                entry,
+                Settlement::Expired { reason },
+                &shutdown.stop,
+            )
+            .await;
+        }
+        if shutdown.stop.is_cancelled() {
+            return false;
+        }
+        let result = tokio::select! {
+            result = sink.deliver(entry) => result,
+            _ = async {
+                shutdown.stop.cancelled().await;
+                tokio::time::sleep(shutdown.grace).await;
+            } => {
+                tracing::warn!(sink = %name, seq = entry.seq, "delivery abandoned at shutdown; it is retried on the next start");
+                return false;
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(sink = %name, seq = entry.seq, transaction_id = %entry.change.transaction_id, "delivered");
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                return settle(log, name, entry, Settlement::Delivered, &shutdown.stop).await;
+            }
+            Err(SinkError::Permanent { reason }) => {
+                tracing::error!(sink = %name, seq = entry.seq, %reason, "delivery refused; kept as a dead letter");
+                stats.dead.fetch_add(1, Ordering::Relaxed);
+                return settle(
+                    log,
+                    name,
+                    entry,
+                    Settlement::Dead { reason },
+                    &shutdown.stop,
+                )
+                .await;
+            }
+            Err(SinkError::Retriable {
+                reason,
+                retry_after,
+            }) => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                let mut delay = policy.delay(attempt, retry_after);
+                attempt = attempt.saturating_add(1);
+                if let Some(r) = remaining {
+                    // No point waiting past the entry's expiry.
+                    delay = delay.min(Duration::from_millis(r as u64));
+                }
+                tracing::warn!(sink = %name, seq = entry.seq, %reason, attempt, delay_ms = delay.as_millis() as u64, "delivery failed; will retry");
+                if pause(&shutdown.stop, delay).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Records the outcome; a storage error is retried (the entry would otherwise
+/// be sent again after a restart, which receivers tolerate but we avoid).
+async fn settle(
+    log: &dyn EventLog,
+    sink: &str,
+    entry: &LogEntry,
+    settlement: Settlement,
+    stop: &CancellationToken,
+) -> bool {
+    loop {
+        match log.settle(sink, entry.seq, &settlement) {
+            Ok(()) => return true,
+            Err(LogError::Closed) => return false,
+            Err(error) => {
+                tracing::error!(sink, seq = entry.seq, %error, "cannot record delivery outcome; retrying");
+                if pause(stop, Duration::from_secs(1)).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
