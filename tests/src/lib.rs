@@ -43,30 +43,71 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// A loopback port free right now (the OS picks it; a later bind may race,
+/// which is rare enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// A running gateway, killed on drop.
 pub struct Gateway {
     child: Child,
     pub addr: String,
+    /// The admin API (`queue` commands while running).
+    pub admin_addr: String,
     pub dir: tempfile::TempDir,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Gateway {
-    /// Starts `soundbox-gateway run` with `config` (its `listen` and `data_dir`
-    /// are set here) and waits until ingress listens.
+    /// Starts `soundbox-gateway run` with `config` (its `[gateway]` table is
+    /// written here: fixed free ports, so a restart keeps the addresses) and
+    /// waits until ingress listens.
     pub fn start(config: &str) -> Gateway {
+        Self::start_with_gateway_keys(config, "")
+    }
+
+    /// Like [`Gateway::start`], with extra `[gateway]` keys.
+    pub fn start_with_gateway_keys(config: &str, gateway_keys: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
+        let admin_addr = format!("127.0.0.1:{}", free_port());
         let config = format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\nid = \"e2e\"\n{config}"
+            "[gateway]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"{admin_addr}\"\ndata_dir = \"data\"\nid = \"e2e\"\n{gateway_keys}\n{config}",
+            free_port()
         );
         std::fs::write(dir.path().join("config.toml"), config).expect("write config");
         let (child, addr, logs) = spawn(&dir.path().join("config.toml"));
         Gateway {
             child,
             addr,
+            admin_addr,
             dir,
             logs,
         }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// SIGKILLs the process (no shutdown code runs), then starts it again on
+    /// the same config and data dir.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr, logs) = spawn(&self.config_path());
+        self.child = child;
+        self.addr = addr;
+        self.logs = logs;
+    }
+
+    /// SIGKILLs the process and leaves it dead.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Stops with SIGTERM, then starts again on the same config and data dir.
@@ -203,4 +244,142 @@ pub fn run_cli(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("run gateway cli")
+}
+
+/// What [`CountingSink`] saw of one payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arrival {
+    pub idempotency_key: String,
+    pub transaction_id: String,
+    pub seq: u64,
+    pub amount: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    per_key: std::collections::HashMap<String, u32>,
+    /// First arrival of each key, in arrival order.
+    first: Vec<Arrival>,
+    refused: u64,
+}
+
+/// An HTTP endpoint for the gateway's `[[forward]]` sink that counts
+/// deliveries per `Idempotency-Key`, the way a receiver that dedupes would
+/// (SePay's speaker API does so by `requestId`). It can be switched "down"
+/// (answers 503) to simulate an outage.
+pub struct CountingSink {
+    pub url: String,
+    counts: Arc<Mutex<Counts>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CountingSink {
+    pub fn start() -> CountingSink {
+        use axum::http::{HeaderMap, StatusCode};
+        use std::sync::atomic::Ordering;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind sink");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let url = format!("http://{}/events", listener.local_addr().expect("addr"));
+        let counts: Arc<Mutex<Counts>> = Arc::default();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, d) = (counts.clone(), down.clone());
+        let app = axum::Router::new().route(
+            "/events",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let (counts, down) = (c.clone(), d.clone());
+                async move {
+                    let mut counts = counts.lock().expect("counts");
+                    if down.load(Ordering::SeqCst) {
+                        counts.refused += 1;
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok())
+                    else {
+                        return StatusCode::BAD_REQUEST;
+                    };
+                    let Ok(event) = serde_json::from_str::<serde_json::Value>(&body) else {
+                        return StatusCode::BAD_REQUEST;
+                    };
+                    let n = counts.per_key.entry(key.to_string()).or_default();
+                    *n += 1;
+                    if *n == 1 {
+                        counts.first.push(Arrival {
+                            idempotency_key: key.to_string(),
+                            transaction_id: event["transaction_id"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                            seq: event["seq"].as_u64().unwrap_or(u64::MAX),
+                            amount: event["amount"].as_u64().unwrap_or(0),
+                        });
+                    }
+                    StatusCode::OK
+                }
+            }),
+        );
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("sink runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let _ = axum::serve(listener, app).await;
+            });
+        });
+        CountingSink { url, counts, down }
+    }
+
+    /// While down, every delivery gets 503.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Each payment's first arrival, in arrival order.
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.counts.lock().expect("counts").first.clone()
+    }
+
+    /// Deliveries accepted in all, redeliveries included.
+    pub fn deliveries(&self) -> u64 {
+        let counts = self.counts.lock().expect("counts");
+        counts.per_key.values().map(|n| u64::from(*n)).sum()
+    }
+
+    /// Deliveries refused while down.
+    pub fn refused(&self) -> u64 {
+        self.counts.lock().expect("counts").refused
+    }
+
+    /// Waits until `n` distinct payments arrived, up to `timeout`.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.arrivals().len() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+/// A SePay webhook body for transaction `id` of `amount` VND.
+pub fn sepay_webhook(id: u64, amount: u64) -> String {
+    serde_json::json!({
+        "id": id,
+        "gateway": "Vietcombank",
+        "transactionDate": "2026-11-26 14:02:37",
+        "accountNumber": "0123499999",
+        "code": null,
+        "content": format!("thanh toan don {id}"),
+        "transferType": "in",
+        "transferAmount": amount,
+        "accumulated": 19_077_000,
+        "subAccount": null,
+        "referenceCode": format!("MBVCB.{id}"),
+        "description": ""
+    })
+    .to_string()
 }

@@ -1,6 +1,7 @@
 //! The `soundbox-gateway` command line.
 
 mod plugin_test;
+mod queue;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,8 @@ enum Command {
         #[arg(long, short, default_value = "config.toml", env = "SOUNDBOX_CONFIG")]
         config: PathBuf,
     },
+    /// Inspect and retry the delivery queues (works while the gateway runs or is stopped).
+    Queue(queue::Queue),
     /// Work with plugin files.
     Plugin {
         #[command(subcommand)]
@@ -88,6 +91,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => check(config).await,
+        Command::Queue(queue) => queue.run().await,
         Command::Plugin {
             command: PluginCommand::Test(args),
         } => args.run().await,

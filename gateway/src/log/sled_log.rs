@@ -569,6 +569,11 @@ impl EventLog for SledLog {
             let n = old.map_or(0, be) + 1;
             Some(n.to_be_bytes().to_vec())
         })?;
+        // Written through to the file (not synced: a power cut may lose the
+        // last few settlements, which only means a redelivery that receivers
+        // dedupe by event id). Without it a kill would lose up to sled's
+        // 500 ms flush interval of settlements.
+        self.inner.db.flush()?;
         Ok(())
     }
 }

@@ -2,5 +2,7 @@
 //! real HTTP on loopback. One test binary; a module per area.
 
 mod cli;
+mod crash;
+mod queue;
 mod sandbox;
 mod webhooks;

@@ -93,3 +93,6 @@ impl Sink for HttpSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

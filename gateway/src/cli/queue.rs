@@ -1,0 +1,259 @@
+//! `queue status|list|retry`: the same answers whether the gateway is running
+//! (the store is locked: ask its admin API on loopback) or stopped (open the
+//! store directly).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use crate::admin::{QueueReport, QueueView};
+use crate::config::Config;
+use crate::log::{LogError, QueueItem, SledLog};
+
+#[derive(Debug, Args)]
+pub struct Queue {
+    #[arg(long, short, default_value = "config.toml", env = "SOUNDBOX_CONFIG")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: QueueCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Per sink: pending entries, age of the oldest, dead letters; and the log's health.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Entries of one sink, newest first.
+    List {
+        /// The sink (optional when there is only one).
+        #[arg(long)]
+        sink: Option<String>,
+        /// Only entries in this state: pending, requeued, delivered, expired, dead.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters again: one by its seq, or all with --dead.
+    Retry {
+        #[arg(long)]
+        sink: Option<String>,
+        #[arg(required_unless_present = "dead")]
+        seq: Option<u64>,
+        #[arg(long, conflicts_with = "seq")]
+        dead: bool,
+    },
+}
+
+/// Where the answers come from.
+enum Backend {
+    Store(QueueView),
+    Api {
+        base: String,
+        client: reqwest::Client,
+    },
+}
+
+impl Backend {
+    fn connect(config: &Config) -> anyhow::Result<Backend> {
+        let sinks = crate::app::sink_names(config);
+        match SledLog::open(&config.gateway.data_dir, config.log.clone()) {
+            Ok(log) => Ok(Backend::Store(QueueView { log, sinks })),
+            Err(LogError::Locked(_)) => Ok(Backend::Api {
+                base: format!("http://{}/api/queue", config.gateway.admin_listen),
+                client: reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(10))
+                    .build()?,
+            }),
+            Err(e) => Err(e).context("cannot open the event log"),
+        }
+    }
+
+    async fn api<T: serde::de::DeserializeOwned>(
+        request: reqwest::RequestBuilder,
+        base: &str,
+    ) -> anyhow::Result<T> {
+        let response = request.send().await.with_context(|| {
+            format!("the store is locked by a running gateway, but its admin API at {base} does not answer")
+        })?;
+        let status = response.status();
+        let body = response.text().await?;
+        if !status.is_success() {
+            let reason = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            bail!("{reason}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    async fn report(&self) -> anyhow::Result<QueueReport> {
+        match self {
+            Backend::Store(view) => Ok(view.report()?),
+            Backend::Api { base, client } => Self::api(client.get(base), base).await,
+        }
+    }
+
+    async fn list(
+        &self,
+        sink: &str,
+        state: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<QueueItem>> {
+        match self {
+            Backend::Store(view) => Ok(view.log.list(sink, state, limit)?),
+            Backend::Api { base, client } => {
+                let mut query = vec![("limit", limit.to_string())];
+                if let Some(state) = state {
+                    query.push(("state", state.to_string()));
+                }
+                let request = client.get(format!("{base}/{sink}")).query(&query);
+                Self::api(request, base).await
+            }
+        }
+    }
+
+    async fn retry(&self, sink: &str, seq: Option<u64>) -> anyhow::Result<usize> {
+        match self {
+            Backend::Store(view) => Ok(view.log.requeue(sink, seq)?),
+            Backend::Api { base, client } => {
+                let query = match seq {
+                    Some(seq) => vec![("seq", seq.to_string())],
+                    None => vec![("dead", "true".to_string())],
+                };
+                let request = client.post(format!("{base}/{sink}/retry")).query(&query);
+                let reply: serde_json::Value = Self::api(request, base).await?;
+                Ok(reply["requeued"].as_u64().unwrap_or(0) as usize)
+            }
+        }
+    }
+
+    async fn close(self) {
+        if let Backend::Store(view) = self
+            && let Err(e) = view.log.close()
+        {
+            tracing::warn!(error = %e, "closing the event log");
+        }
+    }
+}
+
+/// The sink to act on: the one given, or the only one there is.
+fn pick_sink(report: &QueueReport, given: Option<String>) -> anyhow::Result<String> {
+    let names: Vec<&str> = report.sinks.iter().map(|s| s.sink.as_str()).collect();
+    match given {
+        Some(sink) if names.contains(&sink.as_str()) => Ok(sink),
+        Some(sink) => bail!("no sink named `{sink}` (sinks: {})", names.join(", ")),
+        None if names.len() == 1 => Ok(names[0].to_string()),
+        None if names.is_empty() => bail!("no sinks are configured"),
+        None => bail!("several sinks; pick one with --sink ({})", names.join(", ")),
+    }
+}
+
+fn age(ms: i64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+impl Queue {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let config = Config::load(&self.config)?;
+        let backend = Backend::connect(&config)?;
+        let result = self.command.run(&backend).await;
+        backend.close().await;
+        result
+    }
+}
+
+impl QueueCommand {
+    async fn run(self, backend: &Backend) -> anyhow::Result<ExitCode> {
+        match self {
+            QueueCommand::Status { json } => {
+                let report = backend.report().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                println!(
+                    "{:<16} {:>8} {:>8} {:>6} {:>10} {:>8}",
+                    "sink", "pending", "oldest", "dead", "delivered", "expired"
+                );
+                for s in &report.sinks {
+                    println!(
+                        "{:<16} {:>8} {:>8} {:>6} {:>10} {:>8}",
+                        s.sink,
+                        s.pending,
+                        s.oldest_pending_age_ms.map_or("-".to_string(), age),
+                        s.dead_letters,
+                        s.delivered,
+                        s.expired
+                    );
+                }
+                let h = &report.health;
+                if h.is_degraded() {
+                    println!("log: DEGRADED {}", serde_json::to_string(h)?);
+                } else {
+                    println!("log: healthy");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            QueueCommand::List {
+                sink,
+                state,
+                limit,
+                json,
+            } => {
+                let sink = pick_sink(&backend.report().await?, sink)?;
+                let items = backend.list(&sink, state.as_deref(), limit).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&items)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let now = crate::model::now_ms();
+                println!(
+                    "{:>8} {:>6} {:<10} {:<12} {:>14} {:<20} reason",
+                    "seq", "age", "state", "provider", "amount", "transaction"
+                );
+                for i in items {
+                    println!(
+                        "{:>8} {:>6} {:<10} {:<12} {:>10} {} {:<20} {}",
+                        i.seq,
+                        age(now - i.appended_at_ms),
+                        i.state,
+                        i.provider,
+                        i.amount,
+                        i.currency,
+                        i.transaction_id,
+                        i.reason.unwrap_or_default()
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            QueueCommand::Retry { sink, seq, dead } => {
+                let sink = pick_sink(&backend.report().await?, sink)?;
+                let n = backend.retry(&sink, if dead { None } else { seq }).await?;
+                match (n, seq) {
+                    (0, Some(seq)) => {
+                        eprintln!("seq {seq} is not a dead letter of `{sink}`");
+                        Ok(ExitCode::FAILURE)
+                    }
+                    (n, _) => {
+                        println!("requeued {n} dead letter(s) of `{sink}`");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                }
+            }
+        }
+    }
+}

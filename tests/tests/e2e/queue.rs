@@ -1,0 +1,155 @@
+//! The durable queue from the outside: dead letters and `queue` commands
+//! (gateway running and stopped), a full store answering 503 without losing
+//! anything, and a damaged store that does not stop the gateway.
+
+use std::time::{Duration, Instant};
+
+use soundbox_e2e::{CountingSink, Gateway, plugin, post, run_cli, sepay_webhook};
+
+fn config(url: &str, extra: &str) -> String {
+    format!(
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n\
+         [[forward]]\nname = \"pos\"\nurl = \"{url}\"\nretry_initial_ms = 10\nretry_max_ms = 100\n{extra}",
+        plugin("sepay_webhook").display(),
+    )
+}
+
+fn queue(gw: &Gateway, args: &[&str]) -> (i32, String, String) {
+    let config = gw.config_path();
+    let mut all = vec!["queue", "--config", config.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let out = run_cli(&all);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn status_json(gw: &Gateway) -> serde_json::Value {
+    let (code, out, err) = queue(gw, &["status", "--json"]);
+    assert_eq!(code, 0, "queue status failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_listed_and_retried_while_running_and_while_stopped() {
+    let sink = CountingSink::start();
+    // A path the receiver does not have: 404, a permanent failure.
+    let broken = sink.url.replace("/events", "/missing");
+    let mut gw = Gateway::start(&config(&broken, ""));
+    for id in [1, 2] {
+        let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(id, 50_000)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // Running: the CLI goes through the admin API.
+    wait_until("two dead letters", Duration::from_secs(20), || {
+        status_json(&gw)["sinks"][0]["dead_letters"] == 2
+    });
+    let (code, out, err) = queue(&gw, &["list", "--state", "dead", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let items: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(items.as_array().map(Vec::len), Some(2), "{out}");
+    assert!(
+        items[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("404"),
+        "{out}"
+    );
+    let (code, out, _) = queue(&gw, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("pos") && out.contains("log: healthy"), "{out}");
+
+    // Stopped: the CLI opens the store itself and sees the same.
+    gw.kill();
+    let status = status_json(&gw);
+    assert_eq!(status["sinks"][0]["dead_letters"], 2, "{status}");
+    let (code, _, err) = queue(&gw, &["retry", "999"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a dead letter"), "{err}");
+
+    // Fix the URL, start again, retry from the CLI while running.
+    let text = std::fs::read_to_string(gw.config_path()).expect("read config");
+    std::fs::write(gw.config_path(), text.replace(&broken, &sink.url)).expect("write config");
+    gw.kill_and_restart();
+    let (code, out, err) = queue(&gw, &["retry", "--dead"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("requeued 2"), "{out}");
+    assert!(sink.wait_for(2, Duration::from_secs(20)), "{}", gw.logs());
+    let status = status_json(&gw);
+    assert_eq!(status["sinks"][0]["dead_letters"], 0, "{status}");
+    assert_eq!(status["sinks"][0]["pending"], 0, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_store_answers_503_and_loses_nothing() {
+    let sink = CountingSink::start();
+    // Far more free space than any machine has: every append is refused.
+    let mut gw = Gateway::start(&config(
+        &sink.url,
+        "\n[log]\nmin_free_disk_mb = 1000000000\n",
+    ));
+    let body = sepay_webhook(7, 70_000);
+    let refused = post(&gw.url("/hooks/sepay"), &[], body.clone()).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "log_full");
+    assert!(
+        refused.json()["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("free")
+    );
+
+    // Space comes back; the provider retries; the payment goes through once.
+    let text = std::fs::read_to_string(gw.config_path()).expect("read config");
+    std::fs::write(
+        gw.config_path(),
+        text.replace("min_free_disk_mb = 1000000000", "min_free_disk_mb = 1"),
+    )
+    .expect("write config");
+    gw.kill_and_restart();
+    let accepted = post(&gw.url("/hooks/sepay"), &[], body).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
+    assert!(sink.wait_for(1, Duration::from_secs(20)));
+    assert_eq!(sink.arrivals()[0].transaction_id, "7");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_store_is_moved_aside_and_the_gateway_keeps_serving() {
+    let sink = CountingSink::start();
+    let mut gw = Gateway::start(&config(&sink.url, ""));
+    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(1, 10_000)).await;
+    assert_eq!(r.status, 200);
+    assert!(sink.wait_for(1, Duration::from_secs(20)));
+    gw.kill();
+    let state = gw.dir.path().join("data/state");
+    std::fs::write(state.join("conf"), b"\xff\xfe not a sled config").expect("damage");
+    gw.kill_and_restart();
+    assert!(
+        gw.wait_for_log("moving it aside", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(2, 20_000)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(sink.wait_for(2, Duration::from_secs(20)));
+    let status = status_json(&gw);
+    let aside = status["health"]["damaged_store"]
+        .as_str()
+        .expect("reported");
+    assert!(std::path::Path::new(aside).exists(), "{aside}");
+    let (_, out, _) = queue(&gw, &["status"]);
+    assert!(out.contains("DEGRADED"), "{out}");
+}
