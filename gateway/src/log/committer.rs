@@ -73,9 +73,10 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Vec<Vec<Appended>>, LogErr
     inner.check_space()?;
     let first_seq = inner.next_seq();
     let now = now_ms();
-    let trees = (&inner.events, &inner.dedupe, &inner.dedupe_age, &inner.meta);
-    let (per_request, next_seq) = trees
-        .transaction(|(events, dedupe, dedupe_age, meta)| {
+    // Two writes per change, in one transaction: the entry and its dedupe
+    // key commit together or not at all.
+    let (per_request, next_seq) = (&inner.events, &inner.dedupe)
+        .transaction(|(events, dedupe)| {
             let mut seq = first_seq;
             let mut per_request = Vec::with_capacity(batch.len());
             for request in batch {
@@ -95,22 +96,16 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Vec<Vec<Appended>>, LogErr
                     let mut value = seq.to_be_bytes().to_vec();
                     value.extend_from_slice(&now.to_be_bytes());
                     dedupe.insert(key.as_bytes(), value)?;
-                    let mut age_key = now.to_be_bytes().to_vec();
-                    age_key.extend_from_slice(key.as_bytes());
-                    dedupe_age.insert(age_key, &[])?;
                     appended.push(Appended::New(seq));
                     seq += 1;
                 }
                 per_request.push(appended);
             }
-            if seq != first_seq {
-                meta.insert(super::sled_log::NEXT_SEQ, &seq.to_be_bytes())?;
-            }
             Ok::<_, ConflictableTransactionError<()>>((per_request, seq))
         })
         .map_err(|e| LogError::Storage(format!("{e:?}")))?;
     inner.db.flush()?;
-    sync_filesystem(&inner.dir_handle)?;
+    sync_to_disk(&inner.data_file)?;
     inner.advance(next_seq);
     Ok(per_request)
 }
@@ -126,8 +121,20 @@ pub(super) fn dedupe_seq(value: &[u8]) -> u64 {
 
 /// sled's `flush()` only issues `sync_file_range`: the pages reach the disk
 /// but not the file metadata or the drive's write cache, so it survives
-/// `kill -9` and not a power cut. `syncfs` on the data directory's filesystem
-/// covers every file sled wrote, metadata and cache flush included.
+/// `kill -9` and not a power cut. `fdatasync` on sled's data file (`state/db`,
+/// which holds every segment of its log; sled's own flusher fsyncs the same
+/// file) adds both. It is cheaper than `syncfs`, which would also wait for
+/// every other dirty file on the filesystem; [`SledLog::open`] runs one
+/// `syncfs` so the store's directory entries and config are durable too.
+///
+/// [`SledLog::open`]: super::SledLog::open
+pub(super) fn sync_to_disk(data_file: &File) -> Result<(), LogError> {
+    data_file
+        .sync_data()
+        .map_err(|e| LogError::Storage(format!("fdatasync: {e}")))
+}
+
+/// Makes everything on the data directory's filesystem durable.
 pub(super) fn sync_filesystem(dir: &File) -> Result<(), LogError> {
     rustix::fs::syncfs(dir).map_err(|e| LogError::Storage(format!("syncfs: {e}")))
 }

@@ -2,8 +2,8 @@
 //! and the sinks.
 //!
 //! - [`EventLog::append`] resolves only after the changes are on disk in a way
-//!   that survives a power cut (sled `flush()` followed by `syncfs` on the data
-//!   directory), group-committed so concurrent appends share one sync. Ingress
+//!   that survives a power cut (sled `flush()` followed by `fdatasync` of
+//!   sled's data file), group-committed so concurrent appends share one sync. Ingress
 //!   answers the sender 2xx only after that.
 //! - A dedupe index on `(provider, transaction id)` makes a repeated payment a
 //!   no-op that is still acknowledged.

@@ -3,8 +3,8 @@
 //! Trees:
 //! - `events`: seq (u64 BE) → record ([`super::record`]).
 //! - `dedupe`: `provider\x1ftransaction id` → seq BE ++ appended-at BE.
-//! - `dedupe_age`: appended-at BE ++ dedupe key → () (retention GC walks it in time order).
-//! - `meta`: `next_seq`, `schema`.
+//! - `meta`: `schema`; `next_seq` (written by GC before it removes entries,
+//!   so sequence numbers never repeat even when every entry was collected).
 //! - `quarantine`: seq BE → the bytes that failed their checksum.
 //! - `sink/<name>`: `c` → cursor BE; `o`+seq → settlement JSON;
 //!   `d`+seq → () (dead letters); `r`+seq → () (requeued); `n/<state>` → count BE.
@@ -55,11 +55,12 @@ pub(super) struct Inner {
     pub path: PathBuf,
     pub events: sled::Tree,
     pub dedupe: sled::Tree,
-    pub dedupe_age: sled::Tree,
     pub meta: sled::Tree,
     quarantine: sled::Tree,
-    /// An open handle on the data directory, for `syncfs`.
+    /// An open handle on the data directory (free-space checks, `syncfs`).
     pub dir_handle: File,
+    /// sled's data file, `state/db`, for `fdatasync` after each commit.
+    pub data_file: File,
     options: LogOptions,
     next_seq: AtomicU64,
     notify: watch::Sender<u64>,
@@ -197,16 +198,20 @@ impl SledLog {
         let next_seq = stored_next.max(after_last);
         let dir_handle = File::open(data_dir)
             .map_err(|e| LogError::Storage(format!("open {}: {e}", data_dir.display())))?;
+        let data_file = File::open(data_dir.join("state").join("db"))
+            .map_err(|e| LogError::Storage(format!("open state/db: {e}")))?;
+        // Once: a fresh store's files and directory entries become durable.
+        committer::sync_filesystem(&dir_handle)?;
         let (notify, _) = watch::channel(next_seq);
         let inner = Arc::new(Inner {
             path: data_dir.join("state"),
             events,
             dedupe: tree("dedupe")?,
-            dedupe_age: tree("dedupe_age")?,
             quarantine: tree("quarantine")?,
             meta,
             db,
             dir_handle,
+            data_file,
             options,
             next_seq: AtomicU64::new(next_seq),
             notify,
@@ -259,7 +264,7 @@ impl SledLog {
     /// Flushes and syncs everything written so far (sink settlements included).
     pub fn sync(&self) -> Result<(), LogError> {
         self.inner.db.flush()?;
-        committer::sync_filesystem(&self.inner.dir_handle)
+        committer::sync_to_disk(&self.inner.data_file)
     }
 
     fn sink_tree(&self, sink: &str) -> Result<sled::Tree, LogError> {
@@ -423,6 +428,10 @@ impl SledLog {
             }
             trees.push(tree);
         }
+        // Sequence numbers must not restart if everything below is removed.
+        self.inner
+            .meta
+            .insert(NEXT_SEQ, &self.inner.next_seq().to_be_bytes())?;
         let keep_ms = self.inner.options.keep_settled.as_millis() as i64;
         let mut batch = sled::Batch::default();
         let mut removed = Vec::new();
@@ -452,18 +461,17 @@ impl SledLog {
         report.events_removed = removed.len() as u64;
 
         let cutoff = now - self.inner.options.dedupe_retention.as_millis() as i64;
-        for item in self.inner.dedupe_age.range(..cutoff.to_be_bytes()) {
-            let (key, _) = item?;
-            let dedupe_key = &key[8..];
-            // Remove the dedupe entry only if it is this old one.
-            if let Some(v) = self.inner.dedupe.get(dedupe_key)?
-                && v.get(8..16) == key.get(..8)
-            {
-                self.inner.dedupe.remove(dedupe_key)?;
+        let mut batch = sled::Batch::default();
+        for item in self.inner.dedupe.iter() {
+            let (key, value) = item?;
+            let at = value.get(8..16).map_or(i64::MAX, |b| be(b) as i64);
+            if at < cutoff {
+                batch.remove(key);
+                report.dedupe_removed += 1;
             }
-            self.inner.dedupe_age.remove(&key)?;
-            report.dedupe_removed += 1;
         }
+        self.inner.dedupe.apply_batch(batch)?;
+        self.inner.db.flush()?;
         Ok(report)
     }
 }

@@ -1,0 +1,231 @@
+//! Durable append: the event log against the physical limit of the same disk
+//! (plain `File` append + `fdatasync`), measured in one run.
+//! Run: `cargo bench -p soundbox-gateway --bench log_append`
+//!
+//! Rows:
+//! - raw: one 300-byte write + `sync_data` per event, one writer (the floor).
+//! - sled+syncfs: sled `insert` + `flush` + `syncfs` per event, one writer,
+//!   no group commit (what the log would cost without it).
+//! - log x1: `SledLog::append` of one change at a time, awaited (one webhook at a time).
+//! - log xN: N concurrent appenders (N webhooks in flight) sharing group commits.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use soundbox_gateway::log::{EventLog, LogOptions, SledLog};
+use soundbox_gateway::model::{BalanceChange, Direction, now_ms};
+
+const SEQUENTIAL: usize = 2_000;
+const CONCURRENT_TOTAL: usize = 40_000;
+
+struct Row {
+    name: String,
+    events_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn row(name: &str, mut samples: Vec<Duration>, elapsed: Duration) -> Row {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Row {
+        name: name.to_string(),
+        events_per_sec: samples.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn change(i: usize) -> BalanceChange {
+    BalanceChange {
+        provider: "sepay".into(),
+        transaction_id: format!("bench-{i}"),
+        connector: "sepay".into(),
+        account: "0123499999".into(),
+        amount: 150_000,
+        currency: "VND".into(),
+        direction: Direction::In,
+        reference: Some(format!("MBVCB.{i}")),
+        counterparty: None,
+        content: Some("CT DEN:0123456789 thanh toan don hang".into()),
+        occurred_at_ms: Some(now_ms()),
+        received_at_ms: now_ms(),
+        extra: Vec::new(),
+    }
+}
+
+fn scratch() -> tempfile::TempDir {
+    // Under target/: the same disk as a real data dir, not a tmpfs.
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir")
+}
+
+fn raw_fdatasync() -> Row {
+    let dir = scratch();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("raw.log"))
+        .expect("open");
+    let record = vec![b'x'; 300];
+    let mut samples = Vec::with_capacity(SEQUENTIAL);
+    let started = Instant::now();
+    for _ in 0..SEQUENTIAL {
+        let t = Instant::now();
+        file.write_all(&record).expect("write");
+        file.sync_data().expect("fdatasync");
+        samples.push(t.elapsed());
+    }
+    row("raw append + fdatasync", samples, started.elapsed())
+}
+
+fn sled_syncfs() -> Row {
+    let dir = scratch();
+    let db = sled::Config::new()
+        .path(dir.path().join("state"))
+        .cache_capacity(8 << 20)
+        .open()
+        .expect("sled");
+    let handle = std::fs::File::open(dir.path()).expect("dir");
+    let record = vec![b'x'; 300];
+    let mut samples = Vec::with_capacity(SEQUENTIAL);
+    let started = Instant::now();
+    for i in 0..SEQUENTIAL {
+        let t = Instant::now();
+        db.insert((i as u64).to_be_bytes(), record.as_slice())
+            .expect("insert");
+        db.flush().expect("flush");
+        rustix::fs::syncfs(&handle).expect("syncfs");
+        samples.push(t.elapsed());
+    }
+    row("sled insert+flush+syncfs", samples, started.elapsed())
+}
+
+fn sled_fdatasync_db() -> Row {
+    let dir = scratch();
+    let db = sled::Config::new()
+        .path(dir.path().join("state"))
+        .cache_capacity(8 << 20)
+        .open()
+        .expect("sled");
+    let handle = std::fs::File::open(dir.path().join("state/db")).expect("db file");
+    let record = vec![b'x'; 300];
+    let mut samples = Vec::with_capacity(SEQUENTIAL);
+    let started = Instant::now();
+    for i in 0..SEQUENTIAL {
+        let t = Instant::now();
+        db.insert((i as u64).to_be_bytes(), record.as_slice())
+            .expect("insert");
+        db.flush().expect("flush");
+        handle.sync_data().expect("fdatasync");
+        samples.push(t.elapsed());
+    }
+    row("sled insert+flush+fdatasync", samples, started.elapsed())
+}
+
+fn log_options() -> LogOptions {
+    LogOptions {
+        min_free_disk_bytes: 0,
+        ..LogOptions::default()
+    }
+}
+
+fn log_sequential(rt: &tokio::runtime::Runtime) -> Row {
+    let dir = scratch();
+    let log = SledLog::open(dir.path(), log_options()).expect("log");
+    let mut samples = Vec::with_capacity(SEQUENTIAL);
+    let started = Instant::now();
+    rt.block_on(async {
+        for i in 0..SEQUENTIAL {
+            let t = Instant::now();
+            log.append(vec![change(i)]).await.expect("append");
+            samples.push(t.elapsed());
+        }
+    });
+    let elapsed = started.elapsed();
+    log.close().expect("close");
+    row("log append x1", samples, elapsed)
+}
+
+fn log_concurrent(rt: &tokio::runtime::Runtime, writers: usize) -> Row {
+    let dir = scratch();
+    let log = SledLog::open(dir.path(), log_options()).expect("log");
+    let per_writer = CONCURRENT_TOTAL / writers;
+    let started = Instant::now();
+    let samples = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Vec::with_capacity(per_writer);
+                for i in 0..per_writer {
+                    let t = Instant::now();
+                    log.append(vec![change(w * per_writer + i)])
+                        .await
+                        .expect("append");
+                    samples.push(t.elapsed());
+                }
+                samples
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("writer"));
+        }
+        all
+    });
+    let elapsed = started.elapsed();
+    log.close().expect("close");
+    row(&format!("log append x{writers}"), samples, elapsed)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let rows = vec![
+        raw_fdatasync(),
+        sled_syncfs(),
+        sled_fdatasync_db(),
+        log_sequential(&rt),
+        log_concurrent(&rt, 16),
+        log_concurrent(&rt, 64),
+    ];
+    let floor = &rows[0];
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>12}",
+        "durable append", "events/s", "p50 µs", "p99 µs", "p99 / raw"
+    );
+    for r in &rows {
+        println!(
+            "{:<28} {:>10.0} {:>10.0} {:>10.0} {:>11.2}x",
+            r.name,
+            r.events_per_sec,
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() / floor.p99.as_secs_f64()
+        );
+    }
+    let single = &rows[3];
+    let best = rows[4..]
+        .iter()
+        .map(|r| r.events_per_sec)
+        .fold(0.0, f64::max);
+    println!();
+    println!(
+        "target: one append p99 <= 2x one fdatasync p99: {:.2}x ({})",
+        single.p99.as_secs_f64() / floor.p99.as_secs_f64(),
+        if single.p99 <= floor.p99 * 2 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    println!(
+        "target: >= 5,000 events/s with group commit: {best:.0}/s ({}); {:.1}x the raw single-writer rate",
+        if best >= 5_000.0 { "met" } else { "NOT met" },
+        best / floor.events_per_sec
+    );
+}
