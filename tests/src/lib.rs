@@ -72,6 +72,11 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with extra `[gateway]` keys.
     pub fn start_with_gateway_keys(config: &str, gateway_keys: &str) -> Gateway {
+        Self::start_wrapped(config, gateway_keys, &[])
+    }
+
+    /// Like [`Gateway::start`], run under `wrapper` (e.g. `strace -f -o FILE`).
+    pub fn start_wrapped(config: &str, gateway_keys: &str, wrapper: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let admin_addr = format!("127.0.0.1:{}", free_port());
         let config = format!(
@@ -79,7 +84,7 @@ impl Gateway {
             free_port()
         );
         std::fs::write(dir.path().join("config.toml"), config).expect("write config");
-        let (child, addr, logs) = spawn(&dir.path().join("config.toml"));
+        let (child, addr, logs) = spawn_wrapped(&dir.path().join("config.toml"), wrapper);
         Gateway {
             child,
             addr,
@@ -87,6 +92,11 @@ impl Gateway {
             dir,
             logs,
         }
+    }
+
+    /// The process started: the gateway, or its wrapper.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -166,7 +176,19 @@ impl Gateway {
 /// Spawns the binary on `config`, collects its JSON log lines and waits for
 /// the line that says where ingress listens.
 fn spawn(config: &Path) -> (Child, String, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(gateway_bin())
+    spawn_wrapped(config, &[])
+}
+
+fn spawn_wrapped(config: &Path, wrapper: &[&str]) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(gateway_bin());
+            c
+        }
+        None => Command::new(gateway_bin()),
+    };
+    let mut child = command
         .args(["--log-format", "json", "run", "--config"])
         .arg(config)
         .env("SOUNDBOX_LOG", "info")

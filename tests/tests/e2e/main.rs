@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod durability;
 mod queue;
 mod sandbox;
 mod webhooks;
