@@ -293,6 +293,8 @@ pub struct CountingSink {
     pub url: String,
     counts: Arc<Mutex<Counts>>,
     down: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds to wait before answering each delivery.
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl CountingSink {
@@ -305,12 +307,17 @@ impl CountingSink {
         let url = format!("http://{}/events", listener.local_addr().expect("addr"));
         let counts: Arc<Mutex<Counts>> = Arc::default();
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (c, d) = (counts.clone(), down.clone());
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c, d, slow) = (counts.clone(), down.clone(), delay_ms.clone());
         let app = axum::Router::new().route(
             "/events",
             axum::routing::post(move |headers: HeaderMap, body: String| {
-                let (counts, down) = (c.clone(), d.clone());
+                let (counts, down, slow) = (c.clone(), d.clone(), slow.clone());
                 async move {
+                    let delay = slow.load(Ordering::SeqCst);
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
                     let mut counts = counts.lock().expect("counts");
                     if down.load(Ordering::SeqCst) {
                         counts.refused += 1;
@@ -350,7 +357,20 @@ impl CountingSink {
                 let _ = axum::serve(listener, app).await;
             });
         });
-        CountingSink { url, counts, down }
+        CountingSink {
+            url,
+            counts,
+            down,
+            delay_ms,
+        }
+    }
+
+    /// Answers each delivery only after `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     /// While down, every delivery gets 503.

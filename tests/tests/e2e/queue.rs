@@ -153,3 +153,43 @@ async fn a_damaged_store_is_moved_aside_and_the_gateway_keeps_serving() {
     let (_, out, _) = queue(&gw, &["status"]);
     assert!(out.contains("DEGRADED"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_delivery_finish_within_the_grace_period() {
+    let sink = CountingSink::start();
+    sink.set_delay(Duration::from_millis(800));
+    let mut gw =
+        Gateway::start_with_gateway_keys(&config(&sink.url, ""), "shutdown_grace_secs = 5");
+    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(1, 10_000)).await;
+    assert_eq!(r.status, 200);
+    assert!(gw.wait_for_log("sink started", Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(200)); // the delivery is in flight
+    let status = gw.restart();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(sink.deliveries(), 1, "finished before exit: {}", gw.logs());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sink.deliveries(), 1, "and not sent again after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_abandons_a_slow_delivery_after_the_grace_period_and_resends_it_later() {
+    let sink = CountingSink::start();
+    sink.set_delay(Duration::from_secs(30));
+    let mut gw =
+        Gateway::start_with_gateway_keys(&config(&sink.url, ""), "shutdown_grace_secs = 1");
+    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(1, 10_000)).await;
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let stop_took = {
+        let status = gw.restart();
+        assert!(status.success(), "{status:?}");
+        started.elapsed()
+    };
+    assert!(
+        stop_took < Duration::from_secs(10),
+        "took {stop_took:?} to stop"
+    );
+    sink.set_delay(Duration::ZERO);
+    assert!(sink.wait_for(1, Duration::from_secs(20)), "{}", gw.logs());
+}
