@@ -313,9 +313,12 @@ fn damaged_records_are_quarantined_and_the_rest_is_served() {
         .insert(1u64.to_be_bytes(), damaged)
         .expect("insert");
     let log = reopen(log, dir.path());
+    // Found when read (a sink reaching it, `queue list`), not by a scan at open.
+    assert_eq!(txids(&log.read(0, 10).expect("read")), ["1", "3"]);
     assert_eq!(log.health().quarantined, 1);
     assert!(log.health().is_degraded());
     assert_eq!(txids(&log.read(0, 10).expect("read")), ["1", "3"]);
+    assert_eq!(log.health().quarantined, 1, "reported once");
     assert_eq!(log.inner.quarantine.len(), 1);
     // Appends keep working, with fresh sequence numbers.
     assert_eq!(append(&log, &["4"]), [Appended::New(3)]);

@@ -1,0 +1,185 @@
+//! Memory while a large backlog drains: 100,000 pending payments are written
+//! to a store, then a fresh process opens it and delivers all of them to a
+//! sink that accepts instantly. Peak RSS of that process is compared with
+//! the same process on an empty store (the baseline), measured in one run.
+//! Run: `cargo bench -p soundbox-gateway --bench backlog`
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use soundbox_gateway::log::{EventLog, LogEntry, LogOptions, SledLog};
+use soundbox_gateway::model::{BalanceChange, Direction, now_ms};
+use soundbox_gateway::sinks::{Shutdown, Sink, SinkError, SinkStats, run_sink};
+use tokio_util::sync::CancellationToken;
+
+const BACKLOG: usize = 100_000;
+
+struct Accept;
+
+impl Sink for Accept {
+    fn name(&self) -> &str {
+        "pos"
+    }
+
+    async fn deliver(&self, _entry: &LogEntry) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+fn options() -> LogOptions {
+    LogOptions {
+        min_free_disk_bytes: 0,
+        ..LogOptions::default()
+    }
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn change(i: usize) -> BalanceChange {
+    BalanceChange {
+        provider: "sepay".into(),
+        transaction_id: format!("backlog-{i}"),
+        connector: "sepay".into(),
+        account: "0123499999".into(),
+        amount: 150_000,
+        currency: "VND".into(),
+        direction: Direction::In,
+        reference: Some(format!("MBVCB.{i}")),
+        counterparty: None,
+        content: Some("CT DEN:0123456789 thanh toan don hang".into()),
+        occurred_at_ms: None,
+        received_at_ms: now_ms(),
+        extra: Vec::new(),
+    }
+}
+
+/// Child process: open the store, drain it, print
+/// `pending peak_kib_after_open peak_kib secs`.
+fn drain(dir: &Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let log = SledLog::open(dir, options()).expect("open");
+    let after_open = status_kib("VmHWM:");
+    let pending = log.status("pos").expect("status").pending;
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let shared: Arc<dyn EventLog> = Arc::new(log.clone());
+    let worker = rt.spawn(run_sink(
+        Arc::new(Accept),
+        shared,
+        Arc::new(SinkStats::default()),
+        Shutdown {
+            stop: stop.clone(),
+            grace: Duration::from_secs(1),
+        },
+    ));
+    rt.block_on(async {
+        while log.cursor("pos").expect("cursor") < pending {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    rt.block_on(worker).expect("worker");
+    log.close().expect("close");
+    println!("{pending} {after_open} {} {secs:.2}", status_kib("VmHWM:"));
+}
+
+fn run_child(dir: &Path) -> (u64, u64, u64, f64) {
+    let out = Command::new(std::env::current_exe().expect("exe"))
+        .arg("--drain")
+        .arg(dir)
+        .output()
+        .expect("child");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    let mut next = || parts.next().expect("child output").to_string();
+    (
+        next().parse().expect("n"),
+        next().parse().expect("kib"),
+        next().parse().expect("kib"),
+        next().parse().expect("secs"),
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--drain") {
+        drain(Path::new(&args[i + 1]));
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio");
+    let empty = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let full = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    for dir in [empty.path(), full.path()] {
+        let log = SledLog::open(dir, options()).expect("open");
+        log.cursor("pos").expect("cursor");
+        log.close().expect("close");
+    }
+    let log = SledLog::open(full.path(), options()).expect("open");
+    rt.block_on(async {
+        for start in (0..BACKLOG).step_by(500) {
+            log.append((start..start + 500).map(change).collect())
+                .await
+                .expect("append");
+        }
+    });
+    log.close().expect("close");
+    drop(log);
+    let on_disk: u64 = walk_size(&full.path().join("state"));
+
+    let (_, _, base_kib, _) = run_child(empty.path());
+    let (n, open_kib, peak_kib, secs) = run_child(full.path());
+    assert_eq!(n as usize, BACKLOG);
+    println!(
+        "backlog drain: {BACKLOG} pending payments, store {} MiB on disk",
+        on_disk >> 20
+    );
+    println!("  peak RSS, empty store (baseline): {:>7} KiB", base_kib);
+    println!(
+        "  peak RSS, draining {BACKLOG}:      {:>7} KiB  ({:.2}x baseline, +{} KiB)",
+        peak_kib,
+        peak_kib as f64 / base_kib as f64,
+        peak_kib.saturating_sub(base_kib)
+    );
+    println!("  peak RSS right after opening the full store: {open_kib} KiB");
+    println!(
+        "  drained in {secs:.1} s: {:.0} deliveries/s through the sink worker",
+        BACKLOG as f64 / secs
+    );
+}
+
+fn walk_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
