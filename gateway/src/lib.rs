@@ -21,3 +21,4 @@ pub mod ingress;
 pub mod log;
 pub mod model;
 pub mod sinks;
+pub mod speaker_api;

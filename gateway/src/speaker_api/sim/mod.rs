@@ -1,0 +1,602 @@
+//! A faithful stand-in for the SePay Speaker API, in process (the default
+//! config and the tests use it) or standalone.
+//!
+//! Faithful where the gateway's correctness depends on it: Basic-auth token
+//! issue with a real expiry, bearer checks (401 once expired), devices that
+//! are paired or not and online or not, OTP pairing sessions that expire,
+//! `requestId` idempotency (the same id never plays twice), `check_notify`,
+//! and errors inside an HTTP 200 envelope. Fault injection (latency, 5xx,
+//! 429 with `Retry-After`, full outage, short token TTL) comes from config
+//! or `PUT /_sim/faults`.
+//!
+//! When it plays an announcement it logs the words the speaker would say.
+//! The envelope codes it uses for business errors are in
+//! [`super::types::codes`]; SePay does not document its own, so the client
+//! treats any non-2xx `code` as an error.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::types::{
+    CheckNotifyRequest, Device, HardwareRequest, NotifyRequest, NotifyStatus, PairSession, Paired,
+    VerifyRequest, codes,
+};
+use super::words::amount_words;
+
+/// Injected misbehaviour; all off by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Added to every API call.
+    pub latency_ms: u64,
+    /// Share of calls answered 500 (0.0–1.0).
+    pub error_rate: f64,
+    /// Share of calls answered 429 with `Retry-After`.
+    pub rate_limit_rate: f64,
+    /// The `Retry-After` of those 429s, seconds.
+    pub retry_after_secs: u64,
+    /// Every call answered 503.
+    pub outage: bool,
+}
+
+/// A speaker the simulator knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimDevice {
+    pub hardware_id: String,
+    #[serde(default = "default_model")]
+    pub model: String,
+    #[serde(default)]
+    pub paired: bool,
+    #[serde(default = "yes")]
+    pub online: bool,
+}
+
+fn default_model() -> String {
+    "S5 Plus".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub client_id: String,
+    pub client_secret: String,
+    pub token_ttl: Duration,
+    pub otp_ttl: Duration,
+    pub devices: Vec<SimDevice>,
+    pub faults: Faults,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            client_id: "sim-client".into(),
+            client_secret: "sim-secret".into(),
+            token_ttl: Duration::from_secs(6000),
+            otp_ttl: Duration::from_secs(120),
+            devices: Vec::new(),
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// One announcement the simulated speaker played.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Play {
+    pub hardware_id: String,
+    pub request_id: String,
+    pub amount: u64,
+    /// What the speaker said.
+    pub words: String,
+}
+
+struct Session {
+    hardware_id: String,
+    otp: String,
+    expires: Instant,
+}
+
+struct SimState {
+    config: SimConfig,
+    devices: HashMap<String, SimDevice>,
+    tokens: HashMap<String, Instant>,
+    sessions: HashMap<String, Session>,
+    /// requestId → (hardware id, status).
+    notifications: HashMap<String, (String, String)>,
+    /// The OTP each device last read aloud.
+    spoken_otps: HashMap<String, String>,
+    plays: Vec<Play>,
+    calls: u64,
+    tokens_issued: u64,
+}
+
+/// The simulator; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Simulator {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator").finish_non_exhaustive()
+    }
+}
+
+type Reply = Response;
+
+fn envelope(http: StatusCode, code: i64, message: &str, data: serde_json::Value) -> Reply {
+    (
+        http,
+        axum::Json(json!({ "code": code, "message": message, "data": data })),
+    )
+        .into_response()
+}
+
+/// A business error: HTTP 200 with an error code, as the real API does.
+fn refuse(code: i64, message: &str) -> Reply {
+    envelope(StatusCode::OK, code, message, serde_json::Value::Null)
+}
+
+fn ok<T: Serialize>(message: &str, data: T) -> Reply {
+    envelope(
+        StatusCode::OK,
+        codes::OK,
+        message,
+        serde_json::to_value(data).unwrap_or_default(),
+    )
+}
+
+fn unauthorized() -> Reply {
+    envelope(
+        StatusCode::UNAUTHORIZED,
+        codes::UNAUTHORIZED,
+        "Unauthorized",
+        serde_json::Value::Null,
+    )
+}
+
+impl Simulator {
+    pub fn new(config: SimConfig) -> Self {
+        let devices = config
+            .devices
+            .iter()
+            .map(|d| (d.hardware_id.clone(), d.clone()))
+            .collect();
+        Simulator {
+            state: Arc::new(Mutex::new(SimState {
+                config,
+                devices,
+                tokens: HashMap::new(),
+                sessions: HashMap::new(),
+                notifications: HashMap::new(),
+                spoken_otps: HashMap::new(),
+                plays: Vec::new(),
+                calls: 0,
+                tokens_issued: 0,
+            })),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut SimState) -> T) -> T {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut state)
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.with(|s| s.config.faults = faults);
+    }
+
+    pub fn set_token_ttl(&self, ttl: Duration) {
+        self.with(|s| s.config.token_ttl = ttl);
+    }
+
+    /// Adds or changes a device.
+    pub fn set_device(&self, device: SimDevice) {
+        self.with(|s| {
+            s.devices.insert(device.hardware_id.clone(), device);
+        });
+    }
+
+    /// Every announcement played so far, in order.
+    pub fn plays(&self) -> Vec<Play> {
+        self.with(|s| s.plays.clone())
+    }
+
+    /// The OTP `hardware_id` last read aloud (what a person would hear).
+    pub fn spoken_otp(&self, hardware_id: &str) -> Option<String> {
+        self.with(|s| s.spoken_otps.get(hardware_id).cloned())
+    }
+
+    /// Tokens issued so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.with(|s| s.tokens_issued)
+    }
+
+    /// Revokes every token, as if they had all expired.
+    pub fn expire_tokens(&self) {
+        self.with(|s| s.tokens.clear());
+    }
+
+    pub fn set_otp_ttl(&self, ttl: Duration) {
+        self.with(|s| s.config.otp_ttl = ttl);
+    }
+
+    /// API calls answered (faults included).
+    pub fn calls(&self) -> u64 {
+        self.with(|s| s.calls)
+    }
+
+    /// The API under `/devices/v1`, and the control endpoints under `/_sim`.
+    pub fn router(&self) -> Router {
+        let api = Router::new()
+            .route("/token/create", post(token_create))
+            .route("/speaker/pair/check", post(pair_check))
+            .route("/speaker/pair/request", post(pair_request))
+            .route("/speaker/pair/verify", post(pair_verify))
+            .route("/speaker/transactions/notify", post(notify))
+            .route("/speaker/transactions/check_notify", post(check_notify));
+        let control = Router::new()
+            .route("/faults", put(put_faults))
+            .route("/devices", put(put_device))
+            .route("/plays", get(get_plays))
+            .route("/otp/{hardware_id}", get(get_otp));
+        Router::new()
+            .nest("/devices/v1", api)
+            .nest("/_sim", control)
+            .with_state(self.clone())
+    }
+
+    /// Latency, outage, 429 and 500 as configured; `Some` ends the call.
+    async fn faults(&self) -> Option<Reply> {
+        let faults = self.with(|s| {
+            s.calls += 1;
+            s.config.faults.clone()
+        });
+        if faults.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+        }
+        if faults.outage {
+            return Some(envelope(
+                StatusCode::SERVICE_UNAVAILABLE,
+                503,
+                "Service Unavailable",
+                serde_json::Value::Null,
+            ));
+        }
+        let roll = fastrand::f64();
+        if roll < faults.rate_limit_rate {
+            let mut reply = envelope(
+                StatusCode::TOO_MANY_REQUESTS,
+                codes::RATE_LIMITED,
+                "Too Many Requests",
+                serde_json::Value::Null,
+            );
+            if let Ok(v) = HeaderValue::from_str(&faults.retry_after_secs.to_string()) {
+                reply.headers_mut().insert("retry-after", v);
+            }
+            return Some(reply);
+        }
+        if roll < faults.rate_limit_rate + faults.error_rate {
+            return Some(envelope(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                500,
+                "Internal Server Error",
+                serde_json::Value::Null,
+            ));
+        }
+        None
+    }
+
+    fn bearer_ok(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        self.with(|s| {
+            s.tokens
+                .get(token)
+                .is_some_and(|expires| *expires > Instant::now())
+        })
+    }
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let encoded = headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    Some((id.to_string(), secret.to_string()))
+}
+
+async fn token_create(State(sim): State<Simulator>, headers: HeaderMap) -> Reply {
+    if let Some(reply) = sim.faults().await {
+        return reply;
+    }
+    let Some((id, secret)) = basic_credentials(&headers) else {
+        return unauthorized();
+    };
+    let issued = sim.with(|s| {
+        if id != s.config.client_id || secret != s.config.client_secret {
+            return None;
+        }
+        let token = format!("sim-{:032x}", fastrand::u128(..));
+        let ttl = s.config.token_ttl;
+        s.tokens.insert(token.clone(), Instant::now() + ttl);
+        s.tokens_issued += 1;
+        Some((token, ttl))
+    });
+    let Some((token, ttl)) = issued else {
+        return unauthorized();
+    };
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "code": codes::CREATED,
+            "message": "Resource created",
+            "data": "—",
+            "access_token": token,
+            "ttl": ttl.as_secs(),
+        })),
+    )
+        .into_response()
+}
+
+/// Parses a JSON body, answering 400 in the envelope when it does not fit.
+fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, Box<Reply>> {
+    serde_json::from_str(body).map_err(|e| {
+        Box::new(envelope(
+            StatusCode::BAD_REQUEST,
+            codes::BAD_REQUEST,
+            &format!("Dữ liệu không hợp lệ: {e}"),
+            serde_json::Value::Null,
+        ))
+    })
+}
+
+/// The shared preamble of every bearer-authenticated call.
+async fn guard<T: serde::de::DeserializeOwned>(
+    sim: &Simulator,
+    headers: &HeaderMap,
+    body: &str,
+) -> Result<T, Box<Reply>> {
+    if let Some(reply) = sim.faults().await {
+        return Err(Box::new(reply));
+    }
+    if !sim.bearer_ok(headers) {
+        return Err(Box::new(unauthorized()));
+    }
+    parse(body)
+}
+
+fn device_view(d: &SimDevice) -> Device {
+    Device {
+        hardware_id: d.hardware_id.clone(),
+        model: d.model.clone(),
+        is_paired: d.paired,
+        online: d.online,
+    }
+}
+
+async fn pair_check(State(sim): State<Simulator>, headers: HeaderMap, body: String) -> Reply {
+    let req: HardwareRequest = match guard(&sim, &headers, &body).await {
+        Ok(r) => r,
+        Err(reply) => return *reply,
+    };
+    match sim.with(|s| s.devices.get(&req.hardware_id).map(device_view)) {
+        Some(device) => ok("Thành công", device),
+        None => refuse(codes::NOT_FOUND, "Không tìm thấy thiết bị"),
+    }
+}
+
+async fn pair_request(State(sim): State<Simulator>, headers: HeaderMap, body: String) -> Reply {
+    let req: HardwareRequest = match guard(&sim, &headers, &body).await {
+        Ok(r) => r,
+        Err(reply) => return *reply,
+    };
+    let outcome = sim.with(|s| {
+        let device = s.devices.get(&req.hardware_id)?.clone();
+        if !device.online {
+            return Some(Err(device));
+        }
+        let otp = format!("{:04}", fastrand::u16(0..10_000));
+        let session_id = format!("{:032x}", fastrand::u128(..));
+        let expires = Instant::now() + s.config.otp_ttl;
+        s.sessions.insert(
+            session_id.clone(),
+            Session {
+                hardware_id: device.hardware_id.clone(),
+                otp: otp.clone(),
+                expires,
+            },
+        );
+        s.spoken_otps.insert(device.hardware_id.clone(), otp.clone());
+        tracing::info!(target: "speaker_sim", hardware_id = %device.hardware_id, %otp, "speaker reads the pairing OTP aloud");
+        Some(Ok((device, session_id)))
+    });
+    match outcome {
+        None => refuse(codes::NOT_FOUND, "Không tìm thấy thiết bị"),
+        Some(Err(_)) => refuse(codes::OFFLINE, "Thiết bị đang offline"),
+        Some(Ok((device, session_id))) => ok(
+            "Thành công",
+            PairSession {
+                hardware_id: device.hardware_id,
+                model: device.model,
+                is_paired: device.paired,
+                session_id,
+                online: true,
+            },
+        ),
+    }
+}
+
+async fn pair_verify(State(sim): State<Simulator>, headers: HeaderMap, body: String) -> Reply {
+    let req: VerifyRequest = match guard(&sim, &headers, &body).await {
+        Ok(r) => r,
+        Err(reply) => return *reply,
+    };
+    sim.with(|s| {
+        let Some(session) = s.sessions.get(&req.session_id) else {
+            return refuse(
+                codes::SESSION_EXPIRED,
+                "Phiên liên kết không tồn tại hoặc đã hết hạn",
+            );
+        };
+        if session.expires <= Instant::now() {
+            s.sessions.remove(&req.session_id);
+            return refuse(codes::SESSION_EXPIRED, "Phiên liên kết đã hết hạn");
+        }
+        if session.hardware_id != req.hardware_id {
+            return refuse(
+                codes::BAD_REQUEST,
+                "Phiên liên kết không thuộc thiết bị này",
+            );
+        }
+        if session.otp != req.otp {
+            return refuse(codes::WRONG_OTP, "Mã OTP không đúng");
+        }
+        s.sessions.remove(&req.session_id);
+        let Some(device) = s.devices.get_mut(&req.hardware_id) else {
+            return refuse(codes::NOT_FOUND, "Không tìm thấy thiết bị");
+        };
+        device.paired = true;
+        let paired_time = vietnam_time_now();
+        ok(
+            "Liên kết thành công",
+            Paired {
+                hardware_id: device.hardware_id.clone(),
+                model: device.model.clone(),
+                is_paired: true,
+                paired_time,
+            },
+        )
+    })
+}
+
+async fn notify(State(sim): State<Simulator>, headers: HeaderMap, body: String) -> Reply {
+    let req: NotifyRequest = match guard(&sim, &headers, &body).await {
+        Ok(r) => r,
+        Err(reply) => return *reply,
+    };
+    if req.request_id.is_empty() || req.request_id.len() > 64 {
+        return refuse(codes::BAD_REQUEST, "requestId phải có 1-64 ký tự");
+    }
+    if req.amount == 0 {
+        return refuse(codes::BAD_REQUEST, "amount phải lớn hơn 0");
+    }
+    sim.with(|s| {
+        // Idempotent: a requestId seen before is acknowledged, not replayed.
+        if let Some((hardware_id, _)) = s.notifications.get(&req.request_id) {
+            return ok(
+                "Đã gửi thông báo thành công",
+                NotifyStatus {
+                    hardware_id: hardware_id.clone(),
+                    request_id: req.request_id.clone(),
+                    status: "SENT".into(),
+                },
+            );
+        }
+        let Some(device) = s.devices.get(&req.hardware_id) else {
+            return refuse(codes::NOT_FOUND, "Không tìm thấy thiết bị");
+        };
+        if !device.paired {
+            return refuse(codes::NOT_PAIRED, "Thiết bị chưa được liên kết");
+        }
+        if !device.online {
+            return refuse(codes::OFFLINE, "Thiết bị đang offline");
+        }
+        let words = amount_words(req.amount);
+        tracing::info!(target: "speaker_sim", hardware_id = %req.hardware_id, request_id = %req.request_id, amount = req.amount, %words, "speaker plays");
+        s.plays.push(Play {
+            hardware_id: req.hardware_id.clone(),
+            request_id: req.request_id.clone(),
+            amount: req.amount,
+            words,
+        });
+        s.notifications.insert(
+            req.request_id.clone(),
+            (req.hardware_id.clone(), "PLAYED".into()),
+        );
+        ok(
+            "Đã gửi thông báo thành công",
+            NotifyStatus {
+                hardware_id: req.hardware_id,
+                request_id: req.request_id,
+                status: "SENT".into(),
+            },
+        )
+    })
+}
+
+async fn check_notify(State(sim): State<Simulator>, headers: HeaderMap, body: String) -> Reply {
+    let req: CheckNotifyRequest = match guard(&sim, &headers, &body).await {
+        Ok(r) => r,
+        Err(reply) => return *reply,
+    };
+    sim.with(|s| match s.notifications.get(&req.request_id) {
+        Some((hardware_id, status)) if *hardware_id == req.hardware_id => ok(
+            "Thành công",
+            NotifyStatus {
+                hardware_id: hardware_id.clone(),
+                request_id: req.request_id.clone(),
+                status: status.clone(),
+            },
+        ),
+        _ => refuse(codes::NOT_FOUND, "Không tìm thấy thông báo"),
+    })
+}
+
+async fn put_faults(State(sim): State<Simulator>, axum::Json(faults): axum::Json<Faults>) -> Reply {
+    sim.set_faults(faults.clone());
+    axum::Json(faults).into_response()
+}
+
+async fn put_device(
+    State(sim): State<Simulator>,
+    axum::Json(device): axum::Json<SimDevice>,
+) -> Reply {
+    sim.set_device(device.clone());
+    axum::Json(device).into_response()
+}
+
+async fn get_plays(State(sim): State<Simulator>) -> Reply {
+    axum::Json(sim.plays()).into_response()
+}
+
+async fn get_otp(State(sim): State<Simulator>, Path(hardware_id): Path<String>) -> Reply {
+    match sim.spoken_otp(&hardware_id) {
+        Some(otp) => axum::Json(json!({ "otp": otp })).into_response(),
+        None => (StatusCode::NOT_FOUND, "no OTP spoken").into_response(),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in Vietnam time (UTC+7), as the API formats times.
+fn vietnam_time_now() -> String {
+    let at = std::time::SystemTime::now() + Duration::from_secs(7 * 3600);
+    let text = humantime::format_rfc3339_seconds(at).to_string();
+    text.trim_end_matches('Z').replacen('T', " ", 1)
+}
