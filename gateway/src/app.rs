@@ -18,7 +18,13 @@ use crate::connectors::{Connectors, Runtime};
 use crate::ingress::Ingress;
 use crate::log::{EventLog, LogOptions, SledLog};
 use crate::sinks::http::HttpSink;
+use crate::sinks::speaker::{SINK_NAME as SPEAKER_SINK, SpeakerSink};
 use crate::sinks::{Shutdown, SinkStats, run_sink};
+use crate::speaker_api::client::{SpeakerClient, SpeakerCredentials};
+use crate::speaker_api::sim::{SimConfig, Simulator};
+
+/// Where the in-process Speaker API simulator is served on the admin listener.
+pub const SIMULATOR_PATH: &str = "/speaker-sim";
 
 /// How often settled entries and old dedupe keys are collected.
 const GC_EVERY: Duration = Duration::from_secs(600);
@@ -43,7 +49,11 @@ pub async fn load_connectors(config: &Config, db: &sled::Db) -> anyhow::Result<A
 
 /// The names of every configured sink, in config order.
 pub fn sink_names(config: &Config) -> Vec<String> {
-    config.forwards.iter().map(|f| f.name.clone()).collect()
+    let speaker = config.speaker.as_ref().map(|_| SPEAKER_SINK.to_string());
+    speaker
+        .into_iter()
+        .chain(config.forwards.iter().map(|f| f.name.clone()))
+        .collect()
 }
 
 /// Runs the gateway until `shutdown` is cancelled.
@@ -88,6 +98,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             stop_sinks.clone(),
         ));
     }
+    let mut extra_admin_routes = axum::Router::new();
+    if let Some(speaker) = &config.speaker {
+        let mut credentials = SpeakerCredentials {
+            base_url: speaker.base_url.clone(),
+            client_id: speaker.client_id.clone(),
+            client_secret: speaker.client_secret.clone(),
+        };
+        if let Some(devices) = &speaker.simulator {
+            let simulator = Simulator::new(SimConfig {
+                devices: devices.clone(),
+                ..SimConfig::default()
+            });
+            extra_admin_routes = extra_admin_routes.nest(SIMULATOR_PATH, simulator.router());
+            credentials.base_url = format!("http://{admin_addr}{SIMULATOR_PATH}/devices/v1");
+            tracing::info!(base_url = %credentials.base_url, devices = devices.len(), "Speaker API simulator in process");
+        }
+        let client = SpeakerClient::new(credentials, speaker.timeout)
+            .context("building the Speaker API client")?;
+        let sink = SpeakerSink::new(Arc::new(client), speaker.clone(), config.routes.clone());
+        sink_tasks.spawn(run_sink(
+            Arc::new(sink),
+            shared_log.clone(),
+            Arc::new(SinkStats::default()),
+            stop_sinks.clone(),
+        ));
+    }
     sink_tasks.close();
 
     let background_stop = CancellationToken::new();
@@ -101,7 +137,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         log: log.clone(),
         sinks: sink_names(&config),
     });
-    background.spawn(admin::serve(view, admin_listener, background_stop.clone()));
+    background.spawn(admin::serve(
+        view,
+        extra_admin_routes,
+        admin_listener,
+        background_stop.clone(),
+    ));
     background.close();
 
     let ingress_stop = CancellationToken::new();
@@ -116,7 +157,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         %admin_addr,
         gateway = %config.gateway.id,
         connectors = connectors.len(),
-        sinks = config.forwards.len(),
+        sinks = sink_names(&config).len(),
         startup_ms = started.elapsed().as_millis() as u64,
         "webhook ingress listening"
     );

@@ -407,12 +407,21 @@ impl CountingSink {
     }
 }
 
-/// A SePay webhook body for transaction `id` of `amount` VND.
+/// Now in Vietnam (UTC+7) as SePay writes `transactionDate`.
+pub fn vietnam_now() -> String {
+    let at = std::time::SystemTime::now() + Duration::from_secs(7 * 3600);
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .trim_end_matches('Z')
+        .replacen('T', " ", 1)
+}
+
+/// A SePay webhook body for transaction `id` of `amount` VND, made now.
 pub fn sepay_webhook(id: u64, amount: u64) -> String {
     serde_json::json!({
         "id": id,
         "gateway": "Vietcombank",
-        "transactionDate": "2026-11-26 14:02:37",
+        "transactionDate": vietnam_now(),
         "accountNumber": "0123499999",
         "code": null,
         "content": format!("thanh toan don {id}"),

@@ -125,6 +125,7 @@ async fn queue_retry(
     }
 }
 
+/// The admin API; `extra` (e.g. the Speaker API simulator) is merged in.
 pub fn router(view: Arc<QueueView>) -> Router {
     Router::new()
         .route("/api/queue", get(queue_report))
@@ -136,10 +137,11 @@ pub fn router(view: Arc<QueueView>) -> Router {
 /// Serves the admin API until `shutdown` is cancelled.
 pub async fn serve(
     view: Arc<QueueView>,
+    extra: Router,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(view))
+    axum::serve(listener, router(view).merge(extra))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

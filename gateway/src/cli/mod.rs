@@ -2,6 +2,7 @@
 
 mod plugin_test;
 mod queue;
+mod speaker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,10 @@ enum Command {
     },
     /// Inspect and retry the delivery queues (works while the gateway runs or is stopped).
     Queue(queue::Queue),
+    /// Talk to the shop's speakers through the Speaker API: check, pair, notify, check-notify.
+    Speaker(speaker::Speaker),
+    /// Run the Speaker API simulator on its own.
+    SpeakerSim(speaker::SpeakerSim),
     /// Work with plugin files.
     Plugin {
         #[command(subcommand)]
@@ -92,6 +97,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => check(config).await,
         Command::Queue(queue) => queue.run().await,
+        Command::Speaker(speaker) => speaker.run().await,
+        Command::SpeakerSim(sim) => sim.run().await,
         Command::Plugin {
             command: PluginCommand::Test(args),
         } => args.run().await,

@@ -17,6 +17,8 @@ use toml::Spanned;
 
 use crate::log::LogOptions;
 use crate::sinks::RetryPolicy;
+use crate::speaker_api::client::DEFAULT_BASE_URL;
+use crate::speaker_api::sim::{SimConfig, SimDevice};
 
 pub use secret::Secret;
 
@@ -49,6 +51,35 @@ pub struct Config {
     pub log: LogOptions,
     pub connectors: Vec<ConnectorConfig>,
     pub forwards: Vec<ForwardConfig>,
+    /// The speaker sink; None when `[speaker]` is absent.
+    pub speaker: Option<SpeakerConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[speaker]`: the SePay Speaker API and how payments are announced.
+#[derive(Debug, Clone)]
+pub struct SpeakerConfig {
+    /// Run the Speaker API simulator in process (on the admin listener) and
+    /// talk to it: no credentials, no internet. These are its devices.
+    pub simulator: Option<Vec<SimDevice>>,
+    pub base_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Payments older than this are not announced (kept, counted as expired).
+    pub max_age: Duration,
+    pub announce_outgoing: bool,
+    pub min_amount: u64,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// `[[route]]`: which speakers announce payments to which account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// An account number, or `*` for every account.
+    pub account: String,
+    pub speakers: Vec<String>,
+    pub min_amount: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +182,38 @@ struct RawConfig {
     connector: Vec<RawConnector>,
     #[serde(default)]
     forward: Vec<RawForward>,
+    speaker: Option<Spanned<RawSpeaker>>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpeaker {
+    #[serde(default)]
+    simulator: bool,
+    #[serde(default)]
+    sim_devices: Vec<SimDevice>,
+    base_url: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    client_secret: Option<Spanned<String>>,
+    max_age_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    announce_outgoing: bool,
+    #[serde(default)]
+    min_amount: u64,
+    timeout_ms: Option<Spanned<u64>>,
+    retry_initial_ms: Option<Spanned<u64>>,
+    retry_max_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    account: Spanned<String>,
+    speakers: Spanned<Vec<String>>,
+    #[serde(default)]
+    min_amount: u64,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -431,6 +494,38 @@ impl Config {
         }
 
         let forwards = parse_forwards(&loc, raw.forward)?;
+        let speaker = raw.speaker.map(|s| parse_speaker(&loc, s)).transpose()?;
+        let mut routes = Vec::new();
+        for (i, r) in raw.route.into_iter().enumerate() {
+            if speaker.is_none() {
+                return Err(loc.at(
+                    r.account.span(),
+                    &format!("route[{i}].account"),
+                    "routes need a [speaker] section",
+                ));
+            }
+            if r.account.get_ref().trim().is_empty() {
+                return Err(loc.at(
+                    r.account.span(),
+                    &format!("route[{i}].account"),
+                    "give an account number, or \"*\" for every account",
+                ));
+            }
+            if r.speakers.get_ref().is_empty()
+                || r.speakers.get_ref().iter().any(|s| s.trim().is_empty())
+            {
+                return Err(loc.at(
+                    r.speakers.span(),
+                    &format!("route[{i}].speakers"),
+                    "list the speakers' hardware ids (printed on each device)",
+                ));
+            }
+            routes.push(RouteConfig {
+                account: r.account.into_inner(),
+                speakers: r.speakers.into_inner(),
+                min_amount: r.min_amount,
+            });
+        }
 
         Ok(Config {
             source: path.to_path_buf(),
@@ -446,8 +541,70 @@ impl Config {
             log,
             connectors,
             forwards,
+            speaker,
+            routes,
         })
     }
+}
+
+fn parse_speaker(
+    loc: &Locator<'_>,
+    raw: Spanned<RawSpeaker>,
+) -> Result<SpeakerConfig, ConfigError> {
+    let span = raw.span();
+    let s = raw.into_inner();
+    let expanded = |v: Option<Spanned<String>>, key: &str| -> Result<Option<String>, ConfigError> {
+        v.map(|v| {
+            env::expand(v.get_ref(), |n| std::env::var(n).ok())
+                .map_err(|e| loc.at(v.span(), &format!("speaker.{key}"), e))
+        })
+        .transpose()
+    };
+    let sim = SimConfig::default();
+    let (simulator, base_url, client_id, client_secret) = if s.simulator {
+        (
+            Some(s.sim_devices),
+            String::new(), // set when the simulator is listening
+            sim.client_id,
+            sim.client_secret,
+        )
+    } else {
+        let missing = |key: &str| {
+            loc.at(
+                span.clone(),
+                &format!("speaker.{key}"),
+                format!(
+                    "required unless simulator = true (e.g. {key} = \"${{SEPAY_SPEAKER_{}}}\")",
+                    key.to_ascii_uppercase()
+                ),
+            )
+        };
+        let id = expanded(s.client_id, "client_id")?.ok_or_else(|| missing("client_id"))?;
+        let secret =
+            expanded(s.client_secret, "client_secret")?.ok_or_else(|| missing("client_secret"))?;
+        let base = expanded(s.base_url, "base_url")?.unwrap_or_else(|| DEFAULT_BASE_URL.into());
+        (None, base, id, secret)
+    };
+    let d = RetryPolicy::default();
+    let ms = |v: Option<Spanned<u64>>, k: &str, default: Duration| {
+        positive(loc, v, &format!("speaker.{k}"), default.as_millis() as u64)
+            .map(Duration::from_millis)
+    };
+    Ok(SpeakerConfig {
+        simulator,
+        base_url,
+        client_id,
+        client_secret: Secret::new(client_secret),
+        max_age: Duration::from_secs(positive(loc, s.max_age_secs, "speaker.max_age_secs", 300)?),
+        announce_outgoing: s.announce_outgoing,
+        min_amount: s.min_amount,
+        timeout: ms(s.timeout_ms, "timeout_ms", Duration::from_secs(10))?,
+        retry: RetryPolicy {
+            initial: ms(s.retry_initial_ms, "retry_initial_ms", d.initial)?,
+            max: ms(s.retry_max_ms, "retry_max_ms", Duration::from_secs(30))?,
+            max_retry_after: d.max_retry_after,
+        },
+    })
 }
 
 /// Names reserved for the built-in sinks.

@@ -10,6 +10,7 @@
 pub mod event;
 pub mod http;
 mod retry;
+pub mod speaker;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -177,6 +178,7 @@ async fn deliver_one<S: Sink>(
     let name = sink.name();
     let policy = sink.retry_policy();
     let mut attempt: u32 = 0;
+    let mut last_error: Option<String> = None;
     loop {
         let now = now_ms();
         let remaining = sink
@@ -184,7 +186,10 @@ async fn deliver_one<S: Sink>(
             .map(|max| max.as_millis() as i64 - age_ms(entry, now));
         if remaining.is_some_and(|r| r <= 0) {
             let max = sink.max_age().unwrap_or_default();
-            let reason = format!("older than this sink's max age ({}s)", max.as_secs());
+            let mut reason = format!("older than this sink's max age ({}s)", max.as_secs());
+            if let Some(error) = &last_error {
+                reason.push_str(&format!("; last error: {error}"));
+            }
             tracing::warn!(sink = %name, seq = entry.seq, %reason, "entry expired, not delivered");
             stats.expired.fetch_add(1, Ordering::Relaxed);
             return settle(
@@ -232,6 +237,7 @@ async fn deliver_one<S: Sink>(
                 retry_after,
             }) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
+                last_error = Some(reason.clone());
                 let mut delay = policy.delay(attempt, retry_after);
                 attempt = attempt.saturating_add(1);
                 if let Some(r) = remaining {

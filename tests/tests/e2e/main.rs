@@ -6,4 +6,5 @@ mod crash;
 mod durability;
 mod queue;
 mod sandbox;
+mod speaker;
 mod webhooks;

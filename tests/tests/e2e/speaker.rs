@@ -1,0 +1,195 @@
+//! SePay webhook in → the in-process Speaker API simulator plays the amount
+//! on the routed speaker, with the real binary.
+
+use std::time::{Duration, Instant};
+
+use soundbox_e2e::{Gateway, plugin, post, sepay_webhook};
+
+fn config(extra: &str) -> String {
+    format!(
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n\
+         [speaker]\nsimulator = true\nretry_initial_ms = 10\nretry_max_ms = 100\n{extra}\n\
+         [[speaker.sim_devices]]\nhardware_id = \"VNS-SHOP-1\"\npaired = true\n\
+         [[speaker.sim_devices]]\nhardware_id = \"VNS-OTHER\"\npaired = true\n\n\
+         [[route]]\naccount = \"0123499999\"\nspeakers = [\"VNS-SHOP-1\"]\n",
+        plugin("sepay_webhook").display()
+    )
+}
+
+async fn plays(gw: &Gateway) -> Vec<serde_json::Value> {
+    let url = format!("http://{}/speaker-sim/_sim/plays", gw.admin_addr);
+    reqwest::get(url)
+        .await
+        .expect("plays")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sepay_webhook_is_spoken_by_the_routed_speaker() {
+    let gw = Gateway::start(&config(""));
+    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(4242, 150_000)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The same webhook again (a provider retry) is not announced twice.
+    let again = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(4242, 150_000)).await;
+    assert_eq!(again.status, 200);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let played = loop {
+        let played = plays(&gw).await;
+        if !played.is_empty() || Instant::now() > deadline {
+            break played;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(played.len(), 1, "{played:?}\n{}", gw.logs());
+    assert_eq!(played[0]["hardware_id"], "VNS-SHOP-1");
+    assert_eq!(played[0]["amount"], 150_000);
+    assert_eq!(played[0]["words"], "một trăm năm mươi nghìn đồng");
+    assert!(gw.wait_for_log("announcement sent", Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(plays(&gw).await.len(), 1, "announced once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_hour_old_payment_is_kept_but_not_announced() {
+    let gw = Gateway::start(&config("max_age_secs = 300"));
+    let mut body: serde_json::Value =
+        serde_json::from_str(&sepay_webhook(7, 99_000)).expect("json");
+    body["transactionDate"] = serde_json::json!("2020-01-01 08:00:00");
+    let r = post(&gw.url("/hooks/sepay"), &[], body.to_string()).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        gw.wait_for_log("entry expired, not delivered", Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    assert!(plays(&gw).await.is_empty());
+}
+
+/// `speaker-sim` standalone, and the `speaker` commands a shop owner uses.
+#[tokio::test(flavor = "multi_thread")]
+async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let port = soundbox_e2e::free_port();
+    let mut sim = Command::new(soundbox_e2e::gateway_bin())
+        .args(["speaker-sim", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--device", "VNS-A", "--device", "VNS-B:paired:offline"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("speaker-sim");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").expect("config");
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(soundbox_e2e::gateway_bin())
+            .arg("speaker")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env(
+                "SEPAY_SPEAKER_BASE_URL",
+                format!("http://127.0.0.1:{port}/devices/v1"),
+            )
+            .env("SEPAY_SPEAKER_CLIENT_ID", "sim-client")
+            .env("SEPAY_SPEAKER_CLIENT_SECRET", "sim-secret")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("speaker cli");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write");
+        }
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Wait for the simulator.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, out, err) = loop {
+        let result = run(&["check", "VNS-A"], None);
+        if result.0 == Some(0) || Instant::now() > deadline {
+            break result;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("not paired") && out.contains("online"),
+        "{out}"
+    );
+
+    // Interactive pairing: the code the speaker "reads aloud" is typed in.
+    let mut pair = Command::new(soundbox_e2e::gateway_bin())
+        .args(["speaker", "--config"])
+        .arg(&config)
+        .args(["pair", "VNS-A"])
+        .env(
+            "SEPAY_SPEAKER_BASE_URL",
+            format!("http://127.0.0.1:{port}/devices/v1"),
+        )
+        .env("SEPAY_SPEAKER_CLIENT_ID", "sim-client")
+        .env("SEPAY_SPEAKER_CLIENT_SECRET", "sim-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pair");
+    let otp_url = format!("http://127.0.0.1:{port}/_sim/otp/VNS-A");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let otp = loop {
+        if let Ok(r) = reqwest::get(&otp_url).await
+            && r.status().is_success()
+        {
+            let v: serde_json::Value = r.json().await.expect("json");
+            break v["otp"].as_str().expect("otp").to_string();
+        }
+        assert!(Instant::now() < deadline, "no OTP was spoken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let wrong = if otp == "0000" { "1111" } else { "0000" };
+    writeln!(pair.stdin.as_mut().expect("stdin"), "{wrong}\n{otp}").expect("type otp");
+    let out = pair.wait_with_output().expect("pair result");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("not the code"), "{stderr}");
+    assert!(stdout.contains("paired at"), "{stdout}");
+
+    let (code, out, err) = run(
+        &[
+            "notify",
+            "VNS-A",
+            "--amount",
+            "150000",
+            "--request-id",
+            "r-1",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("SENT"), "{out}");
+    let (code, out, _) = run(&["check-notify", "VNS-A", "r-1"], None);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("PLAYED"), "{out}");
+
+    let (code, _, err) = run(&["pair", "VNS-B", "--otp", "1234"], None);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("offline"), "{err}");
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
