@@ -105,9 +105,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             client_id: speaker.client_id.clone(),
             client_secret: speaker.client_secret.clone(),
         };
-        if let Some(devices) = &speaker.simulator {
+        if let Some((devices, faults)) = &speaker.simulator {
             let simulator = Simulator::new(SimConfig {
                 devices: devices.clone(),
+                faults: faults.clone(),
                 ..SimConfig::default()
             });
             extra_admin_routes = extra_admin_routes.nest(SIMULATOR_PATH, simulator.router());

@@ -18,7 +18,7 @@ use toml::Spanned;
 use crate::log::LogOptions;
 use crate::sinks::RetryPolicy;
 use crate::speaker_api::client::DEFAULT_BASE_URL;
-use crate::speaker_api::sim::{SimConfig, SimDevice};
+use crate::speaker_api::sim::{Faults, SimConfig, SimDevice};
 
 pub use secret::Secret;
 
@@ -60,8 +60,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct SpeakerConfig {
     /// Run the Speaker API simulator in process (on the admin listener) and
-    /// talk to it: no credentials, no internet. These are its devices.
-    pub simulator: Option<Vec<SimDevice>>,
+    /// talk to it: no credentials, no internet. Its devices and faults.
+    pub simulator: Option<(Vec<SimDevice>, Faults)>,
     pub base_url: String,
     pub client_id: String,
     pub client_secret: Secret,
@@ -194,6 +194,8 @@ struct RawSpeaker {
     simulator: bool,
     #[serde(default)]
     sim_devices: Vec<SimDevice>,
+    #[serde(default)]
+    sim_faults: Faults,
     base_url: Option<Spanned<String>>,
     client_id: Option<Spanned<String>>,
     client_secret: Option<Spanned<String>>,
@@ -563,7 +565,7 @@ fn parse_speaker(
     let sim = SimConfig::default();
     let (simulator, base_url, client_id, client_secret) = if s.simulator {
         (
-            Some(s.sim_devices),
+            Some((s.sim_devices, s.sim_faults)),
             String::new(), // set when the simulator is listening
             sim.client_id,
             sim.client_secret,

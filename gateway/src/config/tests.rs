@@ -135,3 +135,59 @@ fn secret_is_redacted() {
     assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
     assert_eq!(s.expose(), "hunter2");
 }
+
+#[test]
+fn speaker_routes_forwards_and_log_are_checked() {
+    let e = error("[speaker]\nmax_age_secs = 60\n");
+    assert!(
+        e.starts_with("shop.toml:1:1: speaker.client_id: required"),
+        "{e}"
+    );
+    let e = error("[[route]]\naccount = \"1\"\nspeakers = [\"A\"]\n");
+    assert!(
+        e.contains("route[0].account: routes need a [speaker] section"),
+        "{e}"
+    );
+    let e = error("[speaker]\nsimulator = true\n[[route]]\naccount = \"1\"\nspeakers = []\n");
+    assert!(e.starts_with("shop.toml:5:12: route[0].speakers:"), "{e}");
+    let e = error("[[forward]]\nname = \"speaker\"\nurl = \"http://x\"\n");
+    assert!(e.contains("forward[0].name: `speaker` is already"), "{e}");
+    let e = error("[[forward]]\nname = \"pos\"\nurl = \"ftp://x\"\n");
+    assert!(e.contains("forward[0].url: expected an http"), "{e}");
+    let e = error("[log]\nmax_disk_mb = 0\n");
+    assert!(
+        e.starts_with("shop.toml:2:15: log.max_disk_mb: must be greater than 0"),
+        "{e}"
+    );
+
+    let config = parse(
+        "[speaker]\nsimulator = true\n[speaker.sim_faults]\nerror_rate = 0.3\n\
+         [[speaker.sim_devices]]\nhardware_id = \"VNS1\"\npaired = true\n\
+         [[route]]\naccount = \"*\"\nspeakers = [\"VNS1\"]\nmin_amount = 5000\n",
+    )
+    .expect("valid");
+    let speaker = config.speaker.expect("speaker");
+    let (devices, faults) = speaker.simulator.expect("simulated");
+    assert_eq!(devices[0].hardware_id, "VNS1");
+    assert!(devices[0].online, "online by default");
+    assert_eq!(faults.error_rate, 0.3);
+    assert_eq!(speaker.max_age, Duration::from_secs(300));
+    assert_eq!(config.routes[0].min_amount, 5000);
+}
+
+#[test]
+fn speaker_credentials_come_from_the_environment_and_stay_secret() {
+    let config = parse(
+        "[speaker]\nclient_id = \"partner\"\nclient_secret = \"${SOUNDBOX_TEST_SPEAKER_SECRET_UNSET}\"\n",
+    );
+    let e = config.expect_err("unset variable").to_string();
+    assert!(
+        e.contains("speaker.client_secret") && e.contains("SOUNDBOX_TEST_SPEAKER_SECRET_UNSET"),
+        "{e}"
+    );
+    let config =
+        parse("[speaker]\nclient_id = \"partner\"\nclient_secret = \"hunter2\"\n").expect("valid");
+    let speaker = config.speaker.expect("speaker");
+    assert!(!format!("{speaker:?}").contains("hunter2"));
+    assert_eq!(speaker.base_url, "https://speaker-api.sepay.vn/devices/v1");
+}

@@ -24,6 +24,10 @@ pub(super) fn open_or_recover(data_dir: &Path, options: &LogOptions) -> Result<O
     let path = data_dir.join("state");
     ensure_not_locked(&path)?;
     match try_open(&path, options) {
+        // Taken by another process since the check above: still not damage.
+        Err(reason) if reason.contains("could not acquire lock") => {
+            Err(LogError::Locked(path.display().to_string()))
+        }
         Ok(db) => Ok(Opened {
             db,
             health: LogHealth::default(),

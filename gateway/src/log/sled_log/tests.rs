@@ -39,10 +39,23 @@ fn open(dir: &Path) -> SledLog {
     SledLog::open(dir, options()).expect("open log")
 }
 
+/// Closes and opens again. sled releases its file lock when its last
+/// background I/O thread lets go of the file, which can be a moment after
+/// the handle is dropped, so a reopen in the same process waits for it.
 fn reopen(log: SledLog, dir: &Path) -> SledLog {
     log.close().expect("close");
     drop(log);
-    open(dir)
+    open_when_unlocked(dir, options())
+}
+
+fn open_when_unlocked(dir: &Path, options: LogOptions) -> SledLog {
+    for _ in 0..200 {
+        match SledLog::open(dir, options.clone()) {
+            Err(LogError::Locked(_)) => std::thread::sleep(Duration::from_millis(10)),
+            other => return other.expect("reopen"),
+        }
+    }
+    panic!("store still locked 2 s after close");
 }
 
 fn block<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -260,14 +273,13 @@ fn a_full_store_refuses_appends_and_keeps_what_it_has() {
     let log = reopen(log, dir.path());
     log.close().expect("close");
     drop(log);
-    let full = SledLog::open(
+    let full = open_when_unlocked(
         dir.path(),
         LogOptions {
             max_disk_bytes: 1,
             ..options()
         },
-    )
-    .expect("open");
+    );
     let err = block(full.append(vec![change("2")])).expect_err("full");
     assert!(matches!(err, LogError::Full(_)), "{err}");
     assert_eq!(txids(&full.read(0, 10).expect("read")), ["1"]);
@@ -333,7 +345,7 @@ fn a_store_that_will_not_open_is_moved_aside_and_a_fresh_one_used() {
     drop(log);
     // Garbage where sled keeps its config: sled refuses to open it.
     std::fs::write(dir.path().join("state").join("conf"), b"\xff\xfe garbage").expect("write");
-    let log = open(dir.path());
+    let log = open_when_unlocked(dir.path(), options());
     let health = log.health();
     let aside = health.damaged_store.clone().expect("moved aside");
     assert!(Path::new(&aside).exists(), "{aside}");

@@ -47,6 +47,8 @@ pub struct Faults {
     pub retry_after_secs: u64,
     /// Every call answered 503.
     pub outage: bool,
+    /// Tokens issued from now on live this long (seconds) instead of the configured TTL.
+    pub token_ttl_secs: Option<u64>,
 }
 
 /// A speaker the simulator knows.
@@ -345,7 +347,11 @@ async fn token_create(State(sim): State<Simulator>, headers: HeaderMap) -> Reply
             return None;
         }
         let token = format!("sim-{:032x}", fastrand::u128(..));
-        let ttl = s.config.token_ttl;
+        let ttl = s
+            .config
+            .faults
+            .token_ttl_secs
+            .map_or(s.config.token_ttl, Duration::from_secs);
         s.tokens.insert(token.clone(), Instant::now() + ttl);
         s.tokens_issued += 1;
         Some((token, ttl))
