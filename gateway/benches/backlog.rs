@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use soundbox_gateway::log::{EventLog, LogEntry, LogOptions, SledLog};
-use soundbox_gateway::model::{BalanceChange, Direction, now_ms};
+use soundbox_gateway::model::BalanceChange;
 use soundbox_gateway::sinks::{Shutdown, Sink, SinkError, SinkStats, run_sink};
 use tokio_util::sync::CancellationToken;
 
@@ -48,19 +48,9 @@ fn status_kib(field: &str) -> u64 {
 
 fn change(i: usize) -> BalanceChange {
     BalanceChange {
-        provider: "sepay".into(),
-        transaction_id: format!("backlog-{i}"),
-        connector: "sepay".into(),
-        account: "0123499999".into(),
-        amount: 150_000,
-        currency: "VND".into(),
-        direction: Direction::In,
         reference: Some(format!("MBVCB.{i}")),
-        counterparty: None,
         content: Some("CT DEN:0123456789 thanh toan don hang".into()),
-        occurred_at_ms: None,
-        received_at_ms: now_ms(),
-        extra: Vec::new(),
+        ..BalanceChange::example(&format!("backlog-{i}"), 150_000)
     }
 }
 

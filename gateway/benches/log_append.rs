@@ -14,7 +14,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use soundbox_gateway::log::{EventLog, LogOptions, SledLog};
-use soundbox_gateway::model::{BalanceChange, Direction, now_ms};
+use soundbox_gateway::model::BalanceChange;
 
 const SEQUENTIAL: usize = 2_000;
 const CONCURRENT_TOTAL: usize = 40_000;
@@ -39,19 +39,9 @@ fn row(name: &str, mut samples: Vec<Duration>, elapsed: Duration) -> Row {
 
 fn change(i: usize) -> BalanceChange {
     BalanceChange {
-        provider: "sepay".into(),
-        transaction_id: format!("bench-{i}"),
-        connector: "sepay".into(),
-        account: "0123499999".into(),
-        amount: 150_000,
-        currency: "VND".into(),
-        direction: Direction::In,
         reference: Some(format!("MBVCB.{i}")),
-        counterparty: None,
         content: Some("CT DEN:0123456789 thanh toan don hang".into()),
-        occurred_at_ms: Some(now_ms()),
-        received_at_ms: now_ms(),
-        extra: Vec::new(),
+        ..BalanceChange::example(&format!("bench-{i}"), 150_000)
     }
 }
 

@@ -100,6 +100,29 @@ impl BalanceChange {
     }
 }
 
+impl BalanceChange {
+    /// An incoming SePay payment of `amount` đồng to account 0123499999,
+    /// received now; for tests, benches and examples to adjust.
+    #[doc(hidden)]
+    pub fn example(transaction_id: &str, amount: u64) -> BalanceChange {
+        BalanceChange {
+            provider: "sepay".into(),
+            transaction_id: transaction_id.into(),
+            connector: "sepay".into(),
+            account: "0123499999".into(),
+            amount,
+            currency: "VND".into(),
+            direction: Direction::In,
+            reference: None,
+            counterparty: None,
+            content: Some(format!("thanh toan {transaction_id}")),
+            occurred_at_ms: None,
+            received_at_ms: now_ms(),
+            extra: Vec::new(),
+        }
+    }
+}
+
 /// Now as Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::log::{LogOptions, SledLog};
-use crate::model::{BalanceChange, Direction};
+use crate::model::BalanceChange;
 
 /// A sink that records what it was given and fails as scripted.
 #[derive(Debug)]
@@ -68,19 +68,8 @@ impl Sink for ScriptedSink {
 
 fn change(txid: &str, occurred_at_ms: Option<i64>) -> BalanceChange {
     BalanceChange {
-        provider: "sepay".into(),
-        transaction_id: txid.into(),
-        connector: "sepay".into(),
-        account: "0123499999".into(),
-        amount: 10_000,
-        currency: "VND".into(),
-        direction: Direction::In,
-        reference: None,
-        counterparty: None,
-        content: None,
         occurred_at_ms,
-        received_at_ms: now_ms(),
-        extra: Vec::new(),
+        ..BalanceChange::example(txid, 10_000)
     }
 }
 

@@ -84,8 +84,10 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "").expect("config");
-    let run = |args: &[&str], stdin: Option<&str>| {
-        let mut child = Command::new(soundbox_e2e::gateway_bin())
+    // `speaker <args>` against the simulator, credentials from the environment.
+    let speaker = |args: &[&str]| {
+        let mut command = Command::new(soundbox_e2e::gateway_bin());
+        command
             .arg("speaker")
             .arg("--config")
             .arg(&config)
@@ -98,18 +100,11 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
             .env("SEPAY_SPEAKER_CLIENT_SECRET", "sim-secret")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("speaker cli");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write");
-        }
-        let out = child.wait_with_output().expect("wait");
+            .stderr(Stdio::piped());
+        command
+    };
+    let run = |args: &[&str]| {
+        let out = speaker(args).output().expect("speaker cli");
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -119,7 +114,7 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
     // Wait for the simulator.
     let deadline = Instant::now() + Duration::from_secs(10);
     let (code, out, err) = loop {
-        let result = run(&["check", "VNS-A"], None);
+        let result = run(&["check", "VNS-A"]);
         if result.0 == Some(0) || Instant::now() > deadline {
             break result;
         }
@@ -132,21 +127,7 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
     );
 
     // Interactive pairing: the code the speaker "reads aloud" is typed in.
-    let mut pair = Command::new(soundbox_e2e::gateway_bin())
-        .args(["speaker", "--config"])
-        .arg(&config)
-        .args(["pair", "VNS-A"])
-        .env(
-            "SEPAY_SPEAKER_BASE_URL",
-            format!("http://127.0.0.1:{port}/devices/v1"),
-        )
-        .env("SEPAY_SPEAKER_CLIENT_ID", "sim-client")
-        .env("SEPAY_SPEAKER_CLIENT_SECRET", "sim-secret")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("pair");
+    let mut pair = speaker(&["pair", "VNS-A"]).spawn().expect("pair");
     let otp_url = format!("http://127.0.0.1:{port}/_sim/otp/VNS-A");
     let deadline = Instant::now() + Duration::from_secs(10);
     let otp = loop {
@@ -170,24 +151,21 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
     assert!(stderr.contains("not the code"), "{stderr}");
     assert!(stdout.contains("paired at"), "{stdout}");
 
-    let (code, out, err) = run(
-        &[
-            "notify",
-            "VNS-A",
-            "--amount",
-            "150000",
-            "--request-id",
-            "r-1",
-        ],
-        None,
-    );
+    let (code, out, err) = run(&[
+        "notify",
+        "VNS-A",
+        "--amount",
+        "150000",
+        "--request-id",
+        "r-1",
+    ]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("SENT"), "{out}");
-    let (code, out, _) = run(&["check-notify", "VNS-A", "r-1"], None);
+    let (code, out, _) = run(&["check-notify", "VNS-A", "r-1"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("PLAYED"), "{out}");
 
-    let (code, _, err) = run(&["pair", "VNS-B", "--otp", "1234"], None);
+    let (code, _, err) = run(&["pair", "VNS-B", "--otp", "1234"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("offline"), "{err}");
     let _ = sim.kill();

@@ -6,24 +6,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::log::Appended;
-use crate::model::Direction;
 
 fn change(txid: &str) -> BalanceChange {
-    BalanceChange {
-        provider: "sepay".into(),
-        transaction_id: txid.into(),
-        connector: "sepay".into(),
-        account: "0123499999".into(),
-        amount: 150_000,
-        currency: "VND".into(),
-        direction: Direction::In,
-        reference: None,
-        counterparty: None,
-        content: Some(format!("payment {txid}")),
-        occurred_at_ms: None,
-        received_at_ms: now_ms(),
-        extra: Vec::new(),
-    }
+    BalanceChange::example(txid, 150_000)
 }
 
 fn options() -> LogOptions {

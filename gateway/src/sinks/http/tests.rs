@@ -9,7 +9,7 @@ use axum::routing::post;
 
 use super::*;
 use crate::config::Secret;
-use crate::model::{BalanceChange, Direction, now_ms};
+use crate::model::{BalanceChange, now_ms};
 
 type Seen = Arc<Mutex<Vec<(HeaderMap, serde_json::Value)>>>;
 
@@ -63,21 +63,7 @@ fn entry() -> LogEntry {
     LogEntry {
         seq: 3,
         appended_at_ms: now_ms(),
-        change: BalanceChange {
-            provider: "sepay".into(),
-            transaction_id: "92704".into(),
-            connector: "sepay".into(),
-            account: "0123499999".into(),
-            amount: 2_277_000,
-            currency: "VND".into(),
-            direction: Direction::In,
-            reference: None,
-            counterparty: None,
-            content: None,
-            occurred_at_ms: None,
-            received_at_ms: now_ms(),
-            extra: Vec::new(),
-        },
+        change: BalanceChange::example("92704", 2_277_000),
     }
 }
 

@@ -15,19 +15,9 @@ use crate::speaker_api::sim::{Faults, SimConfig, SimDevice, Simulator};
 
 fn change(txid: &str, account: &str, amount: u64, direction: Direction) -> BalanceChange {
     BalanceChange {
-        provider: "sepay".into(),
-        transaction_id: txid.into(),
-        connector: "sepay".into(),
         account: account.into(),
-        amount,
-        currency: "VND".into(),
         direction,
-        reference: None,
-        counterparty: None,
-        content: None,
-        occurred_at_ms: None,
-        received_at_ms: now_ms(),
-        extra: Vec::new(),
+        ..BalanceChange::example(txid, amount)
     }
 }
 
