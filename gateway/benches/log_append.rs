@@ -9,7 +9,7 @@
 //! - log x1: `SledLog::append` of one change at a time, awaited (one webhook at a time).
 //! - log xN: N concurrent appenders (N webhooks in flight) sharing group commits.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,18 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir")
 }
 
+/// Times `op(i)` for each of `SEQUENTIAL` events, one after another.
+fn sequential(name: &str, mut op: impl FnMut(usize)) -> Row {
+    let mut samples = Vec::with_capacity(SEQUENTIAL);
+    let started = Instant::now();
+    for i in 0..SEQUENTIAL {
+        let t = Instant::now();
+        op(i);
+        samples.push(t.elapsed());
+    }
+    row(name, samples, started.elapsed())
+}
+
 fn raw_fdatasync() -> Row {
     let dir = scratch();
     let mut file = OpenOptions::new()
@@ -58,59 +70,29 @@ fn raw_fdatasync() -> Row {
         .open(dir.path().join("raw.log"))
         .expect("open");
     let record = vec![b'x'; 300];
-    let mut samples = Vec::with_capacity(SEQUENTIAL);
-    let started = Instant::now();
-    for _ in 0..SEQUENTIAL {
-        let t = Instant::now();
+    sequential("raw append + fdatasync", |_| {
         file.write_all(&record).expect("write");
         file.sync_data().expect("fdatasync");
-        samples.push(t.elapsed());
-    }
-    row("raw append + fdatasync", samples, started.elapsed())
+    })
 }
 
-fn sled_syncfs() -> Row {
+/// sled `insert` + `flush` + one `sync` of the file at `target` (relative to
+/// the scratch dir) per event: the log's write path without group commit.
+fn sled_then(name: &str, target: &str, sync: fn(&File)) -> Row {
     let dir = scratch();
     let db = sled::Config::new()
         .path(dir.path().join("state"))
         .cache_capacity(8 << 20)
         .open()
         .expect("sled");
-    let handle = std::fs::File::open(dir.path()).expect("dir");
+    let handle = File::open(dir.path().join(target)).expect("sync target");
     let record = vec![b'x'; 300];
-    let mut samples = Vec::with_capacity(SEQUENTIAL);
-    let started = Instant::now();
-    for i in 0..SEQUENTIAL {
-        let t = Instant::now();
+    sequential(name, |i| {
         db.insert((i as u64).to_be_bytes(), record.as_slice())
             .expect("insert");
         db.flush().expect("flush");
-        rustix::fs::syncfs(&handle).expect("syncfs");
-        samples.push(t.elapsed());
-    }
-    row("sled insert+flush+syncfs", samples, started.elapsed())
-}
-
-fn sled_fdatasync_db() -> Row {
-    let dir = scratch();
-    let db = sled::Config::new()
-        .path(dir.path().join("state"))
-        .cache_capacity(8 << 20)
-        .open()
-        .expect("sled");
-    let handle = std::fs::File::open(dir.path().join("state/db")).expect("db file");
-    let record = vec![b'x'; 300];
-    let mut samples = Vec::with_capacity(SEQUENTIAL);
-    let started = Instant::now();
-    for i in 0..SEQUENTIAL {
-        let t = Instant::now();
-        db.insert((i as u64).to_be_bytes(), record.as_slice())
-            .expect("insert");
-        db.flush().expect("flush");
-        handle.sync_data().expect("fdatasync");
-        samples.push(t.elapsed());
-    }
-    row("sled insert+flush+fdatasync", samples, started.elapsed())
+        sync(&handle);
+    })
 }
 
 fn log_options() -> LogOptions {
@@ -177,8 +159,12 @@ fn main() {
         .expect("tokio");
     let rows = vec![
         raw_fdatasync(),
-        sled_syncfs(),
-        sled_fdatasync_db(),
+        sled_then("sled insert+flush+syncfs", "", |dir| {
+            rustix::fs::syncfs(dir).expect("syncfs")
+        }),
+        sled_then("sled insert+flush+fdatasync", "state/db", |db| {
+            db.sync_data().expect("fdatasync")
+        }),
         log_sequential(&rt),
         log_concurrent(&rt, 16),
         log_concurrent(&rt, 64),

@@ -1,6 +1,6 @@
 //! Group commit: one thread owns every append. It takes all requests that
 //! queued up while the previous sync ran, writes them in one sled
-//! transaction, then makes them durable with a single flush + `syncfs`, and
+//! transaction, then makes them durable with a single flush + `fdatasync`, and
 //! only then answers each caller. Concurrent webhooks therefore share one
 //! sync instead of queueing behind one each.
 
@@ -13,7 +13,7 @@ use sled::transaction::ConflictableTransactionError;
 use tokio::sync::oneshot;
 
 use super::record::{self, LogEntry};
-use super::sled_log::Inner;
+use super::sled_log::{Inner, be};
 use super::{Appended, LogError};
 use crate::model::{BalanceChange, now_ms};
 
@@ -84,7 +84,7 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Vec<Vec<Appended>>, LogErr
                 for change in &request.changes {
                     let key = change.dedupe_key();
                     if let Some(existing) = dedupe.get(key.as_bytes())? {
-                        appended.push(Appended::Duplicate(dedupe_seq(&existing)));
+                        appended.push(Appended::Duplicate(be(&existing)));
                         continue;
                     }
                     let entry = LogEntry {
@@ -108,15 +108,6 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Vec<Vec<Appended>>, LogErr
     sync_to_disk(&inner.data_file)?;
     inner.advance(next_seq);
     Ok(per_request)
-}
-
-/// The sequence number stored in a dedupe value.
-pub(super) fn dedupe_seq(value: &[u8]) -> u64 {
-    let mut seq = [0u8; 8];
-    if let Some(bytes) = value.get(..8) {
-        seq.copy_from_slice(bytes);
-    }
-    u64::from_be_bytes(seq)
 }
 
 /// sled's `flush()` only issues `sync_file_range`: the pages reach the disk

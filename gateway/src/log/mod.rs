@@ -85,6 +85,13 @@ impl Settlement {
             Settlement::Dead { .. } => "dead",
         }
     }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Settlement::Delivered => None,
+            Settlement::Expired { reason } | Settlement::Dead { reason } => Some(reason),
+        }
+    }
 }
 
 /// Tunables of the log; [`LogOptions::default`] suits a Raspberry Pi.

@@ -153,7 +153,9 @@ pub struct GcReport {
     pub dedupe_removed: u64,
 }
 
-fn be(bytes: &[u8]) -> u64 {
+/// The big-endian u64 at the start of `bytes` (sequence numbers, counters,
+/// timestamps are all stored this way, so keys sort in numeric order).
+pub(super) fn be(bytes: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     if let Some(s) = bytes.get(..8) {
         b.copy_from_slice(s);
@@ -349,9 +351,10 @@ impl SledLog {
                 ("pending".to_string(), None)
             } else if let Some(o) = tree.get(keyed(OUTCOME, seq))? {
                 match serde_json::from_slice::<Settlement>(&o) {
-                    Ok(Settlement::Delivered) => ("delivered".to_string(), None),
-                    Ok(Settlement::Expired { reason }) => ("expired".to_string(), Some(reason)),
-                    Ok(Settlement::Dead { reason }) => ("dead".to_string(), Some(reason)),
+                    Ok(settlement) => (
+                        settlement.state().to_string(),
+                        settlement.reason().map(str::to_string),
+                    ),
                     Err(_) => ("unknown".to_string(), None),
                 }
             } else {
@@ -389,12 +392,12 @@ impl SledLog {
                 .map(|k| k.map(|k| be(&k[1..])))
                 .collect::<Result<_, _>>()?,
         };
+        let mut batch = sled::Batch::default();
         for seq in &dead {
-            let mut batch = sled::Batch::default();
             batch.remove(&keyed(DEAD, *seq));
             batch.insert(&keyed(REQUEUED, *seq), &[]);
-            tree.apply_batch(batch)?;
         }
+        tree.apply_batch(batch)?;
         if !dead.is_empty() {
             self.sync()?;
             // Wake the sink's worker.

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::log::{EventLog, LogEntry, LogError, Settlement};
 use crate::model::now_ms;
 
-pub use retry::{RetryPolicy, parse_retry_after};
+pub use retry::{RetryPolicy, parse_retry_after, retry_after};
 
 /// Why one delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,7 +179,7 @@ async fn deliver_one<S: Sink>(
     let policy = sink.retry_policy();
     let mut attempt: u32 = 0;
     let mut last_error: Option<String> = None;
-    loop {
+    let settlement = loop {
         let now = now_ms();
         let remaining = sink
             .max_age()
@@ -192,14 +192,7 @@ async fn deliver_one<S: Sink>(
             }
             tracing::warn!(sink = %name, seq = entry.seq, %reason, "entry expired, not delivered");
             stats.expired.fetch_add(1, Ordering::Relaxed);
-            return settle(
-                log,
-                name,
-                entry,
-                Settlement::Expired { reason },
-                &shutdown.stop,
-            )
-            .await;
+            break Settlement::Expired { reason };
         }
         if shutdown.stop.is_cancelled() {
             return false;
@@ -218,26 +211,18 @@ async fn deliver_one<S: Sink>(
             Ok(()) => {
                 tracing::info!(sink = %name, seq = entry.seq, transaction_id = %entry.change.transaction_id, "delivered");
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
-                return settle(log, name, entry, Settlement::Delivered, &shutdown.stop).await;
+                break Settlement::Delivered;
             }
             Err(SinkError::Permanent { reason }) => {
                 tracing::error!(sink = %name, seq = entry.seq, %reason, "delivery refused; kept as a dead letter");
                 stats.dead.fetch_add(1, Ordering::Relaxed);
-                return settle(
-                    log,
-                    name,
-                    entry,
-                    Settlement::Dead { reason },
-                    &shutdown.stop,
-                )
-                .await;
+                break Settlement::Dead { reason };
             }
             Err(SinkError::Retriable {
                 reason,
                 retry_after,
             }) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
-                last_error = Some(reason.clone());
                 let mut delay = policy.delay(attempt, retry_after);
                 attempt = attempt.saturating_add(1);
                 if let Some(r) = remaining {
@@ -245,12 +230,14 @@ async fn deliver_one<S: Sink>(
                     delay = delay.min(Duration::from_millis(r as u64));
                 }
                 tracing::warn!(sink = %name, seq = entry.seq, %reason, attempt, delay_ms = delay.as_millis() as u64, "delivery failed; will retry");
+                last_error = Some(reason);
                 if pause(&shutdown.stop, delay).await {
                     return false;
                 }
             }
         }
-    }
+    };
+    settle(log, name, entry, settlement, &shutdown.stop).await
 }
 
 /// Records the outcome; a storage error is retried (the entry would otherwise

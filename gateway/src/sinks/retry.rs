@@ -39,6 +39,16 @@ impl RetryPolicy {
     }
 }
 
+/// The `Retry-After` of a response, if it has a valid one.
+pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    let value = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    parse_retry_after(value, SystemTime::now())
+}
+
 /// Parses a `Retry-After` header: delay-seconds or an HTTP date.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();

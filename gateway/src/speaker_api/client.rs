@@ -9,7 +9,7 @@
 //! - 429 and `Retry-After` come back as [`SpeakerError::RateLimited`]; the
 //!   caller (the sink's retry loop) decides when to try again.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,7 +20,8 @@ use super::types::{
     PairSession, Paired, TokenReply, VerifyRequest, codes,
 };
 use crate::config::Secret;
-use crate::sinks::parse_retry_after;
+use crate::sinks::http::outbound_client;
+use crate::sinks::retry_after;
 
 /// The production API.
 pub const DEFAULT_BASE_URL: &str = "https://speaker-api.sepay.vn/devices/v1";
@@ -114,13 +115,7 @@ fn refresh_margin(ttl: Duration) -> Duration {
 
 impl SpeakerClient {
     pub fn new(credentials: SpeakerCredentials, timeout: Duration) -> Result<Self, SpeakerError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("soundbox-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| SpeakerError::Transport(e.to_string()))?;
+        let http = outbound_client(timeout).map_err(|e| SpeakerError::Transport(e.to_string()))?;
         Ok(SpeakerClient {
             http,
             credentials,
@@ -285,12 +280,9 @@ fn hardware(hardware_id: &str) -> HardwareRequest {
 fn check_status(response: &reqwest::Response) -> Result<(), SpeakerError> {
     let status = response.status();
     if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        return Err(SpeakerError::RateLimited { retry_after });
+        return Err(SpeakerError::RateLimited {
+            retry_after: retry_after(response),
+        });
     }
     if status.is_server_error() {
         return Err(SpeakerError::Server(status.as_u16()));

@@ -7,12 +7,12 @@
 //! `Retry-After`); any other status is permanent (dead letter); transport
 //! errors and timeouts are retried.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 
 use super::event::EventJson;
-use super::{RetryPolicy, Sink, SinkError, parse_retry_after};
+use super::{RetryPolicy, Sink, SinkError, retry_after};
 use crate::config::ForwardConfig;
 use crate::log::LogEntry;
 
@@ -25,14 +25,21 @@ pub struct HttpSink {
     client: reqwest::Client,
 }
 
+/// The HTTP client every outbound sink uses: a whole-request `timeout`, no
+/// redirects (a redirect is a configuration error, not something to follow
+/// with credentials attached), and the gateway's user agent.
+pub fn outbound_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("soundbox-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 impl HttpSink {
     pub fn new(config: ForwardConfig) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("soundbox-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = outbound_client(config.timeout)?;
         Ok(HttpSink { config, client })
     }
 }
@@ -75,11 +82,7 @@ impl Sink for HttpSink {
         if status.is_success() {
             return Ok(());
         }
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let retry_after = retry_after(&response);
         let body = response.text().await.unwrap_or_default();
         let snippet: String = body.chars().take(REASON_BODY_BYTES).collect();
         let reason = format!("HTTP {status}: {snippet}");
