@@ -11,7 +11,8 @@ use crate::log::{EventLog, LogOptions, SledLog};
 use crate::model::{BalanceChange, now_ms};
 use crate::sinks::{Shutdown, SinkStats, run_sink};
 use crate::speaker_api::client::SpeakerCredentials;
-use crate::speaker_api::sim::{Faults, SimConfig, SimDevice, Simulator};
+use crate::speaker_api::sim::testing::{device, serve_on_loopback};
+use crate::speaker_api::sim::{Faults, SimConfig, Simulator};
 
 fn change(txid: &str, account: &str, amount: u64, direction: Direction) -> BalanceChange {
     BalanceChange {
@@ -55,16 +56,6 @@ fn entry(change: BalanceChange) -> LogEntry {
     }
 }
 
-async fn serve(sim: &Simulator) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let router = sim.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    format!("http://{addr}/devices/v1")
-}
-
 fn client(base_url: String) -> Arc<SpeakerClient> {
     Arc::new(
         SpeakerClient::new(
@@ -77,15 +68,6 @@ fn client(base_url: String) -> Arc<SpeakerClient> {
         )
         .expect("client"),
     )
-}
-
-fn device(id: &str, paired: bool, online: bool) -> SimDevice {
-    SimDevice {
-        hardware_id: id.into(),
-        model: "S5 Plus".into(),
-        paired,
-        online,
-    }
 }
 
 #[test]
@@ -141,7 +123,11 @@ async fn start(sim: &Simulator, max_age: Duration, routes: Vec<RouteConfig>) -> 
     )
     .expect("open");
     log.cursor(SINK_NAME).expect("cursor");
-    let sink = SpeakerSink::new(client(serve(sim).await), config(max_age), routes);
+    let sink = SpeakerSink::new(
+        client(serve_on_loopback(sim).await),
+        config(max_age),
+        routes,
+    );
     let stop = CancellationToken::new();
     let worker = tokio::spawn(run_sink(
         Arc::new(sink),

@@ -3,21 +3,13 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::speaker_api::sim::{Faults, SimConfig, SimDevice, Simulator};
+use crate::speaker_api::sim::testing::{device, serve_on_loopback};
+use crate::speaker_api::sim::{Faults, SimConfig, Simulator};
 
 struct Fixture {
     sim: Simulator,
     client: Arc<SpeakerClient>,
     base_url: String,
-}
-
-fn device(id: &str, paired: bool, online: bool) -> SimDevice {
-    SimDevice {
-        hardware_id: id.into(),
-        model: "S5 Plus".into(),
-        paired,
-        online,
-    }
 }
 
 async fn fixture() -> Fixture {
@@ -29,13 +21,7 @@ async fn fixture() -> Fixture {
         ],
         ..SimConfig::default()
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let router = sim.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    let base_url = format!("http://{addr}/devices/v1");
+    let base_url = serve_on_loopback(&sim).await;
     let client = Arc::new(client_for(&base_url, "sim-secret"));
     Fixture {
         sim,

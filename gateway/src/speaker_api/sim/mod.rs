@@ -606,3 +606,29 @@ fn vietnam_time_now() -> String {
     let text = humantime::format_rfc3339_seconds(at).to_string();
     text.trim_end_matches('Z').replacen('T', " ", 1)
 }
+
+/// Test helpers shared by the client's and the speaker sink's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{SimDevice, Simulator};
+
+    /// Serves `sim` on a free loopback port; returns the API base URL.
+    pub async fn serve_on_loopback(sim: &Simulator) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = sim.router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}/devices/v1")
+    }
+
+    pub fn device(id: &str, paired: bool, online: bool) -> SimDevice {
+        SimDevice {
+            hardware_id: id.into(),
+            model: "S5 Plus".into(),
+            paired,
+            online,
+        }
+    }
+}
