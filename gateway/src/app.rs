@@ -14,10 +14,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, QueueView};
 use crate::config::Config;
+use crate::config::MqttBroker;
 use crate::connectors::{Connectors, Runtime};
 use crate::ingress::Ingress;
 use crate::log::{EventLog, LogOptions, SledLog};
 use crate::sinks::http::HttpSink;
+use crate::sinks::mqtt::{ANNOUNCEMENT_BUFFER, MqttSink, SINK_NAME as MQTT_SINK, broker};
 use crate::sinks::speaker::{SINK_NAME as SPEAKER_SINK, SpeakerSink};
 use crate::sinks::{Shutdown, SinkStats, run_sink};
 use crate::speaker_api::client::{SpeakerClient, SpeakerCredentials};
@@ -50,8 +52,10 @@ pub async fn load_connectors(config: &Config, db: &sled::Db) -> anyhow::Result<A
 /// The names of every configured sink, in config order.
 pub fn sink_names(config: &Config) -> Vec<String> {
     let speaker = config.speaker.as_ref().map(|_| SPEAKER_SINK.to_string());
+    let mqtt = config.mqtt.as_ref().map(|_| MQTT_SINK.to_string());
     speaker
         .into_iter()
+        .chain(mqtt)
         .chain(config.forwards.iter().map(|f| f.name.clone()))
         .collect()
 }
@@ -98,6 +102,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             stop_sinks.clone(),
         ));
     }
+    // What speakers were asked to say, for the MQTT `announcements` topic.
+    let (announcements, announcements_rx) = tokio::sync::broadcast::channel(ANNOUNCEMENT_BUFFER);
+    if let Some(mqtt) = &config.mqtt {
+        if let MqttBroker::Embedded { listen } = mqtt.broker {
+            broker::start(listen)?;
+        }
+        let sink = MqttSink::new(mqtt.clone(), &config.gateway.id).context("[mqtt]")?;
+        sink_tasks.spawn(Arc::new(sink).run(
+            shared_log.clone(),
+            Arc::new(SinkStats::default()),
+            stop_sinks.clone(),
+            announcements_rx,
+        ));
+    } else {
+        drop(announcements_rx);
+    }
     let mut extra_admin_routes = axum::Router::new();
     if let Some(speaker) = &config.speaker {
         let mut credentials = SpeakerCredentials {
@@ -117,7 +137,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         let client = SpeakerClient::new(credentials, speaker.timeout)
             .context("building the Speaker API client")?;
-        let sink = SpeakerSink::new(Arc::new(client), speaker.clone(), config.routes.clone());
+        let mut sink = SpeakerSink::new(Arc::new(client), speaker.clone(), config.routes.clone());
+        if config.mqtt.is_some() {
+            sink = sink.with_announcements(announcements.clone());
+        }
         sink_tasks.spawn(run_sink(
             Arc::new(sink),
             shared_log.clone(),

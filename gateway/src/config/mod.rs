@@ -54,6 +54,46 @@ pub struct Config {
     /// The speaker sink; None when `[speaker]` is absent.
     pub speaker: Option<SpeakerConfig>,
     pub routes: Vec<RouteConfig>,
+    /// The MQTT sink; None when `[mqtt]` is absent.
+    pub mqtt: Option<MqttConfig>,
+}
+
+/// `[mqtt]`: every payment published on the shop's MQTT broker.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub broker: MqttBroker,
+    /// Topics are `<topic_prefix>/<gateway.id>/{events,status,announcements}`.
+    pub topic_prefix: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub keep_alive: Duration,
+    /// Publishes sent and not yet acknowledged, at most.
+    pub window: usize,
+    /// Reconnect backoff.
+    pub retry: RetryPolicy,
+}
+
+/// Which broker the MQTT sink talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttBroker {
+    /// A broker inside the gateway (rumqttd), listening here, no auth:
+    /// keep it on loopback unless the LAN is trusted.
+    Embedded { listen: SocketAddr },
+    /// A broker elsewhere: `mqtt://host:port` or `mqtts://host:port`.
+    External {
+        host: String,
+        port: u16,
+        /// `mqtts://`: TLS (rustls); these roots, or the built-in web roots.
+        tls: Option<MqttTls>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttTls {
+    /// A PEM file of CA certificates to trust instead of the built-in roots
+    /// (a chain's own CA, or a self-signed broker).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[speaker]`: the SePay Speaker API and how payments are announced.
@@ -185,6 +225,23 @@ struct RawConfig {
     speaker: Option<Spanned<RawSpeaker>>,
     #[serde(default)]
     route: Vec<RawRoute>,
+    mqtt: Option<Spanned<RawMqtt>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    broker: Option<Spanned<String>>,
+    embedded_listen: Option<Spanned<String>>,
+    topic_prefix: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    keep_alive_secs: Option<Spanned<u64>>,
+    window: Option<Spanned<u64>>,
+    retry_initial_ms: Option<Spanned<u64>>,
+    retry_max_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -529,6 +586,11 @@ impl Config {
             });
         }
 
+        let mqtt = raw
+            .mqtt
+            .map(|m| parse_mqtt(&loc, m, &id, &resolve))
+            .transpose()?;
+
         Ok(Config {
             source: path.to_path_buf(),
             gateway: GatewayConfig {
@@ -545,8 +607,189 @@ impl Config {
             forwards,
             speaker,
             routes,
+            mqtt,
         })
     }
+}
+
+/// The most publishes in flight `[mqtt] window` allows.
+const MAX_MQTT_WINDOW: u64 = 1000;
+
+fn parse_mqtt(
+    loc: &Locator<'_>,
+    raw: Spanned<RawMqtt>,
+    gateway_id: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<MqttConfig, ConfigError> {
+    let span = raw.span();
+    let m = raw.into_inner();
+    let expanded = |v: &Spanned<String>, key: &str| -> Result<String, ConfigError> {
+        env::expand(v.get_ref(), |n| std::env::var(n).ok())
+            .map_err(|e| loc.at(v.span(), &format!("mqtt.{key}"), e))
+    };
+    let broker_text = match &m.broker {
+        Some(b) => expanded(b, "broker")?,
+        None => "embedded".to_string(),
+    };
+    let broker_span = m.broker.as_ref().map_or(span.clone(), |b| b.span());
+    let broker = if broker_text == "embedded" {
+        let listen = match &m.embedded_listen {
+            Some(l) => l.get_ref().parse::<SocketAddr>().map_err(|e| {
+                loc.at(
+                    l.span(),
+                    "mqtt.embedded_listen",
+                    format!(
+                        "`{}` is not an address like 127.0.0.1:1883 ({e})",
+                        l.get_ref()
+                    ),
+                )
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 1883)),
+        };
+        if m.username.is_some() || m.password.is_some() || m.ca_file.is_some() {
+            let key = if m.ca_file.is_some() {
+                "ca_file"
+            } else {
+                "username"
+            };
+            return Err(loc.at(
+                broker_span,
+                &format!("mqtt.{key}"),
+                "the embedded broker has no TLS or accounts; set broker to an mqtt:// or mqtts:// URL to use them",
+            ));
+        }
+        MqttBroker::Embedded { listen }
+    } else {
+        if let Some(l) = &m.embedded_listen {
+            return Err(loc.at(
+                l.span(),
+                "mqtt.embedded_listen",
+                "only used with broker = \"embedded\"",
+            ));
+        }
+        let bad = |why: &str| {
+            loc.at(
+                broker_span.clone(),
+                "mqtt.broker",
+                format!("`{broker_text}`: {why}; expected \"embedded\", mqtt://host:1883 or mqtts://host:8883"),
+            )
+        };
+        let url = reqwest::Url::parse(&broker_text).map_err(|e| bad(&e.to_string()))?;
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => None,
+            "mqtts" | "ssl" => Some(MqttTls {
+                ca_file: m.ca_file.as_ref().map(|f| resolve(f.get_ref())),
+            }),
+            other => return Err(bad(&format!("unknown scheme {other}"))),
+        };
+        if tls.is_none()
+            && let Some(f) = &m.ca_file
+        {
+            return Err(loc.at(
+                f.span(),
+                "mqtt.ca_file",
+                "only used with an mqtts:// broker",
+            ));
+        }
+        if let Some(MqttTls { ca_file: Some(f) }) = &tls
+            && !f.is_file()
+        {
+            let s = m.ca_file.as_ref().map_or(span.clone(), |f| f.span());
+            return Err(loc.at(s, "mqtt.ca_file", format!("no file at {}", f.display())));
+        }
+        if url.path().len() > 1 || url.query().is_some() || !url.username().is_empty() {
+            return Err(bad(
+                "give only the host and port (username and password have their own keys)",
+            ));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host"))?
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string();
+        let port = url
+            .port()
+            .unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+        MqttBroker::External { host, port, tls }
+    };
+    let topic_prefix = match &m.topic_prefix {
+        Some(p) => {
+            let t = p.get_ref();
+            let valid = !t.is_empty()
+                && !t.starts_with('/')
+                && !t.ends_with('/')
+                && !t.contains("//")
+                && !t.contains(['+', '#', '\0']);
+            if !valid {
+                return Err(loc.at(
+                    p.span(),
+                    "mqtt.topic_prefix",
+                    "use topic levels like soundbox or chain/hanoi (no +, #, leading or trailing /)",
+                ));
+            }
+            t.clone()
+        }
+        None => "soundbox".to_string(),
+    };
+    let client_id = match &m.client_id {
+        Some(c) if c.get_ref().is_empty() || c.get_ref().len() > 128 => {
+            return Err(loc.at(c.span(), "mqtt.client_id", "use 1-128 characters"));
+        }
+        Some(c) => c.get_ref().clone(),
+        None => format!("soundbox-{gateway_id}"),
+    };
+    let username = m
+        .username
+        .as_ref()
+        .map(|u| expanded(u, "username"))
+        .transpose()?;
+    let password = m
+        .password
+        .as_ref()
+        .map(|p| expanded(p, "password").map(Secret::new))
+        .transpose()?;
+    if password.is_some() && username.is_none() {
+        let s = m.password.as_ref().map_or(span.clone(), |p| p.span());
+        return Err(loc.at(s, "mqtt.password", "a password needs a username"));
+    }
+    let window_span = m.window.as_ref().map_or(span.clone(), |w| w.span());
+    let window = positive(loc, m.window, "mqtt.window", 64)?;
+    if window > MAX_MQTT_WINDOW {
+        return Err(loc.at(
+            window_span,
+            "mqtt.window",
+            format!("at most {MAX_MQTT_WINDOW}"),
+        ));
+    }
+    let d = RetryPolicy::default();
+    let ms = |v: Option<Spanned<u64>>, k: &str, default: Duration| {
+        positive(loc, v, &format!("mqtt.{k}"), default.as_millis() as u64)
+            .map(Duration::from_millis)
+    };
+    Ok(MqttConfig {
+        broker,
+        topic_prefix,
+        client_id,
+        username,
+        password,
+        keep_alive: Duration::from_secs(positive(
+            loc,
+            m.keep_alive_secs,
+            "mqtt.keep_alive_secs",
+            30,
+        )?),
+        window: window as usize,
+        retry: RetryPolicy {
+            initial: ms(
+                m.retry_initial_ms,
+                "retry_initial_ms",
+                Duration::from_millis(500),
+            )?,
+            max: ms(m.retry_max_ms, "retry_max_ms", Duration::from_secs(30))?,
+            max_retry_after: d.max_retry_after,
+        },
+    })
 }
 
 fn parse_speaker(

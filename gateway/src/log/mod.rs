@@ -146,6 +146,15 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
 
     /// Records how `sink` finished with `seq` and moves its cursor past it.
     fn settle(&self, sink: &str, seq: u64, settlement: &Settlement) -> Result<(), LogError>;
+
+    /// [`EventLog::settle`] for many entries in one write (a sink that
+    /// delivers a window at a time); the cursor moves past the highest.
+    fn settle_many(
+        &self,
+        sink: &str,
+        seqs: &[u64],
+        settlement: &Settlement,
+    ) -> Result<(), LogError>;
 }
 
 /// The state of one sink's queue, for `queue status` and the status page.

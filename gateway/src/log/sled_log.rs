@@ -538,22 +538,36 @@ impl EventLog for SledLog {
     }
 
     fn settle(&self, sink: &str, seq: u64, settlement: &Settlement) -> Result<(), LogError> {
+        self.settle_many(sink, &[seq], settlement)
+    }
+
+    fn settle_many(
+        &self,
+        sink: &str,
+        seqs: &[u64],
+        settlement: &Settlement,
+    ) -> Result<(), LogError> {
+        let Some(&last) = seqs.iter().max() else {
+            return Ok(());
+        };
         let tree = self.sink_tree(sink)?;
         let cursor = self.cursor(sink)?;
         let mut batch = sled::Batch::default();
         let outcome = serde_json::to_vec(settlement).unwrap_or_default();
-        batch.insert(&keyed(OUTCOME, seq), outcome);
-        batch.remove(&keyed(REQUEUED, seq));
-        match settlement {
-            Settlement::Dead { .. } => batch.insert(&keyed(DEAD, seq), &[]),
-            _ => batch.remove(&keyed(DEAD, seq)),
+        for &seq in seqs {
+            batch.insert(&keyed(OUTCOME, seq), outcome.as_slice());
+            batch.remove(&keyed(REQUEUED, seq));
+            match settlement {
+                Settlement::Dead { .. } => batch.insert(&keyed(DEAD, seq), &[]),
+                _ => batch.remove(&keyed(DEAD, seq)),
+            }
         }
-        if seq >= cursor {
-            batch.insert(CURSOR, &(seq + 1).to_be_bytes());
+        if last >= cursor {
+            batch.insert(CURSOR, &(last + 1).to_be_bytes());
         }
         tree.apply_batch(batch)?;
         tree.update_and_fetch(format!("n/{}", settlement.state()), |old| {
-            let n = old.map_or(0, be) + 1;
+            let n = old.map_or(0, be) + seqs.len() as u64;
             Some(n.to_be_bytes().to_vec())
         })?;
         // Written through to the file (not synced: a power cut may lose the

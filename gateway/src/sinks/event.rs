@@ -1,6 +1,8 @@
-//! The JSON a payment is published as (HTTP forward today, MQTT next).
-//! Consumers depend on it: fields are only ever added, and `schema` changes
-//! when a field's meaning does.
+//! The JSON the gateway publishes: each payment ([`EventJson`], on MQTT's
+//! `events` topic and to HTTP forwards) and what each speaker was asked to
+//! say ([`AnnouncementJson`], on MQTT's `announcements` topic). Consumers
+//! depend on them: fields are only ever added, and `schema` changes when a
+//! field's meaning does.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -42,7 +44,31 @@ pub fn event_id(dedupe_key: &str) -> String {
     hex::encode(&digest[..16])
 }
 
-fn rfc3339(ms: i64) -> String {
+/// What one speaker was asked to say about one payment, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnnouncementJson {
+    pub schema: u32,
+    /// The payment's [`EventJson::id`].
+    pub event_id: String,
+    pub seq: u64,
+    pub hardware_id: String,
+    /// The Speaker API `requestId` (stable for this payment and speaker).
+    pub request_id: String,
+    pub amount: u64,
+    /// What the speaker says, in Vietnamese.
+    pub words: String,
+    /// `played`, `sent` (accepted, play not yet confirmed), `failed` (the
+    /// speaker could not play it), `unconfirmed` (accepted, status unknown),
+    /// `expired` (too old to announce, not sent) or `refused` (the API
+    /// refused it for good, e.g. an unknown speaker).
+    pub result: String,
+    /// Why, for `failed`, `unconfirmed`, `expired` and `refused`.
+    pub detail: Option<String>,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+pub(crate) fn rfc3339(ms: i64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(at).to_string()
 }

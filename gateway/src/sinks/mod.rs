@@ -9,6 +9,7 @@
 
 pub mod event;
 pub mod http;
+pub mod mqtt;
 mod retry;
 pub mod speaker;
 
@@ -73,6 +74,10 @@ pub trait Sink: Send + Sync + 'static {
     /// a retriable error, so it must be idempotent at the receiver (e.g. a
     /// request id derived from the dedupe key).
     fn deliver(&self, entry: &LogEntry) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Called once `entry` is settled, however it ended (the speaker sink
+    /// reports expired and refused announcements from here).
+    fn settled(&self, _entry: &LogEntry, _settlement: &Settlement) {}
 }
 
 /// Counters since start, for metrics and the status page.
@@ -237,7 +242,11 @@ async fn deliver_one<S: Sink>(
             }
         }
     };
-    settle(log, name, entry, settlement, &shutdown.stop).await
+    let settled = settle(log, name, entry, &settlement, &shutdown.stop).await;
+    if settled {
+        sink.settled(entry, &settlement);
+    }
+    settled
 }
 
 /// Records the outcome; a storage error is retried (the entry would otherwise
@@ -246,11 +255,11 @@ async fn settle(
     log: &dyn EventLog,
     sink: &str,
     entry: &LogEntry,
-    settlement: Settlement,
+    settlement: &Settlement,
     stop: &CancellationToken,
 ) -> bool {
     loop {
-        match log.settle(sink, entry.seq, &settlement) {
+        match log.settle(sink, entry.seq, settlement) {
             Ok(()) => return true,
             Err(LogError::Closed) => return false,
             Err(error) => {

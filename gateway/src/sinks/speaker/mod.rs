@@ -6,22 +6,26 @@
 //! - The `requestId` is derived from the payment's dedupe key and the
 //!   speaker, so a retry after a crash or a timeout is idempotent at SePay.
 //! - After `notify`, `check_notify` is polled a few times to confirm the
-//!   speaker played it; the outcome is logged.
+//!   speaker played it; the outcome is logged and, with `[mqtt]`, published
+//!   on the `announcements` topic (as are expired and refused ones).
 //! - An offline or unpaired speaker is retried until the payment is older
 //!   than `speaker.max_age_secs`; then it expires with that reason.
 //! - One worker handles the whole sink, in log order, so each speaker hears
 //!   its payments in order.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
 
+use super::event::{AnnouncementJson, EVENT_SCHEMA, event_id, rfc3339};
 use super::{RetryPolicy, Sink, SinkError};
 use crate::config::{RouteConfig, SpeakerConfig};
-use crate::log::LogEntry;
-use crate::model::Direction;
+use crate::log::{LogEntry, Settlement};
+use crate::model::{Direction, now_ms};
 use crate::speaker_api::client::{SpeakerClient, SpeakerError};
+use crate::speaker_api::words::amount_words;
 
 /// The sink's name in the log (its cursor and dead letters).
 pub const SINK_NAME: &str = "speaker";
@@ -35,6 +39,11 @@ pub struct SpeakerSink {
     client: Arc<SpeakerClient>,
     config: SpeakerConfig,
     routes: Vec<RouteConfig>,
+    /// Where announcements are reported (the MQTT sink listens), if anywhere.
+    announcements: Option<broadcast::Sender<AnnouncementJson>>,
+    /// The speakers that already took the entry being delivered (by seq), so
+    /// an entry that then expires is reported only for the others.
+    announced: Mutex<(u64, Vec<String>)>,
 }
 
 /// The `requestId` for `dedupe_key` on `hardware_id`: stable across retries
@@ -57,7 +66,35 @@ impl SpeakerSink {
             client,
             config,
             routes,
+            announcements: None,
+            announced: Mutex::new((u64::MAX, Vec::new())),
         }
+    }
+
+    /// Reports every announcement (and expired or refused one) to `to`.
+    pub fn with_announcements(mut self, to: broadcast::Sender<AnnouncementJson>) -> Self {
+        self.announcements = Some(to);
+        self
+    }
+
+    fn report(&self, entry: &LogEntry, hardware_id: &str, result: &str, detail: Option<String>) {
+        let Some(to) = &self.announcements else {
+            return;
+        };
+        let key = entry.change.dedupe_key();
+        // No receiver (MQTT not connected yet) is not an error.
+        let _ = to.send(AnnouncementJson {
+            schema: EVENT_SCHEMA,
+            event_id: event_id(&key),
+            seq: entry.seq,
+            hardware_id: hardware_id.to_string(),
+            request_id: request_id(&key, hardware_id),
+            amount: entry.change.amount,
+            words: amount_words(entry.change.amount),
+            result: result.to_string(),
+            detail,
+            at: rfc3339(now_ms()),
+        });
     }
 
     /// The speakers that should announce `entry`.
@@ -89,7 +126,14 @@ impl SpeakerSink {
             .notify(hardware_id, entry.change.amount, &id)
             .await
             .map_err(|e| classify(hardware_id, e))?;
-        let mut outcome = "unconfirmed".to_string();
+        if let Ok(mut announced) = self.announced.lock() {
+            if announced.0 != entry.seq {
+                *announced = (entry.seq, Vec::new());
+            }
+            announced.1.push(hardware_id.to_string());
+        }
+        let mut outcome = "SENT".to_string();
+        let mut detail = None;
         for _ in 0..CONFIRM_POLLS {
             match self.client.check_notify(hardware_id, &id).await {
                 Ok(status) if status.status == "SENT" => {
@@ -101,11 +145,13 @@ impl SpeakerSink {
                     break;
                 }
                 Err(e) => {
-                    outcome = format!("check_notify failed: {e}");
+                    outcome = "unconfirmed".to_string();
+                    detail = Some(format!("check_notify failed: {e}"));
                     break;
                 }
             }
         }
+        self.report(entry, hardware_id, &outcome.to_ascii_lowercase(), detail);
         tracing::info!(
             sink = SINK_NAME,
             seq = entry.seq,
@@ -152,6 +198,24 @@ impl Sink for SpeakerSink {
             self.announce(entry, hardware_id).await?;
         }
         Ok(())
+    }
+
+    fn settled(&self, entry: &LogEntry, settlement: &Settlement) {
+        let result = match settlement {
+            Settlement::Delivered => return,
+            Settlement::Expired { .. } => "expired",
+            Settlement::Dead { .. } => "refused",
+        };
+        let done = match self.announced.lock() {
+            Ok(announced) if announced.0 == entry.seq => announced.1.clone(),
+            _ => Vec::new(),
+        };
+        for hardware_id in self.speakers_for(entry) {
+            if !done.iter().any(|d| d == hardware_id) {
+                let detail = settlement.reason().map(str::to_string);
+                self.report(entry, hardware_id, result, detail);
+            }
+        }
     }
 }
 

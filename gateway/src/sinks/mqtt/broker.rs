@@ -1,0 +1,72 @@
+//! The embedded MQTT broker (rumqttd), so a shop needs nothing else: POS
+//! screens and displays on the box (or the LAN, if `embedded_listen` says
+//! so) subscribe to it directly. Plain MQTT 3.1.1, no accounts: keep it on
+//! loopback unless the network is trusted. It lives as long as the process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// Why the embedded broker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {listen} (mqtt.embedded_listen): {source}")]
+    Listen {
+        listen: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the embedded broker's thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Messages the broker keeps per topic for slow subscribers, in memory:
+/// a few MiB at most, whatever a subscriber does.
+const SEGMENT_BYTES: usize = 1 << 20;
+const SEGMENTS: usize = 4;
+
+/// Starts rumqttd on `listen` on threads of its own.
+pub fn start(listen: SocketAddr) -> Result<(), BrokerError> {
+    // rumqttd reports a failed bind only in its log, from its own thread;
+    // binding here first puts the error in front of the user.
+    std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Listen { listen, source })?;
+    let server = ServerSettings {
+        name: "embedded".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: 256 << 10,
+            max_inflight_count: 1000,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 256,
+            max_outgoing_packet_count: 200,
+            max_segment_size: SEGMENT_BYTES,
+            max_segment_count: SEGMENTS,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("embedded".to_string(), server)])),
+        ..Config::default()
+    };
+    let mut broker = Broker::new(config);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(error) = broker.start() {
+                tracing::error!(%error, "embedded MQTT broker stopped");
+            }
+        })
+        .map_err(BrokerError::Thread)?;
+    tracing::info!(%listen, "embedded MQTT broker listening");
+    Ok(())
+}

@@ -1,0 +1,430 @@
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use rumqttc::{PubAck, Publish};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::log::{LogOptions, SledLog};
+use crate::model::BalanceChange;
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// An embedded broker on a free loopback port.
+fn embedded_broker() -> SocketAddr {
+    let addr = free_port();
+    broker::start(addr).expect("embedded broker");
+    addr
+}
+
+fn config(broker_addr: SocketAddr, window: usize) -> MqttConfig {
+    MqttConfig {
+        broker: MqttBroker::External {
+            host: broker_addr.ip().to_string(),
+            port: broker_addr.port(),
+            tls: None,
+        },
+        topic_prefix: "soundbox".into(),
+        client_id: format!("test-{}", fastrand::u64(..)),
+        username: None,
+        password: None,
+        keep_alive: Duration::from_secs(5),
+        window,
+        retry: RetryPolicy {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            max_retry_after: Duration::from_secs(1),
+        },
+    }
+}
+
+/// A subscriber to everything under `soundbox/#`, recording what arrives.
+struct Subscriber {
+    received: Arc<Mutex<Vec<Publish>>>,
+    _client: AsyncClient,
+}
+
+impl Subscriber {
+    async fn connect(broker_addr: SocketAddr) -> Self {
+        let id = format!("sub-{}", fastrand::u64(..));
+        let options = MqttOptions::new(id, broker_addr.ip().to_string(), broker_addr.port());
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        client
+            .subscribe("soundbox/#", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        let (subscribed, ready) = tokio::sync::oneshot::channel();
+        let mut subscribed = Some(subscribed);
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        if let Some(s) = subscribed.take() {
+                            let _ = s.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        sink.lock().expect("lock").push(p);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), ready)
+            .await
+            .expect("suback in time")
+            .expect("suback");
+        Subscriber {
+            received,
+            _client: client,
+        }
+    }
+
+    fn on(&self, topic: &str) -> Vec<Publish> {
+        let received = self.received.lock().expect("lock");
+        received
+            .iter()
+            .filter(|p| p.topic == topic)
+            .cloned()
+            .collect()
+    }
+
+    /// The distinct event ids seen on `topic`, waiting until there are `n`.
+    async fn wait_for_events(&self, topic: &str, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..1000 {
+            let events = self.events(topic);
+            let mut ids: Vec<_> = events.iter().map(|e| e["id"].clone()).collect();
+            ids.sort_by_key(|v| v.to_string());
+            ids.dedup();
+            if ids.len() >= n {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("only {} events on {topic}", self.events(topic).len());
+    }
+
+    fn events(&self, topic: &str) -> Vec<serde_json::Value> {
+        self.on(topic)
+            .iter()
+            .map(|p| serde_json::from_slice(&p.payload).expect("event JSON"))
+            .collect()
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    log: SledLog,
+    stop: CancellationToken,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = SledLog::open(
+        dir.path(),
+        LogOptions {
+            min_free_disk_bytes: 0,
+            ..LogOptions::default()
+        },
+    )
+    .expect("open");
+    // The sink starts from the beginning of this fresh log.
+    log.cursor(SINK_NAME).expect("cursor");
+    Fixture {
+        _dir: dir,
+        log,
+        stop: CancellationToken::new(),
+    }
+}
+
+impl Fixture {
+    async fn append(&self, from: usize, to: usize) {
+        let changes = (from..to)
+            .map(|i| BalanceChange::example(&format!("tx-{i}"), 1_000 + i as u64))
+            .collect();
+        self.log.append(changes).await.expect("append");
+    }
+
+    fn start(
+        &self,
+        config: MqttConfig,
+        announcements: broadcast::Receiver<AnnouncementJson>,
+    ) -> (Arc<SinkStats>, tokio::task::JoinHandle<()>) {
+        let sink = Arc::new(MqttSink::new(config, "shop-1").expect("sink"));
+        let stats = Arc::new(SinkStats::default());
+        let handle = tokio::spawn(sink.run(
+            Arc::new(self.log.clone()),
+            stats.clone(),
+            Shutdown {
+                stop: self.stop.clone(),
+                grace: Duration::from_secs(2),
+            },
+            announcements,
+        ));
+        (stats, handle)
+    }
+
+    async fn cursor_reaches(&self, seq: u64) {
+        for _ in 0..1000 {
+            if self.log.cursor(SINK_NAME).expect("cursor") >= seq {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "cursor stuck at {}",
+            self.log.cursor(SINK_NAME).expect("cursor")
+        );
+    }
+}
+
+fn no_announcements() -> broadcast::Receiver<AnnouncementJson> {
+    broadcast::channel(1).1
+}
+
+const EVENTS: &str = "soundbox/shop-1/events";
+const STATUS: &str = "soundbox/shop-1/status";
+
+#[tokio::test]
+async fn publishes_every_entry_in_order_and_settles_on_puback() {
+    let broker_addr = embedded_broker();
+    let subscriber = Subscriber::connect(broker_addr).await;
+    let f = fixture();
+    f.append(0, 150).await;
+    let (stats, handle) = f.start(config(broker_addr, 8), no_announcements());
+    f.append(150, 300).await;
+
+    let events = subscriber.wait_for_events(EVENTS, 300).await;
+    f.cursor_reaches(300).await;
+    let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(
+        seqs,
+        (0..300).collect::<Vec<_>>(),
+        "once each, in log order"
+    );
+    assert_eq!(events[7]["transaction_id"], "tx-7");
+    assert_eq!(events[7]["amount"], 1_007);
+    assert_eq!(events[7]["schema"], 1);
+    assert_eq!(stats.delivered.load(Ordering::Relaxed), 300);
+    let status = subscriber.on(STATUS);
+    assert_eq!(status.first().map(|p| &p.payload[..]), Some(&b"online"[..]));
+
+    // A late subscriber still learns the gateway is online (retained).
+    let late = Subscriber::connect(broker_addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        late.on(STATUS).last().map(|p| &p.payload[..]),
+        Some(&b"online"[..])
+    );
+
+    // A clean stop says `offline`, retained.
+    f.stop.cancel();
+    handle.await.expect("sink task");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = subscriber.on(STATUS);
+    assert_eq!(status.last().map(|p| &p.payload[..]), Some(&b"offline"[..]));
+}
+
+#[tokio::test]
+async fn nothing_is_settled_without_a_broker_and_everything_goes_once_it_is_up() {
+    let broker_addr = free_port();
+    let f = fixture();
+    f.append(0, 20).await;
+    let (stats, _handle) = f.start(config(broker_addr, 4), no_announcements());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(f.log.cursor(SINK_NAME).expect("cursor"), 0);
+    assert!(stats.retries.load(Ordering::Relaxed) >= 2, "it kept trying");
+
+    broker::start(broker_addr).expect("broker");
+    let subscriber = Subscriber::connect(broker_addr).await;
+    f.append(20, 30).await;
+    f.cursor_reaches(30).await;
+    // Entries 0..20 went before the subscriber was there; 20..30 it sees.
+    let events = subscriber.wait_for_events(EVENTS, 10).await;
+    assert!(events.iter().any(|e| e["seq"] == 29));
+    f.stop.cancel();
+}
+
+/// A TCP proxy in front of the broker that can drop every connection, and
+/// refuse new ones, on command: a broker restart or a flaky link.
+struct Proxy {
+    addr: SocketAddr,
+    cut: Arc<tokio::sync::Notify>,
+    refusing: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let refusing = Arc::new(AtomicBool::new(false));
+        let (cut2, refusing2) = (cut.clone(), refusing.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if refusing2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            cut,
+            refusing,
+        }
+    }
+
+    fn cut_all(&self) {
+        self.cut.notify_waiters();
+    }
+}
+
+#[tokio::test]
+async fn a_lost_connection_resends_from_the_cursor_and_loses_nothing() {
+    let broker_addr = embedded_broker();
+    let proxy = Proxy::start(broker_addr).await;
+    let subscriber = Subscriber::connect(broker_addr).await;
+    let f = fixture();
+    let (stats, _handle) = f.start(config(proxy.addr, 16), no_announcements());
+    let mut appended = 0;
+    for round in 0..6 {
+        f.append(appended, appended + 100).await;
+        appended += 100;
+        tokio::time::sleep(Duration::from_millis(20 * round)).await;
+        proxy.cut_all();
+        if round == 3 {
+            // Down for a while, while payments keep coming.
+            proxy.refusing.store(true, Ordering::SeqCst);
+            f.append(appended, appended + 100).await;
+            appended += 100;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            proxy.refusing.store(false, Ordering::SeqCst);
+        }
+    }
+    f.cursor_reaches(appended as u64).await;
+    let events = subscriber.wait_for_events(EVENTS, appended).await;
+    let mut seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    let sent = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(
+        seqs,
+        (0..appended as u64).collect::<Vec<_>>(),
+        "every entry arrived"
+    );
+    assert!(stats.retries.load(Ordering::Relaxed) >= 6, "it reconnected");
+    // At least once, and the duplicates are bounded by the window per cut.
+    assert!(sent - appended <= 7 * 16, "{} resent", sent - appended);
+    f.stop.cancel();
+}
+
+#[tokio::test]
+async fn announcements_are_published_while_connected() {
+    let broker_addr = embedded_broker();
+    let subscriber = Subscriber::connect(broker_addr).await;
+    let f = fixture();
+    let (tx, rx) = broadcast::channel(ANNOUNCEMENT_BUFFER);
+    // Sent before the sink connects: kept in the buffer.
+    let announcement = AnnouncementJson {
+        schema: 1,
+        event_id: "abc".into(),
+        seq: 0,
+        hardware_id: "VNS-1".into(),
+        request_id: "sbx-1".into(),
+        amount: 150_000,
+        words: "một trăm năm mươi nghìn đồng".into(),
+        result: "played".into(),
+        detail: None,
+        at: "2026-11-26T00:00:00.000Z".into(),
+    };
+    tx.send(announcement.clone()).expect("send");
+    let _sink = f.start(config(broker_addr, 4), rx);
+    let topic = "soundbox/shop-1/announcements";
+    for _ in 0..500 {
+        if !subscriber.on(topic).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = subscriber.on(topic);
+    assert_eq!(got.len(), 1);
+    let json: serde_json::Value = serde_json::from_slice(&got[0].payload).expect("json");
+    assert_eq!(json["words"], "một trăm năm mươi nghìn đồng");
+    assert_eq!(json["result"], "played");
+    f.stop.cancel();
+}
+
+fn puback(pkid: u16) -> Event {
+    Event::Incoming(Incoming::PubAck(PubAck::new(pkid)))
+}
+
+#[test]
+fn out_of_order_acks_settle_only_the_acknowledged_prefix() {
+    let mut flight = InFlight::default();
+    for seq in 10..14 {
+        flight.requested.push_back(Tag::Event(seq));
+        flight.events.push_back((seq, false));
+    }
+    flight.requested.push_back(Tag::Status);
+    for pkid in 1..=5 {
+        assert!(
+            flight
+                .on_event(&Event::Outgoing(Outgoing::Publish(pkid)))
+                .is_empty()
+        );
+    }
+    assert!(
+        flight.on_event(&puback(2)).is_empty(),
+        "11 acked, 10 not yet"
+    );
+    assert!(
+        flight.on_event(&puback(5)).is_empty(),
+        "status ack settles nothing"
+    );
+    assert_eq!(flight.on_event(&puback(1)), vec![10, 11]);
+    assert!(
+        flight.on_event(&puback(9)).is_empty(),
+        "unknown ack ignored"
+    );
+    assert_eq!(flight.on_event(&puback(4)), Vec::<u64>::new());
+    assert_eq!(flight.on_event(&puback(3)), vec![12, 13]);
+    assert!(flight.is_empty());
+}
+
+#[test]
+fn topics_are_under_prefix_and_gateway_id() {
+    let topics = Topics::new("chain/hanoi", "shop-7");
+    assert_eq!(topics.events, "chain/hanoi/shop-7/events");
+    assert_eq!(topics.status, "chain/hanoi/shop-7/status");
+    assert_eq!(topics.announcements, "chain/hanoi/shop-7/announcements");
+}
+
+#[test]
+fn a_ca_file_without_certificates_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ca.pem");
+    std::fs::write(&path, "not a certificate").expect("write");
+    let error = tls_config(&MqttTls {
+        ca_file: Some(path),
+    })
+    .expect_err("no certs");
+    assert!(error.to_string().contains("no PEM certificates"), "{error}");
+}
