@@ -85,6 +85,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         })?;
     let admin_addr = admin_listener.local_addr()?;
 
+    // Every sink's cursor exists before the first webhook is taken: a sink
+    // seen for the first time starts at the log's end, so one that
+    // registered late (MQTT does on its first connect) would skip payments.
+    for sink in sink_names(&config) {
+        log.cursor(&sink)
+            .with_context(|| format!("reading the cursor of sink `{sink}`"))?;
+    }
     // Sinks first, so the backlog starts draining while ingress comes up.
     let sinks_stop = CancellationToken::new();
     let sink_tasks = TaskTracker::new();

@@ -3,6 +3,8 @@
 //!
 //! The binary and the plugins must be built first; `make test` does both.
 
+pub mod mqtt;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

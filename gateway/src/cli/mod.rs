@@ -145,7 +145,10 @@ async fn cancel_on_signal(token: CancellationToken) {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SOUNDBOX_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
+        // The embedded broker logs every client connect and disconnect (the
+        // latter at error level): noise for a shop. SOUNDBOX_LOG=rumqttd=info
+        // brings it back.
+        .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn,rumqttd=off"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod durability;
+mod mqtt;
 mod queue;
 mod sandbox;
 mod speaker;

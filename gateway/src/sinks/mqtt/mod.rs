@@ -195,7 +195,7 @@ impl MqttSink {
             stats.retries.fetch_add(1, Ordering::Relaxed);
             let delay = self.retry_policy().delay(attempt, None);
             attempt = attempt.saturating_add(1);
-            tracing::warn!(sink = SINK_NAME, %broker, %reason, attempt, delay_ms = delay.as_millis() as u64, "MQTT broker unreachable; reconnecting");
+            tracing::warn!(sink = SINK_NAME, %broker, %reason, attempt, delay_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
             if pause(&shutdown.stop, delay).await {
                 break;
             }

@@ -1,0 +1,328 @@
+//! Payments on MQTT with the real binary: a real Mosquitto broker (Debian's
+//! package) and the embedded one; the broker restarted mid-stream; the
+//! retained status when the gateway dies; TLS with a password.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use soundbox_e2e::mqtt::{Mosquitto, Subscriber, mosquitto_available};
+use soundbox_e2e::{Gateway, free_port, plugin, post, sepay_webhook};
+
+/// A SePay connector and `[mqtt]` with `mqtt_keys`; topics under `prefix`.
+fn config(prefix: &str, mqtt_keys: &str) -> String {
+    format!(
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n\
+         [mqtt]\ntopic_prefix = \"{prefix}\"\nretry_initial_ms = 50\nretry_max_ms = 500\n{mqtt_keys}\n",
+        plugin("sepay_webhook").display()
+    )
+}
+
+/// A topic prefix no other test uses, so retained messages do not mix.
+fn unique_prefix() -> String {
+    format!("t{}", free_port())
+}
+
+/// Posts webhooks `ids` (amount = 1000 + id), four at a time; all must be 2xx.
+async fn post_payments(gw: &Gateway, ids: std::ops::Range<u64>) {
+    let ids: Vec<u64> = ids.collect();
+    for chunk in ids.chunks(4) {
+        let posts: Vec<_> = chunk
+            .iter()
+            .map(|&id| {
+                let url = gw.url("/hooks/sepay");
+                tokio::spawn(async move { post(&url, &[], sepay_webhook(id, 1_000 + id)).await })
+            })
+            .collect();
+        for posted in posts {
+            let reply = posted.await.expect("post task");
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+    }
+}
+
+fn transaction_ids(sub: &Subscriber, topic: &str) -> BTreeSet<String> {
+    sub.on(topic)
+        .iter()
+        .filter_map(|m| m.json()["transaction_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn expected_ids(ids: std::ops::Range<u64>) -> BTreeSet<String> {
+    ids.map(|id| id.to_string()).collect()
+}
+
+/// The broker `.ci/run` started (`SOUNDBOX_TEST_MQTT_PORT`), or our own.
+fn shared_or_own_broker() -> (u16, Option<Mosquitto>) {
+    match std::env::var("SOUNDBOX_TEST_MQTT_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+    {
+        Some(port) => (port, None),
+        None => {
+            let own = Mosquitto::start();
+            (own.port, Some(own))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_payment_reaches_a_mosquitto_subscriber() {
+    if !mosquitto_available() {
+        return;
+    }
+    let (port, _own) = shared_or_own_broker();
+    let prefix = unique_prefix();
+    let sub = Subscriber::connect(port, &format!("{prefix}/#")).await;
+    let gw = Gateway::start(&config(
+        &prefix,
+        &format!("broker = \"mqtt://127.0.0.1:{port}\""),
+    ));
+    post_payments(&gw, 0..100).await;
+    // A provider retry of one of them: no second event id.
+    post_payments(&gw, 5..6).await;
+
+    let events = format!("{prefix}/e2e/events");
+    let all = sub
+        .wait_until(&events, Duration::from_secs(20), |m| m.len() >= 100)
+        .await;
+    assert!(all, "{} events\n{}", sub.on(&events).len(), gw.logs());
+    assert_eq!(transaction_ids(&sub, &events), expected_ids(0..100));
+    assert_eq!(sub.distinct_ids(&events).len(), 100);
+    let event = sub
+        .on(&events)
+        .into_iter()
+        .map(|m| m.json())
+        .find(|e| e["transaction_id"] == "42")
+        .expect("payment 42");
+    assert_eq!(event["schema"], 1);
+    assert_eq!(event["provider"], "sepay");
+    assert_eq!(event["connector"], "sepay");
+    assert_eq!(event["account"], "0123499999");
+    assert_eq!(event["direction"], "in");
+    assert_eq!(event["amount"], 1_042);
+    assert_eq!(event["currency"], "VND");
+    assert_eq!(event["reference"], "MBVCB.42");
+    assert_eq!(event["content"], "thanh toan don 42");
+    assert!(event["occurred_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(event["received_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let status = sub.on(&format!("{prefix}/e2e/status"));
+    assert_eq!(status.last().map(|m| m.text()).as_deref(), Some("online"));
+
+    // `queue status` shows the MQTT sink caught up (its PubAcks may land
+    // just after the subscriber saw the last event).
+    let config_path = gw.config_path().display().to_string();
+    let mut pending = serde_json::Value::Null;
+    for _ in 0..50 {
+        let out = soundbox_e2e::run_cli(&["queue", "--config", &config_path, "status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        pending = status["sinks"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["sink"] == "mqtt"))
+            .map(|s| s["pending"].clone())
+            .unwrap_or_else(|| panic!("no mqtt sink in {status}"));
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_restart_mid_stream_loses_no_payment() {
+    if !mosquitto_available() {
+        return;
+    }
+    let mut broker = Mosquitto::start();
+    let prefix = unique_prefix();
+    let sub = Subscriber::connect(broker.port, &format!("{prefix}/#")).await;
+    let gw = Gateway::start(&config(&prefix, &format!("broker = \"{}\"", broker.url())));
+    let events = format!("{prefix}/e2e/events");
+
+    post_payments(&gw, 0..100).await;
+    broker.stop();
+    // Payments keep coming while the broker is down: acknowledged, queued.
+    post_payments(&gw, 100..200).await;
+    assert!(
+        gw.wait_for_log("MQTT connection failed", Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    broker.restart();
+    post_payments(&gw, 200..300).await;
+
+    let all = sub
+        .wait_until(&events, Duration::from_secs(30), |m| m.len() >= 300)
+        .await;
+    let got = transaction_ids(&sub, &events);
+    let missing: Vec<_> = expected_ids(0..300).difference(&got).cloned().collect();
+    assert!(all && missing.is_empty(), "missing {missing:?}\n{}", gw.logs());
+    // At least once: a resend after the reconnect has the same id.
+    assert_eq!(sub.distinct_ids(&events).len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_retained_status_turns_offline_when_the_gateway_is_killed() {
+    if !mosquitto_available() {
+        return;
+    }
+    let (port, _own) = shared_or_own_broker();
+    let prefix = unique_prefix();
+    let status = format!("{prefix}/e2e/status");
+    let sub = Subscriber::connect(port, &status).await;
+    let mut gw = Gateway::start(&config(
+        &prefix,
+        &format!("broker = \"mqtt://127.0.0.1:{port}\""),
+    ));
+    let online = sub
+        .wait_until(&status, Duration::from_secs(10), |m| {
+            m.last().is_some_and(|m| m.text() == "online")
+        })
+        .await;
+    assert!(online, "{}", gw.logs());
+
+    gw.kill();
+    let offline = sub
+        .wait_until(&status, Duration::from_secs(15), |m| {
+            m.last().is_some_and(|m| m.text() == "offline")
+        })
+        .await;
+    assert!(offline, "the broker published the last will");
+    // Someone subscribing later is told too (retained).
+    let late = Subscriber::connect(port, &status).await;
+    let told = late
+        .wait_until(&status, Duration::from_secs(5), |m| {
+            m.last().is_some_and(|m| m.retain && m.text() == "offline")
+        })
+        .await;
+    assert!(told);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_broker_carries_events_and_announcements() {
+    let mqtt_port = free_port();
+    let prefix = unique_prefix();
+    let speaker = "[speaker]\nsimulator = true\n\
+                   [[speaker.sim_devices]]\nhardware_id = \"VNS-SHOP-1\"\npaired = true\n\
+                   [[route]]\naccount = \"*\"\nspeakers = [\"VNS-SHOP-1\"]\n";
+    let gw = Gateway::start(&format!(
+        "{}{speaker}",
+        config(
+            &prefix,
+            &format!("broker = \"embedded\"\nembedded_listen = \"127.0.0.1:{mqtt_port}\"")
+        )
+    ));
+    let sub = Subscriber::connect(mqtt_port, &format!("{prefix}/#")).await;
+    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(77, 150_000)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let events = format!("{prefix}/e2e/events");
+    let announcements = format!("{prefix}/e2e/announcements");
+    assert!(
+        sub.wait_until(&events, Duration::from_secs(10), |m| !m.is_empty())
+            .await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(sub.on(&events)[0].json()["amount"], 150_000);
+    assert!(
+        sub.wait_until(&announcements, Duration::from_secs(10), |m| !m.is_empty())
+            .await,
+        "{}",
+        gw.logs()
+    );
+    let said = sub.on(&announcements)[0].json();
+    assert_eq!(said["hardware_id"], "VNS-SHOP-1");
+    assert_eq!(said["words"], "một trăm năm mươi nghìn đồng");
+    assert_eq!(said["result"], "played");
+    assert_eq!(said["event_id"], sub.on(&events)[0].json()["id"]);
+    // The retained status is there for a subscriber that comes later.
+    let status = format!("{prefix}/e2e/status");
+    let late = Subscriber::connect(mqtt_port, &status).await;
+    assert!(
+        late.wait_until(&status, Duration::from_secs(5), |m| {
+            m.last().is_some_and(|m| m.text() == "online")
+        })
+        .await
+    );
+}
+
+/// Writes a CA and a server certificate for localhost / 127.0.0.1 into `dir`.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    run(&[&["req", "-x509", "-nodes"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=e2e-ca"]].concat());
+    run(&[&["req", "-nodes"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat());
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("write ext");
+    run(&[
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_and_a_password_to_an_external_broker() {
+    if !mosquitto_available() {
+        return;
+    }
+    let certs = tempfile::tempdir().expect("tempdir");
+    make_certificates(certs.path());
+    let passwd = certs.path().join("passwd");
+    let made = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["shop", "s3cret-pass"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(made.success());
+    let tls_port = free_port();
+    let d = certs.path().display();
+    // The plain listener (for the test's subscriber) stays anonymous; the
+    // TLS one is the gateway's; credentials are checked wherever given.
+    let broker = Mosquitto::start_with(&format!(
+        "allow_anonymous true\npassword_file {}\n\
+         listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+        passwd.display()
+    ));
+    let prefix = unique_prefix();
+    let sub = Subscriber::connect(broker.port, &format!("{prefix}/#")).await;
+    let keys = |password: &str| {
+        format!(
+            "broker = \"mqtts://localhost:{tls_port}\"\nca_file = \"{d}/ca.pem\"\n\
+             username = \"shop\"\npassword = \"{password}\""
+        )
+    };
+
+    let wrong = Gateway::start(&config(&prefix, &keys("wrong-pass-x9")));
+    assert!(
+        wrong.wait_for_log("MQTT connection failed", Duration::from_secs(10)),
+        "{}",
+        wrong.logs()
+    );
+    assert!(!wrong.logs().contains("wrong-pass-x9"), "the password is not logged");
+    drop(wrong);
+
+    let gw = Gateway::start(&config(&prefix, &keys("s3cret-pass")));
+    post_payments(&gw, 0..10).await;
+    let events = format!("{prefix}/e2e/events");
+    assert!(
+        sub.wait_until(&events, Duration::from_secs(15), |m| m.len() >= 10)
+            .await,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(transaction_ids(&sub, &events), expected_ids(0..10));
+    assert!(!gw.logs().contains("s3cret-pass"));
+}
