@@ -226,32 +226,75 @@ fn mqtt_external_broker_with_tls_and_credentials() {
             tls: Some(MqttTls { ca_file: None })
         }
     );
-    assert_eq!(mqtt.password.as_ref().map(Secret::expose), Some(path.as_str()));
+    assert_eq!(
+        mqtt.password.as_ref().map(Secret::expose),
+        Some(path.as_str())
+    );
     assert!(!format!("{mqtt:?}").contains(&path));
     let plain = parse("[mqtt]\nbroker = \"mqtt://10.0.0.5\"\n").expect("valid");
     assert!(matches!(
         plain.mqtt.expect("mqtt").broker,
-        MqttBroker::External { port: 1883, tls: None, .. }
+        MqttBroker::External {
+            port: 1883,
+            tls: None,
+            ..
+        }
     ));
 }
 
 #[test]
 fn mqtt_mistakes_are_located() {
     let cases = [
-        ("[mqtt]\nbroker = \"http://x\"\n", "shop.toml:2:10: mqtt.broker: `http://x`: unknown scheme http"),
-        ("[mqtt]\nbroker = \"mqtt://\"\n", "shop.toml:2:10: mqtt.broker"),
-        ("[mqtt]\nembedded_listen = \"1883\"\n", "shop.toml:2:19: mqtt.embedded_listen"),
-        ("[mqtt]\nusername = \"a\"\n", "mqtt.username: the embedded broker has no TLS or accounts"),
-        ("[mqtt]\nbroker = \"mqtt://h\"\npassword = \"p\"\n", "shop.toml:3:12: mqtt.password: a password needs a username"),
-        ("[mqtt]\nbroker = \"mqtt://h\"\nca_file = \"ca.pem\"\n", "shop.toml:3:11: mqtt.ca_file: only used with an mqtts:// broker"),
-        ("[mqtt]\nbroker = \"mqtts://h\"\nca_file = \"missing.pem\"\n", "mqtt.ca_file: no file at ./missing.pem"),
-        ("[mqtt]\ntopic_prefix = \"a/#\"\n", "shop.toml:2:16: mqtt.topic_prefix"),
-        ("[mqtt]\nwindow = 5000\n", "shop.toml:2:10: mqtt.window: at most 1000"),
-        ("[mqtt]\nwindow = 0\n", "mqtt.window: must be greater than 0"),
-        ("[mqtt]\nbrokr = \"embedded\"\n", "shop.toml:2:1: mqtt.brokr: unknown field `brokr`"),
+        (
+            "[mqtt]\nbroker = \"http://x\"\n",
+            "shop.toml:2:10: mqtt.broker: `http://x`: unknown scheme http",
+        ),
+        (
+            "[mqtt]\nbroker = \"mqtt://\"\n",
+            "shop.toml:2:10: mqtt.broker",
+        ),
+        (
+            "[mqtt]\nembedded_listen = \"1883\"\n",
+            "shop.toml:2:19: mqtt.embedded_listen",
+        ),
+        (
+            "[mqtt]\nusername = \"a\"\n",
+            "mqtt.username: the embedded broker has no TLS or accounts",
+        ),
+        (
+            "[mqtt]\nbroker = \"mqtt://h\"\npassword = \"p\"\n",
+            "shop.toml:3:12: mqtt.password: a password needs a username",
+        ),
+        (
+            "[mqtt]\nbroker = \"mqtt://h\"\nca_file = \"ca.pem\"\n",
+            "shop.toml:3:11: mqtt.ca_file: only used with an mqtts:// broker",
+        ),
+        (
+            "[mqtt]\nbroker = \"mqtts://h\"\nca_file = \"missing.pem\"\n",
+            "mqtt.ca_file: no file at ./missing.pem",
+        ),
+        (
+            "[mqtt]\ntopic_prefix = \"a/#\"\n",
+            "shop.toml:2:16: mqtt.topic_prefix",
+        ),
+        (
+            "[mqtt]\nwindow = 5000\n",
+            "shop.toml:2:10: mqtt.window: at most 1000",
+        ),
+        (
+            "[mqtt]\nwindow = 0\n",
+            "mqtt.window: must be greater than 0",
+        ),
+        (
+            "[mqtt]\nbrokr = \"embedded\"\n",
+            "shop.toml:2:1: mqtt.brokr: unknown field `brokr`",
+        ),
     ];
     for (text, expected) in cases {
         let e = error(text);
-        assert!(e.contains(expected), "{text:?}\n  got: {e}\n want: {expected}");
+        assert!(
+            e.contains(expected),
+            "{text:?}\n  got: {e}\n want: {expected}"
+        );
     }
 }

@@ -104,8 +104,16 @@ async fn every_payment_reaches_a_mosquitto_subscriber() {
     assert_eq!(event["currency"], "VND");
     assert_eq!(event["reference"], "MBVCB.42");
     assert_eq!(event["content"], "thanh toan don 42");
-    assert!(event["occurred_at"].as_str().is_some_and(|t| t.ends_with('Z')));
-    assert!(event["received_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(
+        event["occurred_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    assert!(
+        event["received_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
     let status = sub.on(&format!("{prefix}/e2e/status"));
     assert_eq!(status.last().map(|m| m.text()).as_deref(), Some("online"));
 
@@ -157,7 +165,11 @@ async fn a_broker_restart_mid_stream_loses_no_payment() {
         .await;
     let got = transaction_ids(&sub, &events);
     let missing: Vec<_> = expected_ids(0..300).difference(&got).cloned().collect();
-    assert!(all && missing.is_empty(), "missing {missing:?}\n{}", gw.logs());
+    assert!(
+        all && missing.is_empty(),
+        "missing {missing:?}\n{}",
+        gw.logs()
+    );
     // At least once: a resend after the reconnect has the same id.
     assert_eq!(sub.distinct_ids(&events).len(), 300);
 }
@@ -259,16 +271,55 @@ fn make_certificates(dir: &std::path::Path) {
         assert!(out.status.success(), "openssl {args:?}: {out:?}");
     };
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-    run(&[&["req", "-x509", "-nodes"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=e2e-ca"]].concat());
-    run(&[&["req", "-nodes"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat());
+    run(&[
+        &["req", "-x509", "-nodes"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=e2e-ca",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req", "-nodes"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
     std::fs::write(
         dir.join("san.ext"),
         "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
     )
     .expect("write ext");
     run(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
     ]);
 }
 
@@ -311,7 +362,10 @@ async fn tls_and_a_password_to_an_external_broker() {
         "{}",
         wrong.logs()
     );
-    assert!(!wrong.logs().contains("wrong-pass-x9"), "the password is not logged");
+    assert!(
+        !wrong.logs().contains("wrong-pass-x9"),
+        "the password is not logged"
+    );
     drop(wrong);
 
     let gw = Gateway::start(&config(&prefix, &keys("s3cret-pass")));

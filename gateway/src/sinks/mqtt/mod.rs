@@ -283,14 +283,16 @@ impl MqttSink {
                     self.finish(&client, &mut connection, &mut flight, log, stats, shutdown.grace).await;
                     return SessionEnd::Stopped;
                 }
-                event = connection.events.recv() => match event {
-                    Some(Ok(event)) => {
-                        let acked = flight.on_event(&event);
-                        settle(log, stats, &acked);
+                event = connection.events.recv() => {
+                    // Everything already waiting too, so one write records a
+                    // run of PubAcks (a write per ack caps the rate at the
+                    // disk's flush rate).
+                    let (acked, lost) = connection.take_ready(event, &mut flight);
+                    settle(log, stats, &acked);
+                    if let Some(reason) = lost {
+                        return SessionEnd::Lost(reason);
                     }
-                    Some(Err(error)) => return SessionEnd::Lost(error.to_string()),
-                    None => return SessionEnd::Lost("event loop stopped".into()),
-                },
+                }
                 changed = changes.changed(), if !window_full => {
                     if changed.is_err() {
                         return SessionEnd::Stopped;
@@ -330,12 +332,11 @@ impl MqttSink {
             .await;
         let drained = tokio::time::timeout(grace, async {
             while sent.is_ok() && !flight.is_empty() {
-                match connection.events.recv().await {
-                    Some(Ok(event)) => {
-                        let acked = flight.on_event(&event);
-                        settle(log, stats, &acked);
-                    }
-                    _ => break,
+                let event = connection.events.recv().await;
+                let (acked, lost) = connection.take_ready(event, flight);
+                settle(log, stats, &acked);
+                if lost.is_some() {
+                    break;
                 }
             }
         })
@@ -414,6 +415,31 @@ impl Connection {
             }
         });
         Connection { events, driver }
+    }
+}
+
+impl Connection {
+    /// Takes in `first` and every event already queued behind it; returns
+    /// the entries they acknowledged, and why the connection ended if it did.
+    fn take_ready(
+        &mut self,
+        first: Option<Result<Event, rumqttc::ConnectionError>>,
+        flight: &mut InFlight,
+    ) -> (Vec<u64>, Option<String>) {
+        let mut acked = Vec::new();
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(event)) => acked.extend(flight.on_event(&event)),
+                Some(Err(error)) => return (acked, Some(error.to_string())),
+                None => return (acked, Some("event loop stopped".into())),
+            }
+            next = match self.events.try_recv() {
+                Ok(event) => Some(event),
+                Err(mpsc::error::TryRecvError::Empty) => return (acked, None),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
+        }
     }
 }
 

@@ -1,0 +1,206 @@
+//! MQTT publish throughput: the MQTT sink (read the log, publish QoS 1, wait
+//! for PUBACK, record delivery) against a bare rumqttc client publishing the
+//! same payloads with the same in-flight window (no log), to the embedded
+//! broker and to Mosquitto, in one run.
+//! Run: `cargo bench -p soundbox-gateway --bench mqtt_publish`
+//! (Mosquitto rows need `mosquitto`: `apt-get install mosquitto`.)
+//!
+//! Each row publishes `EVENTS` payments already in the log (a backlog after
+//! an outage: the sink's best case for batching); no subscriber is attached.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use soundbox_gateway::config::{MqttBroker, MqttConfig};
+use soundbox_gateway::log::{EventLog, LogOptions, SledLog};
+use soundbox_gateway::model::BalanceChange;
+use soundbox_gateway::sinks::event::EventJson;
+use soundbox_gateway::sinks::mqtt::{MqttSink, SINK_NAME, broker};
+use soundbox_gateway::sinks::{RetryPolicy, Shutdown, SinkStats};
+use tokio_util::sync::CancellationToken;
+
+const EVENTS: usize = 10_000;
+const WINDOWS: [usize; 4] = [1, 16, 64, 256];
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+fn change(i: usize) -> BalanceChange {
+    BalanceChange {
+        reference: Some(format!("MBVCB.{i}")),
+        content: Some("CT DEN:0123456789 thanh toan don hang".into()),
+        ..BalanceChange::example(&format!("bench-{i}"), 150_000)
+    }
+}
+
+/// A log in a temp dir under target/ (a real disk) holding `EVENTS` payments.
+async fn filled_log() -> (tempfile::TempDir, SledLog) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let log = SledLog::open(
+        dir.path(),
+        LogOptions {
+            min_free_disk_bytes: 0,
+            ..LogOptions::default()
+        },
+    )
+    .expect("open log");
+    log.cursor(SINK_NAME).expect("cursor");
+    for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(500) {
+        log.append(chunk.iter().map(|&i| change(i)).collect())
+            .await
+            .expect("append");
+    }
+    (dir, log)
+}
+
+/// Events per second through the MQTT sink with `window`.
+async fn sink_rate(broker_addr: SocketAddr, window: usize) -> f64 {
+    let (_dir, log) = filled_log().await;
+    let config = MqttConfig {
+        broker: MqttBroker::External {
+            host: broker_addr.ip().to_string(),
+            port: broker_addr.port(),
+            tls: None,
+        },
+        topic_prefix: "bench".into(),
+        client_id: format!("bench-sink-{window}-{}", broker_addr.port()),
+        username: None,
+        password: None,
+        keep_alive: Duration::from_secs(30),
+        window,
+        retry: RetryPolicy::default(),
+    };
+    let sink = Arc::new(MqttSink::new(config, "shop").expect("sink"));
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(sink.run(
+        Arc::new(log.clone()),
+        Arc::new(SinkStats::default()),
+        Shutdown {
+            stop: stop.clone(),
+            grace: Duration::from_secs(1),
+        },
+        tokio::sync::broadcast::channel(1).1,
+    ));
+    while log.cursor(SINK_NAME).expect("cursor") < EVENTS as u64 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let rate = EVENTS as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = task.await;
+    rate
+}
+
+/// Events per second for a bare rumqttc client: the same JSON payloads,
+/// QoS 1, at most `window` unacknowledged; no log reads or writes.
+async fn bare_rate(broker_addr: SocketAddr, window: usize) -> f64 {
+    let payloads: Vec<Vec<u8>> = (0..EVENTS)
+        .map(|i| {
+            let entry = soundbox_gateway::log::LogEntry {
+                seq: i as u64,
+                appended_at_ms: 0,
+                change: change(i),
+            };
+            serde_json::to_vec(&EventJson::from_entry(&entry)).expect("json")
+        })
+        .collect();
+    let id = format!("bench-bare-{window}-{}", broker_addr.port());
+    let mut options = MqttOptions::new(id, broker_addr.ip().to_string(), broker_addr.port());
+    options
+        .set_inflight(u16::try_from(window).expect("window"))
+        .set_max_packet_size(256 << 10, 256 << 10);
+    let (client, mut eventloop) = AsyncClient::new(options, window * 2);
+    let started = Instant::now();
+    let publisher = tokio::spawn(async move {
+        for payload in payloads {
+            client
+                .publish("bench/bare/events", QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < EVENTS {
+        if let Event::Incoming(Incoming::PubAck(_)) = eventloop.poll().await.expect("poll") {
+            acked += 1;
+        }
+    }
+    let rate = EVENTS as f64 / started.elapsed().as_secs_f64();
+    let _ = publisher.await;
+    rate
+}
+
+struct Mosquitto(Child);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_mosquitto(dir: &std::path::Path) -> Option<(SocketAddr, Mosquitto)> {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())?;
+    let addr = free_addr();
+    let config = dir.join("mosquitto.conf");
+    let text = format!(
+        "listener {} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 100000\n",
+        addr.port()
+    );
+    std::fs::write(&config, text).ok()?;
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let guard = Mosquitto(child);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Some((addr, guard));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[tokio::main]
+async fn main() {
+    let embedded = free_addr();
+    broker::start(embedded).expect("embedded broker");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mosquitto = start_mosquitto(scratch.path());
+    if mosquitto.is_none() {
+        println!("mosquitto not found: its rows are skipped (apt-get install mosquitto)");
+    }
+    let mut brokers = vec![("embedded (rumqttd)", embedded)];
+    if let Some((addr, _)) = &mosquitto {
+        brokers.push(("mosquitto", *addr));
+    }
+
+    println!("MQTT publish, {EVENTS} events of ~420 bytes, QoS 1, loopback");
+    println!(
+        "{:<20} {:>6} {:>14} {:>14} {:>8}",
+        "broker", "window", "sink ev/s", "bare ev/s", "sink/bare"
+    );
+    for (name, addr) in brokers {
+        for window in WINDOWS {
+            let bare = bare_rate(addr, window).await;
+            let sink = sink_rate(addr, window).await;
+            println!(
+                "{name:<20} {window:>6} {sink:>14.0} {bare:>14.0} {:>7.2}x",
+                sink / bare
+            );
+        }
+    }
+}
