@@ -4,6 +4,8 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use soundbox_e2e::mqtt::{Mosquitto, Subscriber, mosquitto_available};
@@ -25,19 +27,32 @@ fn unique_prefix() -> String {
 
 /// Posts webhooks `ids` (amount = 1000 + id), four at a time; all must be 2xx.
 async fn post_payments(gw: &Gateway, ids: std::ops::Range<u64>) {
+    post_counting(gw.url("/hooks/sepay"), ids, Arc::default()).await;
+}
+
+/// [`post_payments`] to `url`, counting acknowledged payments in `posted`.
+async fn post_counting(url: String, ids: std::ops::Range<u64>, posted: Arc<AtomicU64>) {
     let ids: Vec<u64> = ids.collect();
     for chunk in ids.chunks(4) {
         let posts: Vec<_> = chunk
             .iter()
             .map(|&id| {
-                let url = gw.url("/hooks/sepay");
+                let url = url.clone();
                 tokio::spawn(async move { post(&url, &[], sepay_webhook(id, 1_000 + id)).await })
             })
             .collect();
-        for posted in posts {
-            let reply = posted.await.expect("post task");
+        for sent in posts {
+            let reply = sent.await.expect("post task");
             assert_eq!(reply.status, 200, "{}", reply.body);
+            posted.fetch_add(1, Ordering::SeqCst);
         }
+    }
+}
+
+/// Waits until `counter` reaches `n`.
+async fn reaches(counter: &AtomicU64, n: u64) {
+    while counter.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -148,17 +163,26 @@ async fn a_broker_restart_mid_stream_loses_no_payment() {
     let gw = Gateway::start(&config(&prefix, &format!("broker = \"{}\"", broker.url())));
     let events = format!("{prefix}/e2e/events");
 
-    post_payments(&gw, 0..100).await;
+    // Payments flow the whole time; the broker goes away after about a
+    // third and comes back after about two thirds of them.
+    let posted = Arc::new(AtomicU64::new(0));
+    let poster = tokio::spawn(post_counting(
+        gw.url("/hooks/sepay"),
+        0..300,
+        posted.clone(),
+    ));
+    reaches(&posted, 100).await;
     broker.stop();
-    // Payments keep coming while the broker is down: acknowledged, queued.
-    post_payments(&gw, 100..200).await;
+    reaches(&posted, 200).await;
     assert!(
         gw.wait_for_log("MQTT connection failed", Duration::from_secs(10)),
         "{}",
         gw.logs()
     );
     broker.restart();
-    post_payments(&gw, 200..300).await;
+    poster
+        .await
+        .expect("every payment acknowledged while the broker was away");
 
     let all = sub
         .wait_until(&events, Duration::from_secs(30), |m| m.len() >= 300)

@@ -11,10 +11,11 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 /// Why the embedded broker did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot listen on {listen} (mqtt.embedded_listen): {source}")]
+    #[error("cannot listen on {listen} (mqtt.embedded_listen): {source}{hint}")]
     Listen {
         listen: SocketAddr,
         source: std::io::Error,
+        hint: &'static str,
     },
     #[error("cannot start the embedded broker's thread: {0}")]
     Thread(std::io::Error),
@@ -29,7 +30,16 @@ const SEGMENTS: usize = 4;
 pub fn start(listen: SocketAddr) -> Result<(), BrokerError> {
     // rumqttd reports a failed bind only in its log, from its own thread;
     // binding here first puts the error in front of the user.
-    std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Listen { listen, source })?;
+    std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Listen {
+        listen,
+        hint: if source.kind() == std::io::ErrorKind::AddrInUse {
+            "; is another MQTT broker (Mosquitto?) running here? To use it, set \
+             mqtt.broker = \"mqtt://127.0.0.1:1883\"; or move mqtt.embedded_listen"
+        } else {
+            ""
+        },
+        source,
+    })?;
     let server = ServerSettings {
         name: "embedded".into(),
         listen,

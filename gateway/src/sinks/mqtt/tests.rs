@@ -428,3 +428,14 @@ fn a_ca_file_without_certificates_is_a_clear_error() {
     .expect_err("no certs");
     assert!(error.to_string().contains("no PEM certificates"), "{error}");
 }
+
+#[test]
+fn an_embedded_broker_port_in_use_says_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let error = broker::start(addr).expect_err("port in use").to_string();
+    assert!(
+        error.contains("mqtt.embedded_listen") && error.contains("another MQTT broker"),
+        "{error}"
+    );
+}

@@ -110,6 +110,7 @@ struct Run {
     log: SledLog,
     stop: CancellationToken,
     worker: tokio::task::JoinHandle<()>,
+    announcements: tokio::sync::broadcast::Receiver<AnnouncementJson>,
 }
 
 async fn start(sim: &Simulator, max_age: Duration, routes: Vec<RouteConfig>) -> Run {
@@ -123,11 +124,13 @@ async fn start(sim: &Simulator, max_age: Duration, routes: Vec<RouteConfig>) -> 
     )
     .expect("open");
     log.cursor(SINK_NAME).expect("cursor");
+    let (to_mqtt, announcements) = tokio::sync::broadcast::channel(1024);
     let sink = SpeakerSink::new(
         client(serve_on_loopback(sim).await),
         config(max_age),
         routes,
-    );
+    )
+    .with_announcements(to_mqtt);
     let stop = CancellationToken::new();
     let worker = tokio::spawn(run_sink(
         Arc::new(sink),
@@ -143,6 +146,7 @@ async fn start(sim: &Simulator, max_age: Duration, routes: Vec<RouteConfig>) -> 
         log,
         stop,
         worker,
+        announcements,
     }
 }
 
@@ -157,6 +161,11 @@ impl Run {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Announcements reported so far (as the MQTT sink would publish them).
+    fn announced(&mut self) -> Vec<AnnouncementJson> {
+        std::iter::from_fn(|| self.announcements.try_recv().ok()).collect()
     }
 
     async fn finish(self) {
@@ -178,7 +187,7 @@ async fn five_hundred_payments_through_5xx_429_and_short_tokens_are_each_announc
         },
         ..SimConfig::default()
     });
-    let run = start(
+    let mut run = start(
         &sim,
         Duration::from_secs(600),
         vec![route("111", &["VNS-1"], 0)],
@@ -215,13 +224,28 @@ async fn five_hundred_payments_through_5xx_429_and_short_tokens_are_each_announc
     );
     let status = run.log.status(SINK_NAME).expect("status");
     assert_eq!((status.delivered, status.dead_letters), (500, 0));
+    let announced = run.announced();
+    let reported: BTreeSet<String> = announced.iter().map(|a| a.request_id.clone()).collect();
+    assert_eq!(reported, expected, "each announcement reported");
+    assert_eq!(announced.len(), 500);
+    // The simulator plays at once, unless check_notify itself hit a fault.
+    assert!(
+        announced
+            .iter()
+            .all(|a| a.result == "played" || a.result == "unconfirmed"),
+        "{:?}",
+        announced.iter().map(|a| &a.result).collect::<BTreeSet<_>>()
+    );
+    let one = announced.iter().find(|a| a.amount == 50_000).expect("50k");
+    assert_eq!(one.words, "năm mươi nghìn đồng");
+    assert_eq!(one.hardware_id, "VNS-1");
     run.finish().await;
 }
 
 #[tokio::test]
 async fn an_unknown_speaker_is_a_dead_letter_with_its_reason() {
     let sim = Simulator::new(SimConfig::default());
-    let run = start(
+    let mut run = start(
         &sim,
         Duration::from_secs(600),
         vec![route("111", &["VNS-GONE"], 0)],
@@ -239,6 +263,10 @@ async fn an_unknown_speaker_is_a_dead_letter_with_its_reason() {
         reason.contains("VNS-GONE") && reason.contains("not found"),
         "{reason}"
     );
+    let announced = run.announced();
+    assert_eq!(announced.len(), 1);
+    assert_eq!(announced[0].result, "refused");
+    assert_eq!(announced[0].detail.as_deref(), Some(reason.as_str()));
     run.finish().await;
 }
 
@@ -248,7 +276,7 @@ async fn an_offline_speakers_payments_expire_after_the_ttl_with_the_reason() {
         devices: vec![device("VNS-OFF", true, false)],
         ..SimConfig::default()
     });
-    let run = start(
+    let mut run = start(
         &sim,
         Duration::from_secs(1),
         vec![route("111", &["VNS-OFF"], 0)],
@@ -279,5 +307,17 @@ async fn an_offline_speakers_payments_expire_after_the_ttl_with_the_reason() {
     assert_eq!(run.log.status(SINK_NAME).expect("status").expired, 2);
     // Kept, not deleted: still in the log for MQTT and the status page.
     assert_eq!(run.log.read(0, 10).expect("read").len(), 2);
+    let announced = run.announced();
+    let results: Vec<(&str, &str)> = announced
+        .iter()
+        .map(|a| (a.hardware_id.as_str(), a.result.as_str()))
+        .collect();
+    assert_eq!(results, [("VNS-OFF", "expired"), ("VNS-OFF", "expired")]);
+    assert!(
+        announced[0]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("offline"))
+    );
     run.finish().await;
 }
