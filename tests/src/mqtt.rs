@@ -209,6 +209,14 @@ impl Subscriber {
         done(&self.on(topic))
     }
 
+    /// Waits up to `timeout` until the last message on `topic` reads `text`.
+    pub async fn wait_for_last(&self, topic: &str, text: &str, timeout: Duration) -> bool {
+        self.wait_until(topic, timeout, |m| {
+            m.last().is_some_and(|m| m.text() == text)
+        })
+        .await
+    }
+
     /// The distinct event `id`s received on `topic`.
     pub fn distinct_ids(&self, topic: &str) -> std::collections::BTreeSet<String> {
         self.on(topic)

@@ -205,3 +205,19 @@ impl LogHealth {
         self.damaged_store.is_some() || self.quarantined > 0 || self.last_error.is_some()
     }
 }
+
+/// A fresh log in a temp dir for tests, each given sink starting at its
+/// beginning; no free-space floor (a test machine's disk may be nearly full).
+#[cfg(test)]
+pub(crate) fn scratch_log(sinks: &[&str]) -> (tempfile::TempDir, SledLog) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LogOptions {
+        min_free_disk_bytes: 0,
+        ..LogOptions::default()
+    };
+    let log = SledLog::open(dir.path(), options).expect("open scratch log");
+    for sink in sinks {
+        log.cursor(sink).expect("cursor");
+    }
+    (dir, log)
+}

@@ -3,7 +3,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::*;
-use crate::log::{LogOptions, SledLog};
+use crate::log::{SledLog, scratch_log};
 use crate::model::BalanceChange;
 
 /// A sink that records what it was given and fails as scripted.
@@ -80,18 +80,7 @@ struct Fixture {
 }
 
 fn fixture(sinks: &[&str]) -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = SledLog::open(
-        dir.path(),
-        LogOptions {
-            min_free_disk_bytes: 0,
-            ..LogOptions::default()
-        },
-    )
-    .expect("open");
-    for sink in sinks {
-        log.cursor(sink).expect("cursor");
-    }
+    let (dir, log) = scratch_log(sinks);
     Fixture {
         _dir: dir,
         log,

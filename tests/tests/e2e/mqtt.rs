@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use soundbox_e2e::mqtt::{Mosquitto, Subscriber, mosquitto_available};
+use soundbox_e2e::mqtt::{Message, Mosquitto, Subscriber, mosquitto_available};
 use soundbox_e2e::{Gateway, free_port, plugin, post, sepay_webhook};
 
 /// A SePay connector and `[mqtt]` with `mqtt_keys`; topics under `prefix`.
@@ -57,7 +57,12 @@ async fn reaches(counter: &AtomicU64, n: u64) {
 }
 
 fn transaction_ids(sub: &Subscriber, topic: &str) -> BTreeSet<String> {
-    sub.on(topic)
+    distinct_payments(&sub.on(topic))
+}
+
+/// Distinct transaction ids in `messages` (a resent event counts once).
+fn distinct_payments(messages: &[Message]) -> BTreeSet<String> {
+    messages
         .iter()
         .filter_map(|m| m.json()["transaction_id"].as_str().map(str::to_string))
         .collect()
@@ -99,7 +104,9 @@ async fn every_payment_reaches_a_mosquitto_subscriber() {
 
     let events = format!("{prefix}/e2e/events");
     let all = sub
-        .wait_until(&events, Duration::from_secs(20), |m| m.len() >= 100)
+        .wait_until(&events, Duration::from_secs(20), |m| {
+            distinct_payments(m).len() >= 100
+        })
         .await;
     assert!(all, "{} events\n{}", sub.on(&events).len(), gw.logs());
     assert_eq!(transaction_ids(&sub, &events), expected_ids(0..100));
@@ -185,7 +192,9 @@ async fn a_broker_restart_mid_stream_loses_no_payment() {
         .expect("every payment acknowledged while the broker was away");
 
     let all = sub
-        .wait_until(&events, Duration::from_secs(30), |m| m.len() >= 300)
+        .wait_until(&events, Duration::from_secs(30), |m| {
+            distinct_payments(m).len() >= 300
+        })
         .await;
     let got = transaction_ids(&sub, &events);
     let missing: Vec<_> = expected_ids(0..300).difference(&got).cloned().collect();
@@ -212,17 +221,13 @@ async fn the_retained_status_turns_offline_when_the_gateway_is_killed() {
         &format!("broker = \"mqtt://127.0.0.1:{port}\""),
     ));
     let online = sub
-        .wait_until(&status, Duration::from_secs(10), |m| {
-            m.last().is_some_and(|m| m.text() == "online")
-        })
+        .wait_for_last(&status, "online", Duration::from_secs(10))
         .await;
     assert!(online, "{}", gw.logs());
 
     gw.kill();
     let offline = sub
-        .wait_until(&status, Duration::from_secs(15), |m| {
-            m.last().is_some_and(|m| m.text() == "offline")
-        })
+        .wait_for_last(&status, "offline", Duration::from_secs(15))
         .await;
     assert!(offline, "the broker published the last will");
     // Someone subscribing later is told too (retained).
@@ -277,10 +282,8 @@ async fn the_embedded_broker_carries_events_and_announcements() {
     let status = format!("{prefix}/e2e/status");
     let late = Subscriber::connect(mqtt_port, &status).await;
     assert!(
-        late.wait_until(&status, Duration::from_secs(5), |m| {
-            m.last().is_some_and(|m| m.text() == "online")
-        })
-        .await
+        late.wait_for_last(&status, "online", Duration::from_secs(5))
+            .await
     );
 }
 
@@ -396,7 +399,9 @@ async fn tls_and_a_password_to_an_external_broker() {
     post_payments(&gw, 0..10).await;
     let events = format!("{prefix}/e2e/events");
     assert!(
-        sub.wait_until(&events, Duration::from_secs(15), |m| m.len() >= 10)
+        sub.wait_until(&events, Duration::from_secs(15), |m| distinct_payments(m)
+            .len()
+            >= 10)
             .await,
         "{}",
         gw.logs()

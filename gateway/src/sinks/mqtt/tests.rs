@@ -7,7 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::log::{LogOptions, SledLog};
+use crate::log::{SledLog, scratch_log};
 use crate::model::BalanceChange;
 
 fn free_port() -> SocketAddr {
@@ -127,17 +127,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = SledLog::open(
-        dir.path(),
-        LogOptions {
-            min_free_disk_bytes: 0,
-            ..LogOptions::default()
-        },
-    )
-    .expect("open");
-    // The sink starts from the beginning of this fresh log.
-    log.cursor(SINK_NAME).expect("cursor");
+    let (dir, log) = scratch_log(&[SINK_NAME]);
     Fixture {
         _dir: dir,
         log,

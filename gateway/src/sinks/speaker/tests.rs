@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::config::Secret;
-use crate::log::{EventLog, LogOptions, SledLog};
+use crate::log::{EventLog, SledLog, scratch_log};
 use crate::model::{BalanceChange, now_ms};
 use crate::sinks::{Shutdown, SinkStats, run_sink};
 use crate::speaker_api::client::SpeakerCredentials;
@@ -114,16 +114,7 @@ struct Run {
 }
 
 async fn start(sim: &Simulator, max_age: Duration, routes: Vec<RouteConfig>) -> Run {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = SledLog::open(
-        dir.path(),
-        LogOptions {
-            min_free_disk_bytes: 0,
-            ..LogOptions::default()
-        },
-    )
-    .expect("open");
-    log.cursor(SINK_NAME).expect("cursor");
+    let (dir, log) = scratch_log(&[SINK_NAME]);
     let (to_mqtt, announcements) = tokio::sync::broadcast::channel(1024);
     let sink = SpeakerSink::new(
         client(serve_on_loopback(sim).await),
