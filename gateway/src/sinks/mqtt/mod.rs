@@ -25,7 +25,7 @@ pub mod broker;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
@@ -49,6 +49,9 @@ pub const ANNOUNCEMENT_BUFFER: usize = 256;
 /// rumqttc's in-flight limit above the event window, for status and
 /// announcement publishes, so they never wait behind a full window.
 const EXTRA_IN_FLIGHT: usize = 16;
+
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
 /// Largest packet accepted from the broker or sent to it.
 const MAX_PACKET_BYTES: usize = 256 << 10;
@@ -185,13 +188,20 @@ impl MqttSink {
         tracing::info!(sink = SINK_NAME, %broker, topic = %self.topics.events, "sink started");
         let mut attempt: u32 = 0;
         loop {
+            let started = Instant::now();
             let end = self
-                .session(&*log, &stats, &shutdown, &mut announcements, &mut attempt)
+                .session(&*log, &stats, &shutdown, &mut announcements)
                 .await;
             let reason = match end {
                 SessionEnd::Stopped => break,
                 SessionEnd::Lost(reason) => reason,
             };
+            // A connection that lasted starts the backoff afresh; one dropped
+            // at once (another gateway with the same client id taking over,
+            // a broker that refuses us after CONNACK) keeps backing off.
+            if started.elapsed() >= STABLE_CONNECTION {
+                attempt = 0;
+            }
             stats.retries.fetch_add(1, Ordering::Relaxed);
             let delay = self.retry_policy().delay(attempt, None);
             attempt = attempt.saturating_add(1);
@@ -211,7 +221,6 @@ impl MqttSink {
         stats: &SinkStats,
         shutdown: &Shutdown,
         announcements: &mut broadcast::Receiver<AnnouncementJson>,
-        attempt: &mut u32,
     ) -> SessionEnd {
         let (client, eventloop) = AsyncClient::new(self.options(), self.config.window * 2);
         let mut connection = Connection::drive(eventloop);
@@ -228,7 +237,6 @@ impl MqttSink {
             Some(Err(error)) => return SessionEnd::Lost(error.to_string()),
             other => return SessionEnd::Lost(format!("unexpected first packet: {other:?}")),
         }
-        *attempt = 0;
         tracing::info!(sink = SINK_NAME, broker = %self.broker_name(), "connected to the MQTT broker");
 
         let mut flight = InFlight::default();

@@ -429,3 +429,25 @@ fn an_embedded_broker_port_in_use_says_what_to_do() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn two_gateways_with_one_client_id_back_off_instead_of_fighting() {
+    let broker_addr = embedded_broker();
+    let mut shared = config(broker_addr, 4);
+    shared.retry = RetryPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_secs(5),
+        max_retry_after: Duration::from_secs(1),
+    };
+    let (a, b) = (fixture(), fixture());
+    let (stats_a, _) = a.start(shared.clone(), no_announcements());
+    let (stats_b, _) = b.start(shared, no_announcements());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let reconnects =
+        stats_a.retries.load(Ordering::Relaxed) + stats_b.retries.load(Ordering::Relaxed);
+    // Each takeover drops the other at once; with the backoff reset on every
+    // CONNACK that was a reconnect every ~25 ms (hundreds in 4 s).
+    assert!(reconnects < 30, "{reconnects} reconnects in 4 s");
+    a.stop.cancel();
+    b.stop.cancel();
+}
