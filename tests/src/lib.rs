@@ -45,13 +45,18 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port free right now (the OS picks it; a later bind may race,
-/// which is rare enough for tests).
+/// A loopback port free right now, picked below Linux's ephemeral range
+/// (32768 and up): a gateway restarted on the same ports must not find one
+/// taken by another test's outgoing connection, which the OS numbers from
+/// that range. Two tests picking the same port at once is rarer still.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    for _ in 0..1000 {
+        let port = fastrand::u16(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
 }
 
 /// A running gateway, killed on drop.
