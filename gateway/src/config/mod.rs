@@ -418,21 +418,8 @@ impl Config {
             }
             None => "gateway".to_string(),
         };
-        let address = |value: Option<Spanned<String>>, key: &str, default: u16| match value {
-            Some(l) => l.get_ref().parse::<SocketAddr>().map_err(|e| {
-                loc.at(
-                    l.span(),
-                    key,
-                    format!(
-                        "`{}` is not an address like 127.0.0.1:8080 ({e})",
-                        l.get_ref()
-                    ),
-                )
-            }),
-            None => Ok(SocketAddr::from(([127, 0, 0, 1], default))),
-        };
-        let listen = address(g.listen, "gateway.listen", 8080)?;
-        let admin_listen = address(g.admin_listen, "gateway.admin_listen", 8081)?;
+        let listen = address(&loc, g.listen.as_ref(), "gateway.listen", 8080)?;
+        let admin_listen = address(&loc, g.admin_listen.as_ref(), "gateway.admin_listen", 8081)?;
         let shutdown_grace = Duration::from_secs(match g.shutdown_grace_secs {
             Some(v) => v.into_inner(),
             None => 10,
@@ -623,29 +610,19 @@ fn parse_mqtt(
 ) -> Result<MqttConfig, ConfigError> {
     let span = raw.span();
     let m = raw.into_inner();
-    let expanded = |v: &Spanned<String>, key: &str| -> Result<String, ConfigError> {
-        env::expand(v.get_ref(), |n| std::env::var(n).ok())
-            .map_err(|e| loc.at(v.span(), &format!("mqtt.{key}"), e))
-    };
+    let expanded = |v: &Spanned<String>, key: &str| expand_env(loc, v, &format!("mqtt.{key}"));
     let broker_text = match &m.broker {
         Some(b) => expanded(b, "broker")?,
         None => "embedded".to_string(),
     };
     let broker_span = m.broker.as_ref().map_or(span.clone(), |b| b.span());
     let broker = if broker_text == "embedded" {
-        let listen = match &m.embedded_listen {
-            Some(l) => l.get_ref().parse::<SocketAddr>().map_err(|e| {
-                loc.at(
-                    l.span(),
-                    "mqtt.embedded_listen",
-                    format!(
-                        "`{}` is not an address like 127.0.0.1:1883 ({e})",
-                        l.get_ref()
-                    ),
-                )
-            })?,
-            None => SocketAddr::from(([127, 0, 0, 1], 1883)),
-        };
+        let listen = address(
+            loc,
+            m.embedded_listen.as_ref(),
+            "mqtt.embedded_listen",
+            1883,
+        )?;
         if m.username.is_some() || m.password.is_some() || m.ca_file.is_some() {
             let key = if m.ca_file.is_some() {
                 "ca_file"
@@ -763,10 +740,7 @@ fn parse_mqtt(
         ));
     }
     let d = RetryPolicy::default();
-    let ms = |v: Option<Spanned<u64>>, k: &str, default: Duration| {
-        positive(loc, v, &format!("mqtt.{k}"), default.as_millis() as u64)
-            .map(Duration::from_millis)
-    };
+    let ms = |v, k: &str, default| millis(loc, v, &format!("mqtt.{k}"), default);
     Ok(MqttConfig {
         broker,
         topic_prefix,
@@ -798,12 +772,9 @@ fn parse_speaker(
 ) -> Result<SpeakerConfig, ConfigError> {
     let span = raw.span();
     let s = raw.into_inner();
-    let expanded = |v: Option<Spanned<String>>, key: &str| -> Result<Option<String>, ConfigError> {
-        v.map(|v| {
-            env::expand(v.get_ref(), |n| std::env::var(n).ok())
-                .map_err(|e| loc.at(v.span(), &format!("speaker.{key}"), e))
-        })
-        .transpose()
+    let expanded = |v: Option<Spanned<String>>, key: &str| {
+        v.map(|v| expand_env(loc, &v, &format!("speaker.{key}")))
+            .transpose()
     };
     let sim = SimConfig::default();
     let (simulator, base_url, client_id, client_secret) = if s.simulator {
@@ -831,10 +802,7 @@ fn parse_speaker(
         (None, base, id, secret)
     };
     let d = RetryPolicy::default();
-    let ms = |v: Option<Spanned<u64>>, k: &str, default: Duration| {
-        positive(loc, v, &format!("speaker.{k}"), default.as_millis() as u64)
-            .map(Duration::from_millis)
-    };
+    let ms = |v, k: &str, default| millis(loc, v, &format!("speaker.{k}"), default);
     Ok(SpeakerConfig {
         simulator,
         base_url,
@@ -883,8 +851,7 @@ fn parse_forwards(
                 format!("`{name}` is already the name of another sink"),
             ));
         }
-        let url_text = env::expand(f.url.get_ref(), |v| std::env::var(v).ok())
-            .map_err(|e| loc.at(f.url.span(), &key("url"), e))?;
+        let url_text = expand_env(loc, &f.url, &key("url"))?;
         let url = reqwest::Url::parse(&url_text)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
@@ -912,9 +879,7 @@ fn parse_forwards(
             }
         }
         let d = RetryPolicy::default();
-        let ms = |v: Option<Spanned<u64>>, k: &str, default: Duration| {
-            positive(loc, v, &key(k), default.as_millis() as u64).map(Duration::from_millis)
-        };
+        let ms = |v, k: &str, default| millis(loc, v, &key(k), default);
         let retry = RetryPolicy {
             initial: ms(f.retry_initial_ms, "retry_initial_ms", d.initial)?,
             max: ms(f.retry_max_ms, "retry_max_ms", d.max)?,
@@ -933,6 +898,43 @@ fn parse_forwards(
         });
     }
     Ok(forwards)
+}
+
+/// A `host:port` socket address at `key`; 127.0.0.1:`default_port` if absent.
+fn address(
+    loc: &Locator<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+    default_port: u16,
+) -> Result<SocketAddr, ConfigError> {
+    let default = SocketAddr::from(([127, 0, 0, 1], default_port));
+    match value {
+        Some(v) => v.get_ref().parse::<SocketAddr>().map_err(|e| {
+            let message = format!("`{}` is not an address like {default} ({e})", v.get_ref());
+            loc.at(v.span(), key, message)
+        }),
+        None => Ok(default),
+    }
+}
+
+/// `value` with `${ENV}` expanded; an unset variable is located at `key`.
+fn expand_env(
+    loc: &Locator<'_>,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<String, ConfigError> {
+    env::expand(value.get_ref(), |n| std::env::var(n).ok())
+        .map_err(|e| loc.at(value.span(), key, e))
+}
+
+/// A positive number of milliseconds at `key`, `default` if absent.
+fn millis(
+    loc: &Locator<'_>,
+    value: Option<Spanned<u64>>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    positive(loc, value, key, default.as_millis() as u64).map(Duration::from_millis)
 }
 
 fn positive(
