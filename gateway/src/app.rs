@@ -122,8 +122,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             stop_sinks.clone(),
             announcements_rx,
         ));
-    } else {
-        drop(announcements_rx);
     }
     let mut extra_admin_routes = axum::Router::new();
     if let Some(speaker) = &config.speaker {

@@ -36,7 +36,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio::sync::{broadcast, mpsc};
 
 use super::event::{AnnouncementJson, EventJson};
-use super::{RetryPolicy, Shutdown, SinkStats, pause};
+use super::{Shutdown, SinkStats, pause};
 use crate::config::{MqttBroker, MqttConfig, MqttTls};
 use crate::log::{EventLog, Settlement};
 
@@ -171,10 +171,6 @@ impl MqttSink {
         }
     }
 
-    fn retry_policy(&self) -> RetryPolicy {
-        self.config.retry
-    }
-
     /// Publishes every log entry from the sink's cursor, reconnecting as
     /// needed, until shut down; forwards `announcements` while connected.
     pub async fn run(
@@ -203,7 +199,7 @@ impl MqttSink {
                 attempt = 0;
             }
             stats.retries.fetch_add(1, Ordering::Relaxed);
-            let delay = self.retry_policy().delay(attempt, None);
+            let delay = self.config.retry.delay(attempt, None);
             attempt = attempt.saturating_add(1);
             tracing::warn!(sink = SINK_NAME, %broker, %reason, attempt, delay_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
             if pause(&shutdown.stop, delay).await {

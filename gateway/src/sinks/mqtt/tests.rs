@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::log::{SledLog, scratch_log};
 use crate::model::BalanceChange;
+use crate::sinks::RetryPolicy;
 
 fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
