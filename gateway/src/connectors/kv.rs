@@ -73,11 +73,21 @@ impl PluginKv {
 mod tests {
     use super::*;
 
+    /// No background flusher: its thread can still hold the store's lock
+    /// for a moment after the `Db` is dropped, failing the reopen below.
+    fn open(path: &std::path::Path) -> sled::Db {
+        sled::Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .open()
+            .expect("open")
+    }
+
     #[test]
     fn persists_and_isolates_connectors() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let db = sled::Config::new().path(dir.path()).open().expect("open");
+            let db = open(dir.path());
             let a = PluginKv::open(&db, "a").expect("tree");
             let b = PluginKv::open(&db, "b").expect("tree");
             a.set("cursor", b"1").expect("set");
@@ -88,7 +98,7 @@ mod tests {
             assert!(a.set("", b"x").is_err());
             assert!(a.set("k", &vec![0; MAX_VALUE_BYTES + 1]).is_err());
         }
-        let db = sled::Config::new().path(dir.path()).open().expect("reopen");
+        let db = open(dir.path());
         let a = PluginKv::open(&db, "a").expect("tree");
         assert_eq!(a.get("cursor").as_deref(), Some(&b"2"[..]));
         a.delete("cursor").expect("delete");
