@@ -17,6 +17,12 @@ pub struct PluginTest {
     /// Webhook body: a file path, or the body itself.
     #[arg(long, conflicts_with = "poll")]
     webhook: Option<String>,
+    /// The webhook's query string without `?` (VNPay IPNs carry their fields there).
+    #[arg(long, default_value = "", conflicts_with = "poll")]
+    query: String,
+    /// The webhook's HTTP method.
+    #[arg(long, default_value = "POST", conflicts_with = "poll")]
+    method: String,
     /// Call `poll` instead of `handle`.
     #[arg(long)]
     poll: bool,
@@ -68,7 +74,8 @@ impl PluginTest {
                     std::fs::read(arg).with_context(|| format!("reading {arg}"))?
                 }
                 Some(arg) => arg.as_bytes().to_vec(),
-                None => anyhow::bail!("give --webhook <file|body> or --poll"),
+                None if !self.query.is_empty() => Vec::new(),
+                None => anyhow::bail!("give --webhook <file|body>, --query or --poll"),
             };
             let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
             for h in &self.headers {
@@ -79,9 +86,9 @@ impl PluginTest {
                 headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
             let request = IncomingRequest {
-                method: "POST".into(),
+                method: self.method.to_ascii_uppercase(),
                 path: "/hooks/test".into(),
-                query: String::new(),
+                query: self.query.trim_start_matches('?').to_string(),
                 headers,
                 body,
             };

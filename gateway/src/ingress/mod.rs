@@ -31,7 +31,8 @@ impl Ingress {
     pub fn router(self: Arc<Self>) -> Router {
         let limit = self.max_body_bytes;
         Router::new()
-            .route("/hooks/{connector}", post(webhook))
+            // GET too: VNPay calls its IPN URL with the fields in the query string.
+            .route("/hooks/{connector}", post(webhook).get(webhook))
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(limit))
             .with_state(self)
