@@ -16,7 +16,7 @@ use crate::admin::{self, QueueView};
 use crate::config::Config;
 use crate::config::MqttBroker;
 use crate::connectors::{Connectors, Runtime};
-use crate::ingress::Ingress;
+use crate::ingress::{Ingress, poll};
 use crate::log::{EventLog, LogOptions, SledLog};
 use crate::sinks::http::HttpSink;
 use crate::sinks::mqtt::{ANNOUNCEMENT_BUFFER, MqttSink, SINK_NAME as MQTT_SINK, broker};
@@ -181,6 +181,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         max_body_bytes: config.gateway.max_body_bytes,
     });
     let serving = tokio::spawn(ingress.serve(listener, ingress_stop.clone()));
+    let pollers = TaskTracker::new();
+    for plugin in connectors.iter().filter(|p| p.world().polls()) {
+        pollers.spawn(poll::run_poller(
+            plugin.clone(),
+            shared_log.clone(),
+            ingress_stop.clone(),
+        ));
+    }
+    pollers.close();
     tracing::info!(
         %addr,
         %admin_addr,
@@ -192,9 +201,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
 
     shutdown.cancelled().await;
-    tracing::info!("shutting down: stopping ingress");
+    tracing::info!("shutting down: stopping ingress (webhooks and pollers)");
     ingress_stop.cancel();
     serving.await.context("ingress task")?.context("ingress")?;
+    pollers.wait().await;
     tracing::info!("ingress stopped; syncing the event log");
     log.sync().context("syncing the event log")?;
     tracing::info!(

@@ -63,6 +63,7 @@ impl PluginTest {
         let started = std::time::Instant::now();
         let output = if self.poll {
             let result = plugin.poll().await?;
+            plugin.commit_kv(result.kv_writes);
             serde_json::json!({
                 "world": plugin.world(),
                 "changes": result.changes,
@@ -93,6 +94,7 @@ impl PluginTest {
                 body,
             };
             let result = plugin.handle(request).await?;
+            plugin.commit_kv(result.kv_writes);
             serde_json::json!({
                 "world": plugin.world(),
                 "changes": result.changes,

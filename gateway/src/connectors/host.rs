@@ -11,7 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::soundbox::connector::{config, http_client, kv, log, types};
 use super::http_client::PluginHttp;
-use super::kv::PluginKv;
+use super::kv::{KvWrites, PluginKv};
 
 /// Longest log line a plugin may write; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
@@ -38,6 +38,8 @@ pub struct CallState {
     pub(super) started: Instant,
     pub(super) host_time: Duration,
     pub(super) cpu_exceeded: bool,
+    /// This call's KV writes, applied after its changes are stored.
+    pub(super) kv_writes: KvWrites,
 }
 
 impl CallState {
@@ -57,6 +59,7 @@ impl CallState {
             started: Instant::now(),
             host_time: Duration::ZERO,
             cpu_exceeded: false,
+            kv_writes: KvWrites::default(),
         }
     }
 
@@ -156,15 +159,15 @@ impl config::Host for CallState {
 
 impl kv::Host for CallState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self.connector.kv.get(&key))
+        Ok(self.kv_writes.get(&self.connector.kv, &key))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.connector.kv.set(&key, &value))
+        Ok(self.kv_writes.set(&self.connector.kv, &key, &value))
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.connector.kv.delete(&key))
+        Ok(self.kv_writes.delete(&key))
     }
 
     fn compare_and_swap(
@@ -174,9 +177,8 @@ impl kv::Host for CallState {
         new: Vec<u8>,
     ) -> wasmtime::Result<Result<bool, String>> {
         Ok(self
-            .connector
-            .kv
-            .compare_and_swap(&key, expected.as_deref(), &new))
+            .kv_writes
+            .compare_and_swap(&self.connector.kv, &key, expected.as_deref(), &new))
     }
 }
 

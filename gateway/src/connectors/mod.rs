@@ -31,7 +31,7 @@ use crate::model::{self, BalanceChange, Direction, InvalidChange};
 use bindings::types as wit;
 use host::{CallState, ConnectorContext};
 use http_client::{HttpPolicy, PluginHttp};
-use kv::PluginKv;
+use kv::{KvWrites, PluginKv};
 pub use runtime::Runtime;
 
 /// Why a plugin could not be loaded.
@@ -129,16 +129,20 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct WebhookResult {
     pub changes: Vec<BalanceChange>,
     pub reply: Option<Reply>,
+    /// Apply with [`Plugin::commit_kv`] once `changes` are stored.
+    pub kv_writes: KvWrites,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PollResult {
     pub changes: Vec<BalanceChange>,
     pub next_poll: Option<Duration>,
+    /// Apply with [`Plugin::commit_kv`] once `changes` are stored.
+    pub kv_writes: KvWrites,
 }
 
 type CallFuture<'a, T> = Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send + 'a>>;
@@ -247,15 +251,15 @@ impl Plugin {
             headers: request.headers,
             body: request.body,
         };
-        let outcome = self
+        let (outcome, kv_writes) = self
             .call(move |store, instance| {
                 Box::pin(async move {
                     let guest = indices.load(&mut *store, instance)?;
                     guest.call_handle(&mut *store, &request).await
                 })
             })
-            .await?
-            .map_err(rejection)?;
+            .await?;
+        let outcome = outcome.map_err(rejection)?;
         Ok(WebhookResult {
             changes: self.normalize(outcome.changes)?,
             reply: outcome.reply.map(|r| Reply {
@@ -263,6 +267,7 @@ impl Plugin {
                 headers: r.headers,
                 body: r.body,
             }),
+            kv_writes,
         })
     }
 
@@ -272,27 +277,38 @@ impl Plugin {
             .poller
             .clone()
             .ok_or(CallError::NotExported("poller"))?;
-        let outcome = self
+        let (outcome, kv_writes) = self
             .call(move |store, instance| {
                 Box::pin(async move {
                     let guest = indices.load(&mut *store, instance)?;
                     guest.call_poll(&mut *store).await
                 })
             })
-            .await?
-            .map_err(rejection)?;
+            .await?;
+        let outcome = outcome.map_err(rejection)?;
         Ok(PollResult {
             changes: self.normalize(outcome.changes)?,
             next_poll: outcome.next_poll_ms.map(Duration::from_millis),
+            kv_writes,
         })
     }
 
+    /// Applies a call's KV writes; call it once the call's changes are
+    /// stored. A failure is logged, not returned: the changes are safe, and
+    /// the plugin's next call sees its old state and repeats the work (the
+    /// dedupe key absorbs what it finds again).
+    pub fn commit_kv(&self, writes: KvWrites) {
+        if let Err(error) = self.context.kv.commit(writes) {
+            tracing::warn!(connector = %self.name, %error, "plugin KV writes not applied");
+        }
+    }
+
     /// Runs `f` against a fresh instance under every cap, and turns a trap
-    /// into the reason it happened.
+    /// into the reason it happened. Returns the call's staged KV writes too.
     async fn call<T>(
         &self,
         f: impl for<'a> FnOnce(&'a mut Store<CallState>, &'a Instance) -> CallFuture<'a, T>,
-    ) -> Result<T, CallError> {
+    ) -> Result<(T, KvWrites), CallError> {
         let limits = &self.limits;
         let mut store = Store::new(
             self.pre.engine(),
@@ -324,10 +340,10 @@ impl Plugin {
         };
         let outcome = tokio::time::timeout(limits.call_timeout, run).await;
         self.log_stderr(&store);
-        let state = store.data();
+        let state = store.data_mut();
         match outcome {
             Err(_) => Err(CallError::Timeout(limits.call_timeout)),
-            Ok(Ok(value)) => Ok(value),
+            Ok(Ok(value)) => Ok((value, std::mem::take(&mut state.kv_writes))),
             Ok(Err(_)) if state.cpu_exceeded => Err(CallError::CpuBudget(budget)),
             Ok(Err(_)) if state.limiter.exceeded => Err(CallError::Memory(limits.memory_bytes)),
             Ok(Err((e, true))) => Err(CallError::Instantiate(format!("{e:#}"))),

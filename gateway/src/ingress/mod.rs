@@ -1,8 +1,11 @@
-//! Webhook ingress: `POST /hooks/<connector>` → the connector's plugin →
-//! the durable event log → the reply the provider expects.
+//! Ingress: where balance changes enter the flow. Webhooks: `POST
+//! /hooks/<connector>` → the connector's plugin → the durable event log → the
+//! reply the provider expects. Pollers ([`poll`]): the connector's interval →
+//! its plugin → the same log.
 //!
 //! The sender gets a 2xx only after the event log made every change durable; any
 //! failure is a 4xx (do not retry as is) or 5xx (retry) with a short JSON reason.
+//! A call's plugin KV writes are applied only after its changes are stored.
 
 use std::sync::Arc;
 
@@ -18,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connectors::{CallError, Connectors, IncomingRequest, Rejection};
 use crate::log::{Appended, EventLog, LogError};
+use crate::model::BalanceChange;
+
+pub mod poll;
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -113,37 +119,15 @@ async fn webhook(
         Ok(result) => result,
         Err(error) => return call_failed(&name, error),
     };
-    if !result.changes.is_empty() {
-        let changes = result.changes;
-        let keys: Vec<(String, String, u64)> = changes
-            .iter()
-            .map(|c| (c.provider.clone(), c.transaction_id.clone(), c.amount))
-            .collect();
-        match ingress.log.append(changes).await {
-            Ok(appended) => {
-                for ((provider, transaction_id, amount), outcome) in keys.iter().zip(appended) {
-                    match outcome {
-                        Appended::New(seq) => tracing::info!(
-                            connector = %name, %provider, %transaction_id, amount, seq,
-                            "balance change logged"
-                        ),
-                        Appended::Duplicate(seq) => tracing::info!(
-                            connector = %name, %provider, %transaction_id, seq,
-                            "duplicate balance change ignored"
-                        ),
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::error!(connector = %name, %error, "could not store changes; sender will retry");
-                let code = match error {
-                    LogError::Full(_) => "log_full",
-                    _ => "not_stored",
-                };
-                return reason(StatusCode::SERVICE_UNAVAILABLE, code, error);
-            }
-        }
+    if let Err(error) = store(&*ingress.log, &name, result.changes).await {
+        tracing::error!(connector = %name, %error, "could not store changes; sender will retry");
+        let code = match error {
+            LogError::Full(_) => "log_full",
+            _ => "not_stored",
+        };
+        return reason(StatusCode::SERVICE_UNAVAILABLE, code, error);
     }
+    plugin.commit_kv(result.kv_writes);
     match result.reply {
         Some(reply) => plugin_reply(&name, reply),
         None => (
@@ -152,6 +136,37 @@ async fn webhook(
         )
             .into_response(),
     }
+}
+
+/// Appends `changes` durably and logs what became of each: new, or a
+/// duplicate of a payment already seen (a provider's retry, or a poller and a
+/// webhook connector that both saw it).
+pub async fn store(
+    log: &dyn EventLog,
+    connector: &str,
+    changes: Vec<BalanceChange>,
+) -> Result<(), LogError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<(String, String, u64)> = changes
+        .iter()
+        .map(|c| (c.provider.clone(), c.transaction_id.clone(), c.amount))
+        .collect();
+    let appended = log.append(changes).await?;
+    for ((provider, transaction_id, amount), outcome) in keys.iter().zip(appended) {
+        match outcome {
+            Appended::New(seq) => tracing::info!(
+                %connector, %provider, %transaction_id, amount, seq,
+                "balance change logged"
+            ),
+            Appended::Duplicate(seq) => tracing::info!(
+                %connector, %provider, %transaction_id, seq,
+                "duplicate balance change ignored"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Maps a failed call to what the sender is told; the detail goes to our log.
