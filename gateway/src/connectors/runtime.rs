@@ -117,6 +117,7 @@ impl Runtime {
     /// Compiles `path`, or loads it from the cache when this engine compiled
     /// the same bytes before. Blocking: call from a blocking thread.
     pub fn compile(&self, path: &Path) -> Result<Component, LoadError> {
+        let started = std::time::Instant::now();
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -132,7 +133,13 @@ impl Runtime {
             // hash), and a file that fails wasmtime's own checks is recompiled.
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, &cached) } {
-                Ok(component) => return Ok(component),
+                Ok(component) => {
+                    tracing::info!(
+                        plugin = %path.display(), wasm_bytes = bytes.len(), from_cache = true,
+                        ms = started.elapsed().as_millis() as u64, "plugin loaded"
+                    );
+                    return Ok(component);
+                }
                 Err(e) => {
                     tracing::warn!(path = %cached.display(), error = %e, "compiled plugin cache entry unusable; recompiling")
                 }
@@ -148,6 +155,10 @@ impl Runtime {
         if let Err(e) = write_atomically(cache_dir, &cached, &compiled) {
             tracing::warn!(dir = %cache_dir.display(), error = %e, "cannot cache compiled plugin");
         }
+        tracing::info!(
+            plugin = %path.display(), wasm_bytes = bytes.len(), from_cache = false,
+            ms = started.elapsed().as_millis() as u64, "plugin loaded"
+        );
         // SAFETY: the bytes were produced by this engine a moment ago.
         #[allow(unsafe_code)]
         unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| LoadError::Compile {
