@@ -1,9 +1,11 @@
 //! End-to-end tests: the real binary, real plugins built from `plugins/`,
 //! real HTTP on loopback. One test binary; a module per area.
 
+mod casso_webhook;
 mod cli;
 mod crash;
 mod durability;
+mod momo_ipn;
 mod mqtt;
 mod queue;
 mod sandbox;
