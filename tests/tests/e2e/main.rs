@@ -10,4 +10,6 @@ mod mqtt;
 mod queue;
 mod sandbox;
 mod speaker;
+mod vnpay_ipn;
 mod webhooks;
+mod zalopay_callback;
