@@ -38,7 +38,9 @@ pub fn parse_form(input: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Encodes `input` the way HTML forms do (space → `+`, unreserved kept).
+/// Encodes `input` the way HTML forms do: space → `+`; letters, digits and
+/// `-_.*` kept; every other byte as `%XX` (upper case). This is Java's
+/// `URLEncoder` over UTF-8; PHP's `urlencode` differs only in encoding `*`.
 pub fn form_encode(input: &str) -> String {
     let mut out = String::with_capacity(input.len());
     for byte in input.bytes() {
