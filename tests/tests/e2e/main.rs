@@ -4,7 +4,9 @@
 mod casso_webhook;
 mod cli;
 mod crash;
+mod demo_bank;
 mod durability;
+mod generic_webhook;
 mod momo_ipn;
 mod mqtt;
 mod queue;
