@@ -4,6 +4,7 @@
 //! The binary and the plugins must be built first; `make test` does both.
 
 pub mod mqtt;
+pub mod sepay_api;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -125,6 +126,20 @@ impl Gateway {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops with SIGTERM (a clean shutdown) and leaves it stopped.
+    pub fn shut_down(&mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    /// Starts the stopped (or killed) process again on the same config and
+    /// data dir.
+    pub fn start_again(&mut self) {
+        let (child, addr, logs) = spawn(&self.config_path());
+        self.child = child;
+        self.addr = addr;
+        self.logs = logs;
     }
 
     /// Stops with SIGTERM, then starts again on the same config and data dir.
@@ -424,6 +439,7 @@ pub fn vietnam_now() -> String {
 }
 
 /// A SePay webhook body for transaction `id` of `amount` VND, made now.
+/// Its bank reference is `MBVCB.<id>`, so distinct ids are distinct payments.
 pub fn sepay_webhook(id: u64, amount: u64) -> String {
     serde_json::json!({
         "id": id,
@@ -440,4 +456,19 @@ pub fn sepay_webhook(id: u64, amount: u64) -> String {
         "description": ""
     })
     .to_string()
+}
+
+/// The transaction id the gateway stores for [`sepay_webhook`]`(id, _)`: SePay
+/// connectors key a payment on account and bank reference (`<account>/<reference>`)
+/// so the webhook and the API poller agree.
+pub fn sepay_transaction_id(id: u64) -> String {
+    format!("0123499999/MBVCB.{id}")
+}
+
+/// The `id` given to [`sepay_webhook`], back from a stored transaction id.
+pub fn sepay_webhook_id(transaction_id: &str) -> Option<u64> {
+    transaction_id
+        .strip_prefix("0123499999/MBVCB.")?
+        .parse()
+        .ok()
 }

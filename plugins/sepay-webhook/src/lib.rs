@@ -4,6 +4,10 @@
 //! auth mode the shop chose in SePay's dashboard, parses the body and answers
 //! `{"success": true}`, which SePay expects (anything else makes it retry).
 //!
+//! The transaction id is not SePay's integer `id` but the key shared with
+//! `sepay-poll` (`<account>/<reference>`, see `sepay_common`); the integer
+//! stays in `extra` as `sepayId`.
+//!
 //! Config (`[connector.config]`):
 //! - `auth`: `none` | `apikey` | `hmac` (default `apikey` when `api_key` is set, else `none`)
 //! - `api_key`: for `Authorization: Apikey <key>`
@@ -16,9 +20,10 @@ use soundbox_plugin_sdk::{
     WebhookOutcome, config, export_webhook_connector, signature, time,
 };
 
-/// The dedupe provider: a SePay poller declares the same, so a payment seen by
+/// The dedupe provider: `sepay-poll` declares the same and builds the same
+/// transaction id ([`sepay_common::transaction_id`]), so a payment seen by
 /// both is announced once.
-pub const PROVIDER: &str = "sepay";
+pub use sepay_common::PROVIDER;
 
 /// SePay's webhook body, as documented.
 #[derive(Debug, Deserialize)]
@@ -152,7 +157,15 @@ pub fn parse(body: &[u8]) -> Result<BalanceChange, ConnectorError> {
         .transaction_date
         .as_deref()
         .and_then(time::parse_vietnam_local);
-    let mut extra = Vec::new();
+    let transaction_id = sepay_common::transaction_id(
+        &hook.account_number,
+        hook.reference_code.as_deref(),
+        direction,
+        hook.transfer_amount,
+        occurred_at_ms,
+        &hook.id.to_string(),
+    );
+    let mut extra = vec![("sepayId".to_string(), hook.id.to_string())];
     let mut keep = |k: &str, v: Option<String>| {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
             extra.push((k.to_string(), v));
@@ -166,12 +179,15 @@ pub fn parse(body: &[u8]) -> Result<BalanceChange, ConnectorError> {
     keep("transactionDate", hook.transaction_date);
     Ok(BalanceChange {
         provider: PROVIDER.into(),
-        transaction_id: hook.id.to_string(),
+        transaction_id,
         account: hook.account_number,
         amount: hook.transfer_amount,
         currency: "VND".into(),
         direction,
-        reference: hook.reference_code.filter(|r| !r.is_empty()),
+        reference: hook
+            .reference_code
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty()),
         counterparty: None,
         content: hook.content,
         occurred_at_ms,
@@ -205,7 +221,7 @@ mod tests {
     fn parses_the_documented_sample() {
         let change = parse(SAMPLE.as_bytes()).expect("sample parses");
         assert_eq!(change.provider, "sepay");
-        assert_eq!(change.transaction_id, "92704");
+        assert_eq!(change.transaction_id, "0123499999/MBVCB.3278907687");
         assert_eq!(change.account, "0123499999");
         assert_eq!(change.amount, 2_277_000);
         assert_eq!(change.direction, Direction::Incoming);
@@ -216,6 +232,27 @@ mod tests {
                 .extra
                 .contains(&("gateway".into(), "Vietcombank".into()))
         );
+        assert!(change.extra.contains(&("sepayId".into(), "92704".into())));
+    }
+
+    #[test]
+    fn the_outgoing_sample_keys_on_its_reference_too() {
+        let out = include_str!("../../../examples/payloads/sepay-webhook-out.json");
+        let change = parse(out.as_bytes()).expect("sample parses");
+        assert_eq!(change.direction, Direction::Outgoing);
+        assert_eq!(change.transaction_id, "0123499999/FT23341ABCD");
+        assert!(change.extra.contains(&("sepayId".into(), "92705".into())));
+    }
+
+    #[test]
+    fn without_a_reference_the_id_is_direction_amount_and_time() {
+        for reference in ["null", "\"\"", "\" \""] {
+            let body = SAMPLE.replace("\"MBVCB.3278907687\"", reference);
+            let change = parse(body.as_bytes()).expect("parses");
+            // 2023-12-07 14:15:00 in Vietnam = 1701933300 Unix seconds.
+            assert_eq!(change.transaction_id, "0123499999/in/2277000/1701933300");
+            assert_eq!(change.reference, None);
+        }
     }
 
     #[test]

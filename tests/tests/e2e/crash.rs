@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::{CountingSink, Gateway, plugin, sepay_webhook};
+use soundbox_e2e::{CountingSink, Gateway, plugin, sepay_webhook, sepay_webhook_id};
 
 const PAYMENTS: u64 = 1_000;
 const MIN_KILLS: usize = 20;
@@ -114,14 +114,14 @@ fn crash_run(sink_down_first_half: bool) {
     let arrivals = sink.arrivals();
     let delivered: BTreeSet<u64> = arrivals
         .iter()
-        .map(|a| a.transaction_id.parse().expect("numeric id"))
+        .map(|a| sepay_webhook_id(&a.transaction_id).expect("a sepay_webhook() id"))
         .collect();
     assert_eq!(
         delivered, acked,
         "delivered exactly the acknowledged payments"
     );
     for a in &arrivals {
-        let id: u64 = a.transaction_id.parse().expect("numeric id");
+        let id = sepay_webhook_id(&a.transaction_id).expect("a sepay_webhook() id");
         assert_eq!(a.amount, 1_000 * id, "amount of {id}");
     }
     // Each payment is in the log once: first arrivals follow log order with

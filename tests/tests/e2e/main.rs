@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binary, real plugins built from `plugins/`,
 //! real HTTP on loopback. One test binary; a module per area.
 
+mod backfill;
 mod casso_webhook;
 mod cli;
 mod crash;
@@ -11,6 +12,7 @@ mod momo_ipn;
 mod mqtt;
 mod queue;
 mod sandbox;
+mod sepay_poll;
 mod speaker;
 mod vnpay_ipn;
 mod webhooks;

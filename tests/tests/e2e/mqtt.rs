@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use soundbox_e2e::mqtt::{Message, Mosquitto, Subscriber, mosquitto_available};
-use soundbox_e2e::{Gateway, free_port, plugin, post, sepay_webhook};
+use soundbox_e2e::{Gateway, free_port, plugin, post, sepay_transaction_id, sepay_webhook};
 
 /// A SePay connector and `[mqtt]` with `mqtt_keys`; topics under `prefix`.
 fn config(prefix: &str, mqtt_keys: &str) -> String {
@@ -69,7 +69,7 @@ fn distinct_payments(messages: &[Message]) -> BTreeSet<String> {
 }
 
 fn expected_ids(ids: std::ops::Range<u64>) -> BTreeSet<String> {
-    ids.map(|id| id.to_string()).collect()
+    ids.map(sepay_transaction_id).collect()
 }
 
 /// The broker `.ci/run` started (`SOUNDBOX_TEST_MQTT_PORT`), or our own.
@@ -115,7 +115,7 @@ async fn every_payment_reaches_a_mosquitto_subscriber() {
         .on(&events)
         .into_iter()
         .map(|m| m.json())
-        .find(|e| e["transaction_id"] == "42")
+        .find(|e| e["transaction_id"] == sepay_transaction_id(42).as_str())
         .expect("payment 42");
     assert_eq!(event["schema"], 1);
     assert_eq!(event["provider"], "sepay");

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::{CountingSink, Gateway, plugin, post, run_cli, sepay_webhook};
+use soundbox_e2e::{
+    CountingSink, Gateway, plugin, post, run_cli, sepay_transaction_id, sepay_webhook,
+};
 
 fn config(url: &str, extra: &str) -> String {
     format!(
@@ -123,7 +125,7 @@ async fn a_full_store_answers_503_and_loses_nothing() {
     let accepted = post(&gw.url("/hooks/sepay"), &[], body).await;
     assert_eq!(accepted.status, 200, "{}", accepted.body);
     assert!(sink.wait_for(1, Duration::from_secs(20)));
-    assert_eq!(sink.arrivals()[0].transaction_id, "7");
+    assert_eq!(sink.arrivals()[0].transaction_id, sepay_transaction_id(7));
 }
 
 #[tokio::test(flavor = "multi_thread")]
