@@ -190,8 +190,15 @@ mod tests {
             let mut call = KvWrites::default();
             call.set(&a, "cursor", b"1").expect("set");
             assert_eq!(call.get(&a, "cursor").as_deref(), Some(&b"1"[..]));
-            assert!(call.compare_and_swap(&a, "cursor", Some(b"1"), b"2").expect("cas"));
-            assert!(!call.compare_and_swap(&a, "cursor", Some(b"1"), b"3").expect("cas"));
+            assert!(
+                call.compare_and_swap(&a, "cursor", Some(b"1"), b"2")
+                    .expect("cas")
+            );
+            assert!(
+                !call
+                    .compare_and_swap(&a, "cursor", Some(b"1"), b"3")
+                    .expect("cas")
+            );
             assert!(call.set(&a, "", b"x").is_err());
             assert!(call.set(&a, "k", &vec![0; MAX_VALUE_BYTES + 1]).is_err());
             a.commit(call).expect("commit");
