@@ -2,12 +2,14 @@
 #   make run    build the plugins and run the gateway on config.toml
 #   make test   build everything and run every test
 # Each installs what it needs (the wasm32-wasip2 Rust target; for the tests
-# also Mosquitto and strace from Debian's packages).
+# also Mosquitto and strace from Debian's packages, and the pinned
+# componentize-py and componentize-js that build the hello connector
+# examples in Python and JavaScript, which needs python3 and npm).
 
 CARGO ?= cargo
 PLUGIN_TARGET := wasm32-wasip2
 
-.PHONY: run test test-tools plugins wasm-target build lint fmt bench clean
+.PHONY: run test test-tools plugins hello-connectors wasm-target build lint fmt bench clean FORCE
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx $(PLUGIN_TARGET) || rustup target add $(PLUGIN_TARGET)
@@ -15,6 +17,40 @@ wasm-target:
 # Every plugin and test fixture, built for the gateway to load.
 plugins: wasm-target
 	cd plugins && $(CARGO) build --release --target $(PLUGIN_TARGET)
+
+# The hello connector of examples/hello-connector in Rust, Python and
+# JavaScript, built into target/hello-connector/ for the e2e tests. Python's
+# and JavaScript's builders are installed here, pinned: componentize-py into
+# a venv under target/, componentize-js with `npm ci` from its lock file.
+HELLO := examples/hello-connector
+HELLO_OUT := target/hello-connector
+HELLO_VENV := $(HELLO_OUT)/venv
+
+hello-connectors: $(HELLO_OUT)/hello_rust.wasm $(HELLO_OUT)/hello_python.wasm $(HELLO_OUT)/hello_js.wasm
+
+# Cargo knows what changed, so it is always asked. It builds in the plugins'
+# target dir: same dependency versions and release profile, so after
+# `make plugins` only the example itself is compiled.
+$(HELLO_OUT)/hello_rust.wasm: wasm-target FORCE
+	cd $(HELLO)/rust && $(CARGO) build --release --target $(PLUGIN_TARGET) --target-dir $(CURDIR)/plugins/target
+	@mkdir -p $(HELLO_OUT)
+	cp plugins/target/$(PLUGIN_TARGET)/release/hello_connector.wasm $@
+
+$(HELLO_VENV)/bin/componentize-py: $(HELLO)/python/requirements.txt
+	python3 -m venv $(HELLO_VENV)
+	$(HELLO_VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	@touch $@
+
+$(HELLO_OUT)/hello_python.wasm: $(HELLO)/python/app.py $(HELLO)/python/build.sh plugin-sdk/wit/connector.wit $(HELLO_VENV)/bin/componentize-py
+	PATH="$(CURDIR)/$(HELLO_VENV)/bin:$$PATH" sh $(HELLO)/python/build.sh $@
+
+$(HELLO)/js/node_modules/.package-lock.json: $(HELLO)/js/package-lock.json
+	cd $(HELLO)/js && npm ci --no-audit --no-fund
+
+$(HELLO_OUT)/hello_js.wasm: $(HELLO)/js/hello.js $(HELLO)/js/build.sh plugin-sdk/wit/connector.wit $(HELLO)/js/node_modules/.package-lock.json
+	sh $(HELLO)/js/build.sh $@
+
+FORCE:
 
 build: plugins
 	$(CARGO) build --release -p soundbox-gateway
@@ -37,20 +73,23 @@ test-tools:
 
 # Host tests (unit + end-to-end with the real binary and real plugins), then
 # the plugins' own unit tests, natively.
-test: test-tools plugins
+test: test-tools plugins hello-connectors
 	$(CARGO) build -p soundbox-gateway
 	$(CARGO) test --workspace
 	cd plugins && $(CARGO) test
+	cd $(HELLO)/rust && $(CARGO) test --target-dir $(CURDIR)/plugins/target
 
 lint:
 	$(CARGO) fmt --all --check
 	cd plugins && $(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd plugins && $(CARGO) clippy --all-targets -- -D warnings
+	cd $(HELLO)/rust && $(CARGO) fmt --check && $(CARGO) clippy --all-targets --target-dir $(CURDIR)/plugins/target -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
 	cd plugins && $(CARGO) fmt --all
+	cd $(HELLO)/rust && $(CARGO) fmt
 
 bench: plugins
 	$(CARGO) bench -p soundbox-gateway
@@ -58,3 +97,4 @@ bench: plugins
 clean:
 	$(CARGO) clean
 	cd plugins && $(CARGO) clean
+	rm -rf $(HELLO)/js/node_modules

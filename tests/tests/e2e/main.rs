@@ -8,6 +8,7 @@ mod crash;
 mod demo_bank;
 mod durability;
 mod generic_webhook;
+mod hello_connector;
 mod momo_ipn;
 mod mqtt;
 mod queue;
