@@ -4,6 +4,20 @@
 /// Vietnam's offset from UTC in seconds.
 pub const VIETNAM_OFFSET_SECS: i64 = 7 * 3600;
 
+/// Now, in Unix milliseconds (0 if the clock says before 1970). In a plugin
+/// this is the gateway's clock (WASI wall clock): use it for replay windows.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Now, in Unix seconds.
+pub fn now_secs() -> i64 {
+    now_ms().div_euclid(1000)
+}
+
 /// Parses `YYYY-MM-DD HH:MM:SS` (or with a `T`) as Vietnam local time into
 /// Unix milliseconds. `None` when malformed.
 pub fn parse_vietnam_local(text: &str) -> Option<i64> {

@@ -67,7 +67,7 @@ pub struct CassoConnector;
 impl WebhookConnector for CassoConnector {
     fn handle(request: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
         let settings = Settings::from_config()?;
-        verify(&request, &settings, now_ms())?;
+        verify(&request, &settings, time::now_ms())?;
         let changes = parse(&request.body, settings.account_source)?;
         Ok(WebhookOutcome {
             changes: changes.into_iter().collect(),
@@ -327,13 +327,6 @@ fn unauthorized(reason: &str) -> ConnectorError {
 
 fn fatal(reason: &str) -> ConnectorError {
     ConnectorError::Fatal(reason.into())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

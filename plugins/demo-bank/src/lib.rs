@@ -38,7 +38,7 @@ pub struct DemoBank;
 
 impl PollingConnector for DemoBank {
     fn poll() -> Result<PollOutcome, ConnectorError> {
-        poll_at(now_ms())
+        poll_at(time::now_ms())
     }
 }
 
@@ -367,13 +367,6 @@ pub fn vietnam_year_and_day(at_ms: i64) -> Option<(i64, i64)> {
         year += 1;
     }
     Some((year, local_days - jan1(year)? + 1))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

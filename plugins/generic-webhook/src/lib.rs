@@ -19,7 +19,7 @@ pub struct GenericWebhook;
 
 impl WebhookConnector for GenericWebhook {
     fn handle(request: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
-        handle_at(request, now_ms())
+        handle_at(request, soundbox_plugin_sdk::time::now_ms())
     }
 }
 
@@ -35,13 +35,6 @@ pub fn handle_at(request: HttpRequest, now_ms: i64) -> Result<WebhookOutcome, Co
         changes,
         reply: Some(settings.reply()),
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

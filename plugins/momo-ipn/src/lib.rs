@@ -60,7 +60,7 @@ impl WebhookConnector for MomoConnector {
     fn handle(request: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
         let settings = Settings::from_config()?;
         let ipn = Ipn::parse(&request.body)?;
-        ipn.verify(&settings, now_ms())?;
+        ipn.verify(&settings, soundbox_plugin_sdk::time::now_ms())?;
         Ok(WebhookOutcome {
             changes: ipn.to_change(&settings)?.into_iter().collect(),
             reply: Some(HttpResponse::empty(204)),
@@ -251,13 +251,6 @@ fn bad_request(reason: &str) -> ConnectorError {
 
 fn unauthorized(reason: &str) -> ConnectorError {
     ConnectorError::Unauthorized(reason.into())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ pub struct SepayPoller;
 
 impl PollingConnector for SepayPoller {
     fn poll() -> Result<PollOutcome, ConnectorError> {
-        poll_at(now_secs())
+        poll_at(time::now_secs())
     }
 }
 
@@ -523,13 +523,6 @@ fn percent_encode(value: &str) -> String {
         }
     }
     out
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

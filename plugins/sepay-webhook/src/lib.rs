@@ -47,7 +47,7 @@ pub struct SepayConnector;
 
 impl WebhookConnector for SepayConnector {
     fn handle(request: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
-        authenticate(&request, now_secs())?;
+        authenticate(&request, time::now_secs())?;
         let change = parse(&request.body)?;
         Ok(WebhookOutcome {
             changes: vec![change],
@@ -199,13 +199,6 @@ fn unauthorized(reason: &str) -> ConnectorError {
     ConnectorError::Unauthorized(reason.into())
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,7 +289,7 @@ mod tests {
         let host = TestHost::new()
             .config("auth", "hmac")
             .config("hmac_secret", "s3cret");
-        let now = now_secs();
+        let now = time::now_secs();
         assert!(run(&host, signed("s3cret", now, SAMPLE, "sha256=")).is_ok());
         assert!(
             run(&host, signed("s3cret", now, SAMPLE, "")).is_ok(),

@@ -134,7 +134,11 @@ pub struct ZaloPayConnector;
 impl WebhookConnector for ZaloPayConnector {
     fn handle(request: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
         let settings = Settings::from_config()?;
-        let (changes, reply) = match evaluate(&request.body, &settings, now_ms()) {
+        let (changes, reply) = match evaluate(
+            &request.body,
+            &settings,
+            soundbox_plugin_sdk::time::now_ms(),
+        ) {
             Verdict::Paid(change) => (vec![change], reply(1, "success")),
             Verdict::Ignored(why) => {
                 log::info(&format!("callback acknowledged without a payment: {why}"));
@@ -266,13 +270,6 @@ fn json_text(value: Option<serde_json::Value>) -> Option<String> {
         serde_json::Value::String(s) => Some(s),
         other => Some(other.to_string()),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
