@@ -252,6 +252,14 @@ impl Drop for Gateway {
     }
 }
 
+/// The `[[forward]]` table (sink `pos`) that POSTs every payment to `url`,
+/// retrying quickly, as most tests want.
+pub fn forward_to(url: &str) -> String {
+    format!(
+        "[[forward]]\nname = \"pos\"\nurl = \"{url}\"\nretry_initial_ms = 10\nretry_max_ms = 100\n"
+    )
+}
+
 /// A reply: status and body text.
 #[derive(Debug)]
 pub struct Reply {

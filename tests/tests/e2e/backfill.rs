@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use soundbox_e2e::sepay_api::{SepayApi, SepayTx, vietnam_minutes_ago};
-use soundbox_e2e::{CountingSink, Gateway, plugin, post};
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post};
 
 const TOKEN: &str = "e2e-backfill-token";
 
@@ -16,12 +16,12 @@ fn config(api: &SepayApi, sink: &CountingSink, per_page: u32, log_keys: &str) ->
          [[connector]]\nname = \"sepay-poll\"\nplugin = \"{poll}\"\npoll_interval_secs = 1\n\
          allowed_hosts = [\"127.0.0.1\"]\n\
          [connector.config]\napi_token = \"{TOKEN}\"\nbase_url = \"{api}\"\nper_page = {per_page}\n\n\
-         [[forward]]\nname = \"pos\"\nurl = \"{sink}\"\nretry_initial_ms = 10\nretry_max_ms = 100\n\
+         {forward}\
          {log_keys}",
         webhook = plugin("sepay_webhook").display(),
         poll = plugin("sepay_poll").display(),
         api = api.url,
-        sink = sink.url,
+        forward = forward_to(&sink.url),
     )
 }
 

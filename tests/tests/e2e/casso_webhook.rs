@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use soundbox_e2e::{CountingSink, Gateway, plugin, post};
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post};
 use soundbox_plugin_sdk::signature::hmac_sha512_hex;
 
 const KEY: &str = "casso-e2e-checksum-key";
@@ -18,9 +18,9 @@ fn config(sink: &CountingSink) -> String {
          # The 2024 sample, accepted only without a replay window.\n\
          [[connector]]\nname = \"casso-sample\"\nplugin = \"{w}\"\n[connector.config]\n\
          checksum_key = \"casso-sample-checksum-key\"\nmax_age_secs = 0\n\n\
-         [[forward]]\nname = \"pos\"\nurl = \"{}\"\nretry_initial_ms = 10\nretry_max_ms = 100\n",
-        sink.url,
+         {forward}",
         w = wasm.display(),
+        forward = forward_to(&sink.url),
     )
 }
 

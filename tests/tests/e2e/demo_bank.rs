@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use soundbox_e2e::{CountingSink, Gateway, plugin};
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_bank_polls_payments_into_the_sink() {
@@ -19,14 +19,9 @@ payments_per_minute = 600
 min_amount = 20000
 max_amount = 500000
 
-[[forward]]
-name = "pos"
-url = "{}"
-retry_initial_ms = 10
-retry_max_ms = 100
-"#,
+{forward}"#,
         plugin("demo_bank").display(),
-        sink.url
+        forward = forward_to(&sink.url),
     ));
 
     // 10 a second, polled about once a second: 25 within a few seconds.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use soundbox_e2e::{CountingSink, Gateway, plugin, post};
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post};
 
 const SAMPLE: &str = include_str!("../../../examples/payloads/generic-webhook.json");
 /// `openssl dgst -sha256 -hmac vdbank-test-secret examples/payloads/generic-webhook.json`
@@ -37,14 +37,9 @@ hmac_secret = "vdbank-test-secret"
 hmac_prefix = "sha256="
 reply_body = '{{"code":"00","message":"received"}}'
 
-[[forward]]
-name = "pos"
-url = "{}"
-retry_initial_ms = 10
-retry_max_ms = 100
-"#,
+{forward}"#,
         plugin("generic_webhook").display(),
-        sink.url
+        forward = forward_to(&sink.url),
     )
 }
 

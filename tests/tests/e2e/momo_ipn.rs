@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use soundbox_e2e::{CountingSink, Gateway, plugin, post};
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post};
 use soundbox_plugin_sdk::signature::hmac_sha256_hex;
 
 const ACCESS_KEY: &str = "momo-e2e-access-key";
@@ -21,9 +21,9 @@ fn config(sink: &CountingSink) -> String {
          access_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\npartner_code = \"{PARTNER}\"\n\n\
          [[connector]]\nname = \"momo-sample\"\nplugin = \"{w}\"\n[connector.config]\n\
          access_key = \"momo-sample-access-key\"\nsecret_key = \"momo-sample-secret-key\"\nmax_age_secs = 0\n\n\
-         [[forward]]\nname = \"pos\"\nurl = \"{}\"\nretry_initial_ms = 10\nretry_max_ms = 100\n",
-        sink.url,
+         {forward}",
         w = wasm.display(),
+        forward = forward_to(&sink.url),
     )
 }
 

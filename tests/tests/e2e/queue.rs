@@ -5,14 +5,15 @@
 use std::time::{Duration, Instant};
 
 use soundbox_e2e::{
-    CountingSink, Gateway, plugin, post, run_cli, sepay_transaction_id, sepay_webhook,
+    CountingSink, Gateway, forward_to, plugin, post, run_cli, sepay_transaction_id, sepay_webhook,
 };
 
 fn config(url: &str, extra: &str) -> String {
     format!(
         "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n\
-         [[forward]]\nname = \"pos\"\nurl = \"{url}\"\nretry_initial_ms = 10\nretry_max_ms = 100\n{extra}",
+         {forward}{extra}",
         plugin("sepay_webhook").display(),
+        forward = forward_to(url),
     )
 }
 

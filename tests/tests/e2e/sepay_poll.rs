@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use soundbox_e2e::sepay_api::{SepayApi, SepayTx, vietnam_minutes_ago};
-use soundbox_e2e::{CountingSink, Gateway, plugin};
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin};
 
 const TOKEN: &str = "e2e-sepay-token";
 
@@ -13,10 +13,10 @@ fn config(api: &SepayApi, sink: &CountingSink) -> String {
         "[[connector]]\nname = \"sepay-poll\"\nplugin = \"{}\"\npoll_interval_secs = 1\n\
          allowed_hosts = [\"127.0.0.1\"]\n\
          [connector.config]\napi_token = \"{TOKEN}\"\nbase_url = \"{}\"\nper_page = 100\n\n\
-         [[forward]]\nname = \"pos\"\nurl = \"{}\"\nretry_initial_ms = 10\nretry_max_ms = 100\n",
+         {forward}",
         plugin("sepay_poll").display(),
         api.url,
-        sink.url
+        forward = forward_to(&sink.url),
     )
 }
 

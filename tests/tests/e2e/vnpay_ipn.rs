@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use soundbox_e2e::{CountingSink, Gateway, Reply, plugin};
+use soundbox_e2e::{CountingSink, Gateway, Reply, forward_to, plugin};
 use soundbox_plugin_sdk::{http::form_encode, signature};
 
 /// The test secret the sample is signed with (see the plugin's README).
@@ -18,8 +18,9 @@ fn vnpay_gateway(sink_url: &str) -> Gateway {
     Gateway::start(&format!(
         "[[connector]]\nname = \"vnpay\"\nplugin = \"{}\"\n\
          [connector.config]\nhash_secret = \"{SECRET}\"\ntmn_code = \"DEMOSHOP\"\n\n\
-         [[forward]]\nname = \"pos\"\nurl = \"{sink_url}\"\nretry_initial_ms = 10\nretry_max_ms = 100\n",
-        plugin("vnpay_ipn").display()
+         {forward}",
+        plugin("vnpay_ipn").display(),
+        forward = forward_to(sink_url),
     ))
 }
 

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use soundbox_e2e::{CountingSink, Gateway, plugin, post};
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post};
 use soundbox_plugin_sdk::signature;
 
 /// The test key the sample is signed with (see the plugin's README).
@@ -17,8 +17,9 @@ fn zalopay_gateway(sink_url: &str) -> Gateway {
     Gateway::start(&format!(
         "[[connector]]\nname = \"zalopay\"\nplugin = \"{}\"\n\
          [connector.config]\nkey2 = \"{KEY2}\"\napp_id = 2553\n\n\
-         [[forward]]\nname = \"pos\"\nurl = \"{sink_url}\"\nretry_initial_ms = 10\nretry_max_ms = 100\n",
-        plugin("zalopay_callback").display()
+         {forward}",
+        plugin("zalopay_callback").display(),
+        forward = forward_to(sink_url),
     ))
 }
 
