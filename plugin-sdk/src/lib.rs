@@ -64,6 +64,7 @@ pub mod kv;
 pub mod log;
 pub mod signature;
 pub mod testing;
+pub mod text;
 pub mod time;
 mod types;
 

@@ -221,13 +221,8 @@ fn checked(text: String, field: &Field, max: usize) -> Result<String, String> {
 /// Cuts `text` to at most `max` bytes on a character boundary (memos only:
 /// losing the tail of a memo is better than refusing the payment).
 fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
+    let end = soundbox_plugin_sdk::text::truncate(&text, max).len();
+    text.truncate(end);
     text
 }
 

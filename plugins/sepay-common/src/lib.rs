@@ -53,19 +53,7 @@ pub fn transaction_id(
         (None, Some(ms)) => format!("{account}/{dir}/{amount}/{}", ms.div_euclid(1000)),
         (None, None) => format!("{account}/{dir}/{amount}/id-{}", clean(sepay_id)),
     };
-    truncate(&id, MAX_TRANSACTION_ID_BYTES).to_string()
-}
-
-/// `text` cut to at most `max` bytes, on a character boundary.
-pub fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    soundbox_plugin_sdk::text::truncate(&id, MAX_TRANSACTION_ID_BYTES).to_string()
 }
 
 /// Trimmed, without control characters (the gateway refuses them in ids).
@@ -134,12 +122,5 @@ mod tests {
         assert!(id.starts_with("0123/đđ"));
         // Cut on a char boundary: `0123/` is 5 bytes, each `đ` 2.
         assert_eq!(id.len(), 127);
-    }
-
-    #[test]
-    fn truncate_keeps_whole_characters() {
-        assert_eq!(truncate("abc", 5), "abc");
-        assert_eq!(truncate("aéb", 2), "a");
-        assert_eq!(truncate("aéb", 3), "aé");
     }
 }

@@ -331,7 +331,7 @@ fn error_message(body: &[u8]) -> Option<String> {
         None => message.to_string(),
     };
     let line: String = line.chars().filter(|c| !c.is_control()).collect();
-    Some(sepay_common::truncate(&line, 300).to_string())
+    Some(soundbox_plugin_sdk::text::truncate(&line, 300).to_string())
 }
 
 /// One page of `GET /v2/transactions`.
@@ -424,7 +424,7 @@ pub fn to_change(
     let mut extra = Vec::new();
     let mut keep = |k: &str, v: Option<String>| {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
-            let v = sepay_common::truncate(&v, MAX_EXTRA_VALUE_BYTES).to_string();
+            let v = soundbox_plugin_sdk::text::truncate(&v, MAX_EXTRA_VALUE_BYTES).to_string();
             extra.push((k.to_string(), v));
         }
     };
@@ -445,7 +445,7 @@ pub fn to_change(
         reference: reference.filter(|r| r.len() <= MAX_REFERENCE_BYTES),
         counterparty: None,
         content: field("transaction_content")
-            .map(|c| sepay_common::truncate(&c, MAX_CONTENT_BYTES).to_string()),
+            .map(|c| soundbox_plugin_sdk::text::truncate(&c, MAX_CONTENT_BYTES).to_string()),
         occurred_at_ms,
         extra,
     }))

@@ -218,7 +218,8 @@ pub fn evaluate(request: &HttpRequest, settings: &Settings) -> Verdict {
         reference: field("vnp_TxnRef")
             .filter(|r| r.len() <= 256)
             .map(str::to_string),
-        content: field("vnp_OrderInfo").map(|c| truncate(c, MAX_CONTENT).to_string()),
+        content: field("vnp_OrderInfo")
+            .map(|c| soundbox_plugin_sdk::text::truncate(c, MAX_CONTENT).to_string()),
         occurred_at_ms: field("vnp_PayDate").and_then(time::parse_vietnam_compact),
         extra,
         ..BalanceChange::incoming(PROVIDER, transaction_id, account, amount)
@@ -320,18 +321,6 @@ pub fn form_encode(input: &str, keep: &[u8]) -> String {
         }
     }
     out
-}
-
-/// At most `max` bytes of `text`, cut at a character boundary.
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
@@ -674,6 +663,6 @@ mod tests {
         );
         // The SDK's encoder is that Java variant.
         assert_eq!(form_encode(s, b"*"), http::form_encode(s));
-        assert_eq!(truncate("àà", 3), "à");
+        assert_eq!(soundbox_plugin_sdk::text::truncate("àà", 3), "à");
     }
 }
