@@ -28,9 +28,7 @@ impl PluginKv {
     }
 
     fn check(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        if key.is_empty() || key.len() > MAX_KEY_BYTES {
-            return Err(format!("keys are 1-{MAX_KEY_BYTES} bytes"));
-        }
+        check_key(key)?;
         if value.len() > MAX_VALUE_BYTES {
             return Err(format!("values are at most {MAX_VALUE_BYTES} bytes"));
         }
@@ -82,6 +80,13 @@ impl PluginKv {
             .map(|_| ())
             .map_err(|e| KvCommitError::Storage(e.to_string()))
     }
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(format!("keys are 1-{MAX_KEY_BYTES} bytes"));
+    }
+    Ok(())
 }
 
 /// Why a call's KV writes were not applied.
@@ -137,9 +142,7 @@ impl KvWrites {
     }
 
     pub fn delete(&mut self, key: &str) -> Result<(), String> {
-        if key.is_empty() || key.len() > MAX_KEY_BYTES {
-            return Err(format!("keys are 1-{MAX_KEY_BYTES} bytes"));
-        }
+        check_key(key)?;
         self.ops.push(KvOp::Delete(key.into()));
         self.view.insert(key.into(), None);
         Ok(())
