@@ -19,6 +19,7 @@ pub mod config;
 pub mod connectors;
 pub mod ingress;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod sinks;
 pub mod speaker_api;

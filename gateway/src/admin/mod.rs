@@ -1,22 +1,39 @@
-//! The admin API on loopback: what `queue status|list|retry` use while the
-//! gateway runs (the store is locked by the running process then).
+//! The admin server on loopback: health for supervisors, metrics for
+//! Prometheus, a status page for shop staff, and the API that `queue
+//! status|list|retry` use while the gateway runs (the store is locked by the
+//! running process then).
 //!
+//! - `GET  /` → the status page ([`page`]).
+//! - `GET  /healthz` → 200 while the process serves.
+//! - `GET  /readyz` → 200, or 503 with the problems ([`status`]).
+//! - `GET  /metrics` → Prometheus text ([`crate::metrics`]).
+//! - `GET  /api/status` → [`status::StatusReport`] as JSON.
 //! - `GET  /api/queue` → every sink's [`SinkStatus`] and the log's [`LogHealth`].
 //! - `GET  /api/queue/{sink}?state=dead&limit=50` → [`QueueItem`]s.
 //! - `POST /api/queue/{sink}/retry?seq=N` or `?dead=true` → `{"requeued": n}`.
+//!
+//! With `[admin] token` set, everything but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer <token>` (or `?token=` for a browser).
+
+pub mod page;
+pub mod status;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use subtle::ConstantTimeEq;
+
 use crate::log::{LogError, LogHealth, QueueItem, SinkStatus, SledLog};
+pub use status::Live;
 
 /// The queue report `queue status` prints.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,8 +92,18 @@ fn storage_error(e: LogError) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, e)
 }
 
-async fn queue_report(State(view): State<Arc<QueueView>>) -> Response {
-    match view.report() {
+impl status::Live {
+    /// The queues of the sinks running now.
+    fn queue_view(&self) -> QueueView {
+        QueueView {
+            log: self.log.clone(),
+            sinks: self.sinks.load().iter().map(|(n, _)| n.clone()).collect(),
+        }
+    }
+}
+
+async fn queue_report(State(live): State<Arc<Live>>) -> Response {
+    match live.queue_view().report() {
         Ok(report) => axum::Json(report).into_response(),
         Err(e) => storage_error(e),
     }
@@ -90,10 +117,11 @@ fn unknown_sink(view: &QueueView, sink: &str) -> Option<Response> {
 }
 
 async fn queue_list(
-    State(view): State<Arc<QueueView>>,
+    State(live): State<Arc<Live>>,
     Path(sink): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
+    let view = live.queue_view();
     if let Some(r) = unknown_sink(&view, &sink) {
         return r;
     }
@@ -107,10 +135,11 @@ async fn queue_list(
 }
 
 async fn queue_retry(
-    State(view): State<Arc<QueueView>>,
+    State(live): State<Arc<Live>>,
     Path(sink): Path<String>,
     Query(q): Query<RetryQuery>,
 ) -> Response {
+    let view = live.queue_view();
     if let Some(r) = unknown_sink(&view, &sink) {
         return r;
     }
@@ -125,23 +154,113 @@ async fn queue_retry(
     }
 }
 
-/// The admin API; `extra` (e.g. the Speaker API simulator) is merged in.
-pub fn router(view: Arc<QueueView>) -> Router {
-    Router::new()
+async fn healthz() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// The report, built off the async threads (it reads the store).
+async fn report(live: Arc<Live>) -> Result<status::StatusReport, Response> {
+    tokio::task::spawn_blocking(move || {
+        let report = live.report();
+        live.update_metrics(&report);
+        report
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+async fn readyz(State(live): State<Arc<Live>>) -> Response {
+    match report(live).await {
+        Ok(r) if r.ready => axum::Json(serde_json::json!({ "ready": true })).into_response(),
+        Ok(r) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "ready": false, "problems": r.problems })),
+        )
+            .into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn status_json(State(live): State<Arc<Live>>) -> Response {
+    match report(live).await {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn status_page(State(live): State<Arc<Live>>) -> Response {
+    match report(live).await {
+        Ok(r) => Html(page::render(&r)).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn metrics_text(State(live): State<Arc<Live>>) -> Response {
+    if let Err(response) = report(live).await {
+        return response;
+    }
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::metrics().encode(),
+    )
+        .into_response()
+}
+
+/// Lets a request through when no token is set, or when it carries it.
+async fn require_token(State(live): State<Arc<Live>>, request: Request, next: Next) -> Response {
+    let config = live.config.load();
+    let Some(token) = &config.admin.token else {
+        return next.run(request).await;
+    };
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let query = request.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .map(str::to_string)
+    });
+    let expected = token.expose().as_bytes();
+    let given = bearer.or(query).unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(expected)) {
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "this admin API needs `Authorization: Bearer <admin.token>`",
+        )
+    }
+}
+
+/// The admin routes; `/healthz` and `/readyz` stay open for supervisors.
+pub fn router(live: Arc<Live>) -> Router {
+    let guarded = Router::new()
+        .route("/", get(status_page))
+        .route("/metrics", get(metrics_text))
+        .route("/api/status", get(status_json))
         .route("/api/queue", get(queue_report))
         .route("/api/queue/{sink}", get(queue_list))
         .route("/api/queue/{sink}/retry", post(queue_retry))
-        .with_state(view)
+        .layer(middleware::from_fn_with_state(live.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
+        .with_state(live)
 }
 
-/// Serves the admin API until `shutdown` is cancelled.
+/// Serves the admin server until `shutdown` is cancelled; `extra` (the
+/// Speaker API simulator) is merged in, outside the token check.
 pub async fn serve(
-    view: Arc<QueueView>,
+    live: Arc<Live>,
     extra: Router,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(view).merge(extra))
+    axum::serve(listener, router(live).merge(extra))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -65,12 +65,25 @@ impl Backend {
         let sinks = crate::app::sink_names(config);
         match SledLog::open(&config.gateway.data_dir, config.log.clone()) {
             Ok(log) => Ok(Backend::Store(QueueView { log, sinks })),
-            Err(LogError::Locked(_)) => Ok(Backend::Api {
-                base: format!("http://{}/api/queue", config.gateway.admin_listen),
-                client: reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(10))
-                    .build()?,
-            }),
+            Err(LogError::Locked(_)) => {
+                let mut headers = reqwest::header::HeaderMap::new();
+                if let Some(token) = &config.admin.token {
+                    let mut value = reqwest::header::HeaderValue::try_from(format!(
+                        "Bearer {}",
+                        token.expose()
+                    ))
+                    .context("admin.token is not a valid header value")?;
+                    value.set_sensitive(true);
+                    headers.insert(reqwest::header::AUTHORIZATION, value);
+                }
+                Ok(Backend::Api {
+                    base: format!("http://{}/api/queue", config.gateway.admin_listen),
+                    client: reqwest::Client::builder()
+                        .timeout(std::time::Duration::from_secs(10))
+                        .default_headers(headers)
+                        .build()?,
+                })
+            }
             Err(e) => Err(e).context("cannot open the event log"),
         }
     }

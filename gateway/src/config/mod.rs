@@ -42,7 +42,7 @@ pub enum ConfigError {
 }
 
 /// The whole gateway configuration, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file it came from; relative paths inside resolve against its folder.
     pub source: PathBuf,
@@ -56,10 +56,33 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The MQTT sink; None when `[mqtt]` is absent.
     pub mqtt: Option<MqttConfig>,
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: who may use the admin API, and when `/readyz` says unready.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// A bearer token the admin API asks for (`/healthz` and `/readyz` excepted).
+    pub token: Option<Secret>,
+    /// A sink is stalled when its oldest pending payment, or its current run
+    /// of failed attempts, is older than this.
+    pub stall_after: Duration,
+    /// A connector is failing after this many failed calls in a row.
+    pub connector_failures: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            token: None,
+            stall_after: Duration::from_secs(120),
+            connector_failures: 5,
+        }
+    }
 }
 
 /// `[mqtt]`: every payment published on the shop's MQTT broker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
     pub broker: MqttBroker,
     /// Topics are `<topic_prefix>/<gateway.id>/{events,status,announcements}`.
@@ -97,7 +120,7 @@ pub struct MqttTls {
 }
 
 /// `[speaker]`: the SePay Speaker API and how payments are announced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpeakerConfig {
     /// Run the Speaker API simulator in process (on the admin listener) and
     /// talk to it: no credentials, no internet. Its devices and faults.
@@ -122,7 +145,7 @@ pub struct RouteConfig {
     pub min_amount: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     /// Names this box in logs and MQTT topics.
     pub id: String,
@@ -139,7 +162,7 @@ pub struct GatewayConfig {
 }
 
 /// A `[[forward]]` sink: every payment POSTed as JSON to `url`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ForwardConfig {
     /// Unique among sinks; names its queue.
     pub name: String,
@@ -153,7 +176,7 @@ pub struct ForwardConfig {
 }
 
 /// Sandbox limits applied to every plugin call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginLimits {
     /// Linear memory a plugin instance may grow to.
     pub memory_bytes: usize,
@@ -179,7 +202,7 @@ impl Default for PluginLimits {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConnectorConfig {
     /// Unique; also the webhook path segment.
     pub name: String,
@@ -226,6 +249,16 @@ struct RawConfig {
     #[serde(default)]
     route: Vec<RawRoute>,
     mqtt: Option<Spanned<RawMqtt>>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    token: Option<Spanned<String>>,
+    stall_after_secs: Option<Spanned<u64>>,
+    connector_failures: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -577,6 +610,7 @@ impl Config {
             .mqtt
             .map(|m| parse_mqtt(&loc, m, &id, &resolve))
             .transpose()?;
+        let admin = parse_admin(&loc, raw.admin)?;
 
         Ok(Config {
             source: path.to_path_buf(),
@@ -595,6 +629,7 @@ impl Config {
             speaker,
             routes,
             mqtt,
+            admin,
         })
     }
 }
@@ -918,6 +953,39 @@ fn address(
 }
 
 /// `value` with `${ENV}` expanded; an unset variable is located at `key`.
+fn parse_admin(loc: &Locator<'_>, raw: RawAdmin) -> Result<AdminConfig, ConfigError> {
+    let d = AdminConfig::default();
+    let token = match raw.token {
+        Some(t) => {
+            let token = expand_env(loc, &t, "admin.token")?;
+            if token.len() < 16 {
+                return Err(loc.at(
+                    t.span(),
+                    "admin.token",
+                    "use at least 16 characters (e.g. from `openssl rand -hex 16`)",
+                ));
+            }
+            Some(Secret::new(token))
+        }
+        None => None,
+    };
+    Ok(AdminConfig {
+        token,
+        stall_after: Duration::from_secs(positive(
+            loc,
+            raw.stall_after_secs,
+            "admin.stall_after_secs",
+            d.stall_after.as_secs(),
+        )?),
+        connector_failures: positive(
+            loc,
+            raw.connector_failures,
+            "admin.connector_failures",
+            d.connector_failures,
+        )?,
+    })
+}
+
 fn expand_env(
     loc: &Locator<'_>,
     value: &Spanned<String>,

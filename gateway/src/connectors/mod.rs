@@ -11,6 +11,7 @@
 //!   stderr is captured (bounded) and logged, so a panic message is visible.
 
 mod bindings;
+pub mod health;
 pub mod host;
 pub mod http_client;
 pub mod kv;
@@ -21,7 +22,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Instance, InstancePre};
 use wasmtime::{Store, UpdateDeadline};
@@ -29,6 +30,7 @@ use wasmtime::{Store, UpdateDeadline};
 use crate::config::{ConnectorConfig, PluginLimits};
 use crate::model::{self, BalanceChange, Direction, InvalidChange};
 use bindings::types as wit;
+pub use health::{ConnectorHealth, HealthReport};
 use host::{CallState, ConnectorContext};
 use http_client::{HttpPolicy, PluginHttp};
 use kv::{KvWrites, PluginKv};
@@ -158,6 +160,10 @@ pub struct Plugin {
     context: Arc<ConnectorContext>,
     limits: PluginLimits,
     poll_interval: Duration,
+    /// What it was loaded from, so a reload can tell whether it changed.
+    config: ConnectorConfig,
+    digest: [u8; 32],
+    health: ConnectorHealth,
     /// Keeps the engine's epoch ticker alive as long as the plugin can be called.
     _runtime: Arc<Runtime>,
 }
@@ -181,9 +187,11 @@ impl Plugin {
     ) -> Result<Plugin, LoadError> {
         let path = config.plugin.clone();
         let compiling = runtime.clone();
-        let component = tokio::task::spawn_blocking(move || compiling.compile(&path))
-            .await
-            .map_err(|e| LoadError::Engine(format!("compile task: {e}")))??;
+        let (digest, component) = tokio::task::spawn_blocking(move || {
+            Ok::<_, LoadError>((file_digest(&path)?, compiling.compile(&path)?))
+        })
+        .await
+        .map_err(|e| LoadError::Engine(format!("compile task: {e}")))??;
         let path = config.plugin.clone();
         let pre = runtime
             .linker()
@@ -222,12 +230,20 @@ impl Plugin {
             context,
             limits: runtime.limits.clone(),
             poll_interval: config.poll_interval,
+            config: config.clone(),
+            digest,
+            health: ConnectorHealth::default(),
             _runtime: runtime,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The `.wasm` file it was loaded from.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     pub fn world(&self) -> World {
@@ -238,8 +254,34 @@ impl Plugin {
         self.poll_interval
     }
 
+    /// True when `config` and the plugin file on disk are what this was
+    /// loaded from: a reload keeps it (and its calls in flight) as it is.
+    pub fn is_current(&self, config: &ConnectorConfig) -> bool {
+        &self.config == config && file_digest(&config.plugin).is_ok_and(|d| d == self.digest)
+    }
+
+    /// How this connector's calls have gone since it was loaded.
+    pub fn health(&self) -> &ConnectorHealth {
+        &self.health
+    }
+
     /// Calls the plugin's `webhook.handle` in a fresh instance.
     pub async fn handle(&self, request: IncomingRequest) -> Result<WebhookResult, CallError> {
+        let started = Instant::now();
+        let result = self.call_handle(request).await;
+        self.health.record(&self.name, "webhook", started, &result);
+        result
+    }
+
+    /// Calls the plugin's `poller.poll` in a fresh instance.
+    pub async fn poll(&self) -> Result<PollResult, CallError> {
+        let started = Instant::now();
+        let result = self.call_poll().await;
+        self.health.record(&self.name, "poll", started, &result);
+        result
+    }
+
+    async fn call_handle(&self, request: IncomingRequest) -> Result<WebhookResult, CallError> {
         let indices = self
             .webhook
             .clone()
@@ -271,8 +313,7 @@ impl Plugin {
         })
     }
 
-    /// Calls the plugin's `poller.poll` in a fresh instance.
-    pub async fn poll(&self) -> Result<PollResult, CallError> {
+    async fn call_poll(&self) -> Result<PollResult, CallError> {
         let indices = self
             .poller
             .clone()
@@ -408,6 +449,16 @@ fn rejection(error: wit::ConnectorError) -> CallError {
     })
 }
 
+/// SHA-256 of a plugin file.
+fn file_digest(path: &std::path::Path) -> Result<[u8; 32], LoadError> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(sha2::Sha256::digest(&bytes).into())
+}
+
 /// The first line of a trap, without wasmtime's backtrace.
 fn trap_summary(error: &wasmtime::Error) -> String {
     let trap = error
@@ -445,6 +496,16 @@ impl Connectors {
             by_name.insert(config.name.clone(), Arc::new(plugin));
         }
         Ok(Connectors { by_name })
+    }
+
+    /// Connectors already loaded, e.g. some kept and some new after a reload.
+    pub fn from_plugins(plugins: impl IntoIterator<Item = Arc<Plugin>>) -> Connectors {
+        Connectors {
+            by_name: plugins
+                .into_iter()
+                .map(|p| (p.name().to_string(), p))
+                .collect(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {

@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -19,8 +21,9 @@ use axum::routing::post;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::connectors::{CallError, Connectors, IncomingRequest, Rejection};
+use crate::connectors::{CallError, Connectors, IncomingRequest, Plugin, Rejection};
 use crate::log::{Appended, EventLog, LogError};
+use crate::metrics::metrics;
 use crate::model::BalanceChange;
 
 pub mod poll;
@@ -28,7 +31,9 @@ pub mod poll;
 /// What the handlers share.
 #[derive(Debug)]
 pub struct Ingress {
-    pub connectors: Arc<Connectors>,
+    /// Swapped whole by a config reload; a call in flight keeps the plugin
+    /// it started on.
+    pub connectors: Arc<ArcSwap<Connectors>>,
     pub log: Arc<dyn EventLog>,
     pub max_body_bytes: usize,
 }
@@ -69,6 +74,7 @@ async fn not_found() -> Response {
     )
 }
 
+/// A webhook, counted in `webhook_responses_total` by connector and status.
 async fn webhook(
     State(ingress): State<Arc<Ingress>>,
     Path(name): Path<String>,
@@ -77,7 +83,26 @@ async fn webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(plugin) = ingress.connectors.get(&name) else {
+    let plugin = ingress.connectors.load().get(&name).cloned();
+    let label = if plugin.is_some() { &name } else { "unknown" };
+    let response = handle(&ingress, plugin, &name, method, query, headers, body).await;
+    metrics()
+        .webhook_responses
+        .with_label_values(&[label, response.status().as_str()])
+        .inc();
+    response
+}
+
+async fn handle(
+    ingress: &Ingress,
+    plugin: Option<Arc<Plugin>>,
+    name: &str,
+    method: Method,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(plugin) = plugin else {
         return reason(
             StatusCode::NOT_FOUND,
             "unknown_connector",
@@ -117,9 +142,9 @@ async fn webhook(
     };
     let result = match plugin.handle(request).await {
         Ok(result) => result,
-        Err(error) => return call_failed(&name, error),
+        Err(error) => return call_failed(name, error),
     };
-    if let Err(error) = store(&*ingress.log, &name, result.changes).await {
+    if let Err(error) = store(&*ingress.log, name, result.changes).await {
         tracing::error!(connector = %name, %error, "could not store changes; sender will retry");
         let code = match error {
             LogError::Full(_) => "log_full",
@@ -129,7 +154,7 @@ async fn webhook(
     }
     plugin.commit_kv(result.kv_writes);
     match result.reply {
-        Some(reply) => plugin_reply(&name, reply),
+        Some(reply) => plugin_reply(name, reply),
         None => (
             StatusCode::OK,
             axum::Json(serde_json::json!({ "ok": true })),

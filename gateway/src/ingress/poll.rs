@@ -40,6 +40,7 @@ pub async fn run_poller(plugin: Arc<Plugin>, log: Arc<dyn EventLog>, stop: Cance
     let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
+            biased;
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }

@@ -120,12 +120,25 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Vec<Vec<Appended>>, LogErr
 ///
 /// [`SledLog::open`]: super::SledLog::open
 pub(super) fn sync_to_disk(data_file: &File) -> Result<(), LogError> {
-    data_file
+    let started = std::time::Instant::now();
+    let result = data_file
         .sync_data()
-        .map_err(|e| LogError::Storage(format!("fdatasync: {e}")))
+        .map_err(|e| LogError::Storage(format!("fdatasync: {e}")));
+    observe_sync("fdatasync", started);
+    result
+}
+
+fn observe_sync(call: &str, started: std::time::Instant) {
+    crate::metrics::metrics()
+        .fsync_seconds
+        .with_label_values(&[call])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Makes everything on the data directory's filesystem durable.
 pub(super) fn sync_filesystem(dir: &File) -> Result<(), LogError> {
-    rustix::fs::syncfs(dir).map_err(|e| LogError::Storage(format!("syncfs: {e}")))
+    let started = std::time::Instant::now();
+    let result = rustix::fs::syncfs(dir).map_err(|e| LogError::Storage(format!("syncfs: {e}")));
+    observe_sync("syncfs", started);
+    result
 }

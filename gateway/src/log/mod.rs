@@ -95,7 +95,7 @@ impl Settlement {
 }
 
 /// Tunables of the log; [`LogOptions::default`] suits a Raspberry Pi.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogOptions {
     /// sled's page cache (its own default, 1 GiB, is more than a Pi has).
     pub cache_bytes: u64,

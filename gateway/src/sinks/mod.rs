@@ -15,7 +15,7 @@ pub mod speaker;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -87,6 +87,44 @@ pub struct SinkStats {
     pub retries: AtomicU64,
     pub expired: AtomicU64,
     pub dead: AtomicU64,
+    /// When the current run of failed attempts began (Unix ms, 0 = none):
+    /// `/readyz` reports a sink failing for longer than its threshold.
+    pub failing_since_ms: AtomicI64,
+    /// The current run's last failure, for the status page.
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl SinkStats {
+    /// Notes a failed attempt (the first of a run starts the clock).
+    pub fn failed(&self, reason: &str) {
+        let _ = self.failing_since_ms.compare_exchange(
+            0,
+            now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(reason.to_string());
+        }
+    }
+
+    /// Notes that the destination works again.
+    pub fn recovered(&self) {
+        self.failing_since_ms.store(0, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = None;
+        }
+    }
+
+    /// Since when (Unix ms) every attempt has failed, if they do.
+    pub fn failing_since(&self) -> Option<i64> {
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        (since > 0).then_some(since)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
+    }
 }
 
 /// Entries read from the log per batch; keeps memory flat with a large backlog.
@@ -152,6 +190,14 @@ pub async fn run_sink<S: Sink>(
     tracing::info!(sink = %name, "sink stopped");
 }
 
+/// Counts one outcome in `sink_outcomes_total`.
+fn count(sink: &str, outcome: &str) {
+    crate::metrics::metrics()
+        .sink_outcomes
+        .with_label_values(&[sink, outcome])
+        .inc();
+}
+
 /// Sleeps `delay` unless stopped first; true if stopped.
 async fn pause(stop: &CancellationToken, delay: Duration) -> bool {
     tokio::select! {
@@ -197,6 +243,7 @@ async fn deliver_one<S: Sink>(
             }
             tracing::warn!(sink = %name, seq = entry.seq, %reason, "entry expired, not delivered");
             stats.expired.fetch_add(1, Ordering::Relaxed);
+            count(name, "expired");
             break Settlement::Expired { reason };
         }
         if shutdown.stop.is_cancelled() {
@@ -216,11 +263,14 @@ async fn deliver_one<S: Sink>(
             Ok(()) => {
                 tracing::info!(sink = %name, seq = entry.seq, transaction_id = %entry.change.transaction_id, "delivered");
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
+                stats.recovered();
+                count(name, "delivered");
                 break Settlement::Delivered;
             }
             Err(SinkError::Permanent { reason }) => {
                 tracing::error!(sink = %name, seq = entry.seq, %reason, "delivery refused; kept as a dead letter");
                 stats.dead.fetch_add(1, Ordering::Relaxed);
+                count(name, "dead");
                 break Settlement::Dead { reason };
             }
             Err(SinkError::Retriable {
@@ -228,6 +278,8 @@ async fn deliver_one<S: Sink>(
                 retry_after,
             }) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
+                stats.failed(&reason);
+                count(name, "retry");
                 let mut delay = policy.delay(attempt, retry_after);
                 attempt = attempt.saturating_add(1);
                 if let Some(r) = remaining {

@@ -199,6 +199,11 @@ impl MqttSink {
                 attempt = 0;
             }
             stats.retries.fetch_add(1, Ordering::Relaxed);
+            stats.failed(&reason);
+            crate::metrics::metrics()
+                .sink_outcomes
+                .with_label_values(&[SINK_NAME, "retry"])
+                .inc();
             let delay = self.config.retry.delay(attempt, None);
             attempt = attempt.saturating_add(1);
             tracing::warn!(sink = SINK_NAME, %broker, %reason, attempt, delay_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
@@ -234,6 +239,7 @@ impl MqttSink {
             other => return SessionEnd::Lost(format!("unexpected first packet: {other:?}")),
         }
         tracing::info!(sink = SINK_NAME, broker = %self.broker_name(), "connected to the MQTT broker");
+        stats.recovered();
 
         let mut flight = InFlight::default();
         if flight
@@ -382,6 +388,10 @@ fn settle(log: &dyn EventLog, stats: &SinkStats, acked: &[u64]) {
             stats
                 .delivered
                 .fetch_add(acked.len() as u64, Ordering::Relaxed);
+            crate::metrics::metrics()
+                .sink_outcomes
+                .with_label_values(&[SINK_NAME, "delivered"])
+                .inc_by(acked.len() as u64);
             tracing::debug!(
                 sink = SINK_NAME,
                 first = acked[0],

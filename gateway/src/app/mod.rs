@@ -1,0 +1,578 @@
+//! Wiring: starts every stage from a validated config, applies config
+//! changes live ([`watch`] tells when), and stops the stages in flow order:
+//! ingress first (in-flight webhooks and their plugin calls finish), then the
+//! log is synced, then the sinks get a grace period to finish what they are
+//! sending, then the log is closed.
+//!
+//! A reload validates the whole new config and loads every new or changed
+//! plugin before it touches anything running; if any of that fails, the
+//! running config stays. Then it swaps the connectors in one step (a call in
+//! flight finishes on the plugin it started on), restarts the pollers and
+//! sinks whose settings changed (a sink finishes its delivery in flight and
+//! the new one resumes from the same durable cursor), and leaves the rest
+//! alone. Settings that need a restart (listen addresses, data dir, limits,
+//! the log's options, the simulator) are kept as they were, with a warning.
+
+mod watch;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Live, status::SpeakerBoard};
+use crate::config::{Config, ForwardConfig, MqttBroker, MqttConfig, RouteConfig, SpeakerConfig};
+use crate::connectors::{Connectors, Plugin, Runtime};
+use crate::ingress::{Ingress, poll};
+use crate::log::{EventLog, LogOptions, SledLog};
+use crate::metrics::metrics;
+use crate::sinks::event::AnnouncementJson;
+use crate::sinks::http::HttpSink;
+use crate::sinks::mqtt::{ANNOUNCEMENT_BUFFER, MqttSink, SINK_NAME as MQTT_SINK, broker};
+use crate::sinks::speaker::{SINK_NAME as SPEAKER_SINK, SpeakerSink};
+use crate::sinks::{Shutdown, SinkStats, run_sink};
+use crate::speaker_api::client::{SpeakerClient, SpeakerCredentials};
+use crate::speaker_api::sim::{SimConfig, Simulator};
+
+/// Where the in-process Speaker API simulator is served on the admin listener.
+pub const SIMULATOR_PATH: &str = "/speaker-sim";
+
+/// How often settled entries and old dedupe keys are collected.
+const GC_EVERY: Duration = Duration::from_secs(600);
+
+/// Opens the event log (and with it the state store) under `data_dir`.
+pub fn open_log(data_dir: &Path, options: LogOptions) -> anyhow::Result<SledLog> {
+    SledLog::open(data_dir, options)
+        .with_context(|| format!("cannot open the event log in {}", data_dir.display()))
+}
+
+fn runtime(config: &Config) -> anyhow::Result<Arc<Runtime>> {
+    Ok(Arc::new(Runtime::new(
+        config.limits.clone(),
+        Some(config.gateway.data_dir.join("plugin-cache")),
+    )?))
+}
+
+/// Builds the runtime and loads every connector.
+pub async fn load_connectors(config: &Config, db: &sled::Db) -> anyhow::Result<Arc<Connectors>> {
+    let runtime = runtime(config)?;
+    let connectors = Connectors::load_all(&runtime, &config.connectors, db)
+        .await
+        .map_err(|(name, e)| anyhow::anyhow!("connector `{name}`: {e}"))?;
+    Ok(Arc::new(connectors))
+}
+
+/// The names of every configured sink, in config order.
+pub fn sink_names(config: &Config) -> Vec<String> {
+    let speaker = config.speaker.as_ref().map(|_| SPEAKER_SINK.to_string());
+    let mqtt = config.mqtt.as_ref().map(|_| MQTT_SINK.to_string());
+    speaker
+        .into_iter()
+        .chain(mqtt)
+        .chain(config.forwards.iter().map(|f| f.name.clone()))
+        .collect()
+}
+
+/// What one sink runs with: a reload restarts a sink only when this changed.
+#[derive(Debug, Clone, PartialEq)]
+enum SinkSettings {
+    Speaker(SpeakerConfig, Vec<RouteConfig>),
+    Mqtt(MqttConfig, String),
+    Forward(ForwardConfig),
+}
+
+fn sink_settings(config: &Config, name: &str) -> Option<SinkSettings> {
+    match name {
+        SPEAKER_SINK => config
+            .speaker
+            .clone()
+            .map(|s| SinkSettings::Speaker(s, config.routes.clone())),
+        MQTT_SINK => config
+            .mqtt
+            .clone()
+            .map(|m| SinkSettings::Mqtt(m, config.gateway.id.clone())),
+        _ => config
+            .forwards
+            .iter()
+            .find(|f| f.name == name)
+            .cloned()
+            .map(SinkSettings::Forward),
+    }
+}
+
+/// A task with its own stop signal.
+struct Task {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Task {
+    /// Stops it and waits up to `wait`; past that it is aborted.
+    async fn stop(self, wait: Duration) {
+        self.stop.cancel();
+        let mut handle = self.handle;
+        if tokio::time::timeout(wait, &mut handle).await.is_err() {
+            handle.abort();
+        }
+    }
+}
+
+struct RunningSink {
+    task: Task,
+    stats: Arc<SinkStats>,
+}
+
+/// Every stage that is running, and the config it runs with.
+struct Gateway {
+    config: Config,
+    log: SledLog,
+    shared_log: Arc<dyn EventLog>,
+    runtime: Arc<Runtime>,
+    connectors: Arc<ArcSwap<Connectors>>,
+    pollers: BTreeMap<String, Task>,
+    sinks: BTreeMap<String, RunningSink>,
+    announcements: broadcast::Sender<AnnouncementJson>,
+    /// The in-process Speaker API simulator's base URL, when it runs.
+    simulator_url: Option<String>,
+    /// Where the embedded MQTT broker listens, once started (it cannot stop).
+    embedded_broker: Option<SocketAddr>,
+    live: Arc<Live>,
+}
+
+/// Runs the gateway until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let log = open_log(&config.gateway.data_dir, config.log.clone())?;
+    let shared_log: Arc<dyn EventLog> = Arc::new(log.clone());
+    let runtime = runtime(&config)?;
+    let connectors = Connectors::load_all(&runtime, &config.connectors, log.db())
+        .await
+        .map_err(|(name, e)| anyhow::anyhow!("connector `{name}`: {e}"))?;
+    let connectors = Arc::new(ArcSwap::from_pointee(connectors));
+    let listener = TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (gateway.listen)",
+                config.gateway.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let admin_listener = TcpListener::bind(config.gateway.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (gateway.admin_listen)",
+                config.gateway.admin_listen
+            )
+        })?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    // What speakers were asked to say: for MQTT and the status page.
+    let (announcements, _) = broadcast::channel(ANNOUNCEMENT_BUFFER);
+    let speakers = Arc::new(SpeakerBoard::default());
+    tokio::spawn(speakers.clone().follow(announcements.subscribe()));
+    let live = Arc::new(Live {
+        log: log.clone(),
+        config: ArcSwap::from_pointee(config.clone()),
+        connectors: connectors.clone(),
+        sinks: ArcSwap::from_pointee(Vec::new()),
+        speakers,
+        started,
+    });
+
+    let mut extra_admin_routes = axum::Router::new();
+    let mut simulator_url = None;
+    if let Some((devices, faults)) = config.speaker.as_ref().and_then(|s| s.simulator.as_ref()) {
+        let simulator = Simulator::new(SimConfig {
+            devices: devices.clone(),
+            faults: faults.clone(),
+            ..SimConfig::default()
+        });
+        extra_admin_routes = extra_admin_routes.nest(SIMULATOR_PATH, simulator.router());
+        let url = format!("http://{admin_addr}{SIMULATOR_PATH}/devices/v1");
+        tracing::info!(base_url = %url, devices = devices.len(), "Speaker API simulator in process");
+        simulator_url = Some(url);
+    }
+
+    let mut gateway = Gateway {
+        config: config.clone(),
+        log: log.clone(),
+        shared_log: shared_log.clone(),
+        runtime,
+        connectors: connectors.clone(),
+        pollers: BTreeMap::new(),
+        sinks: BTreeMap::new(),
+        announcements,
+        simulator_url,
+        embedded_broker: None,
+        live: live.clone(),
+    };
+    // Sinks first, so the backlog starts draining while ingress comes up.
+    gateway.update_sinks(&config).await?;
+
+    let background_stop = CancellationToken::new();
+    let background = TaskTracker::new();
+    background.spawn(collect_garbage(
+        log.clone(),
+        live.clone(),
+        background_stop.clone(),
+    ));
+    background.spawn(admin::serve(
+        live.clone(),
+        extra_admin_routes,
+        admin_listener,
+        background_stop.clone(),
+    ));
+    background.close();
+
+    let ingress_stop = CancellationToken::new();
+    let ingress = Arc::new(Ingress {
+        connectors: connectors.clone(),
+        log: shared_log.clone(),
+        max_body_bytes: config.gateway.max_body_bytes,
+    });
+    let serving = tokio::spawn(ingress.serve(listener, ingress_stop.clone()));
+    gateway.update_pollers(&BTreeMap::new());
+    let mut reloads = watch::Watcher::start(&config);
+    tracing::info!(
+        %addr,
+        %admin_addr,
+        gateway = %config.gateway.id,
+        connectors = connectors.load().len(),
+        sinks = gateway.sinks.len(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "webhook ingress listening"
+    );
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = reloads.next() => {
+                gateway.reload().await;
+                reloads.watch(&gateway.config);
+            }
+        }
+    }
+
+    tracing::info!("shutting down: stopping ingress (webhooks and pollers)");
+    ingress_stop.cancel();
+    let poll_wait = gateway.config.limits.call_timeout + Duration::from_secs(1);
+    for (_, poller) in std::mem::take(&mut gateway.pollers) {
+        poller.stop(poll_wait).await;
+    }
+    serving.await.context("ingress task")?.context("ingress")?;
+    tracing::info!("ingress stopped; syncing the event log");
+    log.sync().context("syncing the event log")?;
+    let grace = gateway.config.gateway.shutdown_grace;
+    tracing::info!(grace_secs = grace.as_secs(), "stopping sinks");
+    // Workers stop within the grace period on their own; the extra second is
+    // for a sink stuck outside a delivery.
+    let sinks: Vec<_> = std::mem::take(&mut gateway.sinks).into_values().collect();
+    for sink in &sinks {
+        sink.task.stop.cancel();
+    }
+    for sink in sinks {
+        sink.task.stop(grace + Duration::from_secs(1)).await;
+    }
+    background_stop.cancel();
+    background.wait().await;
+    drop(gateway);
+    log.close().context("closing the event log")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+impl Gateway {
+    /// Reads the config file again and applies what changed, or nothing.
+    async fn reload(&mut self) {
+        let started = Instant::now();
+        let path = self.config.source.clone();
+        let new = match Config::load(&path) {
+            Ok(new) => self.keep_restart_only(new),
+            Err(error) => {
+                metrics().reloads.with_label_values(&["rejected"]).inc();
+                tracing::error!(%error, "config change refused; still running the previous config");
+                return;
+            }
+        };
+        let previous = self.connectors.load_full();
+        let unchanged_plugins = new.connectors.len() == previous.len()
+            && new
+                .connectors
+                .iter()
+                .all(|c| previous.get(&c.name).is_some_and(|p| p.is_current(c)));
+        if new == self.config && unchanged_plugins {
+            tracing::debug!("config and plugins unchanged");
+            return;
+        }
+        // Everything new is loaded before anything running is touched.
+        let mut plugins = Vec::new();
+        let (mut added, mut replaced) = (Vec::new(), Vec::new());
+        for c in &new.connectors {
+            match previous.get(&c.name) {
+                Some(p) if p.is_current(c) => {
+                    plugins.push(p.clone());
+                    continue;
+                }
+                Some(_) => replaced.push(c.name.clone()),
+                None => added.push(c.name.clone()),
+            }
+            match Plugin::load(self.runtime.clone(), c, self.log.db()).await {
+                Ok(plugin) => plugins.push(Arc::new(plugin)),
+                Err(error) => {
+                    metrics().reloads.with_label_values(&["rejected"]).inc();
+                    tracing::error!(connector = %c.name, %error, "config change refused: a plugin would not load; still running the previous config");
+                    return;
+                }
+            }
+        }
+        let removed: Vec<String> = previous
+            .iter()
+            .map(|p| p.name().to_string())
+            .filter(|name| !new.connectors.iter().any(|c| &c.name == name))
+            .collect();
+        self.connectors
+            .store(Arc::new(Connectors::from_plugins(plugins)));
+        self.update_pollers(
+            &previous
+                .iter()
+                .map(|p| (p.name().to_string(), p.clone()))
+                .collect(),
+        );
+        if let Err(error) = self.update_sinks(&new).await {
+            // Only a sink that cannot be built (a bad CA file, say) gets here;
+            // the others run with the new settings.
+            tracing::error!(error = %format!("{error:#}"), "a sink could not start with the new config");
+        }
+        self.config = new;
+        self.live.config.store(Arc::new(self.config.clone()));
+        metrics().reloads.with_label_values(&["applied"]).inc();
+        tracing::info!(
+            ?added,
+            ?replaced,
+            ?removed,
+            ms = started.elapsed().as_millis() as u64,
+            "config reloaded"
+        );
+    }
+
+    /// Keeps what only a restart can change, and says so.
+    fn keep_restart_only(&self, mut new: Config) -> Config {
+        let old = &self.config;
+        let mut kept = Vec::new();
+        macro_rules! keep {
+            ($($field:ident).+, $key:expr) => {
+                if new.$($field).+ != old.$($field).+ {
+                    new.$($field).+ = old.$($field).+.clone();
+                    kept.push($key);
+                }
+            };
+        }
+        keep!(gateway.listen, "gateway.listen");
+        keep!(gateway.admin_listen, "gateway.admin_listen");
+        keep!(gateway.data_dir, "gateway.data_dir");
+        keep!(gateway.max_body_bytes, "gateway.max_body_bytes");
+        keep!(limits, "[limits]");
+        keep!(log, "[log]");
+        let simulator = |c: &Config| c.speaker.as_ref().and_then(|s| s.simulator.clone());
+        if new.speaker.is_some() && simulator(&new) != simulator(old) {
+            // The old speaker settings stay whole: the new ones would talk
+            // to a simulator that is not running, or the reverse.
+            new.speaker = old.speaker.clone();
+            kept.push("speaker.simulator");
+        }
+        if let (Some(running), Some(mqtt)) = (self.embedded_broker, &mut new.mqtt)
+            && let MqttBroker::Embedded { listen } = &mut mqtt.broker
+            && *listen != running
+        {
+            *listen = running;
+            kept.push("mqtt.embedded_listen");
+        }
+        for key in kept {
+            tracing::warn!(
+                key,
+                "changed in the config file; takes effect after a restart"
+            );
+        }
+        new
+    }
+
+    /// Stops the pollers of connectors that went or changed, starts those of
+    /// new or changed ones. `previous` is the connector set before.
+    fn update_pollers(&mut self, previous: &BTreeMap<String, Arc<Plugin>>) {
+        let current = self.connectors.load_full();
+        let wait = self.config.limits.call_timeout + Duration::from_secs(1);
+        for (name, plugin) in previous {
+            let kept = current.get(name).is_some_and(|p| Arc::ptr_eq(p, plugin));
+            if kept {
+                continue;
+            }
+            let Some(old) = self.pollers.remove(name) else {
+                continue;
+            };
+            // A poll in flight finishes and is stored; a replacement starts
+            // only then, so two pollers never share a cursor.
+            let replacement = current.get(name).filter(|p| p.world().polls()).cloned();
+            let stop = CancellationToken::new();
+            let log = self.shared_log.clone();
+            let handle = tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    old.stop(wait).await;
+                    if let Some(plugin) = replacement
+                        && !stop.is_cancelled()
+                    {
+                        poll::run_poller(plugin, log, stop).await;
+                    }
+                }
+            });
+            if current.get(name).is_some_and(|p| p.world().polls()) {
+                self.pollers.insert(name.clone(), Task { stop, handle });
+            }
+        }
+        for plugin in current.iter().filter(|p| p.world().polls()) {
+            if self.pollers.contains_key(plugin.name()) {
+                continue;
+            }
+            let stop = CancellationToken::new();
+            let handle = tokio::spawn(poll::run_poller(
+                plugin.clone(),
+                self.shared_log.clone(),
+                stop.clone(),
+            ));
+            self.pollers
+                .insert(plugin.name().to_string(), Task { stop, handle });
+        }
+    }
+
+    /// Makes the running sinks match `config`: stops those that went or
+    /// changed (each finishes its delivery in flight), starts new or changed
+    /// ones from their durable cursors.
+    async fn update_sinks(&mut self, config: &Config) -> anyhow::Result<()> {
+        let wanted = sink_names(config);
+        let grace = config.gateway.shutdown_grace + Duration::from_secs(1);
+        let mut stopping = Vec::new();
+        for name in self.sinks.keys().cloned().collect::<Vec<_>>() {
+            let same = wanted.contains(&name)
+                && sink_settings(&self.config, &name) == sink_settings(config, &name);
+            if !same && let Some(sink) = self.sinks.remove(&name) {
+                tracing::info!(sink = %name, "restarting sink with new settings");
+                sink.task.stop.cancel();
+                stopping.push(sink.task);
+            }
+        }
+        for task in stopping {
+            task.stop(grace).await;
+        }
+        let mut first_error = None;
+        for name in &wanted {
+            if self.sinks.contains_key(name) {
+                continue;
+            }
+            // The cursor exists before the sink runs: a sink seen for the
+            // first time starts at the log's end, and one that registered
+            // late (MQTT does on its first connect) would skip payments.
+            let started = self
+                .log
+                .cursor(name)
+                .with_context(|| format!("reading the cursor of sink `{name}`"))
+                .and_then(|_| self.start_sink(config, name));
+            match started {
+                Ok(sink) => {
+                    self.sinks.insert(name.clone(), sink);
+                }
+                Err(error) if first_error.is_none() => first_error = Some(error),
+                Err(error) => {
+                    tracing::error!(sink = %name, error = %format!("{error:#}"), "sink not started")
+                }
+            }
+        }
+        let running = wanted
+            .iter()
+            .filter_map(|n| Some((n.clone(), self.sinks.get(n)?.stats.clone())))
+            .collect();
+        self.live.sinks.store(Arc::new(running));
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn start_sink(&mut self, config: &Config, name: &str) -> anyhow::Result<RunningSink> {
+        let stats = Arc::new(SinkStats::default());
+        let stop = CancellationToken::new();
+        let shutdown = Shutdown {
+            stop: stop.clone(),
+            grace: config.gateway.shutdown_grace,
+        };
+        let log = self.shared_log.clone();
+        let handle = match sink_settings(config, name) {
+            Some(SinkSettings::Forward(forward)) => {
+                let sink = HttpSink::new(forward).with_context(|| format!("forward `{name}`"))?;
+                tokio::spawn(run_sink(Arc::new(sink), log, stats.clone(), shutdown))
+            }
+            Some(SinkSettings::Mqtt(mqtt, gateway_id)) => {
+                if let MqttBroker::Embedded { listen } = mqtt.broker
+                    && self.embedded_broker.is_none()
+                {
+                    broker::start(listen)?;
+                    self.embedded_broker = Some(listen);
+                }
+                let sink = MqttSink::new(mqtt, &gateway_id).context("[mqtt]")?;
+                tokio::spawn(Arc::new(sink).run(
+                    log,
+                    stats.clone(),
+                    shutdown,
+                    self.announcements.subscribe(),
+                ))
+            }
+            Some(SinkSettings::Speaker(speaker, routes)) => {
+                let mut credentials = SpeakerCredentials {
+                    base_url: speaker.base_url.clone(),
+                    client_id: speaker.client_id.clone(),
+                    client_secret: speaker.client_secret.clone(),
+                };
+                if speaker.simulator.is_some() {
+                    credentials.base_url = self
+                        .simulator_url
+                        .clone()
+                        .context("the Speaker API simulator is not running")?;
+                }
+                let client = SpeakerClient::new(credentials, speaker.timeout)
+                    .context("building the Speaker API client")?;
+                let sink = SpeakerSink::new(Arc::new(client), speaker, routes)
+                    .with_announcements(self.announcements.clone());
+                tokio::spawn(run_sink(Arc::new(sink), log, stats.clone(), shutdown))
+            }
+            None => anyhow::bail!("no sink named `{name}` in the config"),
+        };
+        Ok(RunningSink {
+            task: Task { stop, handle },
+            stats,
+        })
+    }
+}
+
+/// Runs GC now and then, off the async threads, for the sinks running then.
+async fn collect_garbage(log: SledLog, live: Arc<Live>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(GC_EVERY) => {}
+        }
+        let sinks: Vec<String> = live.sinks.load().iter().map(|(n, _)| n.clone()).collect();
+        let log = log.clone();
+        match tokio::task::spawn_blocking(move || log.gc(&sinks)).await {
+            Ok(Ok(report)) => tracing::debug!(?report, "event log GC"),
+            Ok(Err(error)) => tracing::error!(%error, "event log GC failed"),
+            Err(error) => tracing::error!(%error, "event log GC panicked"),
+        }
+    }
+}
