@@ -68,6 +68,8 @@ pub struct Gateway {
     pub admin_addr: String,
     pub dir: tempfile::TempDir,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Extra environment of the process (secrets for `${ENV}`, log level).
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -85,6 +87,24 @@ impl Gateway {
 
     /// Like [`Gateway::start`], run under `wrapper` (e.g. `strace -f -o FILE`).
     pub fn start_wrapped(config: &str, gateway_keys: &str, wrapper: &[&str]) -> Gateway {
+        Self::start_full(config, gateway_keys, wrapper, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_full(config, "", &[], env)
+    }
+
+    fn start_full(
+        config: &str,
+        gateway_keys: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let admin_addr = format!("127.0.0.1:{}", free_port());
         let config = format!(
@@ -92,13 +112,14 @@ impl Gateway {
             free_port()
         );
         std::fs::write(dir.path().join("config.toml"), config).expect("write config");
-        let (child, addr, logs) = spawn_wrapped(&dir.path().join("config.toml"), wrapper);
+        let (child, addr, logs) = spawn_wrapped(&dir.path().join("config.toml"), wrapper, &env);
         Gateway {
             child,
             addr,
             admin_addr,
             dir,
             logs,
+            env,
         }
     }
 
@@ -116,7 +137,7 @@ impl Gateway {
     pub fn kill_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addr, logs) = spawn(&self.config_path());
+        let (child, addr, logs) = spawn(&self.config_path(), &self.env);
         self.child = child;
         self.addr = addr;
         self.logs = logs;
@@ -136,7 +157,7 @@ impl Gateway {
     /// Starts the stopped (or killed) process again on the same config and
     /// data dir.
     pub fn start_again(&mut self) {
-        let (child, addr, logs) = spawn(&self.config_path());
+        let (child, addr, logs) = spawn(&self.config_path(), &self.env);
         self.child = child;
         self.addr = addr;
         self.logs = logs;
@@ -145,7 +166,7 @@ impl Gateway {
     /// Stops with SIGTERM, then starts again on the same config and data dir.
     pub fn restart(&mut self) -> std::process::ExitStatus {
         let status = self.terminate();
-        let (child, addr, logs) = spawn(&self.dir.path().join("config.toml"));
+        let (child, addr, logs) = spawn(&self.dir.path().join("config.toml"), &self.env);
         self.child = child;
         self.addr = addr;
         self.logs = logs;
@@ -197,11 +218,15 @@ impl Gateway {
 
 /// Spawns the binary on `config`, collects its JSON log lines and waits for
 /// the line that says where ingress listens.
-fn spawn(config: &Path) -> (Child, String, Arc<Mutex<Vec<String>>>) {
-    spawn_wrapped(config, &[])
+fn spawn(config: &Path, env: &[(String, String)]) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    spawn_wrapped(config, &[], env)
 }
 
-fn spawn_wrapped(config: &Path, wrapper: &[&str]) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+fn spawn_wrapped(
+    config: &Path,
+    wrapper: &[&str],
+    env: &[(String, String)],
+) -> (Child, String, Arc<Mutex<Vec<String>>>) {
     let mut command = match wrapper.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
@@ -214,6 +239,7 @@ fn spawn_wrapped(config: &Path, wrapper: &[&str]) -> (Child, String, Arc<Mutex<V
         .args(["--log-format", "json", "run", "--config"])
         .arg(config)
         .env("SOUNDBOX_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -249,6 +275,59 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A standalone Speaker API simulator (`speaker-sim` of the real binary)
+/// with one paired speaker, `VNS-SHOP-1`: the part a test can take down.
+/// Killed on drop.
+pub struct SpeakerApi {
+    pub port: u16,
+    child: Child,
+}
+
+impl SpeakerApi {
+    /// Starts it on `port` (fixed, so a restart keeps the address), with the
+    /// simulator's default credentials unless `client_secret` is given.
+    pub fn start(port: u16, client_secret: Option<&str>) -> SpeakerApi {
+        let mut command = Command::new(gateway_bin());
+        command
+            .args(["speaker-sim", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--device", "VNS-SHOP-1:paired"]);
+        if let Some(secret) = client_secret {
+            command.args(["--client-secret", secret]);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("speaker-sim");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "speaker-sim did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SpeakerApi { port, child }
+    }
+
+    /// `[speaker]` keys that point the gateway at it.
+    pub fn speaker_keys(&self) -> String {
+        format!(
+            "base_url = \"http://127.0.0.1:{}/devices/v1\"\nclient_id = \"sim-client\"\n",
+            self.port
+        )
+    }
+
+    /// Takes the API down (SIGKILL).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SpeakerApi {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

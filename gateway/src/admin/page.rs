@@ -18,7 +18,7 @@ section{background:#fff;border-radius:8px;padding:12px 16px;box-shadow:0 1px 2px
 h2{font-size:1.05em;margin:4px 0 10px}
 table{border-collapse:collapse;width:100%;font-size:.93em}
 td,th{text-align:left;padding:5px 8px;border-bottom:1px solid #e4e6ea;vertical-align:top}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .tag{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.85em;background:#e4e6ea}
 .good{background:#d6f0dd;color:#175c2f} .warn{background:#fcefc7;color:#6b4e00} .fail{background:#f9d7d4;color:#8a1c14}
 .muted{color:#687081} ul{margin:6px 0 0 18px;padding:0}

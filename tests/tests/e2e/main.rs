@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binary, real plugins built from `plugins/`,
 //! real HTTP on loopback. One test binary; a module per area.
 
+mod admin;
 mod backfill;
 mod casso_webhook;
 mod cli;
@@ -12,7 +13,9 @@ mod hello_connector;
 mod momo_ipn;
 mod mqtt;
 mod queue;
+mod reload;
 mod sandbox;
+mod secrets;
 mod sepay_poll;
 mod speaker;
 mod vnpay_ipn;

@@ -1,0 +1,199 @@
+//! Config hot reload with the real binary: changes applied while payments
+//! flow lose and repeat nothing; a bad change is refused with its file, line
+//! and key, and the gateway keeps serving on the config it had.
+
+use std::path::Path;
+use std::time::Duration;
+
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post, sepay_webhook};
+
+fn sepay(name: &str, extra: &str) -> String {
+    format!(
+        "[[connector]]\nname = \"{name}\"\nplugin = \"{}\"\n{extra}\n[connector.config]\nauth = \"none\"\n\n",
+        plugin("sepay_webhook").display()
+    )
+}
+
+/// Replaces the config the way an editor does: a new file renamed over it.
+fn write_config(path: &Path, text: &str) {
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// The gateway's own `[gateway]` table, which the harness wrote first.
+fn gateway_table(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("read config");
+    let end = text.find("[[connector]]").expect("connector table");
+    text[..end].to_string()
+}
+
+fn reloads(gw: &Gateway) -> usize {
+    gw.logs().matches("config reloaded").count()
+}
+
+fn wait_for_reloads(gw: &Gateway, n: usize) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if reloads(gw) >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reloads_while_200_payments_flow_deliver_each_once() {
+    let sink = CountingSink::start();
+    let gw = Gateway::start(&format!("{}{}", sepay("sepay", ""), forward_to(&sink.url)));
+    let path = gw.config_path();
+    let head = gateway_table(&path);
+
+    let url = gw.url("/hooks/sepay");
+    let sender = tokio::spawn(async move {
+        let mut failures = Vec::new();
+        for id in 1..=200u64 {
+            let r = post(&url, &[], sepay_webhook(id, 1_000 + id)).await;
+            if r.status != 200 {
+                failures.push((id, r.status, r.body));
+            }
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        failures
+    });
+
+    // 1: the connector's settings change (its plugin is reloaded) and a
+    // second connector appears.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    write_config(
+        &path,
+        &format!(
+            "{head}{}{}{}",
+            sepay("sepay", "allowed_hosts = [\"example.vn\"]"),
+            sepay("sepay-two", ""),
+            forward_to(&sink.url)
+        ),
+    );
+    assert!(wait_for_reloads(&gw, 1), "{}", gw.logs());
+    // 2: the forward's settings change: that sink restarts from its cursor.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let slower_retry = forward_to(&sink.url).replace("retry_max_ms = 100", "retry_max_ms = 200");
+    write_config(
+        &path,
+        &format!(
+            "{head}{}{}{slower_retry}",
+            sepay("sepay", "allowed_hosts = [\"example.vn\"]"),
+            sepay("sepay-two", ""),
+        ),
+    );
+    assert!(wait_for_reloads(&gw, 2), "{}", gw.logs());
+    assert!(gw.logs().contains("restarting sink with new settings"));
+
+    let failures = sender.await.expect("sender");
+    assert!(
+        failures.is_empty(),
+        "webhooks failed across reloads: {failures:?}"
+    );
+    // The new connector takes webhooks too.
+    let r = post(&gw.url("/hooks/sepay-two"), &[], sepay_webhook(201, 7_000)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    assert!(
+        sink.wait_for(201, Duration::from_secs(60)),
+        "{} of 201 arrived\n{}",
+        sink.arrivals().len(),
+        gw.logs()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.arrivals().len(), 201);
+    assert_eq!(sink.deliveries(), 201, "each payment delivered once");
+    let seqs: Vec<u64> = sink.arrivals().iter().map(|a| a.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "delivered in log order: {seqs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_change_is_refused_and_the_old_config_keeps_serving() {
+    let sink = CountingSink::start();
+    let gw = Gateway::start(&format!("{}{}", sepay("sepay", ""), forward_to(&sink.url)));
+    let path = gw.config_path();
+    let head = gateway_table(&path);
+    let good = format!("{}{}", sepay("sepay", ""), forward_to(&sink.url));
+    let refusals = |gw: &Gateway| gw.logs().matches("config change refused").count();
+    let wait_refusals = |gw: &Gateway, n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if refusals(gw) >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+
+    // An unknown key: refused, naming the file, line and key.
+    write_config(
+        &path,
+        &format!("{head}{good}\n[speaker]\nsimulater = true\n"),
+    );
+    assert!(wait_refusals(&gw, 1), "{}", gw.logs());
+    let logs = gw.logs();
+    let refusal = logs
+        .lines()
+        .find(|l| l.contains("config change refused"))
+        .expect("refusal line");
+    let line_of_key = head.lines().count() + good.lines().count() + 3;
+    assert!(
+        refusal.contains(&format!("config.toml:{line_of_key}:")) && refusal.contains("simulater"),
+        "file, line {line_of_key} and key: {refusal}"
+    );
+
+    // A plugin that is not a component: refused before anything changes.
+    let broken = gw.dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"\0asm not really").expect("write broken plugin");
+    write_config(
+        &path,
+        &format!(
+            "{head}{good}[[connector]]\nname = \"broken\"\nplugin = \"{}\"\n",
+            broken.display()
+        ),
+    );
+    assert!(wait_refusals(&gw, 2), "{}", gw.logs());
+    assert!(gw.logs().contains("a plugin would not load"));
+
+    // Through both, the running config serves.
+    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(1, 10_000)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(&gw.url("/hooks/broken"), &[], "{}").await;
+    assert_eq!(r.status, 404, "the refused connector was not added");
+    assert!(sink.wait_for(1, Duration::from_secs(20)));
+    assert_eq!(reloads(&gw), 0, "nothing was applied");
+
+    // A good change after the bad ones applies.
+    write_config(&path, &format!("{head}{good}{}", sepay("sepay-two", "")));
+    assert!(wait_for_reloads(&gw, 1), "{}", gw.logs());
+    let r = post(&gw.url("/hooks/sepay-two"), &[], sepay_webhook(2, 20_000)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(sink.wait_for(2, Duration::from_secs(20)));
+}
+
+/// `systemctl reload` sends SIGHUP: the config is read again.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_config() {
+    let sink = CountingSink::start();
+    let gw = Gateway::start(&format!("{}{}", sepay("sepay", ""), forward_to(&sink.url)));
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).expect("read");
+    // Written in place, then signalled (the watcher may see it first; either
+    // way it is applied once).
+    std::fs::write(&path, format!("{text}\n{}", sepay("sepay-two", ""))).expect("write");
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status();
+    assert!(wait_for_reloads(&gw, 1), "{}", gw.logs());
+    let r = post(&gw.url("/hooks/sepay-two"), &[], sepay_webhook(3, 30_000)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
