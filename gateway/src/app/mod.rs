@@ -158,6 +158,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .map_err(|(name, e)| anyhow::anyhow!("connector `{name}`: {e}"))?;
     let connectors = Arc::new(ArcSwap::from_pointee(connectors));
+    prune_plugin_cache(&runtime, &connectors.load());
     let listener = TcpListener::bind(config.gateway.listen)
         .await
         .with_context(|| {
@@ -343,6 +344,7 @@ impl Gateway {
             .collect();
         self.connectors
             .store(Arc::new(Connectors::from_plugins(plugins)));
+        prune_plugin_cache(&self.runtime, &self.connectors.load());
         self.update_pollers(
             &previous
                 .iter()
@@ -557,6 +559,16 @@ impl Gateway {
             task: Task { stop, handle },
             stats,
         })
+    }
+}
+
+/// Drops compiled plugins no loaded connector uses (a failure only costs disk).
+fn prune_plugin_cache(runtime: &Runtime, connectors: &Connectors) {
+    let keep: Vec<[u8; 32]> = connectors.iter().map(|p| p.digest()).collect();
+    match runtime.prune_cache(&keep) {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "old compiled plugins removed from the cache"),
+        Err(error) => tracing::warn!(%error, "cannot clean the compiled-plugin cache"),
     }
 }
 

@@ -298,3 +298,28 @@ fn mqtt_mistakes_are_located() {
         );
     }
 }
+
+#[test]
+fn admin_defaults_and_a_short_token_is_refused() {
+    let config = parse("").expect("valid");
+    assert_eq!(config.admin, AdminConfig::default());
+    assert_eq!(config.admin.stall_after, Duration::from_secs(120));
+
+    let config = parse(
+        "[admin]\nstall_after_secs = 30\nconnector_failures = 2\ntoken = \"0123456789abcdef\"\n",
+    )
+    .expect("valid");
+    assert_eq!(config.admin.stall_after, Duration::from_secs(30));
+    assert_eq!(config.admin.connector_failures, 2);
+    assert_eq!(
+        config.admin.token.as_ref().map(Secret::expose),
+        Some("0123456789abcdef")
+    );
+    assert!(!format!("{:?}", config.admin).contains("0123456789abcdef"));
+
+    let e = error("[admin]\ntoken = \"short\"\n");
+    assert!(e.starts_with("shop.toml:2:9: admin.token:"), "{e}");
+    let e = error("[admin]\nstall_after_secs = 0\n");
+    assert!(e.starts_with("shop.toml:2:"), "{e}");
+    assert!(e.contains("admin.stall_after_secs"), "{e}");
+}

@@ -260,6 +260,11 @@ impl Plugin {
         &self.config == config && file_digest(&config.plugin).is_ok_and(|d| d == self.digest)
     }
 
+    /// SHA-256 of the plugin file it was loaded from.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
     /// How this connector's calls have gone since it was loaded.
     pub fn health(&self) -> &ConnectorHealth {
         &self.health

@@ -176,16 +176,46 @@ impl Runtime {
 
     /// Content hash of the plugin plus the engine's compatibility hash: a new
     /// wasmtime or different settings never read an old entry.
+    /// Deletes compiled plugins in the cache that none of `keep` (SHA-256
+    /// digests of the plugin files in use) needs, and compiles of an older
+    /// engine: each rebuilt plugin would otherwise leave its old entry (tens
+    /// of MB for a Python or JavaScript one) on a Pi's SD card for good.
+    /// Returns how many files went.
+    pub fn prune_cache(&self, keep: &[[u8; 32]]) -> std::io::Result<usize> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok(0);
+        };
+        let keep: Vec<String> = keep.iter().map(|d| self.cache_key_of_digest(d)).collect();
+        let mut removed = 0;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Only files this gateway writes: `<digest>-<engine>.cwasm` and
+            // their `.tmp<pid>` siblings left by a power cut.
+            let ours = name.ends_with(".cwasm") || name.contains(".tmp");
+            if ours && !keep.contains(&name) && entry.file_type()?.is_file() {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn cache_key(&self, bytes: &[u8]) -> String {
+        self.cache_key_of_digest(&Sha256::digest(bytes).into())
+    }
+
+    fn cache_key_of_digest(&self, digest: &[u8; 32]) -> String {
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
             .hash(&mut compat);
-        format!(
-            "{}-{:016x}.cwasm",
-            hex::encode(Sha256::digest(bytes)),
-            compat.finish()
-        )
+        format!("{}-{:016x}.cwasm", hex::encode(digest), compat.finish())
     }
 }
 

@@ -197,3 +197,58 @@ async fn sighup_reloads_the_config() {
     let r = post(&gw.url("/hooks/sepay-two"), &[], sepay_webhook(3, 30_000)).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// A rebuilt plugin file is picked up: the connector is replaced, and a
+/// file that is not a component is refused with the old one kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_plugin_file_replaces_the_connector() {
+    let sink = CountingSink::start();
+    let dir = tempfile::tempdir().expect("plugin dir");
+    let wasm = dir.path().join("sepay_webhook.wasm");
+    let original = std::fs::read(plugin("sepay_webhook")).expect("plugin");
+    std::fs::write(&wasm, &original).expect("copy plugin");
+    let config = format!(
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n{}",
+        wasm.display(),
+        forward_to(&sink.url)
+    );
+    let gw = Gateway::start(&config);
+
+    // The same component with one more custom section: new bytes, same code.
+    let mut rebuilt = original.clone();
+    let name = b"rebuilt";
+    rebuilt.extend_from_slice(&[0, (1 + name.len() + 4) as u8, name.len() as u8]);
+    rebuilt.extend_from_slice(name);
+    rebuilt.extend_from_slice(b"v2.0");
+    let tmp = dir.path().join("sepay_webhook.wasm.tmp");
+    std::fs::write(&tmp, &rebuilt).expect("write rebuilt");
+    std::fs::rename(&tmp, &wasm).expect("replace plugin");
+    assert!(wait_for_reloads(&gw, 1), "{}", gw.logs());
+    assert!(
+        gw.logs().contains(r#""replaced":"[\"sepay\"]""#),
+        "{}",
+        gw.logs()
+    );
+    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(1, 10_000)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The old build's compiled code left the cache; the new one is in it.
+    let cached: Vec<_> = std::fs::read_dir(gw.dir.path().join("data/plugin-cache"))
+        .expect("plugin cache")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+
+    // A broken build: refused, the rebuilt plugin keeps serving.
+    std::fs::write(&tmp, b"\0asm broken").expect("write broken");
+    std::fs::rename(&tmp, &wasm).expect("replace plugin");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !gw.logs().contains("a plugin would not load") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(2, 20_000)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(sink.wait_for(2, Duration::from_secs(20)));
+    assert_eq!(reloads(&gw), 1);
+}
