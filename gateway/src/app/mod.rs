@@ -267,8 +267,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     tracing::info!("shutting down: stopping ingress (webhooks and pollers)");
     ingress_stop.cancel();
+    // Every poller is told at once; a poll in flight finishes and is stored.
     let poll_wait = gateway.config.limits.call_timeout + Duration::from_secs(1);
-    for (_, poller) in std::mem::take(&mut gateway.pollers) {
+    let pollers: Vec<Task> = std::mem::take(&mut gateway.pollers).into_values().collect();
+    for poller in &pollers {
+        poller.stop.cancel();
+    }
+    for poller in pollers {
         poller.stop(poll_wait).await;
     }
     serving.await.context("ingress task")?.context("ingress")?;
