@@ -4,6 +4,7 @@
 
 use std::sync::LazyLock;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -40,28 +41,30 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+/// Registers `metric` and hands it back for use.
+fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
     registry
         .register(Box::new(metric.clone()))
         .expect("unique metric name");
     metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+    )
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric name");
-    metric
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"),
+    )
 }
 
 fn plain_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("valid gauge");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric name");
-    metric
+    register(registry, IntGauge::new(name, help).expect("valid gauge"))
 }
 
 fn histogram(
@@ -71,12 +74,11 @@ fn histogram(
     labels: &[&str],
     buckets: Vec<f64>,
 ) -> HistogramVec {
-    let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("valid histogram");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric name");
-    metric
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    register(
+        registry,
+        HistogramVec::new(opts, labels).expect("valid histogram"),
+    )
 }
 
 impl Metrics {

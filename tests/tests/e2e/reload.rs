@@ -28,19 +28,29 @@ fn gateway_table(path: &Path) -> String {
     text[..end].to_string()
 }
 
-fn reloads(gw: &Gateway) -> usize {
-    gw.logs().matches("config reloaded").count()
+/// How many log lines contain `needle`.
+fn count(gw: &Gateway, needle: &str) -> usize {
+    gw.logs().matches(needle).count()
 }
 
-fn wait_for_reloads(gw: &Gateway, n: usize) -> bool {
+fn reloads(gw: &Gateway) -> usize {
+    count(gw, "config reloaded")
+}
+
+/// Waits until `n` log lines contain `needle`.
+fn wait_for_count(gw: &Gateway, needle: &str, n: usize) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
-        if reloads(gw) >= n {
+        if count(gw, needle) >= n {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+fn wait_for_reloads(gw: &Gateway, n: usize) -> bool {
+    wait_for_count(gw, "config reloaded", n)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -122,17 +132,7 @@ async fn a_bad_change_is_refused_and_the_old_config_keeps_serving() {
     let path = gw.config_path();
     let head = gateway_table(&path);
     let good = format!("{}{}", sepay("sepay", ""), forward_to(&sink.url));
-    let refusals = |gw: &Gateway| gw.logs().matches("config change refused").count();
-    let wait_refusals = |gw: &Gateway, n: usize| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            if refusals(gw) >= n {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    };
+    let wait_refusals = |gw: &Gateway, n: usize| wait_for_count(gw, "config change refused", n);
 
     // An unknown key: refused, naming the file, line and key.
     write_config(
@@ -242,11 +242,11 @@ async fn a_changed_plugin_file_replaces_the_connector() {
     // A broken build: refused, the rebuilt plugin keeps serving.
     std::fs::write(&tmp, b"\0asm broken").expect("write broken");
     std::fs::rename(&tmp, &wasm).expect("replace plugin");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !gw.logs().contains("a plugin would not load") {
-        assert!(std::time::Instant::now() < deadline, "{}", gw.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_for_count(&gw, "a plugin would not load", 1),
+        "{}",
+        gw.logs()
+    );
     let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(2, 20_000)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(sink.wait_for(2, Duration::from_secs(20)));
