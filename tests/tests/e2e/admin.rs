@@ -281,3 +281,24 @@ fn chromium() -> Option<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
         .find(|p| p.is_file())
 }
+
+/// A poller whose bank API is unreachable fails call after call: `/readyz`
+/// names the connector once the failures reach `admin.connector_failures`,
+/// and the status page says so too.
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_names_a_connector_that_keeps_failing() {
+    let closed = free_port();
+    let config = format!(
+        "[[connector]]\nname = \"sepay-poll\"\nplugin = \"{}\"\npoll_interval_secs = 1\n\
+         allowed_hosts = [\"127.0.0.1\"]\n\
+         [connector.config]\napi_token = \"t\"\nbase_url = \"http://127.0.0.1:{closed}\"\n\n\
+         [admin]\nconnector_failures = 2\n",
+        plugin("sepay_poll").display()
+    );
+    let gw = Gateway::start(&config);
+    let (code, body) = wait_ready(&gw, 503, Duration::from_secs(30)).await;
+    assert_eq!(code, 503, "{body}\n{}", gw.logs());
+    assert!(body.contains("connector `sepay-poll`"), "{body}");
+    let (_, page) = get(&format!("http://{}/", gw.admin_addr)).await;
+    assert!(page.contains("failing ("), "{page}");
+}
