@@ -51,31 +51,24 @@ impl Runtime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
-        // A Pi kernel gives a process 512 GiB of address space: keep the pool
-        // small and each slot no bigger than the memory cap allows.
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(64)
-            .total_core_instances(256)
-            .total_memories(128)
-            .total_tables(128)
-            .max_memories_per_component(8)
-            .max_tables_per_component(8)
-            .max_memory_size(limits.memory_bytes)
-            .max_component_instance_size(1 << 20)
-            .max_core_instance_size(1 << 20)
-            // A fresh instance per call: keeping the first pages of a freed
-            // slot resident (zeroed with memset instead of madvise) spares
-            // the next instance the page faults. Bounded by slots in use.
-            .linear_memory_keep_resident(256 << 10)
-            .table_keep_resident(16 << 10)
-            .async_stack_keep_resident(64 << 10);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        config.memory_reservation(
-            (limits.memory_bytes as u64)
-                .next_power_of_two()
-                .max(64 << 20),
-        );
-        config.memory_guard_size(32 << 20);
+        if cfg!(target_pointer_width = "64") {
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_for(&limits)));
+            config.memory_reservation(
+                (limits.memory_bytes as u64)
+                    .next_power_of_two()
+                    .max(64 << 20),
+            );
+            config.memory_guard_size(32 << 20);
+        } else {
+            // 32-bit ARM (Pulley): a pool of 128 memories of 96 MiB reserved
+            // each is more address space than the process has. Each instance
+            // maps just its cap instead; Pulley bounds-checks every access,
+            // so no guard region is needed.
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            config.memory_reservation(limits.memory_bytes as u64);
+            config.memory_guard_size(0);
+            config.memory_reservation_for_growth(0);
+        }
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
@@ -217,6 +210,29 @@ impl Runtime {
             .hash(&mut compat);
         format!("{}-{:016x}.cwasm", hex::encode(digest), compat.finish())
     }
+}
+
+/// The instance pool on 64-bit hosts. A Pi kernel gives a process 512 GiB
+/// of address space: keep the pool small and each slot no bigger than the
+/// memory cap allows.
+fn pool_for(limits: &PluginLimits) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(64)
+        .total_core_instances(256)
+        .total_memories(128)
+        .total_tables(128)
+        .max_memories_per_component(8)
+        .max_tables_per_component(8)
+        .max_memory_size(limits.memory_bytes)
+        .max_component_instance_size(1 << 20)
+        .max_core_instance_size(1 << 20)
+        // A fresh instance per call: keeping the first pages of a freed
+        // slot resident (zeroed with memset instead of madvise) spares
+        // the next instance the page faults. Bounded by slots in use.
+        .linear_memory_keep_resident(256 << 10)
+        .table_keep_resident(16 << 10)
+        .async_stack_keep_resident(64 << 10);
+    pool
 }
 
 /// Writes `bytes` to a temporary file beside `target`, syncs it and renames it
