@@ -100,3 +100,26 @@ clean:
 	$(CARGO) clean
 	cd plugins && $(CARGO) clean
 	rm -rf $(HELLO)/js/node_modules
+
+# --- Raspberry Pi packaging (packaging/, examples/raspberry-pi.md) ----------
+# Not part of `make test` or CI: release builds of wasmtime for two more
+# targets (dist profile: thin LTO, stripped) take far longer than CI's 30
+# minutes on 2 cores. They build into target/cross, at low priority, so they
+# never hold the cargo lock of target/. Each installs what it needs when
+# missing: Debian's cross gcc and libc (aarch64, armhf), qemu-user-static,
+# the Rust targets, cargo-deb.
+#   make cross        target/cross/{aarch64-unknown-linux-gnu,armv7-unknown-linux-gnueabihf}/dist/soundbox-gateway
+#   make deb          target/cross/debian/soundbox-gateway_<version>-1_{arm64,armhf,amd64}.deb
+#   make cross-smoke  both cross binaries under qemu-user: start, a SePay webhook, SIGTERM
+PI_TARGETS := aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+
+.PHONY: cross deb cross-smoke
+
+cross:
+	CARGO="$(CARGO)" sh packaging/cross-build.sh $(PI_TARGETS)
+
+deb: plugins
+	CARGO="$(CARGO)" sh packaging/build-deb.sh $(PI_TARGETS) x86_64-unknown-linux-gnu
+
+cross-smoke: cross plugins
+	for t in $(PI_TARGETS); do bash packaging/cross-smoke.sh $$t || exit 1; done
