@@ -22,6 +22,7 @@ pub(super) fn open_or_recover(data_dir: &Path, options: &LogOptions) -> Result<O
     std::fs::create_dir_all(data_dir)
         .map_err(|e| LogError::Storage(format!("create {}: {e}", data_dir.display())))?;
     let path = data_dir.join("state");
+    ensure_writable(&path)?;
     ensure_not_locked(&path)?;
     match try_open(&path, options) {
         // Taken by another process since the check above: still not damage.
@@ -75,6 +76,33 @@ fn try_open(path: &Path, options: &LogOptions) -> Result<sled::Db, String> {
 
 /// sled locks `state/db` exclusively; if another process holds it, stop
 /// here rather than mistaking the lock for damage.
+/// A store we may not write (owned by another user, e.g. after a command
+/// run as root) is not damaged: moving it aside would hide every pending
+/// payment in it. Say whose it is instead.
+fn ensure_writable(path: &Path) -> Result<(), LogError> {
+    for file in [path.to_path_buf(), path.join("db"), path.join("conf")] {
+        let opened = if file == path {
+            std::fs::read_dir(&file).map(drop)
+        } else {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&file)
+                .map(drop)
+        };
+        if let Err(e) = opened
+            && e.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return Err(LogError::Storage(format!(
+                "{}: {e}; the gateway's user must own the data directory (e.g. chown -R soundbox-gateway: {})",
+                file.display(),
+                path.parent().unwrap_or(path).display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn ensure_not_locked(path: &Path) -> Result<(), LogError> {
     let db_file = path.join("db");
     let Ok(file) = File::open(&db_file) else {
