@@ -187,11 +187,9 @@ impl Plugin {
     ) -> Result<Plugin, LoadError> {
         let path = config.plugin.clone();
         let compiling = runtime.clone();
-        let (digest, component) = tokio::task::spawn_blocking(move || {
-            Ok::<_, LoadError>((file_digest(&path)?, compiling.compile(&path)?))
-        })
-        .await
-        .map_err(|e| LoadError::Engine(format!("compile task: {e}")))??;
+        let (component, digest) = tokio::task::spawn_blocking(move || compiling.compile(&path))
+            .await
+            .map_err(|e| LoadError::Engine(format!("compile task: {e}")))??;
         let path = config.plugin.clone();
         let pre = runtime
             .linker()

@@ -108,17 +108,20 @@ impl Runtime {
     }
 
     /// Compiles `path`, or loads it from the cache when this engine compiled
-    /// the same bytes before. Blocking: call from a blocking thread.
-    pub fn compile(&self, path: &Path) -> Result<Component, LoadError> {
+    /// the same bytes before; also returns the SHA-256 of the file's bytes
+    /// (the cache key, and how a reload tells a rebuilt plugin). Blocking:
+    /// call from a blocking thread.
+    pub fn compile(&self, path: &Path) -> Result<(Component, [u8; 32]), LoadError> {
         let started = std::time::Instant::now();
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let Some(cache_dir) = &self.cache_dir else {
-            return self.compile_bytes(path, &bytes);
+            return Ok((self.compile_bytes(path, &bytes)?, digest));
         };
-        let cached = cache_dir.join(self.cache_key(&bytes));
+        let cached = cache_dir.join(self.cache_key(&digest));
         if cached.is_file() {
             // SAFETY: `deserialize_file` trusts its input. Only files in our own
             // cache directory are read, each written by `precompile_component`
@@ -131,7 +134,7 @@ impl Runtime {
                         plugin = %path.display(), wasm_bytes = bytes.len(), from_cache = true,
                         ms = started.elapsed().as_millis() as u64, "plugin loaded"
                     );
-                    return Ok(component);
+                    return Ok((component, digest));
                 }
                 Err(e) => {
                     tracing::warn!(path = %cached.display(), error = %e, "compiled plugin cache entry unusable; recompiling")
@@ -154,10 +157,14 @@ impl Runtime {
         );
         // SAFETY: the bytes were produced by this engine a moment ago.
         #[allow(unsafe_code)]
-        unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| LoadError::Compile {
-            path: path.to_path_buf(),
-            reason: format!("{e:#}"),
-        })
+        let component =
+            unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| {
+                LoadError::Compile {
+                    path: path.to_path_buf(),
+                    reason: format!("{e:#}"),
+                }
+            })?;
+        Ok((component, digest))
     }
 
     fn compile_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
@@ -167,8 +174,6 @@ impl Runtime {
         })
     }
 
-    /// Content hash of the plugin plus the engine's compatibility hash: a new
-    /// wasmtime or different settings never read an old entry.
     /// Deletes compiled plugins in the cache that none of `keep` (SHA-256
     /// digests of the plugin files in use) needs, and compiles of an older
     /// engine: each rebuilt plugin would otherwise leave its old entry (tens
@@ -178,7 +183,7 @@ impl Runtime {
         let Some(dir) = &self.cache_dir else {
             return Ok(0);
         };
-        let keep: Vec<String> = keep.iter().map(|d| self.cache_key_of_digest(d)).collect();
+        let keep: Vec<String> = keep.iter().map(|d| self.cache_key(d)).collect();
         let mut removed = 0;
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -199,11 +204,9 @@ impl Runtime {
         Ok(removed)
     }
 
-    fn cache_key(&self, bytes: &[u8]) -> String {
-        self.cache_key_of_digest(&Sha256::digest(bytes).into())
-    }
-
-    fn cache_key_of_digest(&self, digest: &[u8; 32]) -> String {
+    /// Content hash of the plugin plus the engine's compatibility hash: a new
+    /// wasmtime or different settings never read an old entry.
+    fn cache_key(&self, digest: &[u8; 32]) -> String {
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()

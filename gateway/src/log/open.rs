@@ -74,11 +74,9 @@ fn try_open(path: &Path, options: &LogOptions) -> Result<sled::Db, String> {
     }
 }
 
-/// sled locks `state/db` exclusively; if another process holds it, stop
-/// here rather than mistaking the lock for damage.
 /// A store we may not write (owned by another user, e.g. after a command
 /// run as root) is not damaged: moving it aside would hide every pending
-/// payment in it. Say whose it is instead.
+/// payment in it. Refuse it, and say who must own it.
 fn ensure_writable(path: &Path) -> Result<(), LogError> {
     for file in [path.to_path_buf(), path.join("db"), path.join("conf")] {
         let opened = if file == path {
@@ -103,6 +101,8 @@ fn ensure_writable(path: &Path) -> Result<(), LogError> {
     Ok(())
 }
 
+/// sled locks `state/db` exclusively; if another process holds it, stop
+/// here rather than mistaking the lock for damage.
 fn ensure_not_locked(path: &Path) -> Result<(), LogError> {
     let db_file = path.join("db");
     let Ok(file) = File::open(&db_file) else {
