@@ -151,17 +151,15 @@ type CallFuture<'a, T> = Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send
 
 /// A loaded plugin, ready to be called any number of times concurrently.
 pub struct Plugin {
-    name: String,
-    path: PathBuf,
+    /// What it was loaded from (name, file, poll interval); a reload
+    /// compares it to tell whether the connector changed.
+    config: ConnectorConfig,
     world: World,
     pre: InstancePre<CallState>,
     webhook: Option<bindings::webhook::GuestIndices>,
     poller: Option<bindings::poller::GuestIndices>,
     context: Arc<ConnectorContext>,
     limits: PluginLimits,
-    poll_interval: Duration,
-    /// What it was loaded from, so a reload can tell whether it changed.
-    config: ConnectorConfig,
     digest: [u8; 32],
     health: ConnectorHealth,
     /// Keeps the engine's epoch ticker alive as long as the plugin can be called.
@@ -171,8 +169,8 @@ pub struct Plugin {
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
-            .field("name", &self.name)
-            .field("path", &self.path)
+            .field("name", &self.config.name)
+            .field("path", &self.config.plugin)
             .field("world", &self.world)
             .finish()
     }
@@ -219,16 +217,13 @@ impl Plugin {
             http,
         });
         Ok(Plugin {
-            name: config.name.clone(),
-            path,
+            config: config.clone(),
             world,
             pre,
             webhook,
             poller,
             context,
             limits: runtime.limits.clone(),
-            poll_interval: config.poll_interval,
-            config: config.clone(),
             digest,
             health: ConnectorHealth::default(),
             _runtime: runtime,
@@ -236,12 +231,12 @@ impl Plugin {
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.config.name
     }
 
     /// The `.wasm` file it was loaded from.
     pub fn path(&self) -> &std::path::Path {
-        &self.path
+        &self.config.plugin
     }
 
     pub fn world(&self) -> World {
@@ -249,7 +244,7 @@ impl Plugin {
     }
 
     pub fn poll_interval(&self) -> Duration {
-        self.poll_interval
+        self.config.poll_interval
     }
 
     /// True when `config` and the plugin file on disk are what this was
@@ -272,7 +267,8 @@ impl Plugin {
     pub async fn handle(&self, request: IncomingRequest) -> Result<WebhookResult, CallError> {
         let started = Instant::now();
         let result = self.call_handle(request).await;
-        self.health.record(&self.name, "webhook", started, &result);
+        self.health
+            .record(&self.config.name, "webhook", started, &result);
         result
     }
 
@@ -280,7 +276,8 @@ impl Plugin {
     pub async fn poll(&self) -> Result<PollResult, CallError> {
         let started = Instant::now();
         let result = self.call_poll().await;
-        self.health.record(&self.name, "poll", started, &result);
+        self.health
+            .record(&self.config.name, "poll", started, &result);
         result
     }
 
@@ -343,7 +340,7 @@ impl Plugin {
     /// dedupe key absorbs what it finds again).
     pub fn commit_kv(&self, writes: KvWrites) {
         if let Err(error) = self.context.kv.commit(writes) {
-            tracing::warn!(connector = %self.name, %error, "plugin KV writes not applied");
+            tracing::warn!(connector = %self.config.name, %error, "plugin KV writes not applied");
         }
     }
 
@@ -402,7 +399,7 @@ impl Plugin {
         }
         let text = String::from_utf8_lossy(&output);
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::warn!(connector = %self.name, "plugin stderr: {line}");
+            tracing::warn!(connector = %self.config.name, "plugin stderr: {line}");
         }
     }
 
@@ -421,7 +418,7 @@ impl Plugin {
                 let change = BalanceChange {
                     provider: c.provider,
                     transaction_id: c.transaction_id,
-                    connector: self.name.clone(),
+                    connector: self.config.name.clone(),
                     account: c.account,
                     amount: c.amount,
                     currency: c.currency,

@@ -190,12 +190,12 @@ pub async fn run_sink<S: Sink>(
     tracing::info!(sink = %name, "sink stopped");
 }
 
-/// Counts one outcome in `sink_outcomes_total`.
-fn count(sink: &str, outcome: &str) {
+/// Counts `n` outcomes in `sink_outcomes_total`.
+pub(crate) fn count(sink: &str, outcome: &str, n: u64) {
     crate::metrics::metrics()
         .sink_outcomes
         .with_label_values(&[sink, outcome])
-        .inc();
+        .inc_by(n);
 }
 
 /// Sleeps `delay` unless stopped first; true if stopped.
@@ -243,7 +243,7 @@ async fn deliver_one<S: Sink>(
             }
             tracing::warn!(sink = %name, seq = entry.seq, %reason, "entry expired, not delivered");
             stats.expired.fetch_add(1, Ordering::Relaxed);
-            count(name, "expired");
+            count(name, "expired", 1);
             break Settlement::Expired { reason };
         }
         if shutdown.stop.is_cancelled() {
@@ -264,13 +264,13 @@ async fn deliver_one<S: Sink>(
                 tracing::info!(sink = %name, seq = entry.seq, transaction_id = %entry.change.transaction_id, "delivered");
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
                 stats.recovered();
-                count(name, "delivered");
+                count(name, "delivered", 1);
                 break Settlement::Delivered;
             }
             Err(SinkError::Permanent { reason }) => {
                 tracing::error!(sink = %name, seq = entry.seq, %reason, "delivery refused; kept as a dead letter");
                 stats.dead.fetch_add(1, Ordering::Relaxed);
-                count(name, "dead");
+                count(name, "dead", 1);
                 break Settlement::Dead { reason };
             }
             Err(SinkError::Retriable {
@@ -279,7 +279,7 @@ async fn deliver_one<S: Sink>(
             }) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 stats.failed(&reason);
-                count(name, "retry");
+                count(name, "retry", 1);
                 let mut delay = policy.delay(attempt, retry_after);
                 attempt = attempt.saturating_add(1);
                 if let Some(r) = remaining {

@@ -200,10 +200,7 @@ impl MqttSink {
             }
             stats.retries.fetch_add(1, Ordering::Relaxed);
             stats.failed(&reason);
-            crate::metrics::metrics()
-                .sink_outcomes
-                .with_label_values(&[SINK_NAME, "retry"])
-                .inc();
+            super::count(SINK_NAME, "retry", 1);
             let delay = self.config.retry.delay(attempt, None);
             attempt = attempt.saturating_add(1);
             tracing::warn!(sink = SINK_NAME, %broker, %reason, attempt, delay_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
@@ -388,10 +385,7 @@ fn settle(log: &dyn EventLog, stats: &SinkStats, acked: &[u64]) {
             stats
                 .delivered
                 .fetch_add(acked.len() as u64, Ordering::Relaxed);
-            crate::metrics::metrics()
-                .sink_outcomes
-                .with_label_values(&[SINK_NAME, "delivered"])
-                .inc_by(acked.len() as u64);
+            super::count(SINK_NAME, "delivered", acked.len() as u64);
             tracing::debug!(
                 sink = SINK_NAME,
                 first = acked[0],
