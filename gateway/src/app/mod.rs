@@ -159,23 +159,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .map_err(|(name, e)| anyhow::anyhow!("connector `{name}`: {e}"))?;
     let connectors = Arc::new(ArcSwap::from_pointee(connectors));
     prune_plugin_cache(&runtime, &connectors.load());
-    let listener = TcpListener::bind(config.gateway.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (gateway.listen)",
-                config.gateway.listen
-            )
-        })?;
+    let listener = bind(config.gateway.listen, "gateway.listen").await?;
     let addr = listener.local_addr()?;
-    let admin_listener = TcpListener::bind(config.gateway.admin_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (gateway.admin_listen)",
-                config.gateway.admin_listen
-            )
-        })?;
+    let admin_listener = bind(config.gateway.admin_listen, "gateway.admin_listen").await?;
     let admin_addr = admin_listener.local_addr()?;
 
     // What speakers were asked to say: for MQTT and the status page.
@@ -565,6 +551,13 @@ impl Gateway {
             stats,
         })
     }
+}
+
+/// Listens on `addr`; an error names the config key it came from.
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
 }
 
 /// Drops compiled plugins no loaded connector uses (a failure only costs disk).
