@@ -290,14 +290,26 @@ impl SpeakerApi {
     /// Starts it on `port` (fixed, so a restart keeps the address), with the
     /// simulator's default credentials unless `client_secret` is given.
     pub fn start(port: u16, client_secret: Option<&str>) -> SpeakerApi {
-        let mut command = Command::new(gateway_bin());
-        command
+        let secret: Vec<&str> = client_secret
+            .map(|secret| vec!["--client-secret", secret])
+            .unwrap_or_default();
+        Self::spawn(port, &secret)
+    }
+
+    /// Like [`SpeakerApi::start`], answering calls beyond `max_calls_per_sec`
+    /// with 429 and `Retry-After`, as a rate-limited API does.
+    pub fn start_rate_limited(port: u16, max_calls_per_sec: u32) -> SpeakerApi {
+        Self::spawn(
+            port,
+            &["--max-calls-per-sec", &max_calls_per_sec.to_string()],
+        )
+    }
+
+    fn spawn(port: u16, args: &[&str]) -> SpeakerApi {
+        let child = Command::new(gateway_bin())
             .args(["speaker-sim", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--device", "VNS-SHOP-1:paired"]);
-        if let Some(secret) = client_secret {
-            command.args(["--client-secret", secret]);
-        }
-        let child = command
+            .args(["--device", "VNS-SHOP-1:paired"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -308,6 +320,29 @@ impl SpeakerApi {
             std::thread::sleep(Duration::from_millis(20));
         }
         SpeakerApi { port, child }
+    }
+
+    /// The simulator's counters: `calls`, `plays`, `tokens_issued`, `rate_limited`.
+    pub async fn stats(&self) -> serde_json::Value {
+        self.control("stats").await
+    }
+
+    /// Every announcement played, in order: `hardware_id`, `request_id`, `amount`, `words`.
+    pub async fn plays(&self) -> Vec<serde_json::Value> {
+        match self.control("plays").await {
+            serde_json::Value::Array(plays) => plays,
+            other => panic!("plays: {other}"),
+        }
+    }
+
+    async fn control(&self, path: &str) -> serde_json::Value {
+        reqwest::get(format!("http://127.0.0.1:{}/_sim/{path}", self.port))
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("simulator control API")
+            .json()
+            .await
+            .expect("simulator JSON")
     }
 
     /// `[speaker]` keys that point the gateway at it.
@@ -543,6 +578,19 @@ pub fn sepay_webhook(id: u64, amount: u64) -> String {
         "description": ""
     })
     .to_string()
+}
+
+/// Resident memory of process `pid` (`VmRSS`), KiB; 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The transaction id the gateway stores for [`sepay_webhook`]`(id, _)`: SePay

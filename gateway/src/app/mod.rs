@@ -539,7 +539,8 @@ impl Gateway {
                         .context("the Speaker API simulator is not running")?;
                 }
                 let client = SpeakerClient::new(credentials, speaker.timeout)
-                    .context("building the Speaker API client")?;
+                    .context("building the Speaker API client")?
+                    .with_max_calls_per_sec(speaker.max_calls_per_sec);
                 let sink = SpeakerSink::new(Arc::new(client), speaker, routes)
                     .with_announcements(self.announcements.clone());
                 tokio::spawn(run_sink(Arc::new(sink), log, stats.clone(), shutdown))

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::{Config, Secret};
 use crate::speaker_api::client::{SpeakerClient, SpeakerCredentials, SpeakerError};
-use crate::speaker_api::sim::{SimConfig, SimDevice, Simulator};
+use crate::speaker_api::sim::{Faults, SimConfig, SimDevice, Simulator};
 
 #[derive(Debug, Args)]
 pub struct Speaker {
@@ -217,6 +217,9 @@ pub struct SpeakerSim {
     client_secret: String,
     #[arg(long, default_value_t = 6000)]
     token_ttl_secs: u64,
+    /// The API's allowed rate: calls beyond it are answered 429 with `Retry-After`.
+    #[arg(long)]
+    max_calls_per_sec: Option<u32>,
 }
 
 impl SpeakerSim {
@@ -241,6 +244,10 @@ impl SpeakerSim {
             client_secret: self.client_secret,
             token_ttl: Duration::from_secs(self.token_ttl_secs),
             devices,
+            faults: Faults {
+                max_calls_per_sec: self.max_calls_per_sec,
+                ..Faults::default()
+            },
             ..SimConfig::default()
         });
         let listener = tokio::net::TcpListener::bind(self.listen)

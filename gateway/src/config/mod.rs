@@ -9,6 +9,7 @@ mod secret;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -134,6 +135,8 @@ pub struct SpeakerConfig {
     pub min_amount: u64,
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// The Speaker API's allowed call rate; calls are spaced to it. None: unpaced.
+    pub max_calls_per_sec: Option<NonZeroU32>,
 }
 
 /// `[[route]]`: which speakers announce payments to which account.
@@ -297,6 +300,7 @@ struct RawSpeaker {
     timeout_ms: Option<Spanned<u64>>,
     retry_initial_ms: Option<Spanned<u64>>,
     retry_max_ms: Option<Spanned<u64>>,
+    max_calls_per_sec: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -852,6 +856,18 @@ fn parse_speaker(
             max: ms(s.retry_max_ms, "retry_max_ms", Duration::from_secs(30))?,
             max_retry_after: d.max_retry_after,
         },
+        max_calls_per_sec: s
+            .max_calls_per_sec
+            .map(|v| {
+                NonZeroU32::new(*v.get_ref()).ok_or_else(|| {
+                    loc.at(
+                        v.span(),
+                        "speaker.max_calls_per_sec",
+                        "must be greater than 0",
+                    )
+                })
+            })
+            .transpose()?,
     })
 }
 

@@ -172,7 +172,31 @@ fn speaker_routes_forwards_and_log_are_checked() {
     assert!(devices[0].online, "online by default");
     assert_eq!(faults.error_rate, 0.3);
     assert_eq!(speaker.max_age, Duration::from_secs(300));
+    assert_eq!(speaker.max_calls_per_sec, None, "unpaced by default");
     assert_eq!(config.routes[0].min_amount, 5000);
+}
+
+#[test]
+fn the_speaker_call_rate_is_positive() {
+    let e = error(
+        "[speaker]
+simulator = true
+max_calls_per_sec = 0
+",
+    );
+    assert!(
+        e.starts_with("shop.toml:3:21: speaker.max_calls_per_sec: must be greater than 0"),
+        "{e}"
+    );
+    let config = parse(
+        "[speaker]
+simulator = true
+max_calls_per_sec = 3
+",
+    )
+    .expect("valid");
+    let rate = config.speaker.and_then(|s| s.max_calls_per_sec);
+    assert_eq!(rate.map(|r| r.get()), Some(3));
 }
 
 #[test]

@@ -8,8 +8,14 @@
 //!   is an error even inside HTTP 200.
 //! - 429 and `Retry-After` come back as [`SpeakerError::RateLimited`]; the
 //!   caller (the sink's retry loop) decides when to try again.
+//! - With a call rate set ([`SpeakerClient::with_max_calls_per_sec`]), calls
+//!   are spaced evenly so a backlog drains at the API's allowed rate instead
+//!   of bursting into 429s.
 
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -98,6 +104,8 @@ pub struct SpeakerClient {
     http: reqwest::Client,
     credentials: SpeakerCredentials,
     token: Mutex<Option<Token>>,
+    /// Spaces calls (token requests included) to the allowed rate, if set.
+    pacer: Option<DefaultDirectRateLimiter>,
 }
 
 impl std::fmt::Debug for SpeakerClient {
@@ -120,7 +128,23 @@ impl SpeakerClient {
             http,
             credentials,
             token: Mutex::new(None),
+            pacer: None,
         })
+    }
+
+    /// At most `rate` calls per second, evenly spaced (no bursts): `None`
+    /// leaves calls unpaced.
+    pub fn with_max_calls_per_sec(mut self, rate: Option<NonZeroU32>) -> Self {
+        self.pacer = rate
+            .map(|rate| RateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN)));
+        self
+    }
+
+    /// Waits for the pacer's next slot, if calls are paced.
+    async fn paced(&self) {
+        if let Some(pacer) = &self.pacer {
+            pacer.until_ready().await;
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -143,6 +167,7 @@ impl SpeakerClient {
     }
 
     async fn fetch_token(&self) -> Result<Token, SpeakerError> {
+        self.paced().await;
         let response = self
             .http
             .post(self.url("/token/create"))
@@ -186,6 +211,7 @@ impl SpeakerClient {
     ) -> Result<T, SpeakerError> {
         let mut token = self.token(None).await?;
         for attempt in 0..2 {
+            self.paced().await;
             let response = self
                 .http
                 .post(self.url(path))

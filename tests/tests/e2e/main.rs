@@ -3,6 +3,7 @@
 
 mod admin;
 mod backfill;
+mod backlog;
 mod casso_webhook;
 mod cli;
 mod crash;

@@ -37,6 +37,7 @@ fn config(max_age: Duration) -> SpeakerConfig {
             max: Duration::from_millis(20),
             max_retry_after: Duration::from_secs(1),
         },
+        max_calls_per_sec: None,
     }
 }
 

@@ -143,6 +143,53 @@ async fn rate_limits_outages_and_server_errors() {
 }
 
 #[tokio::test]
+async fn calls_over_the_allowed_rate_get_429_with_the_wait_that_passes() {
+    let f = fixture().await;
+    f.sim.set_faults(Faults {
+        max_calls_per_sec: Some(5),
+        ..Faults::default()
+    });
+    let mut limited = Vec::new();
+    for _ in 0..30 {
+        if let Err(e) = f.client.check("VNS-PAIRED").await {
+            limited.push(e);
+        }
+    }
+    assert!(!limited.is_empty(), "30 quick calls against 5/s");
+    // A bucket of one call short waits 1/5 s, rounded up to a whole second.
+    assert!(limited.iter().all(|e| *e
+        == SpeakerError::RateLimited {
+            retry_after: Some(Duration::from_secs(1))
+        }));
+    assert_eq!(f.sim.stats().rate_limited, limited.len() as u64);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    f.client
+        .check("VNS-PAIRED")
+        .await
+        .expect("after Retry-After");
+}
+
+#[tokio::test]
+async fn a_paced_client_stays_under_the_allowed_rate() {
+    let f = fixture().await;
+    let rate = 20;
+    f.sim.set_faults(Faults {
+        max_calls_per_sec: Some(rate),
+        ..Faults::default()
+    });
+    let client =
+        client_for(&f.base_url, "sim-secret").with_max_calls_per_sec(NonZeroU32::new(rate));
+    let started = Instant::now();
+    for _ in 0..40 {
+        client.check("VNS-PAIRED").await.expect("paced call");
+    }
+    // 41 calls (with the token) spaced 1/20 s apart take at least 2 s.
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(f.sim.stats().rate_limited, 0);
+    assert_eq!(f.sim.stats().calls, 41);
+}
+
+#[tokio::test]
 async fn pairing_with_the_spoken_otp() {
     let f = fixture().await;
     let session = f.client.pair_request("VNS-NEW").await.expect("request");

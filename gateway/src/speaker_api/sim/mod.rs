@@ -49,6 +49,10 @@ pub struct Faults {
     pub outage: bool,
     /// Tokens issued from now on live this long (seconds) instead of the configured TTL.
     pub token_ttl_secs: Option<u64>,
+    /// The API's allowed rate: calls beyond this many per second (a bucket
+    /// of one second's worth, refilled continuously) are answered 429 with
+    /// the `Retry-After` that makes the next one pass. None: unlimited.
+    pub max_calls_per_sec: Option<u32>,
 }
 
 /// A speaker the simulator knows.
@@ -123,6 +127,37 @@ struct SimState {
     plays: Vec<Play>,
     calls: u64,
     tokens_issued: u64,
+    /// Calls `max_calls_per_sec` still lets through, and when it was last refilled.
+    allowance: (f64, Instant),
+    rate_limited: u64,
+}
+
+impl SimState {
+    /// Takes one call from the `max_calls_per_sec` allowance; `Some(wait)`
+    /// if there is none left, with how long until there is.
+    fn over_rate_limit(&mut self) -> Option<Duration> {
+        let limit = f64::from(self.config.faults.max_calls_per_sec?.max(1));
+        let now = Instant::now();
+        let (left, since) = self.allowance;
+        let left = (left.min(limit) + now.duration_since(since).as_secs_f64() * limit).min(limit);
+        if left >= 1.0 {
+            self.allowance = (left - 1.0, now);
+            return None;
+        }
+        self.allowance = (left, now);
+        self.rate_limited += 1;
+        Some(Duration::from_secs_f64((1.0 - left) / limit))
+    }
+}
+
+/// What the simulator has seen, for tests and benches (`GET /_sim/stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimStats {
+    pub calls: u64,
+    pub plays: u64,
+    pub tokens_issued: u64,
+    /// Calls answered 429 because they exceeded `max_calls_per_sec`.
+    pub rate_limited: u64,
 }
 
 /// The simulator; cheap to clone (shared state).
@@ -188,6 +223,8 @@ impl Simulator {
                 plays: Vec::new(),
                 calls: 0,
                 tokens_issued: 0,
+                allowance: (f64::MAX, Instant::now()),
+                rate_limited: 0,
             })),
         }
     }
@@ -244,6 +281,15 @@ impl Simulator {
         self.with(|s| s.calls)
     }
 
+    pub fn stats(&self) -> SimStats {
+        self.with(|s| SimStats {
+            calls: s.calls,
+            plays: s.plays.len() as u64,
+            tokens_issued: s.tokens_issued,
+            rate_limited: s.rate_limited,
+        })
+    }
+
     /// The API under `/devices/v1`, and the control endpoints under `/_sim`.
     pub fn router(&self) -> Router {
         let api = Router::new()
@@ -257,6 +303,7 @@ impl Simulator {
             .route("/faults", put(put_faults))
             .route("/devices", put(put_device))
             .route("/plays", get(get_plays))
+            .route("/stats", get(get_stats))
             .route("/otp/{hardware_id}", get(get_otp));
         Router::new()
             .nest("/devices/v1", api)
@@ -266,10 +313,25 @@ impl Simulator {
 
     /// Latency, outage, 429 and 500 as configured; `Some` ends the call.
     async fn faults(&self) -> Option<Reply> {
-        let faults = self.with(|s| {
+        let (faults, wait) = self.with(|s| {
             s.calls += 1;
-            s.config.faults.clone()
+            let wait = s.over_rate_limit();
+            (s.config.faults.clone(), wait)
         });
+        if let Some(wait) = wait {
+            let mut reply = envelope(
+                StatusCode::TOO_MANY_REQUESTS,
+                codes::RATE_LIMITED,
+                "Too Many Requests",
+                serde_json::Value::Null,
+            );
+            // Whole seconds, rounded up: waiting that long always passes.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                reply.headers_mut().insert("retry-after", v);
+            }
+            return Some(reply);
+        }
         if faults.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
         }
@@ -591,6 +653,10 @@ async fn put_device(
 
 async fn get_plays(State(sim): State<Simulator>) -> Reply {
     axum::Json(sim.plays()).into_response()
+}
+
+async fn get_stats(State(sim): State<Simulator>) -> Reply {
+    axum::Json(sim.stats()).into_response()
 }
 
 async fn get_otp(State(sim): State<Simulator>, Path(hardware_id): Path<String>) -> Reply {
