@@ -73,6 +73,12 @@ impl Inner {
         self.next_seq.load(Ordering::Acquire)
     }
 
+    /// Takes the sequence numbers below `next` (written, not yet durable).
+    pub fn reserve(&self, next: u64) {
+        self.next_seq.store(next, Ordering::Release);
+    }
+
+    /// Takes the numbers below `next` and wakes the sinks: they are durable.
     pub fn advance(&self, next: u64) {
         self.next_seq.store(next, Ordering::Release);
         self.notify.send_replace(next);

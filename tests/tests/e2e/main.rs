@@ -4,6 +4,7 @@
 mod admin;
 mod backfill;
 mod casso_webhook;
+mod chaos;
 mod cli;
 mod crash;
 mod demo_bank;
