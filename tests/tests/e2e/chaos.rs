@@ -12,7 +12,7 @@
 //! | MQTT broker down from before the gateway starts | [`a_broker_down_from_the_start_gets_every_payment_once_it_is_up`] |
 //! | MQTT broker restarted mid-stream | `mqtt.rs`: `a_broker_restart_mid_stream_loses_no_payment` |
 //! | HTTP receiver down / slow | `crash.rs` (down for half the run), `queue.rs` (slow, at shutdown) |
-//! | The data filesystem really full (a small tmpfs), then grown | [`a_full_disk_answers_503_loses_nothing_and_recovers_without_a_restart`] |
+//! | The data filesystem really full (a small tmpfs), then grown; the store opened while it is full | [`a_full_disk_answers_503_and_loses_nothing`] |
 //! | The store's size limits (`log.max_disk_mb`, `log.min_free_disk_mb`) | `queue.rs`: `a_full_store_answers_503_and_loses_nothing` |
 //! | A damaged store | `queue.rs`: `a_damaged_store_is_moved_aside_and_the_gateway_keeps_serving` |
 //! | A plugin that hangs every call, beside a working one | [`a_plugin_that_hangs_every_call_does_not_disturb_the_others`] |
@@ -25,6 +25,13 @@
 //! `crash.rs`); without it each test is sized for CI (2 cores, all tests of
 //! the binary in parallel). Nothing here asserts how fast something happens:
 //! deadlines are generous and only bound how long "eventually" may take.
+//!
+//! Known limit: sled stops at its first failed write (ENOSPC included) and
+//! keeps failing until the store is opened again, so after a really full
+//! disk the gateway answers 503 until it is restarted; the disk-full test
+//! restarts it, and prints whether it recovered in place. The free-space
+//! reserve (`log.min_free_disk_mb`, 64 MiB by default) keeps the gateway's
+//! own appends from getting there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -591,7 +598,7 @@ impl Drop for Tmpfs {
 }
 
 #[test]
-fn a_full_disk_answers_503_loses_nothing_and_recovers_without_a_restart() {
+fn a_full_disk_answers_503_and_loses_nothing() {
     let Some(fs) = Tmpfs::mount(16) else { return };
     let sink = CountingSink::start();
     let store = fs.path().to_path_buf();
@@ -923,7 +930,14 @@ fn wall_clock_jumps_lose_and_duplicate_nothing() {
         assert_eq!(status, 200, "metrics at {offset}: {body}");
         let (ready, body) = rt.block_on(admin_get(&gw, "/readyz"));
         eprintln!("clock {offset}: /readyz {ready} {body}");
-        if !api_down {
+        if api_down {
+            // What the status says when the clock is corrected while the
+            // API is still down (reported, not asserted: both the failing
+            // time and the oldest pending age are wall-clock differences).
+            set_clock("+0");
+            let (ready, body) = rt.block_on(admin_get(&gw, "/readyz"));
+            eprintln!("clock {offset} -> +0, API still down: /readyz {ready} {body}");
+        } else {
             // The speaker catches up before the clock moves again.
             let deadline = Instant::now() + Duration::from_secs(60);
             while Instant::now() < deadline {
