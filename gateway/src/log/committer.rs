@@ -111,6 +111,13 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Vec<Vec<Appended>>, LogErr
     // different payment: lost.
     inner.reserve(next_seq);
     inner.db.flush()?;
+    #[cfg(test)]
+    if inner
+        .fail_next_sync
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err(LogError::Storage("fdatasync: injected failure".into()));
+    }
     sync_to_disk(&inner.data_file)?;
     inner.advance(next_seq);
     Ok(per_request)

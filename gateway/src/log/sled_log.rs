@@ -66,6 +66,9 @@ pub(super) struct Inner {
     notify: watch::Sender<u64>,
     health: Mutex<LogHealth>,
     space: Mutex<Option<(Instant, Result<(), LogError>)>>,
+    /// Tests: the next commit's sync fails (as `fdatasync` can, with ENOSPC or EIO).
+    #[cfg(test)]
+    pub fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -225,6 +228,8 @@ impl SledLog {
             notify,
             health: Mutex::new(opened.health),
             space: Mutex::new(None),
+            #[cfg(test)]
+            fail_next_sync: std::sync::atomic::AtomicBool::new(false),
         });
         let (requests, receiver) = mpsc::channel();
         let committer_inner = inner.clone();

@@ -23,8 +23,14 @@
 //! One knob scales them: `SOUNDBOX_CHAOS_LONG=1` runs the long variants
 //! (more cycles, longer outages, more payments, and longer SIGKILL loops in
 //! `crash.rs`); without it each test is sized for CI (2 cores, all tests of
-//! the binary in parallel). Nothing here asserts how fast something happens:
-//! deadlines are generous and only bound how long "eventually" may take.
+//! the binary in parallel). Sizes, CI / long: flapping 60 payments over 10
+//! kills / 400 over 80; slow API 20 payments in 4 s / 150 in 40 s; broker 40
+//! payments in 3 s down, then 20 / 400 in 30 s, then 100; full disk 256 KiB /
+//! 1 MiB left to fill; hanging plugin 4 / 40 waves of 6 calls beside 40 / 400
+//! payments; clock 15 / 100 payments per clock phase; `crash.rs` 1000
+//! payments and 20 kills / 5000 and 100. Nothing here asserts how fast
+//! something happens: deadlines are generous and only bound how long
+//! "eventually" may take.
 //!
 //! Known limit: sled stops at its first failed write (ENOSPC included) and
 //! keeps failing until the store is opened again, so after a really full
