@@ -2,7 +2,7 @@
 #   make run    build the plugins and run the gateway on config.toml
 #   make test   build everything and run every test
 # Each installs what it needs (the wasm32-wasip2 Rust target; for the tests
-# also Mosquitto, strace and Chromium from Debian's packages, and the pinned
+# also Mosquitto, strace, Chromium and libfaketime from Debian's packages, and the pinned
 # componentize-py and componentize-js that build the hello connector
 # examples in Python and JavaScript, which needs python3 and npm).
 
@@ -59,13 +59,15 @@ run: build
 	./target/release/soundbox-gateway run --config config.toml
 
 # System tools the tests use, from Debian's packages when missing: Mosquitto
-# (the MQTT tests run a real broker), strace (the durability test) and
-# Chromium (the status page test renders the page in a real browser).
+# (the MQTT tests run a real broker), strace (the durability test),
+# Chromium (the status page test renders the page in a real browser) and
+# libfaketime (the chaos test that jumps the gateway's wall clock).
 test-tools:
 	@missing=""; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v faketime >/dev/null || missing="$$missing faketime"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \

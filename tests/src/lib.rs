@@ -60,6 +60,17 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port between 20000 and 32000");
 }
 
+/// Whether the long chaos variants run (`SOUNDBOX_CHAOS_LONG=1`): more
+/// cycles, longer outages, more payments. CI runs the short ones.
+pub fn chaos_long() -> bool {
+    std::env::var("SOUNDBOX_CHAOS_LONG").is_ok_and(|v| v == "1")
+}
+
+/// `short` normally, `long` under `SOUNDBOX_CHAOS_LONG=1`.
+pub fn chaos_size<T>(short: T, long: T) -> T {
+    if chaos_long() { long } else { short }
+}
+
 /// A running gateway, killed on drop.
 pub struct Gateway {
     child: Child,
@@ -95,11 +106,32 @@ impl Gateway {
         Self::start_full(config, "", &[], env)
     }
 
+    /// Like [`Gateway::start_with_env`], with `setup` run on the gateway's
+    /// directory before the process starts (e.g. to mount a filesystem on
+    /// `data/`, its data dir).
+    pub fn start_with_setup(
+        config: &str,
+        env: &[(&str, &str)],
+        setup: impl FnOnce(&Path),
+    ) -> Gateway {
+        Self::start_inner(config, "", &[], env, setup)
+    }
+
     fn start_full(
         config: &str,
         gateway_keys: &str,
         wrapper: &[&str],
         env: &[(&str, &str)],
+    ) -> Gateway {
+        Self::start_inner(config, gateway_keys, wrapper, env, |_| {})
+    }
+
+    fn start_inner(
+        config: &str,
+        gateway_keys: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        setup: impl FnOnce(&Path),
     ) -> Gateway {
         let env: Vec<(String, String)> = env
             .iter()
@@ -112,6 +144,7 @@ impl Gateway {
             free_port()
         );
         std::fs::write(dir.path().join("config.toml"), config).expect("write config");
+        setup(dir.path());
         let (child, addr, logs) = spawn_wrapped(&dir.path().join("config.toml"), wrapper, &env);
         Gateway {
             child,

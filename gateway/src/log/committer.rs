@@ -104,7 +104,20 @@ fn commit(inner: &Inner, batch: &[Request]) -> Result<Vec<Vec<Appended>>, LogErr
             Ok::<_, ConflictableTransactionError<()>>((per_request, seq))
         })
         .map_err(|e| LogError::Storage(format!("{e:?}")))?;
+    // The entries and their dedupe keys are in the tree now, durable or
+    // not: their numbers are taken even if the sync below fails. Reusing
+    // them would overwrite these entries while their dedupe keys stay, and
+    // the sender's retry would then be acknowledged as a duplicate of a
+    // different payment: lost.
+    inner.reserve(next_seq);
     inner.db.flush()?;
+    #[cfg(test)]
+    if inner
+        .fail_next_sync
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err(LogError::Storage("fdatasync: injected failure".into()));
+    }
     sync_to_disk(&inner.data_file)?;
     inner.advance(next_seq);
     Ok(per_request)

@@ -26,14 +26,18 @@ pub(super) fn open_or_recover(data_dir: &Path, options: &LogOptions) -> Result<O
     ensure_not_locked(&path)?;
     match try_open(&path, options) {
         // Taken by another process since the check above: still not damage.
-        Err(reason) if reason.contains("could not acquire lock") => {
+        Err(Failed::Damaged(reason)) if reason.contains("could not acquire lock") => {
             Err(LogError::Locked(path.display().to_string()))
         }
+        // The disk is full (or read-only, or failing): the store is fine
+        // and a fresh one would not fit either. Moving it aside here would
+        // strand every pending payment in it once space is back.
+        Err(Failed::Environment(error)) => Err(error),
         Ok(db) => Ok(Opened {
             db,
             health: LogHealth::default(),
         }),
-        Err(reason) => {
+        Err(Failed::Damaged(reason)) => {
             let aside = data_dir.join(format!("state.damaged-{}", now_ms()));
             tracing::error!(
                 store = %path.display(),
@@ -47,7 +51,10 @@ pub(super) fn open_or_recover(data_dir: &Path, options: &LogOptions) -> Result<O
                     path.display()
                 ))
             })?;
-            let db = try_open(&path, options).map_err(LogError::Storage)?;
+            let db = try_open(&path, options).map_err(|failed| match failed {
+                Failed::Damaged(reason) => LogError::Storage(reason),
+                Failed::Environment(error) => error,
+            })?;
             let salvaged = salvage(&aside, &db, options);
             tracing::warn!(salvaged, "entries salvaged from the damaged store");
             Ok(Opened {
@@ -62,16 +69,48 @@ pub(super) fn open_or_recover(data_dir: &Path, options: &LogOptions) -> Result<O
     }
 }
 
-fn try_open(path: &Path, options: &LogOptions) -> Result<sled::Db, String> {
+/// Why sled would not open a store.
+enum Failed {
+    /// Something about the store itself (or a lock held elsewhere).
+    Damaged(String),
+    /// The machine refused an operation (disk full, read-only, I/O error):
+    /// not the store's fault, and a fresh store would fail the same way.
+    Environment(LogError),
+}
+
+fn try_open(path: &Path, options: &LogOptions) -> Result<sled::Db, Failed> {
     let config = sled::Config::new()
         .path(path)
         .cache_capacity(options.cache_bytes);
     // sled panics on some kinds of corruption instead of returning an error.
     match catch_unwind(AssertUnwindSafe(|| config.open())) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("sled panicked while opening the store".to_string()),
+        Ok(Err(sled::Error::Io(e))) if is_environment(&e) => {
+            let reason = format!("{}: {e}", path.display());
+            Err(Failed::Environment(match e.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    LogError::Full(reason)
+                }
+                _ => LogError::Storage(reason),
+            }))
+        }
+        Ok(Err(e)) => Err(Failed::Damaged(e.to_string())),
+        Err(_) => Err(Failed::Damaged(
+            "sled panicked while opening the store".to_string(),
+        )),
     }
+}
+
+/// An I/O error the operating system reported for an operation (ENOSPC,
+/// EROFS, EIO, ...), as opposed to sled finding the files inconsistent
+/// (which it reports as corruption, or as an unexpected end of file).
+fn is_environment(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    error.raw_os_error().is_some()
+        || matches!(
+            error.kind(),
+            StorageFull | QuotaExceeded | ReadOnlyFilesystem | PermissionDenied
+        )
 }
 
 /// A store we may not write (owned by another user, e.g. after a command

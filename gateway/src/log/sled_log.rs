@@ -66,6 +66,9 @@ pub(super) struct Inner {
     notify: watch::Sender<u64>,
     health: Mutex<LogHealth>,
     space: Mutex<Option<(Instant, Result<(), LogError>)>>,
+    /// Tests: the next commit's sync fails (as `fdatasync` can, with ENOSPC or EIO).
+    #[cfg(test)]
+    pub fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -73,6 +76,12 @@ impl Inner {
         self.next_seq.load(Ordering::Acquire)
     }
 
+    /// Takes the sequence numbers below `next` (written, not yet durable).
+    pub fn reserve(&self, next: u64) {
+        self.next_seq.store(next, Ordering::Release);
+    }
+
+    /// Takes the numbers below `next` and wakes the sinks: they are durable.
     pub fn advance(&self, next: u64) {
         self.next_seq.store(next, Ordering::Release);
         self.notify.send_replace(next);
@@ -219,6 +228,8 @@ impl SledLog {
             notify,
             health: Mutex::new(opened.health),
             space: Mutex::new(None),
+            #[cfg(test)]
+            fail_next_sync: std::sync::atomic::AtomicBool::new(false),
         });
         let (requests, receiver) = mpsc::channel();
         let committer_inner = inner.clone();

@@ -208,12 +208,16 @@ async fn pause(stop: &CancellationToken, delay: Duration) -> bool {
 
 /// How old an entry is for TTL purposes: since the bank booked it when the
 /// plugin says (and that is not in the future), else since it was logged.
+/// The bank's time wins even when it is later than the logging time: that
+/// happens when this machine's clock was behind (a Raspberry Pi that booted
+/// without a real-time clock) and NTP has since corrected it, and the
+/// logging time would then make a payment from a minute ago hours old.
 pub fn age_ms(entry: &LogEntry, now: i64) -> i64 {
     let born = entry
         .change
         .occurred_at_ms
         .filter(|&at| at <= now)
-        .map_or(entry.appended_at_ms, |at| at.min(entry.appended_at_ms));
+        .unwrap_or(entry.appended_at_ms);
     (now - born).max(0)
 }
 

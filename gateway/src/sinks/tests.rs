@@ -267,4 +267,10 @@ fn age_uses_booking_time_unless_it_is_in_the_future() {
     assert_eq!(age_ms(&entry(None), now), 1_000);
     assert_eq!(age_ms(&entry(Some(now - 60_000)), now), 60_000);
     assert_eq!(age_ms(&entry(Some(now + 60_000)), now), 1_000);
+    // Logged while the clock was two hours behind, booked 10 s ago.
+    let early = LogEntry {
+        appended_at_ms: now - 7_200_000,
+        ..entry(Some(now - 10_000))
+    };
+    assert_eq!(age_ms(&early, now), 10_000);
 }

@@ -1,16 +1,25 @@
 //! Crash safety with the real binary: the gateway is SIGKILLed at random
 //! moments while webhooks pour in. Every payment that got a 2xx must reach
 //! the sink, in log order, and a redelivery may only come from a kill.
+//! `SOUNDBOX_CHAOS_LONG=1` runs the long loops (5000 payments, 100 kills
+//! or more; see `chaos.rs`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::{CountingSink, Gateway, plugin, sepay_webhook, sepay_webhook_id};
+use soundbox_e2e::{CountingSink, Gateway, chaos_size, plugin, sepay_webhook, sepay_webhook_id};
 
-const PAYMENTS: u64 = 1_000;
-const MIN_KILLS: usize = 20;
+/// Payments per run.
+fn payments() -> u64 {
+    chaos_size(1_000, 5_000)
+}
+
+/// Kills per run, at least.
+fn min_kills() -> usize {
+    chaos_size(20, 100)
+}
 
 fn config(sink: &CountingSink) -> String {
     format!(
@@ -33,7 +42,7 @@ async fn post_all(url: String, workers: u64, done: Arc<AtomicBool>) -> BTreeSet<
         let (client, url) = (client.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
-            for id in (1..=PAYMENTS).filter(|i| i % workers == w) {
+            for id in (1..=payments()).filter(|i| i % workers == w) {
                 let body = sepay_webhook(id, 1_000 * id);
                 loop {
                     let sent = client
@@ -84,15 +93,15 @@ fn crash_run(sink_down_first_half: bool) {
 
     let kills = AtomicUsize::new(0);
     let started = Instant::now();
-    while !done.load(Ordering::SeqCst) || kills.load(Ordering::SeqCst) < MIN_KILLS {
+    while !done.load(Ordering::SeqCst) || kills.load(Ordering::SeqCst) < min_kills() {
         std::thread::sleep(Duration::from_millis(fastrand_ms(50, 400)));
-        if sink_down_first_half && kills.load(Ordering::SeqCst) == MIN_KILLS / 2 {
+        if sink_down_first_half && kills.load(Ordering::SeqCst) == min_kills() / 2 {
             sink.set_down(false);
         }
         gw.kill_and_restart();
         kills.fetch_add(1, Ordering::SeqCst);
         assert!(
-            started.elapsed() < Duration::from_secs(600),
+            started.elapsed() < Duration::from_secs(chaos_size(600, 3600)),
             "crash run took too long"
         );
     }
@@ -100,7 +109,7 @@ fn crash_run(sink_down_first_half: bool) {
     let acked = runtime.block_on(sender).expect("sender");
     assert_eq!(
         acked.len() as u64,
-        PAYMENTS,
+        payments(),
         "every payment was eventually acknowledged"
     );
 
@@ -148,7 +157,8 @@ fn crash_run(sink_down_first_half: bool) {
         assert!(sink.refused() > 0, "the sink was down for a while");
     }
     eprintln!(
-        "crash run: {PAYMENTS} payments, {kills} kills, {redelivered} redeliveries, {} refused while down, {:.1}s",
+        "crash run: {} payments, {kills} kills, {redelivered} redeliveries, {} refused while down, {:.1}s",
+        payments(),
         sink.refused(),
         started.elapsed().as_secs_f64()
     );

@@ -5,6 +5,7 @@ mod admin;
 mod backfill;
 mod backlog;
 mod casso_webhook;
+mod chaos;
 mod cli;
 mod crash;
 mod demo_bank;

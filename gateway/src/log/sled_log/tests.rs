@@ -109,6 +109,28 @@ fn unsettled_entries_survive_reopen_and_settled_ones_never_return() {
     );
 }
 
+/// A commit whose sync failed was still written: its entries and dedupe
+/// keys are in the tree. The next commit must not reuse their sequence
+/// numbers, or it overwrites them and the sender's retry is acknowledged as
+/// a duplicate of a different payment.
+#[test]
+fn a_failed_sync_keeps_its_sequence_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    assert_eq!(append(&log, &["a"]), vec![Appended::New(0)]);
+    log.inner.fail_next_sync.store(true, Ordering::SeqCst);
+    assert!(block(log.append(vec![change("b")])).is_err());
+    let c = append(&log, &["c"]);
+    let retry = append(&log, &["b"]);
+    let (Appended::New(c_seq), Appended::Duplicate(b_seq)) = (c[0], retry[0]) else {
+        panic!("c: {c:?}, retry of b: {retry:?}");
+    };
+    assert_ne!(c_seq, b_seq);
+    let b = log.entry(b_seq).expect("read").expect("b is there");
+    assert_eq!(b.change.transaction_id, "b");
+    assert_eq!(txids(&log.read(0, 10).expect("read")), ["a", "b", "c"]);
+}
+
 #[test]
 fn a_new_sink_starts_at_the_end_of_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
