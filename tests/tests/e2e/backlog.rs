@@ -12,16 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::{Gateway, SpeakerApi, free_port, plugin, rss_kib, sepay_webhook};
+use soundbox_e2e::{
+    Gateway, SpeakerApi, chaos_size, free_port, plugin, rss_kib, sepay_webhook,
+};
 
 const SPEAKER: &str = "VNS-SHOP-1";
 /// Amounts are `BASE_AMOUNT + id`, so a play names its payment.
 const BASE_AMOUNT: u64 = 10_000;
 const SENDERS: u64 = 8;
-
-fn long_variant() -> bool {
-    std::env::var_os("SOUNDBOX_CHAOS_LONG").is_some_and(|v| v == "1")
-}
 
 fn config(api_port: u16, calls_per_sec: u32) -> String {
     format!(
@@ -116,11 +114,7 @@ fn mib(kib: u64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backlog_built_while_the_speaker_api_is_down_drains_in_order_at_its_rate() {
-    let (payments, calls_per_sec) = if long_variant() {
-        (100_000, 2_000)
-    } else {
-        (2_000, 400)
-    };
+    let (payments, calls_per_sec) = chaos_size((2_000, 400), (100_000, 2_000));
     let api_port = free_port();
     // The API is down from the start: nothing listens on its port.
     let gw = Gateway::start(&config(api_port, calls_per_sec));

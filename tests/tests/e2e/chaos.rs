@@ -8,6 +8,7 @@
 //! |---|---|
 //! | Speaker API flapping (standalone simulator SIGKILLed and restarted every 0.5–1 s) | [`speaker_api_flapping_announces_every_payment_once`] |
 //! | Speaker API slower than the client's timeout (timeouts, retries with the same `requestId`) | [`a_slow_speaker_api_plays_each_payment_once`] |
+//! | Speaker API down while a backlog builds, then back, rate-limited: drained in log order at its rate | `backlog.rs` (2,000 payments / 100,000 long) |
 //! | Speaker API down, `/readyz` follows it | `admin.rs`: `readyz_fails_while_the_speaker_api_is_down_and_recovers_after` |
 //! | MQTT broker down from before the gateway starts | [`a_broker_down_from_the_start_gets_every_payment_once_it_is_up`] |
 //! | MQTT broker restarted mid-stream | `mqtt.rs`: `a_broker_restart_mid_stream_loses_no_payment` |
