@@ -9,7 +9,7 @@
 CARGO ?= cargo
 PLUGIN_TARGET := wasm32-wasip2
 
-.PHONY: run test test-tools plugins hello-connectors wasm-target build lint fmt bench clean FORCE
+.PHONY: run test test-tools plugins hello-connectors wasm-target build lint fmt bench bench-e2e clean FORCE
 
 wasm-target:
 	@rustup target list --installed 2>/dev/null | grep -qx $(PLUGIN_TARGET) || rustup target add $(PLUGIN_TARGET)
@@ -97,6 +97,11 @@ fmt:
 
 bench: plugins
 	$(CARGO) bench -p soundbox-gateway
+
+# The end-to-end bench alone: the release binary under load against the
+# disk's fdatasync floor and a naive server, in a few minutes; one report.
+bench-e2e: plugins
+	$(CARGO) bench -p soundbox-gateway --bench e2e
 
 clean:
 	$(CARGO) clean

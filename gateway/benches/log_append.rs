@@ -9,9 +9,12 @@
 //! - log x1: `SledLog::append` of one change at a time, awaited (one webhook at a time).
 //! - log xN: N concurrent appenders (N webhooks in flight) sharing group commits.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+mod common;
+
+use std::fs::File;
 use std::time::{Duration, Instant};
+
+use common::quantile;
 
 use soundbox_gateway::log::{EventLog, LogOptions, SledLog};
 use soundbox_gateway::model::BalanceChange;
@@ -28,12 +31,11 @@ struct Row {
 
 fn row(name: &str, mut samples: Vec<Duration>, elapsed: Duration) -> Row {
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     Row {
         name: name.to_string(),
         events_per_sec: samples.len() as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
+        p50: quantile(&samples, 0.50),
+        p99: quantile(&samples, 0.99),
     }
 }
 
@@ -64,16 +66,8 @@ fn sequential(name: &str, mut op: impl FnMut(usize)) -> Row {
 
 fn raw_fdatasync() -> Row {
     let dir = scratch();
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("raw.log"))
-        .expect("open");
-    let record = vec![b'x'; 300];
-    sequential("raw append + fdatasync", |_| {
-        file.write_all(&record).expect("write");
-        file.sync_data().expect("fdatasync");
-    })
+    let (samples, elapsed) = common::raw_fdatasync(dir.path(), 300, SEQUENTIAL);
+    row("raw append + fdatasync", samples, elapsed)
 }
 
 /// sled `insert` + `flush` + one `sync` of the file at `target` (relative to

@@ -6,119 +6,17 @@
 //! starting any process of this size costs here.
 //! Run: `cargo bench -p soundbox-gateway --bench startup` (after `make plugins`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
+
+use common::{default_config, median, ms, rss_kib, stop, time_to_ready, version_time};
 
 const RUNS: usize = 15;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The status line of `GET path`, or None if nothing answers yet.
-fn http_status(addr: &str, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
-fn config(dir: &Path) -> (PathBuf, String) {
-    let plugin = workspace().join("plugins/target/wasm32-wasip2/release/sepay_webhook.wasm");
-    assert!(plugin.is_file(), "build the plugins first: make plugins");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let text = std::fs::read_to_string(workspace().join("config.toml"))
-        .expect("config.toml")
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", free_port()))
-        .replace("127.0.0.1:8081", &admin)
-        .replace("127.0.0.1:1883", &format!("127.0.0.1:{}", free_port()))
-        .replace(
-            "plugins/target/wasm32-wasip2/release/sepay_webhook.wasm",
-            &plugin.display().to_string(),
-        );
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).expect("write config");
-    (path, admin)
-}
-
-fn start(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_soundbox-gateway"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("SOUNDBOX_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the gateway")
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-}
-
-/// Time from spawn to `/readyz` 200; the caller stops the child.
-#[allow(clippy::zombie_processes)]
-fn time_to_ready(config: &Path, admin: &str) -> (Duration, Child) {
-    let started = Instant::now();
-    let mut child = start(config);
-    loop {
-        if http_status(admin, "/readyz") == Some(200) {
-            return (started.elapsed(), child);
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the gateway was not ready within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (config, admin) = config(dir.path());
+    let (config, admin) = default_config(dir.path());
 
     // Warm the cache (and the page cache) once.
     let (cold, child) = time_to_ready(&config, &admin);
@@ -139,14 +37,7 @@ fn main() {
     }
     let mut baseline = Vec::new();
     for _ in 0..RUNS {
-        let started = Instant::now();
-        let status = Command::new(env!("CARGO_BIN_EXE_soundbox-gateway"))
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .expect("--version");
-        assert!(status.success());
-        baseline.push(started.elapsed());
+        baseline.push(version_time());
     }
     let (ready_med, base_med) = (median(ready.clone()), median(baseline));
     let worst = ready.iter().max().copied().unwrap_or_default();

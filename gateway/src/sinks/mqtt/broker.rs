@@ -4,7 +4,8 @@
 //! loopback unless the network is trusted. It lives as long as the process.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
@@ -26,7 +27,13 @@ pub enum BrokerError {
 const SEGMENT_BYTES: usize = 1 << 20;
 const SEGMENTS: usize = 4;
 
-/// Starts rumqttd on `listen` on threads of its own.
+/// How long `start` waits for rumqttd to accept connections.
+const READY_WAIT: Duration = Duration::from_secs(2);
+
+/// Starts rumqttd on `listen` on threads of its own, and returns once it
+/// accepts connections (or after [`READY_WAIT`]): the MQTT sink connects
+/// right after, and found nothing listening on about one start in three
+/// (a `connection refused` warning, then a backoff before the first publish).
 pub fn start(listen: SocketAddr) -> Result<(), BrokerError> {
     // rumqttd reports a failed bind only in its log, from its own thread;
     // binding here first puts the error in front of the user.
@@ -77,6 +84,31 @@ pub fn start(listen: SocketAddr) -> Result<(), BrokerError> {
             }
         })
         .map_err(BrokerError::Thread)?;
+    wait_until_accepting(listen, READY_WAIT);
     tracing::info!(%listen, "embedded MQTT broker listening");
     Ok(())
+}
+
+/// Polls `listen` (its loopback twin when it is a wildcard address) until a
+/// TCP connect succeeds or `limit` passes. rumqttd binds on its own thread
+/// and says nothing when it is ready. Blocks for the few milliseconds that
+/// takes; it runs once per process.
+fn wait_until_accepting(listen: SocketAddr, limit: Duration) {
+    let probe = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port())
+        }
+        _ => listen,
+    };
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&probe, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    tracing::warn!(%listen, "the embedded MQTT broker is not accepting connections yet");
 }

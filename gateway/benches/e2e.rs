@@ -1,0 +1,1109 @@
+//! End to end: SePay webhooks into the real release binary, through the
+//! SePay plugin and the durable event log, out to a Speaker API simulator
+//! and the embedded MQTT broker; every figure next to a baseline measured in
+//! the same run.
+//!
+//! - Physical limit: plain append + `fdatasync` of 200-byte records, one
+//!   writer, on the filesystem that holds the gateway's data dir, measured
+//!   right before the gateway.
+//! - Naive baseline: an HTTP server inside the bench (axum) that parses the
+//!   same webhook natively (serde_json), calls `notify` on its own standalone
+//!   simulator (`soundbox-gateway speaker-sim`; token once) and answers 200.
+//!   No durability, no plugin, no MQTT: its 2xx is its announcement.
+//! - The gateway: `soundbox-gateway run` with the SePay plugin (`auth =
+//!   "none"`), `[speaker]` on its own standalone simulator with every account
+//!   routed to one paired speaker, `[mqtt] broker = "embedded"`, default log
+//!   level. A QoS 1 subscriber in the bench records `events` and
+//!   `announcements`. Announcement latency is webhook sent → its
+//!   announcement seen on MQTT: the gateway publishes it after `notify` and
+//!   `check_notify` answered, so it is when the gateway knows the speaker
+//!   played it (the simulator keeps no timestamps).
+//!
+//! The same load generator drives both servers: one request at a time
+//! (the gateway's next request waits for the previous one's event and
+//! announcement), then `SENDERS` concurrent senders in a closed loop. Also:
+//! warm startup to `/readyz` against `--version`, one plugin call against the
+//! same parsing compiled natively, and the issue goals computed from all this.
+//! Every payment must be announced exactly once and published on `events`
+//! once: losses, duplicates, non-2xx replies and the gateway's warnings are
+//! counted and printed.
+//!
+//! Run: `make bench-e2e`, or `cargo bench -p soundbox-gateway --bench e2e`
+//! after `make plugins`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde::Deserialize;
+
+use common::{Stats, micros, ms, stats};
+
+/// Raw `fdatasync` appends (the physical limit) and their record size.
+const RAW_SYNCS: usize = 3_000;
+const RECORD_BYTES: usize = 200;
+/// Webhooks before measuring (connections, caches, token).
+const WARM_UP: u64 = 50;
+/// Webhooks sent one at a time.
+const SEQUENTIAL: u64 = 500;
+/// Concurrent senders, and webhooks they send in all, under load.
+const SENDERS: usize = 32;
+const LOAD: u64 = 20_000;
+/// Warm starts timed (and `--version` runs).
+const STARTUP_RUNS: usize = 11;
+const WASM_CALLS: usize = 5_000;
+const NATIVE_CALLS: usize = 50_000;
+/// The speaker every payment is routed to.
+const SPEAKER: &str = "VNS-SHOP-1";
+/// How long the gateway may take to announce the whole load.
+const DRAIN_LIMIT: Duration = Duration::from_secs(180);
+/// Amount of payment `id`: unique, so MQTT messages and plays map back to it.
+fn amount(id: u64) -> u64 {
+    10_000 + id
+}
+
+/// `YYYY-MM-DD HH:MM:SS`, Vietnam time (UTC+7), as SePay sends it.
+fn vietnam_now() -> String {
+    let at = SystemTime::now() + Duration::from_secs(7 * 3600);
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .trim_end_matches('Z')
+        .replacen('T', " ", 1)
+}
+
+/// A SePay webhook for transaction `id`, made now (~300 bytes).
+fn sepay_webhook(id: u64) -> String {
+    serde_json::json!({
+        "id": id,
+        "gateway": "Vietcombank",
+        "transactionDate": vietnam_now(),
+        "accountNumber": "0123499999",
+        "code": null,
+        "content": format!("thanh toan don {id}"),
+        "transferType": "in",
+        "transferAmount": amount(id),
+        "accumulated": 19_077_000,
+        "subAccount": null,
+        "referenceCode": format!("MBVCB.{id}"),
+        "description": ""
+    })
+    .to_string()
+}
+
+/// A standalone Speaker API simulator (`speaker-sim` of the release binary)
+/// with one paired speaker; killed on drop.
+struct SpeakerSim {
+    port: u16,
+    child: Child,
+}
+
+impl SpeakerSim {
+    fn start() -> SpeakerSim {
+        let port = common::free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_soundbox-gateway"))
+            .args(["speaker-sim", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--device", &format!("{SPEAKER}:paired")])
+            .env("SOUNDBOX_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start speaker-sim");
+        let sim = SpeakerSim { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "speaker-sim did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        sim
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Amount → how many times the speaker played it.
+    async fn plays(&self, client: &reqwest::Client) -> HashMap<u64, usize> {
+        #[derive(Deserialize)]
+        struct Play {
+            amount: u64,
+        }
+        let plays: Vec<Play> = client
+            .get(self.url("/_sim/plays"))
+            .send()
+            .await
+            .expect("GET /_sim/plays")
+            .json()
+            .await
+            .expect("plays JSON");
+        let mut counts = HashMap::new();
+        for p in plays {
+            *counts.entry(p.amount).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+impl Drop for SpeakerSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One webhook as the load generator saw it.
+#[derive(Debug, Clone, Copy)]
+struct Shot {
+    id: u64,
+    sent: Instant,
+    done: Instant,
+    /// HTTP status; 0 when the request failed (connection, timeout).
+    status: u16,
+}
+
+impl Shot {
+    fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+async fn post_one(client: &reqwest::Client, url: &str, id: u64) -> Shot {
+    let body = sepay_webhook(id);
+    let sent = Instant::now();
+    let status = match client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            // Read the body: the reply is complete only then.
+            match response.bytes().await {
+                Ok(_) => status,
+                Err(_) => 0,
+            }
+        }
+        Err(_) => 0,
+    };
+    Shot {
+        id,
+        sent,
+        done: Instant::now(),
+        status,
+    }
+}
+
+/// `ids` posted by `senders` concurrent senders, each one request at a time.
+async fn closed_loop(
+    client: &reqwest::Client,
+    url: &str,
+    ids: std::ops::Range<u64>,
+    senders: usize,
+) -> Vec<Shot> {
+    let next = Arc::new(AtomicU64::new(ids.start));
+    let end = ids.end;
+    let mut tasks = Vec::new();
+    for _ in 0..senders {
+        let (client, url, next) = (client.clone(), url.to_string(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut shots = Vec::new();
+            loop {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                if id >= end {
+                    return shots;
+                }
+                shots.push(post_one(&client, &url, id).await);
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("sender"));
+    }
+    all.sort_by_key(|s| s.id);
+    all
+}
+
+/// What the MQTT subscriber received, by payment amount.
+#[derive(Default)]
+struct Seen {
+    events: HashMap<u64, Vec<Instant>>,
+    /// Arrival and `result` of each announcement.
+    announcements: HashMap<u64, Vec<(Instant, String)>>,
+    /// Messages that did not parse, and connection errors.
+    unreadable: usize,
+    /// When the connection failed, and why.
+    connection_errors: Vec<(Instant, String)>,
+}
+
+/// A QoS 1 subscriber to a gateway's `events` and `announcements`, on a
+/// thread and runtime of its own, so the load generator does not delay its
+/// timestamps.
+struct Subscriber {
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Subscriber {
+    fn connect(port: u16, prefix: &str) -> Subscriber {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let subscribed = Arc::new(AtomicUsize::new(0));
+        let topics = [
+            format!("{prefix}/events"),
+            format!("{prefix}/announcements"),
+        ];
+        let thread = {
+            let (seen, stop, subscribed) = (seen.clone(), stop.clone(), subscribed.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("subscriber runtime");
+                rt.block_on(subscribe(port, topics, seen, stop, subscribed));
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while subscribed.load(Ordering::SeqCst) < 2 {
+            assert!(Instant::now() < deadline, "no SubAck from the broker");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Subscriber {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+        f(&self.seen.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Waits until every payment in `ids` was seen on both topics; false
+    /// after `limit`.
+    fn wait_for(&self, ids: std::ops::Range<u64>, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let all = self.with(|s| {
+                ids.clone().all(|id| {
+                    s.events.contains_key(&amount(id)) && s.announcements.contains_key(&amount(id))
+                })
+            });
+            if all {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            // Checking thousands holds the lock the subscriber needs: less often.
+            let pause = if ids.end - ids.start > 1 { 10 } else { 1 };
+            std::thread::sleep(Duration::from_millis(pause));
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn subscribe(
+    port: u16,
+    topics: [String; 2],
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    subscribed: Arc<AtomicUsize>,
+) {
+    let mut options = MqttOptions::new(
+        format!("bench-subscriber-{}", std::process::id()),
+        "127.0.0.1",
+        port,
+    );
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(256 << 10, 256 << 10);
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    for topic in &topics {
+        client
+            .subscribe(topic, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+    }
+    while !stop.load(Ordering::SeqCst) {
+        let event = match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
+            Ok(event) => event,
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        match event {
+            Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                subscribed.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                let json: Option<serde_json::Value> = serde_json::from_slice(&p.payload).ok();
+                let amount = json.as_ref().and_then(|j| j["amount"].as_u64());
+                let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
+                match amount {
+                    Some(a) if p.topic == topics[0] => s.events.entry(a).or_default().push(now),
+                    Some(a) if p.topic == topics[1] => {
+                        let result = json
+                            .as_ref()
+                            .and_then(|j| j["result"].as_str())
+                            .unwrap_or("?")
+                            .to_string();
+                        s.announcements.entry(a).or_default().push((now, result));
+                    }
+                    _ => s.unreadable += 1,
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .connection_errors
+                    .push((now, error.to_string()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+}
+
+/// Samples a process's RSS every 20 ms while running; the maximum on stop.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut max = 0;
+            while !flag.load(Ordering::SeqCst) {
+                max = max.max(common::rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            max.max(common::rss_kib(pid))
+        });
+        RssSampler { stop, thread }
+    }
+
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("RSS sampler")
+    }
+}
+
+/// The naive server's state: one HTTP client, a token taken once.
+#[derive(Clone)]
+struct Naive {
+    client: reqwest::Client,
+    notify_url: String,
+    token: String,
+}
+
+#[derive(Deserialize)]
+struct SepayHook {
+    id: u64,
+    #[serde(rename = "transferAmount")]
+    transfer_amount: u64,
+}
+
+/// `POST /hooks/sepay` of the naive baseline: parse, `notify`, 200.
+async fn naive_hook(State(naive): State<Naive>, body: axum::body::Bytes) -> (StatusCode, String) {
+    let Ok(hook) = serde_json::from_slice::<SepayHook>(&body) else {
+        return (StatusCode::BAD_REQUEST, "bad webhook".into());
+    };
+    let notify = serde_json::json!({
+        "hardwareId": SPEAKER,
+        "amount": hook.transfer_amount,
+        "requestId": format!("naive-{}", hook.id),
+    });
+    let reply = naive
+        .client
+        .post(&naive.notify_url)
+        .bearer_auth(&naive.token)
+        .json(&notify)
+        .send()
+        .await;
+    let played = match reply {
+        Ok(r) if r.status().is_success() => r
+            .json::<serde_json::Value>()
+            .await
+            .is_ok_and(|v| v["code"] == 200),
+        _ => false,
+    };
+    if played {
+        (StatusCode::OK, r#"{"success":true}"#.into())
+    } else {
+        (StatusCode::BAD_GATEWAY, "notify failed".into())
+    }
+}
+
+/// Starts the naive server on `rt` in front of `sim`; returns its address.
+fn start_naive(rt: &tokio::runtime::Runtime, sim: &SpeakerSim) -> String {
+    let client = reqwest::Client::new();
+    let token = rt.block_on(async {
+        let reply: serde_json::Value = client
+            .post(sim.url("/devices/v1/token/create"))
+            .basic_auth("sim-client", Some("sim-secret"))
+            .send()
+            .await
+            .expect("token/create")
+            .json()
+            .await
+            .expect("token JSON");
+        reply["access_token"]
+            .as_str()
+            .expect("a token from the simulator")
+            .to_string()
+    });
+    let state = Naive {
+        client,
+        notify_url: sim.url("/devices/v1/speaker/transactions/notify"),
+        token,
+    };
+    let router = axum::Router::new()
+        .route("/hooks/sepay", axum::routing::post(naive_hook))
+        .with_state(state);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind the naive server");
+    let addr = listener.local_addr().expect("naive addr");
+    rt.spawn(async move { axum::serve(listener, router).await });
+    addr.to_string()
+}
+
+/// Latency figures of one phase of one system.
+#[derive(Debug, Default, Clone, Copy)]
+struct Phase {
+    /// Non-2xx replies and failed requests.
+    failed: usize,
+    ack: Stats,
+    /// 2xx per second, from the first send to the last 2xx.
+    ack_rate: f64,
+    announce: Stats,
+    announce_rate: f64,
+    event: Stats,
+    event_rate: f64,
+}
+
+fn ack_phase(shots: &[Shot]) -> Phase {
+    let ok: Vec<&Shot> = shots.iter().filter(|s| s.ok()).collect();
+    let start = shots.iter().map(|s| s.sent).min();
+    let end = ok.iter().map(|s| s.done).max();
+    let rate = match (start, end) {
+        (Some(a), Some(b)) if b > a => ok.len() as f64 / (b - a).as_secs_f64(),
+        _ => 0.0,
+    };
+    Phase {
+        failed: shots.len() - ok.len(),
+        ack: stats(ok.iter().map(|s| s.done - s.sent).collect()),
+        ack_rate: rate,
+        ..Phase::default()
+    }
+}
+
+/// Losses and duplicates on one topic (or at the speaker) for a set of
+/// payments.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    missing: usize,
+    duplicates: usize,
+}
+
+impl Tally {
+    fn add(&mut self, copies: usize) {
+        match copies {
+            0 => self.missing += 1,
+            n => self.duplicates += n - 1,
+        }
+    }
+}
+
+/// Latency (first arrival − sent) and rate (arrivals ÷ first send to last
+/// arrival) of `arrivals` for `shots`.
+fn arrival_stats(shots: &[Shot], first: impl Fn(u64) -> Option<Instant>) -> (Stats, f64) {
+    let mut latencies = Vec::new();
+    let mut last = None;
+    for s in shots {
+        if let Some(at) = first(amount(s.id)) {
+            latencies.push(at.saturating_duration_since(s.sent));
+            last = last.max(Some(at));
+        }
+    }
+    let start = shots.iter().map(|s| s.sent).min();
+    let rate = match (start, last) {
+        (Some(a), Some(b)) if b > a => latencies.len() as f64 / (b - a).as_secs_f64(),
+        _ => 0.0,
+    };
+    (stats(latencies), rate)
+}
+
+/// Everything measured of the gateway.
+#[derive(Default)]
+struct GatewayRun {
+    sequential: Phase,
+    load: Phase,
+    idle_rss_kib: u64,
+    load_rss_kib: u64,
+    hwm_kib: u64,
+    drained: bool,
+    events: Tally,
+    announcements: Tally,
+    plays: Tally,
+    /// Announcement results other than `played`, with counts.
+    not_played: HashMap<String, usize>,
+    unreadable: usize,
+    /// The subscriber's connection errors: seconds since the load started
+    /// (negative: before), and the error.
+    mqtt_errors: Vec<(f64, String)>,
+    /// When the load started (UTC), to place the gateway's warnings.
+    load_started_utc: String,
+    /// The gateway's CPU time (user + system) over the load, ms per webhook,
+    /// and the cores it kept busy while acknowledging.
+    cpu_ms_per_webhook: f64,
+    cores_busy: f64,
+    /// Warnings and errors the gateway logged, by message.
+    warnings: HashMap<String, usize>,
+    total: u64,
+}
+
+fn gateway_config(dir: &Path, sim: &SpeakerSim) -> (String, String, u16) {
+    let (listen, admin, mqtt) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let text = format!(
+        "[gateway]\nid = \"bench\"\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+         data_dir = \"data\"\n\n\
+         [[connector]]\nname = \"sepay\"\nplugin = \"{plugin}\"\n[connector.config]\nauth = \"none\"\n\n\
+         [speaker]\nbase_url = \"{base}\"\nclient_id = \"sim-client\"\nclient_secret = \"sim-secret\"\n\
+         max_age_secs = 86400\n\n\
+         [[route]]\naccount = \"*\"\nspeakers = [\"{SPEAKER}\"]\n\n\
+         [mqtt]\nbroker = \"embedded\"\nembedded_listen = \"127.0.0.1:{mqtt}\"\n",
+        plugin = common::sepay_plugin().display(),
+        base = sim.url("/devices/v1"),
+    );
+    std::fs::write(dir.join("config.toml"), text).expect("write the gateway config");
+    (
+        format!("127.0.0.1:{listen}"),
+        format!("127.0.0.1:{admin}"),
+        mqtt,
+    )
+}
+
+/// `at` − `origin` in seconds, negative when `at` came first.
+fn signed_secs(at: Instant, origin: Instant) -> f64 {
+    match at.checked_duration_since(origin) {
+        Some(d) => d.as_secs_f64(),
+        None => -(origin - at).as_secs_f64(),
+    }
+}
+
+/// User + system CPU time of `pid` so far (`/proc/<pid>/stat`, USER_HZ 100).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of the file; the first after the name is field 3.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Warnings and errors in the gateway's JSON log, counted by message (with
+/// its `reason` field, and when it first happened).
+fn warnings(log: &Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    for line in text.lines() {
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let level = json["level"].as_str().unwrap_or_default();
+        if level == "WARN" || level == "ERROR" {
+            let fields = &json["fields"];
+            let message = fields["message"].as_str().unwrap_or("?");
+            let reason = fields["reason"]
+                .as_str()
+                .or(fields["error"].as_str())
+                .unwrap_or("");
+            let at = json["timestamp"].as_str().unwrap_or("?");
+            let key = format!("{level} {message} ({reason})");
+            let first = counts.keys().find(|k: &&String| k.ends_with(&key)).cloned();
+            let key = first.unwrap_or_else(|| format!("first at {at}: {key}"));
+            *counts.entry(key).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn run_gateway(rt: &tokio::runtime::Runtime, dir: &Path) -> GatewayRun {
+    let sim = SpeakerSim::start();
+    let (listen, admin, mqtt_port) = gateway_config(dir, &sim);
+    let log_path = dir.join("gateway.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_soundbox-gateway"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(dir.join("config.toml"))
+        .env_remove("SOUNDBOX_LOG")
+        .stdout(Stdio::null())
+        .stderr(File::create(&log_path).expect("gateway log file"))
+        .spawn()
+        .expect("start the gateway");
+    let pid = child.id();
+    if !common::wait_ready(&admin, Instant::now(), Duration::from_secs(60)) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the gateway was not ready within 60 s; its log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
+    let subscriber = Subscriber::connect(mqtt_port, "soundbox/bench");
+    let url = format!("http://{listen}/hooks/sepay");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(SENDERS * 2)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client");
+    let mut run = GatewayRun::default();
+
+    // Warm up, then idle memory.
+    let warm = rt.block_on(async {
+        let mut shots = Vec::new();
+        for id in 0..WARM_UP {
+            shots.push(post_one(&client, &url, id).await);
+        }
+        shots
+    });
+    assert!(
+        warm.iter().all(Shot::ok),
+        "warm-up webhooks were refused; the gateway's log:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    assert!(
+        subscriber.wait_for(0..WARM_UP, Duration::from_secs(30)),
+        "warm-up payments were not announced within 30 s"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    run.idle_rss_kib = common::rss_kib(pid);
+
+    // One at a time: each waits for the previous one's event and announcement.
+    let seq_ids = WARM_UP..WARM_UP + SEQUENTIAL;
+    let mut seq = Vec::new();
+    for id in seq_ids.clone() {
+        seq.push(rt.block_on(post_one(&client, &url, id)));
+        subscriber.wait_for(id..id + 1, Duration::from_secs(10));
+    }
+
+    // Under load.
+    let load_ids = seq_ids.end..seq_ids.end + LOAD;
+    let sampler = RssSampler::start(pid);
+    let cpu_before = cpu_time(pid);
+    let load_started = Instant::now();
+    run.load_started_utc = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let load = rt.block_on(closed_loop(&client, &url, load_ids.clone(), SENDERS));
+    let acked = (load_started.elapsed(), cpu_time(pid));
+    run.drained = subscriber.wait_for(load_ids.clone(), DRAIN_LIMIT);
+    run.load_rss_kib = sampler.finish();
+    run.cpu_ms_per_webhook = ms(cpu_time(pid).saturating_sub(cpu_before)) / LOAD as f64;
+    run.cores_busy = (acked.1.saturating_sub(cpu_before)).as_secs_f64() / acked.0.as_secs_f64();
+    run.hwm_kib = common::status_kib(pid, "VmHWM:");
+    // Late duplicates have a moment to show up.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let first_event =
+        |a: u64| subscriber.with(|s| s.events.get(&a).and_then(|v| v.first().copied()));
+    let first_announcement =
+        |a: u64| subscriber.with(|s| s.announcements.get(&a).and_then(|v| v.first().map(|x| x.0)));
+    for (phase, shots) in [(&mut run.sequential, &seq), (&mut run.load, &load)] {
+        *phase = ack_phase(shots);
+        (phase.announce, phase.announce_rate) = arrival_stats(shots, first_announcement);
+        (phase.event, phase.event_rate) = arrival_stats(shots, first_event);
+    }
+
+    // Exactly once: every acknowledged payment on `events`, announced on
+    // MQTT, and played by the speaker.
+    let acknowledged: Vec<u64> = warm
+        .iter()
+        .chain(&seq)
+        .chain(&load)
+        .filter(|s| s.ok())
+        .map(|s| amount(s.id))
+        .collect();
+    let plays = rt.block_on(sim.plays(&client));
+    subscriber.with(|s| {
+        for a in &acknowledged {
+            run.events.add(s.events.get(a).map_or(0, Vec::len));
+            let announced = s.announcements.get(a);
+            run.announcements.add(announced.map_or(0, Vec::len));
+            for (_, result) in announced.into_iter().flatten() {
+                if result != "played" {
+                    *run.not_played.entry(result.clone()).or_insert(0) += 1;
+                }
+            }
+            run.plays.add(plays.get(a).copied().unwrap_or(0));
+        }
+        run.unreadable = s.unreadable;
+        run.mqtt_errors = s
+            .connection_errors
+            .iter()
+            .map(|(at, e)| (signed_secs(*at, load_started), e.clone()))
+            .collect();
+    });
+    run.total = acknowledged.len() as u64;
+    drop(subscriber);
+    common::stop(child);
+    run.warnings = warnings(&log_path);
+    run
+}
+
+/// The naive baseline: its sequential and loaded phases, and its plays.
+struct NaiveRun {
+    sequential: Phase,
+    load: Phase,
+    plays: Tally,
+}
+
+fn run_naive(rt: &tokio::runtime::Runtime) -> NaiveRun {
+    let sim = SpeakerSim::start();
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("naive server runtime");
+    let addr = start_naive(&server_rt, &sim);
+    let url = format!("http://{addr}/hooks/sepay");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(SENDERS * 2)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client");
+    let (seq, load, plays) = rt.block_on(async {
+        for id in 0..WARM_UP {
+            post_one(&client, &url, id).await;
+        }
+        let mut seq = Vec::new();
+        for id in WARM_UP..WARM_UP + SEQUENTIAL {
+            seq.push(post_one(&client, &url, id).await);
+        }
+        let start = WARM_UP + SEQUENTIAL;
+        let load = closed_loop(&client, &url, start..start + LOAD, SENDERS).await;
+        (seq, load, sim.plays(&client).await)
+    });
+    let mut tally = Tally::default();
+    for s in seq.iter().chain(&load).filter(|s| s.ok()) {
+        tally.add(plays.get(&amount(s.id)).copied().unwrap_or(0));
+    }
+    // Its 2xx comes after the speaker took the payment: that is its announcement.
+    let with_announce = |mut p: Phase| {
+        (p.announce, p.announce_rate) = (p.ack, p.ack_rate);
+        p
+    };
+    server_rt.shutdown_background();
+    NaiveRun {
+        sequential: with_announce(ack_phase(&seq)),
+        load: with_announce(ack_phase(&load)),
+        plays: tally,
+    }
+}
+
+/// Warm startup to `/readyz` 200 on the default config, and `--version`.
+struct Startup {
+    ready: Duration,
+    worst: Duration,
+    version: Duration,
+}
+
+fn run_startup() -> Startup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, admin) = common::default_config(dir.path());
+    // Warm the plugin cache and the page cache once.
+    let (_, child) = common::time_to_ready(&config, &admin);
+    common::stop(child);
+    let mut ready = Vec::new();
+    for _ in 0..STARTUP_RUNS {
+        let (t, child) = common::time_to_ready(&config, &admin);
+        ready.push(t);
+        common::stop(child);
+    }
+    let version = (0..STARTUP_RUNS).map(|_| common::version_time()).collect();
+    Startup {
+        worst: ready.iter().max().copied().unwrap_or_default(),
+        ready: common::median(ready),
+        version: common::median(version),
+    }
+}
+
+/// A table cell: a value, or `–`.
+fn cell(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("–".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    match b {
+        Some(b) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "–".into(),
+    }
+}
+
+/// One row: the gateway's figure, the naive server's and the physical
+/// limit's (when they compare), and the ratios.
+fn row(name: &str, gateway: f64, naive: Option<f64>, physical: Option<f64>, decimals: usize) {
+    println!(
+        "  {name:<38} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        cell(Some(gateway), decimals),
+        cell(naive, decimals),
+        cell(physical, decimals),
+        ratio(gateway, naive),
+        ratio(gateway, physical),
+    );
+}
+
+/// A row of the gateway's figure alone.
+fn solo(name: &str, gateway: f64, decimals: usize) {
+    row(name, gateway, None, None, decimals);
+}
+
+/// The p50 and p99 rows of `what` (`2xx`, `announcement`) at `level`.
+fn latency_rows(what: &str, level: &str, gw: Stats, naive: Option<Stats>, raw: Option<Stats>) {
+    let p = |f: fn(&Stats) -> Duration, s: Option<Stats>| s.map(|s| ms(f(&s)));
+    let name = |q: &str| format!("{what} {q} ms, {level}");
+    row(
+        &name("p50"),
+        ms(gw.p50),
+        p(|s| s.p50, naive),
+        p(|s| s.p50, raw),
+        2,
+    );
+    row(
+        &name("p99"),
+        ms(gw.p99),
+        p(|s| s.p99, naive),
+        p(|s| s.p99, raw),
+        2,
+    );
+}
+
+/// A goal's verdict line: `value` against `limit`, lower is better unless
+/// `at_least`.
+fn goal(name: &str, value: f64, limit: f64, unit: &str, at_least: bool) -> bool {
+    let met = if at_least {
+        value >= limit
+    } else {
+        value <= limit
+    };
+    let by = if at_least {
+        format!("{:.2}x the floor", value / limit)
+    } else {
+        format!("{:.0}% of the limit", value / limit * 100.0)
+    };
+    println!(
+        "  [{}] {name}: {value:.2} {unit} (limit {} {limit} {unit}; {by})",
+        if met { " met  " } else { "NOT met" },
+        if at_least { ">=" } else { "<=" },
+    );
+    met
+}
+
+fn main() {
+    let started = Instant::now();
+    let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    // The gateway's data dir and the raw file share one filesystem (under
+    // target/: a real disk, not a tmpfs).
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("load generator runtime");
+
+    let (wasm, native) =
+        common::plugin_call_samples(&common::sepay_body(500), WASM_CALLS, NATIVE_CALLS);
+    let (wasm, native) = (stats(wasm), stats(native));
+    let startup = run_startup();
+    let naive = run_naive(&rt);
+    // Right before the gateway: on a shared disk the floor moves.
+    let (raw_samples, raw_elapsed) = common::raw_fdatasync(scratch.path(), RECORD_BYTES, RAW_SYNCS);
+    let raw_rate = RAW_SYNCS as f64 / raw_elapsed.as_secs_f64();
+    let raw = stats(raw_samples);
+    let gw = run_gateway(&rt, scratch.path());
+    let elapsed = started.elapsed();
+
+    println!(
+        "e2e: SePay webhook -> plugin -> durable log -> Speaker API simulator + MQTT (release binary, loopback)"
+    );
+    println!(
+        "  load: {WARM_UP} warm-up, {SEQUENTIAL} one at a time, then {SENDERS} senders x {LOAD} webhooks in a closed loop; \
+         physical limit: {RAW_SYNCS} appends of {RECORD_BYTES} B + fdatasync"
+    );
+    println!(
+        "  machine: {} cores, load average {} at the start (others may be using it: figures are noisy)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "  naive: axum + serde_json -> notify on its own speaker-sim, 200 after notify (no log, no plugin, no MQTT)"
+    );
+    println!(
+        "  announcement: gateway = webhook sent -> announcement on MQTT (after notify + check_notify); naive = its 2xx"
+    );
+    println!();
+    println!(
+        "  {:<38} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "figure", "gateway", "naive", "fdatasync", "gw/naive", "gw/fsync"
+    );
+    let (gs, gl, ns, nl) = (gw.sequential, gw.load, naive.sequential, naive.load);
+    let seq = "one at a time";
+    let under = format!("{SENDERS} senders");
+    latency_rows("2xx", seq, gs.ack, Some(ns.ack), Some(raw));
+    latency_rows("2xx", &under, gl.ack, Some(nl.ack), Some(raw));
+    let rate = format!("2xx /s, {under}");
+    row(&rate, gl.ack_rate, Some(nl.ack_rate), Some(raw_rate), 0);
+    latency_rows("announcement", seq, gs.announce, Some(ns.announce), None);
+    latency_rows("announcement", &under, gl.announce, Some(nl.announce), None);
+    let rate = format!("announcements /s, {under}");
+    row(&rate, gl.announce_rate, Some(nl.announce_rate), None, 0);
+    latency_rows("MQTT event", seq, gs.event, None, None);
+    latency_rows("MQTT event", &under, gl.event, None, None);
+    solo(&format!("MQTT events /s, {under}"), gl.event_rate, 0);
+    solo("fdatasync p50 ms (physical limit)", ms(raw.p50), 3);
+    solo("fdatasync p99 ms (physical limit)", ms(raw.p99), 3);
+    solo("fdatasync /s (physical limit)", raw_rate, 0);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    solo("gateway RSS MiB, idle (warm)", mib(gw.idle_rss_kib), 1);
+    solo("gateway RSS MiB, max under load", mib(gw.load_rss_kib), 1);
+    solo("gateway VmHWM MiB (whole run)", mib(gw.hwm_kib), 1);
+    solo("gateway CPU ms per webhook, load", gw.cpu_ms_per_webhook, 3);
+    solo("gateway cores busy while acknowledging", gw.cores_busy, 2);
+    println!();
+    println!(
+        "  startup to /readyz 200, default config, warm cache ({STARTUP_RUNS} runs): median {:.1} ms (max {:.1} ms); \
+         `--version` {:.1} ms; ratio {:.1}x",
+        ms(startup.ready),
+        ms(startup.worst),
+        ms(startup.version),
+        startup.ready.as_secs_f64() / startup.version.as_secs_f64()
+    );
+    println!(
+        "  plugin call, SePay handle() on 500 B: wasm p50 {:.1} µs p99 {:.1} µs; native p50 {:.2} µs p99 {:.2} µs; \
+         ratio p50 {:.1}x p99 {:.1}x",
+        micros(wasm.p50),
+        micros(wasm.p99),
+        micros(native.p50),
+        micros(native.p99),
+        micros(wasm.p50) / micros(native.p50),
+        micros(wasm.p99) / micros(native.p99),
+    );
+    println!();
+    println!(
+        "  correctness, gateway: {} webhooks sent, {} acknowledged; non-2xx or failed: {} one at a time, {} under load",
+        WARM_UP + SEQUENTIAL + LOAD,
+        gw.total,
+        gs.failed,
+        gl.failed
+    );
+    println!(
+        "    per acknowledged payment: events missing {} duplicated {}; announcements missing {} duplicated {}; \
+         speaker plays missing {} duplicated {}",
+        gw.events.missing,
+        gw.events.duplicates,
+        gw.announcements.missing,
+        gw.announcements.duplicates,
+        gw.plays.missing,
+        gw.plays.duplicates
+    );
+    let mut not_played: Vec<_> = gw.not_played.iter().collect();
+    not_played.sort();
+    println!(
+        "    announcements not `played`: {not_played:?}; all announced within {} s: {}; unreadable MQTT messages: {}",
+        DRAIN_LIMIT.as_secs(),
+        gw.drained,
+        gw.unreadable,
+    );
+    println!(
+        "    bench subscriber's MQTT connection errors: {} (s after the load started, error): {:?}",
+        gw.mqtt_errors.len(),
+        gw.mqtt_errors.iter().take(3).collect::<Vec<_>>()
+    );
+    let mut warnings: Vec<_> = gw.warnings.iter().collect();
+    warnings.sort();
+    println!(
+        "    gateway log warnings/errors (load started {}): {warnings:?}",
+        gw.load_started_utc
+    );
+    println!(
+        "  correctness, naive: non-2xx or failed: {} one at a time, {} under load; plays missing {} duplicated {}",
+        ns.failed, nl.failed, naive.plays.missing, naive.plays.duplicates
+    );
+    println!();
+    println!("goals (computed from the figures above):");
+    goal("#2 plugin call p99", micros(wasm.p99), 100.0, "µs", false);
+    goal(
+        "#2 plugin call p99 / native p99",
+        wasm.p99.as_secs_f64() / native.p99.as_secs_f64(),
+        5.0,
+        "x",
+        false,
+    );
+    goal(
+        "#3 webhook->2xx p99 / fdatasync p99, one at a time",
+        gs.ack.p99.as_secs_f64() / raw.p99.as_secs_f64(),
+        2.0,
+        "x",
+        false,
+    );
+    goal(
+        &format!("#3 webhooks acknowledged /s, {SENDERS} concurrent senders (group commit)"),
+        gl.ack_rate,
+        5_000.0,
+        "/s",
+        true,
+    );
+    goal(
+        "#7 startup to ready, warm, median",
+        ms(startup.ready),
+        150.0,
+        "ms",
+        false,
+    );
+    let exact = gw.events.missing
+        + gw.events.duplicates
+        + gw.announcements.missing
+        + gw.announcements.duplicates
+        + gw.plays.missing
+        + gw.plays.duplicates;
+    println!(
+        "  [{}] every acknowledged payment announced once and published on events once: {exact} exceptions",
+        if exact == 0 { " met  " } else { "NOT met" }
+    );
+    println!();
+    println!("bench ran {:.0} s", elapsed.as_secs_f64());
+}
