@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::{
-    Gateway, SpeakerApi, chaos_size, free_port, plugin, rss_kib, sepay_webhook,
-};
+use soundbox_e2e::{Gateway, SpeakerApi, chaos_size, free_port, plugin, rss_kib, sepay_webhook};
 
 const SPEAKER: &str = "VNS-SHOP-1";
 /// Amounts are `BASE_AMOUNT + id`, so a play names its payment.
