@@ -17,6 +17,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connectors;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod ingress;
 pub mod log;
 pub mod metrics;

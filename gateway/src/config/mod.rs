@@ -468,7 +468,12 @@ impl Config {
         let d = PluginLimits::default();
         let l = raw.limits;
         let limits = PluginLimits {
-            memory_bytes: (positive(&loc, l.memory_mb, "limits.memory_mb", 32)? as usize) << 20,
+            memory_bytes: {
+                let span = l.memory_mb.as_ref().map_or(0..0, Spanned::span);
+                let bytes = scaled(&loc, l.memory_mb, "limits.memory_mb", 32, 1 << 20, false)?;
+                usize::try_from(bytes)
+                    .map_err(|_| loc.at(span, "limits.memory_mb", "too large for this machine"))?
+            },
             cpu_budget: Duration::from_millis(positive(
                 &loc,
                 l.cpu_budget_ms,
@@ -493,21 +498,46 @@ impl Config {
         let dl = LogOptions::default();
         let lr = raw.log;
         let log = LogOptions {
-            cache_bytes: positive(&loc, lr.cache_mb, "log.cache_mb", dl.cache_bytes >> 20)? << 20,
-            dedupe_retention: Duration::from_secs(
-                positive(
-                    &loc,
-                    lr.dedupe_retention_days,
-                    "log.dedupe_retention_days",
-                    30,
-                )? * 24
-                    * 3600,
-            ),
-            keep_settled: Duration::from_secs(
-                lr.keep_settled_hours.map_or(24, Spanned::into_inner) * 3600,
-            ),
-            max_disk_bytes: positive(&loc, lr.max_disk_mb, "log.max_disk_mb", 1024)? << 20,
-            min_free_disk_bytes: lr.min_free_disk_mb.map_or(64, Spanned::into_inner) << 20,
+            cache_bytes: scaled(
+                &loc,
+                lr.cache_mb,
+                "log.cache_mb",
+                dl.cache_bytes >> 20,
+                1 << 20,
+                false,
+            )?,
+            dedupe_retention: Duration::from_secs(scaled(
+                &loc,
+                lr.dedupe_retention_days,
+                "log.dedupe_retention_days",
+                30,
+                24 * 3600,
+                false,
+            )?),
+            keep_settled: Duration::from_secs(scaled(
+                &loc,
+                lr.keep_settled_hours,
+                "log.keep_settled_hours",
+                24,
+                3600,
+                true,
+            )?),
+            max_disk_bytes: scaled(
+                &loc,
+                lr.max_disk_mb,
+                "log.max_disk_mb",
+                1024,
+                1 << 20,
+                false,
+            )?,
+            min_free_disk_bytes: scaled(
+                &loc,
+                lr.min_free_disk_mb,
+                "log.min_free_disk_mb",
+                64,
+                1 << 20,
+                true,
+            )?,
         };
 
         let mut names = BTreeSet::new();
@@ -1019,6 +1049,27 @@ fn millis(
     default: Duration,
 ) -> Result<Duration, ConfigError> {
     positive(loc, value, key, default.as_millis() as u64).map(Duration::from_millis)
+}
+
+/// `value` (or `default`) in `unit`s of the base unit: MiB to bytes, days
+/// to seconds. Too large to count in the base unit is an error at `key`, not
+/// a wrap to a small or zero limit. `zero_ok`: 0 is allowed.
+fn scaled(
+    loc: &Locator<'_>,
+    value: Option<Spanned<u64>>,
+    key: &str,
+    default: u64,
+    unit: u64,
+    zero_ok: bool,
+) -> Result<u64, ConfigError> {
+    let span = value.as_ref().map_or(0..0, Spanned::span);
+    let n = if zero_ok {
+        value.map_or(default, Spanned::into_inner)
+    } else {
+        positive(loc, value, key, default)?
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| loc.at(span, key, format!("{n} is too large")))
 }
 
 fn positive(

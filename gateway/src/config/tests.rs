@@ -347,3 +347,35 @@ fn admin_defaults_and_a_short_token_is_refused() {
     assert!(e.starts_with("shop.toml:2:"), "{e}");
     assert!(e.contains("admin.stall_after_secs"), "{e}");
 }
+
+#[test]
+fn sizes_and_durations_too_large_for_their_unit_are_errors() {
+    // Each wrapped (or, in debug builds, panicked) when converted to bytes or seconds.
+    for (text, key) in [
+        (
+            "[log]\nkeep_settled_hours = 9223372036854775807\n",
+            "log.keep_settled_hours",
+        ),
+        (
+            "[log]\ndedupe_retention_days = 9223372036854775807\n",
+            "log.dedupe_retention_days",
+        ),
+        ("[log]\nmax_disk_mb = 17592186044416\n", "log.max_disk_mb"),
+        (
+            "[log]\nmin_free_disk_mb = 17592186044416\n",
+            "log.min_free_disk_mb",
+        ),
+        ("[log]\ncache_mb = 17592186044416\n", "log.cache_mb"),
+        ("[limits]\nmemory_mb = 17592186044416\n", "limits.memory_mb"),
+    ] {
+        let e = error(text);
+        assert!(e.starts_with("shop.toml:2:"), "{e}");
+        assert!(
+            e.contains(&format!("{key}: ")) && e.contains("too large"),
+            "{e}"
+        );
+    }
+    let config =
+        parse("[log]\nkeep_settled_hours = 0\nmin_free_disk_mb = 0\n").expect("zero is allowed");
+    assert!(config.log.keep_settled.is_zero());
+}

@@ -17,7 +17,7 @@
 use serde::Deserialize;
 use soundbox_plugin_sdk::{
     BalanceChange, ConnectorError, Direction, HttpRequest, HttpResponse, WebhookConnector,
-    WebhookOutcome, config, export_webhook_connector, signature, time,
+    WebhookOutcome, config, export_webhook_connector, signature, text::truncate, time,
 };
 
 /// The dedupe provider: `sepay-poll` declares the same and builds the same
@@ -44,6 +44,16 @@ pub struct SepayWebhook {
 }
 
 pub struct SepayConnector;
+
+/// The gateway's limits on a change's fields (see its `validate`). A body
+/// past the amount or account limits is malformed (400); a memo, reference
+/// or extra past theirs is cut or dropped rather than refuse the payment. A
+/// change the gateway refused would be a 500, which SePay retries forever.
+const MAX_AMOUNT: u64 = 1_000_000_000_000_000;
+const MAX_ACCOUNT_BYTES: usize = 64;
+const MAX_REFERENCE_BYTES: usize = 256;
+const MAX_CONTENT_BYTES: usize = 2048;
+const MAX_EXTRA_VALUE_BYTES: usize = 256;
 
 impl WebhookConnector for SepayConnector {
     fn handle(request: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
@@ -150,15 +160,27 @@ pub fn parse(body: &[u8]) -> Result<BalanceChange, ConnectorError> {
             )));
         }
     };
-    if hook.account_number.trim().is_empty() {
+    if hook.transfer_amount == 0 || hook.transfer_amount > MAX_AMOUNT {
+        return Err(ConnectorError::BadRequest(format!(
+            "transferAmount {} is not a plausible amount",
+            hook.transfer_amount
+        )));
+    }
+    let account = hook.account_number.trim().to_string();
+    if account.is_empty() {
         return Err(ConnectorError::BadRequest("accountNumber is empty".into()));
+    }
+    if account.len() > MAX_ACCOUNT_BYTES || account.chars().any(char::is_control) {
+        return Err(ConnectorError::BadRequest(
+            "accountNumber is not a plausible account".into(),
+        ));
     }
     let occurred_at_ms = hook
         .transaction_date
         .as_deref()
         .and_then(time::parse_vietnam_local);
     let transaction_id = sepay_common::transaction_id(
-        &hook.account_number,
+        &account,
         hook.reference_code.as_deref(),
         direction,
         hook.transfer_amount,
@@ -168,7 +190,10 @@ pub fn parse(body: &[u8]) -> Result<BalanceChange, ConnectorError> {
     let mut extra = vec![("sepayId".to_string(), hook.id.to_string())];
     let mut keep = |k: &str, v: Option<String>| {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
-            extra.push((k.to_string(), v));
+            extra.push((
+                k.to_string(),
+                truncate(&v, MAX_EXTRA_VALUE_BYTES).to_string(),
+            ));
         }
     };
     keep("gateway", hook.gateway);
@@ -180,16 +205,18 @@ pub fn parse(body: &[u8]) -> Result<BalanceChange, ConnectorError> {
     Ok(BalanceChange {
         provider: PROVIDER.into(),
         transaction_id,
-        account: hook.account_number,
+        account,
         amount: hook.transfer_amount,
         currency: "VND".into(),
         direction,
         reference: hook
             .reference_code
             .map(|r| r.trim().to_string())
-            .filter(|r| !r.is_empty()),
+            .filter(|r| !r.is_empty() && r.len() <= MAX_REFERENCE_BYTES),
         counterparty: None,
-        content: hook.content,
+        content: hook
+            .content
+            .map(|c| truncate(&c, MAX_CONTENT_BYTES).to_string()),
         occurred_at_ms,
         extra,
     })
@@ -331,6 +358,40 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn what_the_gateway_would_refuse_is_a_bad_request() {
+        let long_account = format!("\"{}\"", "1".repeat(65));
+        for (from, to) in [
+            ("2277000", "0"),
+            ("2277000", "1000000000000000001"),
+            ("\"0123499999\"", "\"0123\\u000b499999\""),
+            ("\"0123499999\"", long_account.as_str()),
+        ] {
+            let body = SAMPLE.replace(from, to);
+            assert!(
+                matches!(parse(body.as_bytes()), Err(ConnectorError::BadRequest(_))),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_text_is_cut_to_the_gateway_limits() {
+        let mut hook: serde_json::Value = serde_json::from_str(SAMPLE).expect("sample");
+        hook["content"] = "đ".repeat(3000).into();
+        hook["description"] = "x".repeat(9000).into();
+        hook["gateway"] = "y".repeat(9000).into();
+        hook["referenceCode"] = "R".repeat(300).into();
+        hook["accountNumber"] = " 0123499999 ".into();
+        let body = serde_json::to_vec(&hook).expect("json");
+        let change = parse(&body).expect("accepted, cut");
+        assert_eq!(change.account, "0123499999");
+        assert!(change.content.expect("content").len() <= MAX_CONTENT_BYTES);
+        assert_eq!(change.reference, None);
+        let extra: usize = change.extra.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(extra <= 8192, "{extra}");
     }
 
     #[test]
