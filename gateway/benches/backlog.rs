@@ -9,6 +9,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use soundbox_gateway::log::{EventLog, LogEntry, LogOptions, SledLog};
 use soundbox_gateway::model::BalanceChange;
 use soundbox_gateway::sinks::{Shutdown, Sink, SinkError, SinkStats, run_sink};
@@ -35,17 +37,6 @@ fn options() -> LogOptions {
     }
 }
 
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn change(i: usize) -> BalanceChange {
     BalanceChange {
         reference: Some(format!("MBVCB.{i}")),
@@ -63,7 +54,7 @@ fn drain(dir: &Path) {
         .build()
         .expect("tokio");
     let log = SledLog::open(dir, options()).expect("open");
-    let after_open = status_kib("VmHWM:");
+    let after_open = common::status_kib(std::process::id(), "VmHWM:");
     let pending = log.status("pos").expect("status").pending;
     let started = Instant::now();
     let stop = CancellationToken::new();
@@ -86,7 +77,10 @@ fn drain(dir: &Path) {
     stop.cancel();
     rt.block_on(worker).expect("worker");
     log.close().expect("close");
-    println!("{pending} {after_open} {} {secs:.2}", status_kib("VmHWM:"));
+    println!(
+        "{pending} {after_open} {} {secs:.2}",
+        common::status_kib(std::process::id(), "VmHWM:")
+    );
 }
 
 fn run_child(dir: &Path) -> (u64, u64, u64, f64) {
