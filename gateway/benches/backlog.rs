@@ -54,7 +54,7 @@ fn drain(dir: &Path) {
         .build()
         .expect("tokio");
     let log = SledLog::open(dir, options()).expect("open");
-    let after_open = common::status_kib(std::process::id(), "VmHWM:");
+    let after_open = soundbox_e2e::status_kib(std::process::id(), "VmHWM:");
     let pending = log.status("pos").expect("status").pending;
     let started = Instant::now();
     let stop = CancellationToken::new();
@@ -79,7 +79,7 @@ fn drain(dir: &Path) {
     log.close().expect("close");
     println!(
         "{pending} {after_open} {} {secs:.2}",
-        common::status_kib(std::process::id(), "VmHWM:")
+        soundbox_e2e::status_kib(std::process::id(), "VmHWM:")
     );
 }
 

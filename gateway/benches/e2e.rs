@@ -47,6 +47,7 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde::Deserialize;
 
 use common::{Stats, micros, ms, stats};
+use soundbox_e2e::sepay_webhook;
 
 /// Raw `fdatasync` appends (the physical limit) and their record size.
 const RAW_SYNCS: usize = 3_000;
@@ -71,32 +72,14 @@ fn amount(id: u64) -> u64 {
     10_000 + id
 }
 
-/// `YYYY-MM-DD HH:MM:SS`, Vietnam time (UTC+7), as SePay sends it.
-fn vietnam_now() -> String {
-    let at = SystemTime::now() + Duration::from_secs(7 * 3600);
-    humantime::format_rfc3339_seconds(at)
-        .to_string()
-        .trim_end_matches('Z')
-        .replacen('T', " ", 1)
-}
-
-/// A SePay webhook for transaction `id`, made now (~300 bytes).
-fn sepay_webhook(id: u64) -> String {
-    serde_json::json!({
-        "id": id,
-        "gateway": "Vietcombank",
-        "transactionDate": vietnam_now(),
-        "accountNumber": "0123499999",
-        "code": null,
-        "content": format!("thanh toan don {id}"),
-        "transferType": "in",
-        "transferAmount": amount(id),
-        "accumulated": 19_077_000,
-        "subAccount": null,
-        "referenceCode": format!("MBVCB.{id}"),
-        "description": ""
-    })
-    .to_string()
+/// The load generator's HTTP client, the same for the gateway and the naive
+/// server: a pooled connection per sender.
+fn load_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(SENDERS * 2)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
 }
 
 /// A standalone Speaker API simulator (`speaker-sim` of the release binary)
@@ -176,7 +159,7 @@ impl Shot {
 }
 
 async fn post_one(client: &reqwest::Client, url: &str, id: u64) -> Shot {
-    let body = sepay_webhook(id);
+    let body = sepay_webhook(id, amount(id));
     let sent = Instant::now();
     let status = match client
         .post(url)
@@ -397,10 +380,10 @@ impl RssSampler {
         let thread = std::thread::spawn(move || {
             let mut max = 0;
             while !flag.load(Ordering::SeqCst) {
-                max = max.max(common::rss_kib(pid));
+                max = max.max(soundbox_e2e::rss_kib(pid));
                 std::thread::sleep(Duration::from_millis(20));
             }
-            max.max(common::rss_kib(pid))
+            max.max(soundbox_e2e::rss_kib(pid))
         });
         RssSampler { stop, thread }
     }
@@ -684,11 +667,7 @@ fn run_gateway(rt: &tokio::runtime::Runtime, dir: &Path) -> GatewayRun {
     }
     let subscriber = Subscriber::connect(mqtt_port, "soundbox/bench");
     let url = format!("http://{listen}/hooks/sepay");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(SENDERS * 2)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("HTTP client");
+    let client = load_client();
     let mut run = GatewayRun::default();
 
     // Warm up, then idle memory.
@@ -709,7 +688,7 @@ fn run_gateway(rt: &tokio::runtime::Runtime, dir: &Path) -> GatewayRun {
         "warm-up payments were not announced within 30 s"
     );
     std::thread::sleep(Duration::from_secs(1));
-    run.idle_rss_kib = common::rss_kib(pid);
+    run.idle_rss_kib = soundbox_e2e::rss_kib(pid);
 
     // One at a time: each waits for the previous one's event and announcement.
     let seq_ids = WARM_UP..WARM_UP + SEQUENTIAL;
@@ -731,7 +710,7 @@ fn run_gateway(rt: &tokio::runtime::Runtime, dir: &Path) -> GatewayRun {
     run.load_rss_kib = sampler.finish();
     run.cpu_ms_per_webhook = ms(cpu_time(pid).saturating_sub(cpu_before)) / LOAD as f64;
     run.cores_busy = (acked.1.saturating_sub(cpu_before)).as_secs_f64() / acked.0.as_secs_f64();
-    run.hwm_kib = common::status_kib(pid, "VmHWM:");
+    run.hwm_kib = soundbox_e2e::status_kib(pid, "VmHWM:");
     // Late duplicates have a moment to show up.
     std::thread::sleep(Duration::from_secs(2));
 
@@ -797,11 +776,7 @@ fn run_naive(rt: &tokio::runtime::Runtime) -> NaiveRun {
         .expect("naive server runtime");
     let addr = start_naive(&server_rt, &sim);
     let url = format!("http://{addr}/hooks/sepay");
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(SENDERS * 2)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("HTTP client");
+    let client = load_client();
     let (seq, load, plays) = rt.block_on(async {
         for id in 0..WARM_UP {
             post_one(&client, &url, id).await;

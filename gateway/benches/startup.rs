@@ -10,7 +10,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{default_config, median, ms, rss_kib, stop, time_to_ready, version_time};
+use common::{default_config, median, ms, stop, time_to_ready, version_time};
+use soundbox_e2e::rss_kib;
 
 const RUNS: usize = 15;
 

@@ -613,17 +613,23 @@ pub fn sepay_webhook(id: u64, amount: u64) -> String {
     .to_string()
 }
 
-/// Resident memory of process `pid` (`VmRSS`), KiB; 0 once it is gone.
-pub fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`); 0 once the
+/// process is gone.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Resident memory of process `pid` (`VmRSS`), KiB; 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
 }
 
 /// The transaction id the gateway stores for [`sepay_webhook`]`(id, _)`: SePay

@@ -55,23 +55,6 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
-/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`), 0 if unknown.
-pub fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Resident memory of `pid` now, KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
-
 /// p50, p99 and mean of a set of samples.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {

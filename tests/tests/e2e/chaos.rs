@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use soundbox_e2e::mqtt::{Mosquitto, Subscriber, mosquitto_available};
 use soundbox_e2e::{
     CountingSink, Gateway, SpeakerApi, chaos_size, forward_to, free_port, gateway_bin, plugin,
-    sepay_transaction_id, sepay_webhook, sepay_webhook_id,
+    rss_kib, sepay_transaction_id, sepay_webhook, sepay_webhook_id,
 };
 
 /// The SePay webhook connector, no authentication.
@@ -750,17 +750,6 @@ fn a_full_disk_answers_503_and_loses_nothing() {
 
 // ---------------------------------------------------------------------------
 // 5. A plugin that hangs every call
-
-/// Resident memory of process `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 #[test]
 fn a_plugin_that_hangs_every_call_does_not_disturb_the_others() {
