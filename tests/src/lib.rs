@@ -210,6 +210,12 @@ impl Gateway {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The control API of the in-process Speaker API simulator
+    /// (`[speaker] simulator = true`), served on the admin listener.
+    pub fn simulator(&self) -> SimControl {
+        SimControl::new(&format!("http://{}/speaker-sim", self.admin_addr))
+    }
+
     /// Every log line so far (JSON, one per line).
     pub fn logs(&self) -> String {
         self.logs.lock().expect("log lock").join("\n")
@@ -312,8 +318,8 @@ impl Drop for Gateway {
 }
 
 /// A standalone Speaker API simulator (`speaker-sim` of the real binary)
-/// with one paired speaker, `VNS-SHOP-1`: the part a test can take down.
-/// Killed on drop.
+/// with one paired speaker, `VNS-SHOP-1` unless told otherwise: the part a
+/// test can take down, and that survives the gateway's kills. Killed on drop.
 pub struct SpeakerApi {
     pub port: u16,
     child: Child,
@@ -326,7 +332,7 @@ impl SpeakerApi {
         let secret: Vec<&str> = client_secret
             .map(|secret| vec!["--client-secret", secret])
             .unwrap_or_default();
-        Self::spawn(port, &secret)
+        Self::spawn(port, &["VNS-SHOP-1:paired"], &secret)
     }
 
     /// Like [`SpeakerApi::start`], answering calls beyond `max_calls_per_sec`
@@ -334,14 +340,22 @@ impl SpeakerApi {
     pub fn start_rate_limited(port: u16, max_calls_per_sec: u32) -> SpeakerApi {
         Self::spawn(
             port,
+            &["VNS-SHOP-1:paired"],
             &["--max-calls-per-sec", &max_calls_per_sec.to_string()],
         )
     }
 
-    fn spawn(port: u16, args: &[&str]) -> SpeakerApi {
+    /// Starts it on `port` with `devices` (`HWID:paired[:offline]`, as
+    /// `speaker-sim --device` takes them) and extra `speaker-sim` flags
+    /// (`--error-style http4xx`, `--play-ms 200`).
+    pub fn start_with(port: u16, devices: &[&str], args: &[&str]) -> SpeakerApi {
+        Self::spawn(port, devices, args)
+    }
+
+    fn spawn(port: u16, devices: &[&str], args: &[&str]) -> SpeakerApi {
         let child = Command::new(gateway_bin())
             .args(["speaker-sim", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--device", "VNS-SHOP-1:paired"])
+            .args(devices.iter().flat_map(|d| ["--device", d]))
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -355,27 +369,19 @@ impl SpeakerApi {
         SpeakerApi { port, child }
     }
 
+    /// Its control API (`/_sim`).
+    pub fn control(&self) -> SimControl {
+        SimControl::new(&format!("http://127.0.0.1:{}", self.port))
+    }
+
     /// The simulator's counters: `calls`, `plays`, `tokens_issued`, `rate_limited`.
     pub async fn stats(&self) -> serde_json::Value {
-        self.control("stats").await
+        self.control().stats().await
     }
 
     /// Every announcement played, in order: `hardware_id`, `request_id`, `amount`, `words`.
     pub async fn plays(&self) -> Vec<serde_json::Value> {
-        match self.control("plays").await {
-            serde_json::Value::Array(plays) => plays,
-            other => panic!("plays: {other}"),
-        }
-    }
-
-    async fn control(&self, path: &str) -> serde_json::Value {
-        reqwest::get(format!("http://127.0.0.1:{}/_sim/{path}", self.port))
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .expect("simulator control API")
-            .json()
-            .await
-            .expect("simulator JSON")
+        self.control().plays().await
     }
 
     /// `[speaker]` keys that point the gateway at it.
@@ -396,6 +402,84 @@ impl SpeakerApi {
 impl Drop for SpeakerApi {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The control API of a Speaker API simulator (`/_sim/...`): standalone
+/// ([`SpeakerApi::control`]) or in process ([`Gateway::simulator`]).
+#[derive(Debug, Clone)]
+pub struct SimControl {
+    /// Where `/_sim` and `/devices/v1` are, without a trailing `/`.
+    pub base: String,
+    client: reqwest::Client,
+}
+
+impl SimControl {
+    pub fn new(base: &str) -> SimControl {
+        SimControl {
+            base: base.trim_end_matches('/').to_string(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(format!("{}/_sim/{path}", self.base))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|e| panic!("simulator control API GET {path}: {e}"))
+            .json()
+            .await
+            .expect("simulator JSON")
+    }
+
+    async fn put(&self, path: &str, body: &serde_json::Value) {
+        self.client
+            .put(format!("{}/_sim/{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|e| panic!("simulator control API PUT {path}: {e}"));
+    }
+
+    /// Every announcement played, in order: `hardware_id`, `request_id`, `amount`, `words`.
+    pub async fn plays(&self) -> Vec<serde_json::Value> {
+        match self.get("plays").await {
+            serde_json::Value::Array(plays) => plays,
+            other => panic!("plays: {other}"),
+        }
+    }
+
+    /// Every accepted notification that ended `FAILED` (never played).
+    pub async fn failed(&self) -> Vec<serde_json::Value> {
+        match self.get("failed").await {
+            serde_json::Value::Array(failed) => failed,
+            other => panic!("failed: {other}"),
+        }
+    }
+
+    /// The counters: `calls`, `plays`, `failed`, `tokens_issued`, `rate_limited`.
+    pub async fn stats(&self) -> serde_json::Value {
+        self.get("stats").await
+    }
+
+    /// Replaces the injected faults (every key of `Faults` not given is off).
+    pub async fn set_faults(&self, faults: serde_json::Value) {
+        self.put("faults", &faults).await;
+    }
+
+    /// Switches speaker `hardware_id` on or off.
+    pub async fn set_online(&self, hardware_id: &str, online: bool) {
+        self.put(
+            &format!("devices/{hardware_id}/online"),
+            &serde_json::Value::Bool(online),
+        )
+        .await;
     }
 }
 
@@ -593,14 +677,24 @@ pub fn vietnam_now() -> String {
         .replacen('T', " ", 1)
 }
 
-/// A SePay webhook body for transaction `id` of `amount` VND, made now.
-/// Its bank reference is `MBVCB.<id>`, so distinct ids are distinct payments.
+/// The account [`sepay_webhook`] pays into.
+pub const SEPAY_ACCOUNT: &str = "0123499999";
+
+/// A SePay webhook body for transaction `id` of `amount` VND, made now, into
+/// [`SEPAY_ACCOUNT`]. Its bank reference is `MBVCB.<id>`, so distinct ids
+/// are distinct payments.
 pub fn sepay_webhook(id: u64, amount: u64) -> String {
+    sepay_webhook_to(SEPAY_ACCOUNT, id, amount)
+}
+
+/// [`sepay_webhook`] into bank account `account` (what `[[route]] account`
+/// matches).
+pub fn sepay_webhook_to(account: &str, id: u64, amount: u64) -> String {
     serde_json::json!({
         "id": id,
         "gateway": "Vietcombank",
         "transactionDate": vietnam_now(),
-        "accountNumber": "0123499999",
+        "accountNumber": account,
         "code": null,
         "content": format!("thanh toan don {id}"),
         "transferType": "in",
@@ -636,13 +730,14 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// connectors key a payment on account and bank reference (`<account>/<reference>`)
 /// so the webhook and the API poller agree.
 pub fn sepay_transaction_id(id: u64) -> String {
-    format!("0123499999/MBVCB.{id}")
+    format!("{SEPAY_ACCOUNT}/MBVCB.{id}")
 }
 
 /// The `id` given to [`sepay_webhook`], back from a stored transaction id.
 pub fn sepay_webhook_id(transaction_id: &str) -> Option<u64> {
     transaction_id
-        .strip_prefix("0123499999/MBVCB.")?
+        .strip_prefix(SEPAY_ACCOUNT)?
+        .strip_prefix("/MBVCB.")?
         .parse()
         .ok()
 }
