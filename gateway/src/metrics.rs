@@ -33,6 +33,11 @@ pub struct Metrics {
     pub log_degraded: IntGauge,
     pub connector_consecutive_failures: IntGaugeVec,
     pub ready: IntGauge,
+    /// Per routed speaker, from `pair/check`: 1, 0, or -1 before the first answer.
+    pub speaker_online: IntGaugeVec,
+    pub speaker_paired: IntGaugeVec,
+    /// Announcement results by speaker (`sent`, `played`, `failed`, `unconfirmed`, `expired`, `refused`).
+    pub announcements: IntCounterVec,
 }
 
 /// The registry, built on first use.
@@ -158,6 +163,24 @@ impl Metrics {
                 &["connector"],
             ),
             ready: plain_gauge(r, "ready", "1 when /readyz answers 200."),
+            speaker_online: gauge(
+                r,
+                "speaker_online",
+                "1 when pair/check last said the speaker is online, 0 offline, -1 not known yet.",
+                &["hardware_id"],
+            ),
+            speaker_paired: gauge(
+                r,
+                "speaker_paired",
+                "1 when pair/check last said the speaker is paired, 0 not paired, -1 not known yet.",
+                &["hardware_id"],
+            ),
+            announcements: counter(
+                r,
+                "announcements_total",
+                "Announcement results by speaker (sent, played, failed, unconfirmed, expired, refused).",
+                &["hardware_id", "result"],
+            ),
             registry,
         }
     }

@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use subtle::ConstantTimeEq;
 
-use crate::log::{LogError, LogHealth, QueueItem, SinkStatus, SledLog};
+use crate::log::{EventLog, LogEntry, LogError, LogHealth, QueueItem, SinkStatus, SledLog};
+use crate::sinks::speaker::{Routing, lane_speaker};
 pub use status::Live;
 
 /// The queue report `queue status` prints.
@@ -48,6 +49,8 @@ pub struct QueueView {
     pub log: SledLog,
     /// The sinks the config names, in config order.
     pub sinks: Vec<String>,
+    /// Which payments each speaker lane takes.
+    pub routing: Option<Routing>,
 }
 
 impl QueueView {
@@ -60,12 +63,60 @@ impl QueueView {
         }
         let sinks = names
             .iter()
-            .map(|s| self.log.status(s))
+            .map(|s| self.status(s))
             .collect::<Result<_, _>>()?;
         Ok(QueueReport {
             sinks,
             health: self.log.health(),
         })
+    }
+
+    /// One sink's queue; a lane's counts only the payments routed to it.
+    pub fn status(&self, sink: &str) -> Result<SinkStatus, LogError> {
+        match &self.routing {
+            Some(routing) if lane_speaker(sink).is_some() => {
+                let wants = |e: &LogEntry| routing.lane_wants(sink, e).unwrap_or(true);
+                self.log.status_where(sink, Some(&wants))
+            }
+            _ => self.log.status(sink),
+        }
+    }
+
+    /// The first `n` entries `sink` has yet to settle, oldest first (a
+    /// lane's: routed to it), looking at most a few thousand entries ahead.
+    pub fn waiting(&self, sink: &str, n: usize) -> Result<Vec<LogEntry>, LogError> {
+        const LOOK_AHEAD: usize = 4096;
+        let cursor = self.log.cursor(sink)?;
+        let mut out = Vec::new();
+        for entry in self.log.read(cursor, LOOK_AHEAD)? {
+            if out.len() >= n {
+                break;
+            }
+            let wanted = match &self.routing {
+                Some(routing) => routing.lane_wants(sink, &entry).unwrap_or(true),
+                None => true,
+            };
+            if wanted {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One sink's entries, newest first; a lane's are the payments routed to it.
+    pub fn list(
+        &self,
+        sink: &str,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<QueueItem>, LogError> {
+        match &self.routing {
+            Some(routing) if lane_speaker(sink).is_some() => {
+                let wants = |e: &LogEntry| routing.lane_wants(sink, e).unwrap_or(true);
+                self.log.list_where(sink, state, limit, Some(&wants))
+            }
+            _ => self.log.list(sink, state, limit),
+        }
     }
 }
 
@@ -98,6 +149,7 @@ impl status::Live {
         QueueView {
             log: self.log.clone(),
             sinks: self.sinks.load().iter().map(|(n, _)| n.clone()).collect(),
+            routing: Routing::of(&self.config.load()),
         }
     }
 }
@@ -125,10 +177,7 @@ async fn queue_list(
     if let Some(r) = unknown_sink(&view, &sink) {
         return r;
     }
-    match view
-        .log
-        .list(&sink, q.state.as_deref(), q.limit.unwrap_or(50).min(10_000))
-    {
+    match view.list(&sink, q.state.as_deref(), q.limit.unwrap_or(50).min(10_000)) {
         Ok(items) => axum::Json::<Vec<QueueItem>>(items).into_response(),
         Err(e) => storage_error(e),
     }

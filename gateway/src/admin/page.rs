@@ -7,11 +7,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::status::StatusReport;
+use crate::sinks::speaker::SpeakerState;
 
 const STYLE: &str = r#"
 body{font-family:system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
 header{padding:14px 20px;color:#fff}
-header.ok{background:#1f7a3f} header.bad{background:#b3261e}
+header.ok{background:#1f7a3f} header.bad{background:#b3261e} header.warn{background:#9a6700}
 header h1{margin:0;font-size:1.3em} header p{margin:4px 0 0}
 main{padding:8px 20px 24px;display:grid;gap:16px;max-width:1100px}
 section{background:#fff;border-radius:8px;padding:12px 16px;box-shadow:0 1px 2px #0002}
@@ -61,6 +62,28 @@ fn state_tag(state: &str) -> Markup {
     html! { span class={"tag " (class)} { (text) } }
 }
 
+/// Red when not ready, amber when something needs an eye, else green.
+fn banner_class(report: &StatusReport) -> &'static str {
+    match (report.ready, report.warnings.is_empty()) {
+        (false, _) => "bad",
+        (true, false) => "warn",
+        (true, true) => "ok",
+    }
+}
+
+/// A speaker's state as `pair/check` last said it.
+fn speaker_tag(s: &SpeakerState) -> Markup {
+    let (class, text) = match (s.trouble(), s.online) {
+        (Some(trouble), _) => ("fail", trouble),
+        (None, Some(true)) => ("good", "online"),
+        _ => ("", "not checked yet"),
+    };
+    html! {
+        span class={"tag " (class)} { (text) }
+        @if let Some(error) = &s.last_error { br; span class="muted" { (error) } }
+    }
+}
+
 pub fn render(report: &StatusReport) -> String {
     let page = html! {
         (DOCTYPE)
@@ -73,18 +96,23 @@ pub fn render(report: &StatusReport) -> String {
                 style { (PreEscaped(STYLE)) }
             }
             body {
-                header class=(if report.ready { "ok" } else { "bad" }) {
+                header class=(banner_class(report)) {
                     h1 { "Soundbox gateway " (report.gateway) }
-                    @if report.ready {
-                        p { "Everything works. Payments are announced as they arrive." }
-                    } @else {
+                    @if !report.ready {
                         p { "Needs attention:" }
-                        ul { @for problem in &report.problems { li { (problem) } } }
+                        ul {
+                            @for problem in &report.problems { li { (problem) } }
+                            @for warning in &report.warnings { li { (warning) } }
+                        }
+                    } @else if !report.warnings.is_empty() {
+                        ul { @for warning in &report.warnings { li { (warning) } } }
+                    } @else {
+                        p { "Everything works. Payments are announced as they arrive." }
                     }
                 }
                 main {
                     section id="payments" {
-                        h2 { "Recent payments" }
+                        h2 { "Recent payments to the speakers" }
                         @if report.recent.is_empty() {
                             p class="muted" { "No payments yet." }
                         } @else {
@@ -111,9 +139,17 @@ pub fn render(report: &StatusReport) -> String {
                             p class="muted" { "No speaker is routed in config.toml." }
                         }
                         table {
+                            @if !report.speakers.is_empty() {
+                                tr { th { "Speaker" } th { "State" } th class="num" { "Waiting" } th { "Last result" } th { "Last announcement" } th { } }
+                            }
                             @for s in &report.speakers {
                                 tr {
-                                    td { (s.hardware_id) }
+                                    td { (s.health.hardware_id) @if let Some(model) = &s.health.model { br; span class="muted" { (model) } } }
+                                    td { (speaker_tag(&s.health)) }
+                                    td class="num" {
+                                        (s.waiting)
+                                        @if let Some(age) = s.oldest_waiting_age_ms { br; span class="muted" { "oldest " (age / 1000) " s" } }
+                                    }
                                     @match &s.last {
                                         Some(a) => {
                                             td { (state_tag(&a.result)) }

@@ -12,12 +12,15 @@ use tokio::sync::broadcast;
 use super::QueueView;
 use crate::config::Config;
 use crate::connectors::{Connectors, HealthReport};
+use crate::log::LogError;
 use crate::log::{LogHealth, QueueItem, SinkStatus, SledLog};
 use crate::metrics::metrics;
 use crate::model::now_ms;
 use crate::sinks::SinkStats;
 use crate::sinks::event::AnnouncementJson;
-use crate::sinks::speaker::SINK_NAME as SPEAKER_SINK;
+use crate::sinks::speaker::{
+    Routing, SpeakerHealth, SpeakerState, lane_name, lane_speaker, routed_speakers,
+};
 
 /// Payments the status page and `/api/status` list.
 const RECENT: usize = 20;
@@ -31,6 +34,8 @@ pub struct Live {
     /// Each running sink and its counters, in config order.
     pub sinks: ArcSwap<Vec<(String, Arc<SinkStats>)>>,
     pub speakers: Arc<SpeakerBoard>,
+    /// Each routed speaker's health (pair/check), written by the lanes.
+    pub speaker_health: Arc<SpeakerHealth>,
     pub started: Instant,
 }
 
@@ -69,6 +74,9 @@ pub struct StatusReport {
     pub ready: bool,
     /// Why not ready; empty when ready.
     pub problems: Vec<String>,
+    /// What needs an eye but does not (yet) make the gateway unready: a
+    /// speaker that just went offline, with the payments waiting for it.
+    pub warnings: Vec<String>,
     pub log: LogHealth,
     pub sinks: Vec<SinkReport>,
     pub connectors: Vec<ConnectorReport>,
@@ -98,9 +106,74 @@ pub struct ConnectorReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SpeakerReport {
-    pub hardware_id: String,
+    /// Paired and online as `pair/check` last said, and since when it is down.
+    #[serde(flatten)]
+    pub health: SpeakerState,
+    /// Payments waiting in this speaker's lane, the oldest's age, and the
+    /// first few amounts (what the cashier would ask about).
+    pub waiting: u64,
+    pub oldest_waiting_age_ms: Option<i64>,
+    pub waiting_amounts: Vec<u64>,
     /// The last announcement and its result, if any since start.
     pub last: Option<AnnouncementJson>,
+}
+
+/// Amounts of a lane's waiting payments the status page names.
+const WAITING_SHOWN: usize = 3;
+
+/// One line a cashier reads at a glance: which speaker, what is wrong,
+/// which payments wait for it.
+fn speaker_problem(id: &str, trouble: &str, down_ms: i64, waiting: u64, amounts: &[u64]) -> String {
+    let since = match down_ms / 1000 {
+        s if s < 120 => format!("{s} s"),
+        s => format!("{} min", s / 60),
+    };
+    let waits = match waiting {
+        0 => "no payment waits for it".to_string(),
+        n => {
+            let shown: Vec<String> = amounts.iter().map(|a| super::page::vnd(*a)).collect();
+            let more = if n as usize > amounts.len() {
+                ", …"
+            } else {
+                ""
+            };
+            format!(
+                "{n} payment{} wait{} for it ({}{more})",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "s" } else { "" },
+                shown.join(", ")
+            )
+        }
+    };
+    format!("Speaker {id} is {trouble} (for {since}): {waits}")
+}
+
+/// The newest payments routed to any speaker, each with how its lanes
+/// stand: waiting while any lane waits, else the worst outcome.
+fn recent_payments(
+    view: &QueueView,
+    speakers: &[SpeakerReport],
+) -> Result<Vec<QueueItem>, LogError> {
+    let rank = |state: &str| match state {
+        "pending" | "requeued" => 4,
+        "dead" => 3,
+        "expired" => 2,
+        "delivered" => 1,
+        _ => 0,
+    };
+    let mut merged: BTreeMap<u64, QueueItem> = BTreeMap::new();
+    for s in speakers {
+        for item in view.list(&lane_name(&s.health.hardware_id), None, RECENT)? {
+            match merged.get_mut(&item.seq) {
+                Some(seen) if rank(&item.state) > rank(&seen.state) => *seen = item,
+                Some(_) => {}
+                None => {
+                    merged.insert(item.seq, item);
+                }
+            }
+        }
+    }
+    Ok(merged.into_values().rev().take(RECENT).collect())
 }
 
 impl Live {
@@ -111,8 +184,19 @@ impl Live {
         let view = QueueView {
             log: self.log.clone(),
             sinks: sinks.iter().map(|(name, _)| name.clone()).collect(),
+            routing: Routing::of(&config),
         };
         let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+        let speaker_health = self.speaker_health.all();
+        // A lane whose speaker is down is reported once, as the speaker.
+        let speaker_down = |sink: &str| {
+            lane_speaker(sink).is_some_and(|hw| {
+                speaker_health
+                    .iter()
+                    .any(|s| s.hardware_id == hw && s.trouble().is_some())
+            })
+        };
         let now = now_ms();
         let stall_ms = config.admin.stall_after.as_millis() as i64;
         let stall_secs = config.admin.stall_after.as_secs();
@@ -139,7 +223,9 @@ impl Live {
                     let stats = sinks.iter().find(|(n, _)| *n == queue.sink).map(|(_, s)| s);
                     let failing_since_ms = stats.and_then(|s| s.failing_since());
                     let last_error = stats.and_then(|s| s.last_error());
-                    if let Some(since) = failing_since_ms.filter(|&t| now - t > stall_ms) {
+                    if speaker_down(&queue.sink) {
+                        // Named below, with its speaker.
+                    } else if let Some(since) = failing_since_ms.filter(|&t| now - t > stall_ms) {
                         problems.push(format!(
                             "sink `{}`: every attempt has failed for {} s (over {stall_secs} s): {}",
                             queue.sink,
@@ -195,33 +281,56 @@ impl Live {
             })
             .collect();
 
-        let mut speaker_ids: Vec<String> = config
-            .routes
-            .iter()
-            .flat_map(|r| r.speakers.iter().cloned())
-            .collect();
-        speaker_ids.sort();
-        speaker_ids.dedup();
-        let speakers = speaker_ids
-            .into_iter()
-            .map(|id| SpeakerReport {
-                last: self.speakers.get(&id),
-                hardware_id: id,
-            })
-            .collect();
-
-        let shown = if config.speaker.is_some() {
-            Some(SPEAKER_SINK.to_string())
+        let speaker_ids = if config.speaker.is_some() {
+            routed_speakers(&config.routes)
         } else {
-            view.sinks.first().cloned()
+            Vec::new()
         };
-        let recent = match &shown {
-            Some(sink) => self.log.list(sink, None, RECENT).unwrap_or_else(|error| {
-                problems.push(format!("cannot list recent payments: {error}"));
-                Vec::new()
-            }),
-            None => Vec::new(),
-        };
+        let mut speakers = Vec::new();
+        for id in speaker_ids {
+            let lane = lane_name(&id);
+            let queue = view.status(&lane).ok();
+            let waiting_amounts: Vec<u64> = view
+                .waiting(&lane, WAITING_SHOWN)
+                .map(|entries| entries.iter().map(|e| e.change.amount).collect())
+                .unwrap_or_default();
+            let health = speaker_health
+                .iter()
+                .find(|s| s.hardware_id == id)
+                .cloned()
+                .unwrap_or_else(|| SpeakerState {
+                    hardware_id: id.clone(),
+                    ..SpeakerState::default()
+                });
+            let waiting = queue.as_ref().map_or(0, |q| q.pending);
+            if let Some(trouble) = health.trouble() {
+                let down_ms = health.down_since_ms.map_or(0, |t| (now - t).max(0));
+                let message = speaker_problem(&id, trouble, down_ms, waiting, &waiting_amounts);
+                if down_ms > stall_ms {
+                    problems.push(message);
+                } else {
+                    warnings.push(message);
+                }
+            } else if let Some(error) = &health.last_error
+                && waiting > 0
+            {
+                warnings.push(format!(
+                    "Speaker {id}: {waiting} payment(s) waiting; the last call failed: {error}"
+                ));
+            }
+            speakers.push(SpeakerReport {
+                last: self.speakers.get(&id),
+                health,
+                waiting,
+                oldest_waiting_age_ms: queue.and_then(|q| q.oldest_pending_age_ms),
+                waiting_amounts,
+            });
+        }
+
+        let recent = recent_payments(&view, &speakers).unwrap_or_else(|error| {
+            problems.push(format!("cannot list recent payments: {error}"));
+            Vec::new()
+        });
 
         StatusReport {
             gateway: config.gateway.id.clone(),
@@ -229,6 +338,7 @@ impl Live {
             uptime_secs: self.started.elapsed().as_secs(),
             ready: problems.is_empty(),
             problems,
+            warnings,
             log: health,
             sinks: sink_reports,
             connectors,

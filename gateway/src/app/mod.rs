@@ -38,7 +38,10 @@ use crate::metrics::metrics;
 use crate::sinks::event::AnnouncementJson;
 use crate::sinks::http::HttpSink;
 use crate::sinks::mqtt::{ANNOUNCEMENT_BUFFER, MqttSink, SINK_NAME as MQTT_SINK, broker};
-use crate::sinks::speaker::{SINK_NAME as SPEAKER_SINK, SpeakerSink};
+use crate::sinks::speaker::{
+    LEGACY_SINK_NAME, SpeakerHealth, SpeakerLane, SpeakerService, lane_name, lane_speaker,
+    routed_speakers, routes_of,
+};
 use crate::sinks::{Shutdown, SinkStats, run_sink};
 use crate::speaker_api::client::{SpeakerClient, SpeakerCredentials};
 use crate::speaker_api::sim::{SimConfig, Simulator};
@@ -71,31 +74,43 @@ pub async fn load_connectors(config: &Config, db: &sled::Db) -> anyhow::Result<A
     Ok(Arc::new(connectors))
 }
 
-/// The names of every configured sink, in config order.
+/// The names of every configured sink, in config order: one speaker lane
+/// per routed speaker, MQTT, the forwards.
 pub fn sink_names(config: &Config) -> Vec<String> {
-    let speaker = config.speaker.as_ref().map(|_| SPEAKER_SINK.to_string());
+    let lanes: Vec<String> = match &config.speaker {
+        Some(_) => routed_speakers(&config.routes)
+            .iter()
+            .map(|hw| lane_name(hw))
+            .collect(),
+        None => Vec::new(),
+    };
     let mqtt = config.mqtt.as_ref().map(|_| MQTT_SINK.to_string());
-    speaker
+    lanes
         .into_iter()
         .chain(mqtt)
         .chain(config.forwards.iter().map(|f| f.name.clone()))
         .collect()
 }
 
-/// What one sink runs with: a reload restarts a sink only when this changed.
+/// What one sink runs with: a reload restarts a sink only when this changed
+/// (a lane only when `[speaker]` or a route naming its speaker changed).
 #[derive(Debug, Clone, PartialEq)]
 enum SinkSettings {
-    Speaker(SpeakerConfig, Vec<RouteConfig>),
+    SpeakerLane(SpeakerConfig, String, Vec<RouteConfig>),
     Mqtt(MqttConfig, String),
     Forward(ForwardConfig),
 }
 
 fn sink_settings(config: &Config, name: &str) -> Option<SinkSettings> {
-    match name {
-        SPEAKER_SINK => config
+    if let Some(hw) = lane_speaker(name) {
+        let routes = routes_of(&config.routes, hw);
+        return config
             .speaker
             .clone()
-            .map(|s| SinkSettings::Speaker(s, config.routes.clone())),
+            .filter(|_| !routes.is_empty())
+            .map(|s| SinkSettings::SpeakerLane(s, hw.to_string(), routes));
+    }
+    match name {
         MQTT_SINK => config
             .mqtt
             .clone()
@@ -141,6 +156,9 @@ struct Gateway {
     pollers: BTreeMap<String, Task>,
     sinks: BTreeMap<String, RunningSink>,
     announcements: broadcast::Sender<AnnouncementJson>,
+    /// What the speaker lanes share (one client, one token), rebuilt when
+    /// `[speaker]` changes.
+    speaker_service: Option<Arc<SpeakerService>>,
     /// The in-process Speaker API simulator's base URL, when it runs.
     simulator_url: Option<String>,
     /// Where the embedded MQTT broker listens, once started (it cannot stop).
@@ -174,6 +192,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         connectors: connectors.clone(),
         sinks: ArcSwap::from_pointee(Vec::new()),
         speakers,
+        speaker_health: Arc::new(SpeakerHealth::default()),
         started,
     });
 
@@ -200,6 +219,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pollers: BTreeMap::new(),
         sinks: BTreeMap::new(),
         announcements,
+        speaker_service: None,
         simulator_url,
         embedded_broker: None,
         live: live.clone(),
@@ -468,6 +488,14 @@ impl Gateway {
             task.stop(grace).await;
         }
         let mut first_error = None;
+        // Lanes seen for the first time start where the single speaker sink
+        // of earlier versions stopped, once; otherwise at the log's end.
+        let handover = self
+            .log
+            .handover_cursor(LEGACY_SINK_NAME)
+            .context("reading the cursor of the speaker sink")?;
+        let routed = routed_speakers(&config.routes);
+        self.live.speaker_health.retain(&routed);
         for name in &wanted {
             if self.sinks.contains_key(name) {
                 continue;
@@ -475,9 +503,11 @@ impl Gateway {
             // The cursor exists before the sink runs: a sink seen for the
             // first time starts at the log's end, and one that registered
             // late (MQTT does on its first connect) would skip payments.
-            let started = self
-                .log
-                .cursor(name)
+            let registered = match (lane_speaker(name), handover) {
+                (Some(_), Some(start)) => self.log.register_at(name, start),
+                _ => self.log.cursor(name),
+            };
+            let started = registered
                 .with_context(|| format!("reading the cursor of sink `{name}`"))
                 .and_then(|_| self.start_sink(config, name));
             match started {
@@ -489,6 +519,15 @@ impl Gateway {
                     tracing::error!(sink = %name, error = %format!("{error:#}"), "sink not started")
                 }
             }
+        }
+        if handover.is_some() && wanted.iter().any(|n| lane_speaker(n).is_some()) {
+            self.log
+                .retire(LEGACY_SINK_NAME)
+                .context("handing the speaker sink's cursor over to its lanes")?;
+            tracing::info!(
+                cursor = handover,
+                "speaker lanes took over from the single speaker sink"
+            );
         }
         let running = wanted
             .iter()
@@ -518,7 +557,9 @@ impl Gateway {
                     broker::start(listen)?;
                     self.embedded_broker = Some(listen);
                 }
-                let sink = MqttSink::new(mqtt, &gateway_id).context("[mqtt]")?;
+                let sink = MqttSink::new(mqtt, &gateway_id)
+                    .context("[mqtt]")?
+                    .with_speakers(self.live.speaker_health.clone());
                 tokio::spawn(Arc::new(sink).run(
                     log,
                     stats.clone(),
@@ -526,24 +567,21 @@ impl Gateway {
                     self.announcements.subscribe(),
                 ))
             }
-            Some(SinkSettings::Speaker(speaker, routes)) => {
-                let mut credentials = SpeakerCredentials {
-                    base_url: speaker.base_url.clone(),
-                    client_id: speaker.client_id.clone(),
-                    client_secret: speaker.client_secret.clone(),
-                };
-                if speaker.simulator.is_some() {
-                    credentials.base_url = self
-                        .simulator_url
-                        .clone()
-                        .context("the Speaker API simulator is not running")?;
-                }
-                let client = SpeakerClient::new(credentials, speaker.timeout)
-                    .context("building the Speaker API client")?
-                    .with_max_calls_per_sec(speaker.max_calls_per_sec);
-                let sink = SpeakerSink::new(Arc::new(client), speaker, routes)
-                    .with_announcements(self.announcements.clone());
-                tokio::spawn(run_sink(Arc::new(sink), log, stats.clone(), shutdown))
+            Some(SinkSettings::SpeakerLane(speaker, hardware_id, routes)) => {
+                let service = self.speaker_service(&speaker)?;
+                let lane = Arc::new(SpeakerLane::new(
+                    service,
+                    &hardware_id,
+                    routes,
+                    stop.clone(),
+                ));
+                let stats = stats.clone();
+                tokio::spawn(async move {
+                    let health = tokio::spawn(lane.clone().watch_health());
+                    run_sink(lane.clone(), log, stats, shutdown).await;
+                    lane.stopped().await;
+                    let _ = health.await;
+                })
             }
             None => anyhow::bail!("no sink named `{name}` in the config"),
         };
@@ -551,6 +589,42 @@ impl Gateway {
             task: Task { stop, handle },
             stats,
         })
+    }
+}
+
+impl Gateway {
+    /// The lanes' shared service for `speaker`: the running one if its
+    /// settings are the same, else a new one (new client, new token).
+    fn speaker_service(&mut self, speaker: &SpeakerConfig) -> anyhow::Result<Arc<SpeakerService>> {
+        if let Some(service) = &self.speaker_service
+            && service.config == *speaker
+        {
+            return Ok(service.clone());
+        }
+        let mut credentials = SpeakerCredentials {
+            base_url: speaker.base_url.clone(),
+            client_id: speaker.client_id.clone(),
+            client_secret: speaker.client_secret.clone(),
+        };
+        if speaker.simulator.is_some() {
+            credentials.base_url = self
+                .simulator_url
+                .clone()
+                .context("the Speaker API simulator is not running")?;
+        }
+        let client = SpeakerClient::new(credentials, speaker.timeout)
+            .context("building the Speaker API client")?
+            .with_max_calls_per_sec(speaker.max_calls_per_sec);
+        let service = Arc::new(
+            SpeakerService::new(
+                Arc::new(client),
+                speaker.clone(),
+                self.live.speaker_health.clone(),
+            )
+            .with_announcements(self.announcements.clone()),
+        );
+        self.speaker_service = Some(service.clone());
+        Ok(service)
     }
 }
 

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use crate::admin::{QueueReport, QueueView};
 use crate::config::Config;
 use crate::log::{LogError, QueueItem, SledLog};
+use crate::sinks::speaker::Routing;
 
 #[derive(Debug, Args)]
 pub struct Queue {
@@ -64,7 +65,11 @@ impl Backend {
     fn connect(config: &Config) -> anyhow::Result<Backend> {
         let sinks = crate::app::sink_names(config);
         match SledLog::open(&config.gateway.data_dir, config.log.clone()) {
-            Ok(log) => Ok(Backend::Store(QueueView { log, sinks })),
+            Ok(log) => Ok(Backend::Store(QueueView {
+                log,
+                sinks,
+                routing: Routing::of(config),
+            })),
             Err(LogError::Locked(_)) => {
                 let mut headers = reqwest::header::HeaderMap::new();
                 if let Some(token) = &config.admin.token {
@@ -121,7 +126,7 @@ impl Backend {
         limit: usize,
     ) -> anyhow::Result<Vec<QueueItem>> {
         match self {
-            Backend::Store(view) => Ok(view.log.list(sink, state, limit)?),
+            Backend::Store(view) => Ok(view.list(sink, state, limit)?),
             Backend::Api { base, client } => {
                 let mut query = vec![("limit", limit.to_string())];
                 if let Some(state) = state {
@@ -160,8 +165,17 @@ impl Backend {
 /// The sink to act on: the one given, or the only one there is.
 fn pick_sink(report: &QueueReport, given: Option<String>) -> anyhow::Result<String> {
     let names: Vec<&str> = report.sinks.iter().map(|s| s.sink.as_str()).collect();
+    let lanes: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| crate::sinks::speaker::lane_speaker(n).is_some())
+        .collect();
     match given {
         Some(sink) if names.contains(&sink.as_str()) => Ok(sink),
+        // `--sink speaker` with one speaker: its lane.
+        Some(sink) if sink == crate::sinks::speaker::LEGACY_SINK_NAME && lanes.len() == 1 => {
+            Ok(lanes[0].to_string())
+        }
         Some(sink) => bail!("no sink named `{sink}` (sinks: {})", names.join(", ")),
         None if names.len() == 1 => Ok(names[0].to_string()),
         None if names.is_empty() => bail!("no sinks are configured"),

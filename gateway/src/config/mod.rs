@@ -881,9 +881,13 @@ fn parse_speaker(
         announce_outgoing: s.announce_outgoing,
         min_amount: s.min_amount,
         timeout: ms(s.timeout_ms, "timeout_ms", Duration::from_secs(10))?,
+        // Shaped for voice: a payment is worth announcing only while the
+        // customer is at the counter, so retries start sub-second and stay
+        // within a few seconds (full jitter spreads them); `Retry-After`
+        // is honoured and nothing waits past `max_age_secs`.
         retry: RetryPolicy {
-            initial: ms(s.retry_initial_ms, "retry_initial_ms", d.initial)?,
-            max: ms(s.retry_max_ms, "retry_max_ms", Duration::from_secs(30))?,
+            initial: ms(s.retry_initial_ms, "retry_initial_ms", Duration::from_millis(200))?,
+            max: ms(s.retry_max_ms, "retry_max_ms", Duration::from_secs(3))?,
             max_retry_after: d.max_retry_after,
         },
         max_calls_per_sec: s

@@ -155,6 +155,11 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
         seqs: &[u64],
         settlement: &Settlement,
     ) -> Result<(), LogError>;
+
+    /// Moves `sink`'s cursor past `through` without recording an outcome:
+    /// the entries up to it are not for this sink (a speaker lane passes
+    /// the payments routed to other speakers). Never moves a cursor back.
+    fn pass(&self, sink: &str, through: u64) -> Result<(), LogError>;
 }
 
 /// The state of one sink's queue, for `queue status` and the status page.

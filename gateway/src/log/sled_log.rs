@@ -30,6 +30,11 @@ const CURSOR: &[u8] = b"c";
 const OUTCOME: u8 = b'o';
 const DEAD: u8 = b'd';
 const REQUEUED: u8 = b'r';
+/// A sink whose cursor was handed over to others (see [`SledLog::retire`]).
+const RETIRED: &[u8] = b"retired";
+/// How many entries past a filtered sink's cursor [`SledLog::status_where`]
+/// looks at; a backlog beyond that is counted whole.
+const FILTERED_STATUS_SCAN: usize = 10_000;
 
 /// How often the disk-space check really asks the filesystem.
 const SPACE_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -294,6 +299,42 @@ impl SledLog {
             .collect()
     }
 
+    /// Registers `sink` with its cursor at `start` (clamped to the log's
+    /// end) if it has none yet; returns its cursor either way. A sink that
+    /// takes over another's work (speaker lanes from the single speaker sink
+    /// of earlier versions) starts where that one stopped.
+    pub fn register_at(&self, sink: &str, start: u64) -> Result<u64, LogError> {
+        let tree = self.sink_tree(sink)?;
+        if let Some(c) = tree.get(CURSOR)? {
+            return Ok(be(&c));
+        }
+        let start = start.min(self.inner.next_seq());
+        tree.insert(CURSOR, &start.to_be_bytes())?;
+        self.inner.db.flush()?;
+        Ok(start)
+    }
+
+    /// The cursor `sink` stopped at if it has one and has not been retired
+    /// ([`SledLog::retire`]); lanes inherit it once.
+    pub fn handover_cursor(&self, sink: &str) -> Result<Option<u64>, LogError> {
+        if !self.known_sinks().iter().any(|s| s == sink) {
+            return Ok(None);
+        }
+        let tree = self.sink_tree(sink)?;
+        if tree.contains_key(RETIRED)? {
+            return Ok(None);
+        }
+        Ok(tree.get(CURSOR)?.map(|c| be(&c)))
+    }
+
+    /// Marks `sink` as handed over: its history stays readable, its cursor
+    /// is no longer inherited.
+    pub fn retire(&self, sink: &str) -> Result<(), LogError> {
+        self.sink_tree(sink)?.insert(RETIRED, &[])?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
     pub fn entry(&self, seq: u64) -> Result<Option<LogEntry>, LogError> {
         Ok(self
             .inner
@@ -303,16 +344,54 @@ impl SledLog {
     }
 
     pub fn status(&self, sink: &str) -> Result<SinkStatus, LogError> {
+        self.status_where(sink, None)
+    }
+
+    /// [`SledLog::status`] of a sink that takes only the entries `wants`
+    /// accepts (a speaker lane: the payments routed to its speaker), so
+    /// its pending count and oldest age are its own, not the whole log's.
+    pub fn status_where(
+        &self,
+        sink: &str,
+        wants: Option<&dyn Fn(&LogEntry) -> bool>,
+    ) -> Result<SinkStatus, LogError> {
         let tree = self.sink_tree(sink)?;
         let cursor = self.cursor(sink)?;
         let now = now_ms();
-        // Sequence numbers are dense above every cursor (GC only removes
-        // below the lowest), so this counts without reading the backlog;
-        // only a quarantined record would make it overcount.
-        let mut pending = self.inner.next_seq().saturating_sub(cursor);
-        let mut oldest = match self.inner.events.range(cursor.to_be_bytes()..).next() {
-            Some(item) => record::decode(&item?.1).ok().map(|e| e.appended_at_ms),
-            None => None,
+        let retired = tree.contains_key(RETIRED)?;
+        let (mut pending, mut oldest) = match wants {
+            // Its work went to other sinks: nothing waits for it any more.
+            _ if retired => (0, None),
+            // Sequence numbers are dense above every cursor (GC only removes
+            // below the lowest), so this counts without reading the backlog;
+            // only a quarantined record would make it overcount.
+            None => (
+                self.inner.next_seq().saturating_sub(cursor),
+                match self.inner.events.range(cursor.to_be_bytes()..).next() {
+                    Some(item) => record::decode(&item?.1).ok().map(|e| e.appended_at_ms),
+                    None => None,
+                },
+            ),
+            Some(wants) => {
+                let (mut pending, mut oldest, mut scanned) = (0u64, None, 0usize);
+                for item in self.inner.events.range(cursor.to_be_bytes()..) {
+                    let (key, value) = item?;
+                    scanned += 1;
+                    if scanned > FILTERED_STATUS_SCAN {
+                        // Too long to read for a status: count the rest whole.
+                        pending += self.inner.next_seq().saturating_sub(be(&key));
+                        break;
+                    }
+                    let Ok(entry) = record::decode(&value) else {
+                        continue;
+                    };
+                    if wants(&entry) {
+                        pending += 1;
+                        oldest.get_or_insert(entry.appended_at_ms);
+                    }
+                }
+                (pending, oldest)
+            }
         };
         for item in tree.scan_prefix([REQUEUED]) {
             let (key, _) = item?;
@@ -344,6 +423,18 @@ impl SledLog {
         state: Option<&str>,
         limit: usize,
     ) -> Result<Vec<QueueItem>, LogError> {
+        self.list_where(sink, state, limit, None)
+    }
+
+    /// [`SledLog::list`] of a sink that takes only the entries `wants`
+    /// accepts: the others are left out, pending or passed.
+    pub fn list_where(
+        &self,
+        sink: &str,
+        state: Option<&str>,
+        limit: usize,
+        wants: Option<&dyn Fn(&LogEntry) -> bool>,
+    ) -> Result<Vec<QueueItem>, LogError> {
         let tree = self.sink_tree(sink)?;
         let cursor = self.cursor(sink)?;
         let mut items = Vec::new();
@@ -359,6 +450,9 @@ impl SledLog {
             let (item_state, reason) = if tree.contains_key(keyed(REQUEUED, seq))? {
                 ("requeued".to_string(), None)
             } else if seq >= cursor {
+                if wants.is_some_and(|wants| !wants(&entry)) {
+                    continue;
+                }
                 ("pending".to_string(), None)
             } else if let Some(o) = tree.get(keyed(OUTCOME, seq))? {
                 match serde_json::from_slice::<Settlement>(&o) {
@@ -368,6 +462,8 @@ impl SledLog {
                     ),
                     Err(_) => ("unknown".to_string(), None),
                 }
+            } else if wants.is_some() {
+                continue; // passed: never this sink's
             } else {
                 ("settled".to_string(), None)
             };
@@ -550,6 +646,18 @@ impl EventLog for SledLog {
 
     fn settle(&self, sink: &str, seq: u64, settlement: &Settlement) -> Result<(), LogError> {
         self.settle_many(sink, &[seq], settlement)
+    }
+
+    fn pass(&self, sink: &str, through: u64) -> Result<(), LogError> {
+        let tree = self.sink_tree(sink)?;
+        if self.cursor(sink)? > through {
+            return Ok(());
+        }
+        tree.insert(CURSOR, &(through + 1).to_be_bytes())?;
+        // Written through like a settlement; losing it to a power cut only
+        // means the lane looks at those entries again and passes them again.
+        self.inner.db.flush()?;
+        Ok(())
     }
 
     fn settle_many(

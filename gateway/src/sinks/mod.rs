@@ -38,6 +38,10 @@ pub enum SinkError {
     /// Will fail the same way again (other 4xx): dead-lettered.
     #[error("{reason}")]
     Permanent { reason: String },
+    /// Cannot be delivered now and is not worth waiting for (a speaker that
+    /// is not paired): settled as expired at once, kept, and reported.
+    #[error("{reason}")]
+    Expire { reason: String },
 }
 
 impl SinkError {
@@ -78,6 +82,14 @@ pub trait Sink: Send + Sync + 'static {
     /// Called once `entry` is settled, however it ended (the speaker sink
     /// reports expired and refused announcements from here).
     fn settled(&self, _entry: &LogEntry, _settlement: &Settlement) {}
+
+    /// Whether `entry` is for this sink at all. A sink that takes only some
+    /// entries (a speaker lane takes the payments routed to its speaker)
+    /// has the others passed: its cursor moves over them, nothing is
+    /// recorded, and they cost no delivery.
+    fn wants(&self, _entry: &LogEntry) -> bool {
+        true
+    }
 }
 
 /// Counters since start, for metrics and the status page.
@@ -159,11 +171,13 @@ pub async fn run_sink<S: Sink>(
         // Requeued dead letters first, then the log from the cursor.
         let batch = log.requeued(&name, READ_BATCH).and_then(|requeued| {
             if !requeued.is_empty() {
-                return Ok(requeued);
+                return Ok((requeued, true));
             }
-            log.cursor(&name).and_then(|c| log.read(c, READ_BATCH))
+            log.cursor(&name)
+                .and_then(|c| log.read(c, READ_BATCH))
+                .map(|read| (read, false))
         });
-        let batch = match batch {
+        let (batch, requeued) = match batch {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::error!(sink = %name, %error, "cannot read the event log; retrying");
@@ -180,14 +194,46 @@ pub async fn run_sink<S: Sink>(
             }
             continue;
         }
+        // Requeued dead letters are delivered whatever `wants` says: an
+        // operator asked for them.
+        let mut passed: Option<u64> = None;
         for entry in batch {
+            if !requeued && !sink.wants(&entry) {
+                passed = Some(entry.seq);
+                continue;
+            }
+            if let Some(through) = passed.take()
+                && !pass(&*log, &name, through, &shutdown.stop).await
+            {
+                break;
+            }
             if !deliver_one(sink.as_ref(), &*log, &stats, &shutdown, &entry).await {
                 tracing::info!(sink = %name, "sink stopped");
                 return;
             }
         }
+        if let Some(through) = passed {
+            pass(&*log, &name, through, &shutdown.stop).await;
+        }
     }
     tracing::info!(sink = %name, "sink stopped");
+}
+
+/// Moves `sink`'s cursor past entries that are not for it; a storage error
+/// is retried like a settlement. False if the gateway is stopping.
+async fn pass(log: &dyn EventLog, sink: &str, through: u64, stop: &CancellationToken) -> bool {
+    loop {
+        match log.pass(sink, through) {
+            Ok(()) => return true,
+            Err(LogError::Closed) => return false,
+            Err(error) => {
+                tracing::error!(sink, through, %error, "cannot move the cursor; retrying");
+                if pause(stop, Duration::from_secs(1)).await {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 /// Counts `n` outcomes in `sink_outcomes_total`.
@@ -270,6 +316,12 @@ async fn deliver_one<S: Sink>(
                 stats.recovered();
                 count(name, "delivered", 1);
                 break Settlement::Delivered;
+            }
+            Err(SinkError::Expire { reason }) => {
+                tracing::warn!(sink = %name, seq = entry.seq, %reason, "entry expired, not delivered");
+                stats.expired.fetch_add(1, Ordering::Relaxed);
+                count(name, "expired", 1);
+                break Settlement::Expired { reason };
             }
             Err(SinkError::Permanent { reason }) => {
                 tracing::error!(sink = %name, seq = entry.seq, %reason, "delivery refused; kept as a dead letter");

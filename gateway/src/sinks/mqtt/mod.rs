@@ -19,6 +19,8 @@
 //! - `announcements`: [`AnnouncementJson`] from the speaker sink, QoS 1, best
 //!   effort: the last [`ANNOUNCEMENT_BUFFER`] wait in memory while the broker
 //!   is away; they are not in the log.
+//! - `speakers/<hardware id>`: retained [`SpeakerState`] (paired, online,
+//!   since when it is down), on every change and after every connect.
 
 pub mod broker;
 
@@ -36,6 +38,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio::sync::{broadcast, mpsc};
 
 use super::event::{AnnouncementJson, EventJson};
+use super::speaker::{SpeakerHealth, SpeakerState};
 use super::{Shutdown, SinkStats, pause};
 use crate::config::{MqttBroker, MqttConfig, MqttTls};
 use crate::log::{EventLog, Settlement};
@@ -71,6 +74,8 @@ pub struct Topics {
     pub events: String,
     pub status: String,
     pub announcements: String,
+    /// Followed by `/<hardware id>`.
+    pub speakers: String,
 }
 
 impl Topics {
@@ -80,7 +85,23 @@ impl Topics {
             events: format!("{base}/events"),
             status: format!("{base}/status"),
             announcements: format!("{base}/announcements"),
+            speakers: format!("{base}/speakers"),
         }
+    }
+
+    /// Where `hardware_id`'s health is retained.
+    pub fn speaker(&self, hardware_id: &str) -> String {
+        format!("{}/{hardware_id}", self.speakers)
+    }
+}
+
+/// The next speaker change, or never when there is no board to follow.
+async fn next_speaker_change(
+    changes: &mut Option<broadcast::Receiver<SpeakerState>>,
+) -> Result<SpeakerState, broadcast::error::RecvError> {
+    match changes {
+        Some(changes) => changes.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -90,6 +111,8 @@ pub struct MqttSink {
     topics: Topics,
     /// Built once at start, so a bad CA file stops the gateway with a clear error.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Each speaker's health, published retained, if there are speakers.
+    speakers: Option<Arc<SpeakerHealth>>,
 }
 
 /// What a publish was, to know what its PubAck means.
@@ -109,6 +132,25 @@ enum SessionEnd {
 }
 
 impl MqttSink {
+    /// Publishes every speaker's health (retained) on `speakers/<hardware id>`.
+    pub fn with_speakers(mut self, speakers: Arc<SpeakerHealth>) -> Self {
+        self.speakers = Some(speakers);
+        self
+    }
+
+    async fn publish_speaker(
+        &self,
+        client: &AsyncClient,
+        flight: &mut InFlight,
+        state: &SpeakerState,
+    ) -> Result<(), rumqttc::ClientError> {
+        let payload = serde_json::to_vec(state).unwrap_or_default();
+        let topic = self.topics.speaker(&state.hardware_id);
+        flight
+            .publish(client, Tag::Announcement, &topic, true, payload)
+            .await
+    }
+
     pub fn new(config: MqttConfig, gateway_id: &str) -> Result<Self, MqttError> {
         let tls = match &config.broker {
             MqttBroker::External { tls: Some(tls), .. } => Some(tls_config(tls)?),
@@ -118,6 +160,7 @@ impl MqttSink {
             topics: Topics::new(&config.topic_prefix, gateway_id),
             config,
             tls,
+            speakers: None,
         })
     }
 
@@ -252,6 +295,13 @@ impl MqttSink {
         };
         let mut changes = log.watch();
         let mut announcing = true;
+        // Subscribed before the snapshot, so no change falls in between.
+        let mut speaker_changes = self.speakers.as_ref().map(|s| s.subscribe());
+        for state in self.speakers.iter().flat_map(|s| s.all()) {
+            if self.publish_speaker(&client, &mut flight, &state).await.is_err() {
+                return SessionEnd::Lost("event loop stopped".into());
+            }
+        }
         loop {
             // Mark the log end as seen before reading, so a commit after the
             // read still wakes the wait below.
@@ -317,6 +367,20 @@ impl MqttSink {
                         tracing::warn!(sink = SINK_NAME, missed, "announcements dropped while the broker was away");
                     }
                     Err(broadcast::error::RecvError::Closed) => announcing = false,
+                },
+                change = next_speaker_change(&mut speaker_changes) => match change {
+                    Ok(state) => {
+                        if self.publish_speaker(&client, &mut flight, &state).await.is_err() {
+                            continue;
+                        }
+                    }
+                    // Missed changes: publish every speaker's state afresh.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for state in self.speakers.iter().flat_map(|s| s.all()) {
+                            let _ = self.publish_speaker(&client, &mut flight, &state).await;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => speaker_changes = None,
                 },
             }
         }

@@ -1,53 +1,134 @@
 //! The speaker sink: each incoming payment routed to the shop's SePay
-//! SoundBox speakers through the Speaker API.
+//! SoundBox speakers through the Speaker API, one lane per speaker.
 //!
 //! - `[[route]]` maps an account to speaker hardware ids; by default only
 //!   incoming money is announced, optionally above a minimum amount.
+//! - **One lane per speaker** ([`lane::SpeakerLane`]): each is a sink of its
+//!   own in the log (`speaker:<hardware id>`, with its own cursor, outcomes
+//!   and dead letters), so a speaker that is offline, retrying or rate
+//!   limited holds only its own payments. Within a lane, payments are
+//!   announced in log order.
 //! - The `requestId` is derived from the payment's dedupe key and the
 //!   speaker, so a retry after a crash or a timeout is idempotent at SePay.
-//! - After `notify`, `check_notify` is polled a few times to confirm the
-//!   speaker played it; the outcome is logged and, with `[mqtt]`, published
-//!   on the `announcements` topic (as are expired and refused ones).
-//! - An offline or unpaired speaker is retried until the payment is older
-//!   than `speaker.max_age_secs`; then it expires with that reason.
-//! - One worker handles the whole sink, in log order, so each speaker hears
-//!   its payments in order.
+//! - `notify` answering `SENT` frees the lane; `check_notify` is polled
+//!   beside it ([`confirm`]) and the outcome is published on MQTT's
+//!   `announcements` topic.
+//! - A refused notify is classified by asking `pair/check` ([`lane`]), never
+//!   by a guessed error code: SePay does not publish its codes.
+//! - Every routed speaker is checked with `pair/check` at start, after
+//!   failures and every minute ([`health`]).
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+pub mod confirm;
+pub mod health;
+pub mod lane;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::broadcast;
 
-use super::event::{AnnouncementJson, EVENT_SCHEMA, event_id, rfc3339};
-use super::{RetryPolicy, Sink, SinkError};
 use crate::config::{RouteConfig, SpeakerConfig};
-use crate::log::{LogEntry, Settlement};
-use crate::model::{Direction, now_ms};
-use crate::speaker_api::client::{SpeakerClient, SpeakerError};
-use crate::speaker_api::words::amount_words;
+use crate::log::LogEntry;
+use crate::model::Direction;
 
-/// The sink's name in the log (its cursor and dead letters).
-pub const SINK_NAME: &str = "speaker";
+pub use health::{SpeakerHealth, SpeakerState};
+pub use lane::{SpeakerLane, SpeakerService};
 
-/// `check_notify` polls after a notify, and the pause between them.
-const CONFIRM_POLLS: u32 = 3;
-const CONFIRM_PAUSE: Duration = Duration::from_millis(300);
+/// What the speaker sink was called before it had lanes: its cursor is
+/// where the lanes start on the first run after an upgrade.
+pub const LEGACY_SINK_NAME: &str = "speaker";
 
-#[derive(Debug)]
-pub struct SpeakerSink {
-    client: Arc<SpeakerClient>,
-    config: SpeakerConfig,
-    routes: Vec<RouteConfig>,
-    /// Where announcements are reported (the MQTT sink listens), if anywhere.
-    announcements: Option<broadcast::Sender<AnnouncementJson>>,
-    /// The speakers that already took the entry being delivered (by seq), so
-    /// an entry that then expires is reported only for the others.
-    announced: Mutex<(u64, Vec<String>)>,
+/// Lane names start with this, then the speaker's hardware id.
+pub const LANE_PREFIX: &str = "speaker:";
+
+/// The log's name for `hardware_id`'s lane (its cursor and dead letters).
+pub fn lane_name(hardware_id: &str) -> String {
+    format!("{LANE_PREFIX}{hardware_id}")
+}
+
+/// The speaker a lane name belongs to, if it is one.
+pub fn lane_speaker(sink: &str) -> Option<&str> {
+    sink.strip_prefix(LANE_PREFIX)
+}
+
+/// Every speaker the routes name, once each, in route order.
+pub fn routed_speakers(routes: &[RouteConfig]) -> Vec<String> {
+    let mut speakers: Vec<String> = Vec::new();
+    for s in routes.iter().flat_map(|r| &r.speakers) {
+        if !speakers.contains(s) {
+            speakers.push(s.clone());
+        }
+    }
+    speakers
+}
+
+/// The routes that name `hardware_id`: all a lane needs to know.
+pub fn routes_of(routes: &[RouteConfig], hardware_id: &str) -> Vec<RouteConfig> {
+    routes
+        .iter()
+        .filter(|r| r.speakers.iter().any(|s| s == hardware_id))
+        .cloned()
+        .collect()
+}
+
+/// The speakers that should announce `entry`, in route order.
+pub fn speakers_for<'a>(
+    config: &SpeakerConfig,
+    routes: &'a [RouteConfig],
+    entry: &LogEntry,
+) -> Vec<&'a str> {
+    let change = &entry.change;
+    if change.direction == Direction::Out && !config.announce_outgoing {
+        return Vec::new();
+    }
+    // notify takes whole đồng: another currency must never be spoken as VND.
+    if !change.currency.eq_ignore_ascii_case("VND") {
+        return Vec::new();
+    }
+    if change.amount < config.min_amount {
+        return Vec::new();
+    }
+    let mut speakers: Vec<&str> = Vec::new();
+    for route in routes {
+        let matches = route.account == "*" || route.account == change.account;
+        if matches && change.amount >= route.min_amount {
+            for s in &route.speakers {
+                if !speakers.contains(&s.as_str()) {
+                    speakers.push(s);
+                }
+            }
+        }
+    }
+    speakers
+}
+
+/// Which payments go to which speaker, for the views of the lanes'
+/// queues (`queue status|list`, the status page): a lane's backlog is the
+/// payments routed to its speaker, not every payment after its cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    pub config: SpeakerConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Routing {
+    /// The routing of `config`, when it has a `[speaker]`.
+    pub fn of(config: &crate::config::Config) -> Option<Routing> {
+        Some(Routing {
+            config: config.speaker.clone()?,
+            routes: config.routes.clone(),
+        })
+    }
+
+    /// Whether `sink` is a lane and `entry` is routed to its speaker; None
+    /// for a sink that is not a lane (it takes everything).
+    pub fn lane_wants(&self, sink: &str, entry: &LogEntry) -> Option<bool> {
+        let hw = lane_speaker(sink)?;
+        Some(speakers_for(&self.config, &self.routes, entry).contains(&hw))
+    }
 }
 
 /// The `requestId` for `dedupe_key` on `hardware_id`: stable across retries
-/// and restarts, unique per payment and speaker, 36 characters.
+/// and restarts, unique per payment and speaker, 36 characters of letters,
+/// digits and `-` (SePay publishes no limit; speaker-api.md keeps ids at
+/// most 40 plain characters).
 pub fn request_id(dedupe_key: &str, hardware_id: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(dedupe_key.as_bytes());
@@ -56,167 +137,11 @@ pub fn request_id(dedupe_key: &str, hardware_id: &str) -> String {
     format!("sbx-{}", hex::encode(&hasher.finalize()[..16]))
 }
 
-impl SpeakerSink {
-    pub fn new(
-        client: Arc<SpeakerClient>,
-        config: SpeakerConfig,
-        routes: Vec<RouteConfig>,
-    ) -> Self {
-        SpeakerSink {
-            client,
-            config,
-            routes,
-            announcements: None,
-            announced: Mutex::new((u64::MAX, Vec::new())),
-        }
-    }
-
-    /// Reports every announcement (and expired or refused one) to `to`.
-    pub fn with_announcements(mut self, to: broadcast::Sender<AnnouncementJson>) -> Self {
-        self.announcements = Some(to);
-        self
-    }
-
-    fn report(&self, entry: &LogEntry, hardware_id: &str, result: &str, detail: Option<String>) {
-        let Some(to) = &self.announcements else {
-            return;
-        };
-        let key = entry.change.dedupe_key();
-        // No receiver (MQTT not connected yet) is not an error.
-        let _ = to.send(AnnouncementJson {
-            schema: EVENT_SCHEMA,
-            event_id: event_id(&key),
-            seq: entry.seq,
-            hardware_id: hardware_id.to_string(),
-            request_id: request_id(&key, hardware_id),
-            amount: entry.change.amount,
-            words: amount_words(entry.change.amount),
-            result: result.to_string(),
-            detail,
-            at: rfc3339(now_ms()),
-        });
-    }
-
-    /// The speakers that should announce `entry`.
-    pub fn speakers_for(&self, entry: &LogEntry) -> Vec<&str> {
-        let change = &entry.change;
-        if change.direction == Direction::Out && !self.config.announce_outgoing {
-            return Vec::new();
-        }
-        if change.amount < self.config.min_amount {
-            return Vec::new();
-        }
-        let mut speakers: Vec<&str> = Vec::new();
-        for route in &self.routes {
-            let matches = route.account == "*" || route.account == change.account;
-            if matches && change.amount >= route.min_amount {
-                for s in &route.speakers {
-                    if !speakers.contains(&s.as_str()) {
-                        speakers.push(s);
-                    }
-                }
-            }
-        }
-        speakers
-    }
-
-    async fn announce(&self, entry: &LogEntry, hardware_id: &str) -> Result<(), SinkError> {
-        let id = request_id(&entry.change.dedupe_key(), hardware_id);
-        self.client
-            .notify(hardware_id, entry.change.amount, &id)
-            .await
-            .map_err(|e| classify(hardware_id, e))?;
-        if let Ok(mut announced) = self.announced.lock() {
-            if announced.0 != entry.seq {
-                *announced = (entry.seq, Vec::new());
-            }
-            announced.1.push(hardware_id.to_string());
-        }
-        let mut outcome = "SENT".to_string();
-        let mut detail = None;
-        for _ in 0..CONFIRM_POLLS {
-            match self.client.check_notify(hardware_id, &id).await {
-                Ok(status) if status.status == "SENT" => {
-                    outcome = status.status;
-                    tokio::time::sleep(CONFIRM_PAUSE).await;
-                }
-                Ok(status) => {
-                    outcome = status.status;
-                    break;
-                }
-                Err(e) => {
-                    outcome = "unconfirmed".to_string();
-                    detail = Some(format!("check_notify failed: {e}"));
-                    break;
-                }
-            }
-        }
-        self.report(entry, hardware_id, &outcome.to_ascii_lowercase(), detail);
-        tracing::info!(
-            sink = SINK_NAME,
-            seq = entry.seq,
-            %hardware_id,
-            request_id = %id,
-            amount = entry.change.amount,
-            %outcome,
-            "announcement sent"
-        );
-        Ok(())
-    }
-}
-
-/// Speaker API errors as the sink's retry loop sees them.
-fn classify(hardware_id: &str, error: SpeakerError) -> SinkError {
-    let reason = format!("speaker {hardware_id}: {error}");
-    match error {
-        SpeakerError::RateLimited { retry_after } => SinkError::Retriable {
-            reason,
-            retry_after,
-        },
-        e if e.is_retriable() => SinkError::retriable(reason),
-        _ => SinkError::permanent(reason),
-    }
-}
-
-impl Sink for SpeakerSink {
-    fn name(&self) -> &str {
-        SINK_NAME
-    }
-
-    fn max_age(&self) -> Option<Duration> {
-        Some(self.config.max_age)
-    }
-
-    fn retry_policy(&self) -> RetryPolicy {
-        self.config.retry
-    }
-
-    async fn deliver(&self, entry: &LogEntry) -> Result<(), SinkError> {
-        // Every routed speaker, in route order; one that fails stops here
-        // and the whole entry is retried (the ones done are idempotent).
-        for hardware_id in self.speakers_for(entry) {
-            self.announce(entry, hardware_id).await?;
-        }
-        Ok(())
-    }
-
-    fn settled(&self, entry: &LogEntry, settlement: &Settlement) {
-        let result = match settlement {
-            Settlement::Delivered => return,
-            Settlement::Expired { .. } => "expired",
-            Settlement::Dead { .. } => "refused",
-        };
-        let done = match self.announced.lock() {
-            Ok(announced) if announced.0 == entry.seq => announced.1.clone(),
-            _ => Vec::new(),
-        };
-        for hardware_id in self.speakers_for(entry) {
-            if !done.iter().any(|d| d == hardware_id) {
-                let detail = settlement.reason().map(str::to_string);
-                self.report(entry, hardware_id, result, detail);
-            }
-        }
-    }
+/// The `requestId` of the one new notify a `FAILED` announcement gets: a
+/// new id, since SePay dedupes by `requestId` and would not play the first
+/// one again; derived, so a crash and restart cannot make it a third play.
+pub fn retry_request_id(request_id: &str) -> String {
+    format!("{request_id}-r1")
 }
 
 #[cfg(test)]
