@@ -25,6 +25,7 @@ use crate::config::{RouteConfig, SpeakerConfig};
 use crate::log::{LogEntry, Settlement};
 use crate::model::{Direction, now_ms};
 use crate::speaker_api::client::{SpeakerClient, SpeakerError};
+use crate::speaker_api::types::NotifyState;
 use crate::speaker_api::words::amount_words;
 
 /// The sink's name in the log (its cursor and dead letters).
@@ -122,10 +123,13 @@ impl SpeakerSink {
 
     async fn announce(&self, entry: &LogEntry, hardware_id: &str) -> Result<(), SinkError> {
         let id = request_id(&entry.change.dedupe_key(), hardware_id);
-        self.client
+        if let Err(e) = self
+            .client
             .notify(hardware_id, entry.change.amount, &id)
             .await
-            .map_err(|e| classify(hardware_id, e))?;
+        {
+            return Err(self.refusal(hardware_id, e).await);
+        }
         if let Ok(mut announced) = self.announced.lock() {
             if announced.0 != entry.seq {
                 *announced = (entry.seq, Vec::new());
@@ -135,13 +139,16 @@ impl SpeakerSink {
         let mut outcome = "SENT".to_string();
         let mut detail = None;
         for _ in 0..CONFIRM_POLLS {
-            match self.client.check_notify(hardware_id, &id).await {
-                Ok(status) if status.status == "SENT" => {
-                    outcome = status.status;
+            match self.client.check_notify(&id).await {
+                Ok(check) if check.status == NotifyState::Pending => {
+                    outcome = "SENT".to_string();
                     tokio::time::sleep(CONFIRM_PAUSE).await;
                 }
-                Ok(status) => {
-                    outcome = status.status;
+                Ok(check) => {
+                    outcome = match check.status {
+                        NotifyState::Success => "PLAYED".to_string(),
+                        other => other.to_string(),
+                    };
                     break;
                 }
                 Err(e) => {
@@ -162,6 +169,28 @@ impl SpeakerSink {
             "announcement sent"
         );
         Ok(())
+    }
+}
+
+impl SpeakerSink {
+    /// A failed notify as the retry loop sees it. SePay does not publish
+    /// which refusal codes mean offline or not paired, so a refusal is
+    /// explained by `pair/check`: offline or not paired is retried (until
+    /// the payment is too old), anything else is final with SePay's message.
+    async fn refusal(&self, hardware_id: &str, error: SpeakerError) -> SinkError {
+        if !matches!(error, SpeakerError::Refused { .. }) {
+            return classify(hardware_id, error);
+        }
+        match self.client.check(hardware_id).await {
+            Ok(d) if !d.online => {
+                SinkError::retriable(format!("speaker {hardware_id} is offline: {error}"))
+            }
+            Ok(d) if !d.is_paired => {
+                SinkError::retriable(format!("speaker {hardware_id} is not paired: {error}"))
+            }
+            Err(check) if check.is_retriable() => classify(hardware_id, check),
+            _ => classify(hardware_id, error),
+        }
     }
 }
 

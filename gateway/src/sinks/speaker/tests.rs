@@ -171,6 +171,7 @@ async fn five_hundred_payments_through_5xx_429_and_short_tokens_are_each_announc
     let sim = Simulator::new(SimConfig {
         devices: vec![device("VNS-1", true, true)],
         token_ttl: Duration::from_secs(5),
+        play_time: Duration::ZERO,
         faults: Faults {
             error_rate: 0.3,
             rate_limit_rate: 0.1,
@@ -252,7 +253,7 @@ async fn an_unknown_speaker_is_a_dead_letter_with_its_reason() {
     assert_eq!(dead.len(), 1);
     let reason = dead[0].reason.clone().unwrap_or_default();
     assert!(
-        reason.contains("VNS-GONE") && reason.contains("not found"),
+        reason.contains("VNS-GONE") && reason.contains("Không tìm thấy thiết bị"),
         "{reason}"
     );
     let announced = run.announced();
