@@ -1,16 +1,27 @@
-//! Client of the SePay Speaker API.
+//! Client of the SePay Speaker API (developer.sepay.vn/vi/speaker-api/:
+//! "tong-quan", "bat-dau-nhanh" and one page per call).
 //!
-//! - The token is fetched lazily with HTTP Basic auth, reused until shortly
-//!   before it expires, and refreshed by one caller at a time (concurrent
-//!   callers wait for that one refresh instead of each fetching their own).
-//! - A 401 on a call refreshes the token once and retries the call once.
-//! - Every answer is an envelope `{code, message, data}`; a non-2xx `code`
-//!   is an error even inside HTTP 200.
-//! - 429 and `Retry-After` come back as [`SpeakerError::RateLimited`]; the
-//!   caller (the sink's retry loop) decides when to try again.
+//! - The token (`/token/create`, "tao-access-token": HTTP 201, the token
+//!   beside the envelope, 6000 s) is fetched lazily with HTTP Basic auth,
+//!   reused until shortly before it expires, and refreshed by one caller at
+//!   a time (concurrent callers wait for that one refresh). There is no
+//!   refresh call: a new token is created.
+//! - A 401, as HTTP status or as envelope `code` inside HTTP 200, creates a
+//!   new token once and retries the call once (SePay's one error example is
+//!   `{"code":401,"message":"Unauthorized"}`, its HTTP status unstated).
+//! - SePay does not say whether business errors are HTTP 4xx or HTTP 200
+//!   with an error `code`: the envelope `code` is read whatever the HTTP
+//!   status, and the HTTP status stands in when a 4xx has no envelope.
+//! - SePay does not publish which codes mean offline, not paired, unknown
+//!   device or wrong OTP, so no code is given a meaning: every refusal is
+//!   [`SpeakerError::Refused`] with SePay's own message. A caller that needs
+//!   to know why asks `pair/check` ([`SpeakerClient::check`]).
+//! - 429 (HTTP or envelope) and `Retry-After` come back as
+//!   [`SpeakerError::RateLimited`], 5xx as [`SpeakerError::Server`]: HTTP's
+//!   meanings, an assumption (SePay publishes no rate limit for this API).
 //! - With a call rate set ([`SpeakerClient::with_max_calls_per_sec`]), calls
-//!   are spaced evenly so a backlog drains at the API's allowed rate instead
-//!   of bursting into 429s.
+//!   are spaced evenly so a backlog drains at the allowed rate instead of
+//!   bursting into 429s.
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
@@ -22,14 +33,14 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
 use super::types::{
-    CheckNotifyRequest, Device, Envelope, HardwareRequest, NotifyRequest, NotifyStatus,
-    PairSession, Paired, TokenReply, VerifyRequest, codes,
+    CheckNotifyRequest, Device, Envelope, HardwareRequest, NotifyCheck, NotifyRequest,
+    NotifyStatus, PairSession, Paired, TokenReply, VerifyRequest, codes,
 };
 use crate::config::Secret;
 use crate::sinks::http::outbound_client;
 use crate::sinks::retry_after;
 
-/// The production API.
+/// The production API ("bat-dau-nhanh"; no sandbox is published).
 pub const DEFAULT_BASE_URL: &str = "https://speaker-api.sepay.vn/devices/v1";
 
 /// Why a call failed.
@@ -39,21 +50,13 @@ pub enum SpeakerError {
     Transport(String),
     #[error("the Speaker API is rate limiting (retry after {retry_after:?})")]
     RateLimited { retry_after: Option<Duration> },
-    #[error("the Speaker API failed with HTTP {0}")]
+    /// HTTP 5xx, or an envelope `code` of 500 or more.
+    #[error("the Speaker API failed with code {0}")]
     Server(u16),
     #[error("the Speaker API refused the client credentials (client_id / client_secret)")]
     BadCredentials,
-    #[error("the speaker is not paired")]
-    NotPaired,
-    #[error("the speaker is offline")]
-    Offline,
-    /// No such speaker (or, for `check_notify`, no such notification).
-    #[error("not found: {0}")]
-    NotFound(String),
-    #[error("wrong OTP")]
-    WrongOtp,
-    #[error("the pairing session expired; request a new OTP")]
-    SessionExpired,
+    /// Any other non-2xx `code`, with SePay's message. What it means is
+    /// not published: ask `pair/check` rather than reading the code.
     #[error("the Speaker API refused the call: code {code}: {message}")]
     Refused { code: i64, message: String },
     #[error("unexpected answer from the Speaker API: {0}")]
@@ -61,29 +64,67 @@ pub enum SpeakerError {
 }
 
 impl SpeakerError {
-    /// Worth retrying as is, later.
+    /// Worth retrying as is, later. A refusal is not: whether it will pass
+    /// later (a speaker coming back online) is for `pair/check` to tell.
     pub fn is_retriable(&self) -> bool {
         matches!(
             self,
-            SpeakerError::Transport(_)
-                | SpeakerError::RateLimited { .. }
-                | SpeakerError::Server(_)
-                | SpeakerError::Offline
-                | SpeakerError::NotPaired
+            SpeakerError::Transport(_) | SpeakerError::RateLimited { .. } | SpeakerError::Server(_)
         )
     }
+}
 
-    fn from_code(code: i64, message: String) -> SpeakerError {
-        match code {
-            codes::NOT_PAIRED => SpeakerError::NotPaired,
-            codes::OFFLINE => SpeakerError::Offline,
-            codes::NOT_FOUND => SpeakerError::NotFound(message),
-            codes::WRONG_OTP => SpeakerError::WrongOtp,
-            codes::SESSION_EXPIRED => SpeakerError::SessionExpired,
-            codes::RATE_LIMITED => SpeakerError::RateLimited { retry_after: None },
-            _ => SpeakerError::Refused { code, message },
+/// What one HTTP exchange amounted to, before `data` is decoded.
+enum Verdict {
+    /// A 2xx code, with the envelope's `data`, if any.
+    Ok(Option<serde_json::Value>),
+    Unauthorized,
+    Err(SpeakerError),
+}
+
+/// Reads an answer: the envelope `code` whatever the HTTP status, the HTTP
+/// status when a 4xx has no envelope.
+fn verdict(status: reqwest::StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Verdict {
+    let http = i64::from(status.as_u16());
+    let envelope: Option<Envelope<serde_json::Value>> = serde_json::from_slice(body).ok();
+    let (code, message, data) = match envelope {
+        // An HTTP error whose envelope says 2xx contradicts itself: the
+        // HTTP status wins (an assumption; SePay shows no such answer).
+        Some(e) if !status.is_success() && (200..300).contains(&e.code) => {
+            (http, e.message.unwrap_or_default(), None)
         }
+        Some(e) => (e.code, e.message.unwrap_or_default(), e.data),
+        None if status.is_success() => {
+            return Verdict::Err(SpeakerError::Decode(format!(
+                "HTTP {status} without an envelope: {}",
+                excerpt(body)
+            )));
+        }
+        None => (http, excerpt(body), None),
+    };
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS || code == codes::RATE_LIMITED {
+        return Verdict::Err(SpeakerError::RateLimited { retry_after });
     }
+    if status.is_server_error() {
+        return Verdict::Err(SpeakerError::Server(status.as_u16()));
+    }
+    if code >= 500 {
+        return Verdict::Err(SpeakerError::Server(
+            u16::try_from(code).unwrap_or(u16::MAX),
+        ));
+    }
+    if status == reqwest::StatusCode::UNAUTHORIZED || code == codes::UNAUTHORIZED {
+        return Verdict::Unauthorized;
+    }
+    if (200..300).contains(&code) {
+        return Verdict::Ok(data);
+    }
+    Verdict::Err(SpeakerError::Refused { code, message })
+}
+
+/// The start of a body that is not an envelope, for an error message.
+fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().take(200).collect()
 }
 
 /// Where and who: base URL and the partner credentials.
@@ -166,44 +207,63 @@ impl SpeakerClient {
         Ok(value)
     }
 
+    /// `/token/create` ("tao-access-token"): any 2xx carrying
+    /// `access_token` and `ttl` will do (SePay answers HTTP 201 and code 201,
+    /// with `data` a string this client ignores, whatever its type).
     async fn fetch_token(&self) -> Result<Token, SpeakerError> {
         self.paced().await;
-        let response = self
-            .http
-            .post(self.url("/token/create"))
-            .basic_auth(
+        let (status, retry_after, body) = self
+            .post(self.http.post(self.url("/token/create")).basic_auth(
                 &self.credentials.client_id,
                 Some(self.credentials.client_secret.expose()),
-            )
+            ))
+            .await?;
+        // The token sits beside the envelope, not in `data`.
+        if let Some(TokenReply {
+            code,
+            access_token: Some(value),
+            ttl: Some(ttl),
+            ..
+        }) = serde_json::from_slice::<TokenReply>(&body).ok()
+            && status.is_success()
+            && code.is_none_or(|code| (200..300).contains(&code))
+        {
+            // 6000 s is documented; a day at most keeps `Instant` arithmetic sane.
+            let ttl = Duration::from_secs(ttl.min(86_400));
+            return Ok(Token {
+                value: Secret::new(value),
+                refresh_at: Instant::now() + ttl - refresh_margin(ttl),
+            });
+        }
+        match verdict(status, retry_after, &body) {
+            Verdict::Ok(_) => Err(SpeakerError::Decode(
+                "token reply without access_token or ttl".into(),
+            )),
+            Verdict::Unauthorized => Err(SpeakerError::BadCredentials),
+            Verdict::Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a request; the status, `Retry-After` and the body.
+    async fn post(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, Option<Duration>, Vec<u8>), SpeakerError> {
+        let response = request
             .send()
             .await
             .map_err(|e| SpeakerError::Transport(e.without_url().to_string()))?;
         let status = response.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(SpeakerError::BadCredentials);
-        }
-        check_status(&response)?;
-        let reply: TokenReply = response
-            .json()
+        let retry_after = retry_after(&response);
+        let body = response
+            .bytes()
             .await
-            .map_err(|e| SpeakerError::Decode(e.without_url().to_string()))?;
-        if !(200..300).contains(&reply.code) {
-            return Err(SpeakerError::from_code(reply.code, reply.message));
-        }
-        let (Some(value), Some(ttl)) = (reply.access_token, reply.ttl) else {
-            return Err(SpeakerError::Decode(
-                "token reply without access_token or ttl".into(),
-            ));
-        };
-        let ttl = Duration::from_secs(ttl);
-        Ok(Token {
-            value: Secret::new(value),
-            refresh_at: Instant::now() + ttl - refresh_margin(ttl),
-        })
+            .map_err(|e| SpeakerError::Transport(e.without_url().to_string()))?;
+        Ok((status, retry_after, body.to_vec()))
     }
 
-    /// POSTs `body` to `path` with the bearer token; on 401, refreshes the
-    /// token once and tries once more.
+    /// POSTs `body` to `path` with the bearer token; on a 401 (HTTP or
+    /// envelope), creates a new token once and tries once more.
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -212,32 +272,28 @@ impl SpeakerClient {
         let mut token = self.token(None).await?;
         for attempt in 0..2 {
             self.paced().await;
-            let response = self
-                .http
-                .post(self.url(path))
-                .bearer_auth(token.expose())
-                .json(body)
-                .send()
-                .await
-                .map_err(|e| SpeakerError::Transport(e.without_url().to_string()))?;
-            if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-                if attempt == 0 {
-                    token = self.token(Some(token.expose())).await?;
-                    continue;
+            let (status, retry_after, reply) = self
+                .post(
+                    self.http
+                        .post(self.url(path))
+                        .bearer_auth(token.expose())
+                        .json(body),
+                )
+                .await?;
+            match verdict(status, retry_after, &reply) {
+                Verdict::Ok(data) => {
+                    let data = data.filter(|d| !d.is_null()).ok_or_else(|| {
+                        SpeakerError::Decode(format!("{path}: reply without data"))
+                    })?;
+                    return serde_json::from_value(data)
+                        .map_err(|e| SpeakerError::Decode(format!("{path}: {e}")));
                 }
-                return Err(SpeakerError::BadCredentials);
+                Verdict::Unauthorized if attempt == 0 => {
+                    token = self.token(Some(token.expose())).await?;
+                }
+                Verdict::Unauthorized => return Err(SpeakerError::BadCredentials),
+                Verdict::Err(e) => return Err(e),
             }
-            check_status(&response)?;
-            let envelope: Envelope<T> = response
-                .json()
-                .await
-                .map_err(|e| SpeakerError::Decode(e.without_url().to_string()))?;
-            if !(200..300).contains(&envelope.code) {
-                return Err(SpeakerError::from_code(envelope.code, envelope.message));
-            }
-            return envelope
-                .data
-                .ok_or_else(|| SpeakerError::Decode(format!("{path}: reply without data")));
         }
         Err(SpeakerError::BadCredentials)
     }
@@ -282,13 +338,10 @@ impl SpeakerClient {
         self.call("/speaker/transactions/notify", &request).await
     }
 
-    pub async fn check_notify(
-        &self,
-        hardware_id: &str,
-        request_id: &str,
-    ) -> Result<NotifyStatus, SpeakerError> {
+    /// Whether SePay delivered a notification ("Chi tiết trạng thái thông
+    /// báo" page): by `requestId` alone, as the page documents.
+    pub async fn check_notify(&self, request_id: &str) -> Result<NotifyCheck, SpeakerError> {
         let request = CheckNotifyRequest {
-            hardware_id: hardware_id.to_string(),
             request_id: request_id.to_string(),
         };
         self.call("/speaker/transactions/check_notify", &request)
@@ -300,20 +353,6 @@ fn hardware(hardware_id: &str) -> HardwareRequest {
     HardwareRequest {
         hardware_id: hardware_id.to_string(),
     }
-}
-
-/// 429 and 5xx become errors before the body is read.
-fn check_status(response: &reqwest::Response) -> Result<(), SpeakerError> {
-    let status = response.status();
-    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        return Err(SpeakerError::RateLimited {
-            retry_after: retry_after(response),
-        });
-    }
-    if status.is_server_error() {
-        return Err(SpeakerError::Server(status.as_u16()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,18 +1,29 @@
-//! A faithful stand-in for the SePay Speaker API, in process (the default
-//! config and the tests use it) or standalone.
+//! A stand-in for the SePay Speaker API, in process (the default config and
+//! the tests use it) or standalone (`speaker-sim`).
 //!
-//! Faithful where the gateway's correctness depends on it: Basic-auth token
-//! issue with a real expiry, bearer checks (401 once expired), devices that
-//! are paired or not and online or not, OTP pairing sessions that expire,
-//! `requestId` idempotency (the same id never plays twice), `check_notify`,
-//! and errors inside an HTTP 200 envelope. Fault injection (latency, 5xx,
-//! 429 with `Retry-After`, full outage, short token TTL) comes from config
-//! or `PUT /_sim/faults`.
+//! It follows SePay's pages (developer.sepay.vn/vi/speaker-api/: "tong-quan",
+//! "bat-dau-nhanh", "tao-access-token", "Kiểm tra thiết bị",
+//! "yeu-cau-lien-ket-thiet-bi", "kiem-tra-otp",
+//! "api-thong-bao-bien-dong-so-du", "Chi tiết trạng thái thông báo"):
+//! Basic-auth token issue (HTTP 201, the token beside the envelope) with a
+//! real expiry, bearer checks, devices that are paired or not and online or
+//! not, OTP pairing sessions that expire, `requestId` idempotency (the same
+//! id never plays twice), and `check_notify` by `requestId` alone answering
+//! `PENDING` while the speaker is still talking, then `SUCCESS` (or
+//! `FAILED`), with `amount` and `retriesCount` as strings.
 //!
+//! Where SePay is silent the simulator makes choices a client must not rely
+//! on: business errors come as HTTP 200 with the code in the envelope or as
+//! HTTP 4xx ([`ErrorStyle`]), and their codes are a plain 400 (offline, not
+//! paired, wrong OTP, expired session) or 404 (unknown device or
+//! `requestId`), with Vietnamese messages ([`super::types::codes`]). A bad
+//! bearer token is code 401 in the same style.
+//!
+//! Fault injection (latency, 5xx, 429 with `Retry-After`, full outage, short
+//! token TTL, play time, `FAILED` deliveries, never confirming) comes from
+//! config (`[speaker.sim_faults]`) or `PUT /_sim/faults`; speakers go
+//! offline and online through `PUT /_sim/devices/{hardware_id}/online`.
 //! When it plays an announcement it logs the words the speaker would say.
-//! The envelope codes it uses for business errors are in
-//! [`super::types::codes`]; SePay does not document its own, so the client
-//! treats any non-2xx `code` as an error.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +43,30 @@ use super::types::{
     VerifyRequest, codes,
 };
 use super::words::amount_words;
+
+/// How business errors are sent: SePay does not say, so the client must
+/// handle both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorStyle {
+    /// HTTP 4xx (the code's own status, 400 if it is not a 4xx) with the envelope.
+    Http4xx,
+    /// HTTP 200 with the error `code` in the envelope.
+    #[default]
+    Http200,
+}
+
+impl std::str::FromStr for ErrorStyle {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "http4xx" => Ok(ErrorStyle::Http4xx),
+            "http200" => Ok(ErrorStyle::Http200),
+            other => Err(format!("{other}: expected http4xx or http200")),
+        }
+    }
+}
 
 /// Injected misbehaviour; all off by default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -53,6 +88,16 @@ pub struct Faults {
     /// of one second's worth, refilled continuously) are answered 429 with
     /// the `Retry-After` that makes the next one pass. None: unlimited.
     pub max_calls_per_sec: Option<u32>,
+    /// How long a speaker talks (milliseconds), overriding
+    /// [`SimConfig::play_time`]: `check_notify` answers `PENDING` until then.
+    pub play_ms: Option<u64>,
+    /// Share of accepted notifications (0.0–1.0) that end `FAILED` instead
+    /// of `SUCCESS`: never played, listed by [`Simulator::failed`].
+    pub failed_rate: f64,
+    /// `check_notify` answers `PENDING` forever (a delivery never confirmed).
+    pub never_confirm: bool,
+    /// How business errors (and 401s) are sent.
+    pub error_style: ErrorStyle,
 }
 
 /// A speaker the simulator knows.
@@ -84,6 +129,9 @@ pub struct SimConfig {
     pub otp_ttl: Duration,
     pub devices: Vec<SimDevice>,
     pub faults: Faults,
+    /// How long a speaker talks: `check_notify` answers `PENDING` for this
+    /// long after `notify` (unless [`Faults::play_ms`] says otherwise).
+    pub play_time: Duration,
 }
 
 impl Default for SimConfig {
@@ -95,11 +143,13 @@ impl Default for SimConfig {
             otp_ttl: Duration::from_secs(120),
             devices: Vec::new(),
             faults: Faults::default(),
+            play_time: Duration::from_secs(2),
         }
     }
 }
 
-/// One announcement the simulated speaker played.
+/// One announcement the simulated speaker played (or, in
+/// [`Simulator::failed`], could not).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Play {
     pub hardware_id: String,
@@ -107,6 +157,17 @@ pub struct Play {
     pub amount: u64,
     /// What the speaker said.
     pub words: String,
+}
+
+/// A notification SePay accepted, as `check_notify` reports it.
+struct Notification {
+    hardware_id: String,
+    amount: u64,
+    accepted: Instant,
+    /// `createdAt`: `YYYY-MM-DD HH:MM:SS`, Vietnam time.
+    created_at: String,
+    /// How it ends once the play time has passed (decided at notify time).
+    fails: bool,
 }
 
 struct Session {
@@ -120,11 +181,12 @@ struct SimState {
     devices: HashMap<String, SimDevice>,
     tokens: HashMap<String, Instant>,
     sessions: HashMap<String, Session>,
-    /// requestId → (hardware id, status).
-    notifications: HashMap<String, (String, String)>,
+    notifications: HashMap<String, Notification>,
     /// The OTP each device last read aloud.
     spoken_otps: HashMap<String, String>,
     plays: Vec<Play>,
+    /// Notifications that end `FAILED`: accepted, never played.
+    failed: Vec<Play>,
     calls: u64,
     tokens_issued: u64,
     /// Calls `max_calls_per_sec` still lets through, and when it was last refilled.
@@ -148,6 +210,18 @@ impl SimState {
         self.rate_limited += 1;
         Some(Duration::from_secs_f64((1.0 - left) / limit))
     }
+
+    /// A business error in the configured [`ErrorStyle`].
+    fn refuse(&self, code: i64, message: &str) -> Reply {
+        refuse(self.config.faults.error_style, code, message)
+    }
+
+    fn play_time(&self) -> Duration {
+        self.config
+            .faults
+            .play_ms
+            .map_or(self.config.play_time, Duration::from_millis)
+    }
 }
 
 /// What the simulator has seen, for tests and benches (`GET /_sim/stats`).
@@ -158,6 +232,9 @@ pub struct SimStats {
     pub tokens_issued: u64,
     /// Calls answered 429 because they exceeded `max_calls_per_sec`.
     pub rate_limited: u64,
+    /// Notifications that ended `FAILED` (not counted in `plays`).
+    #[serde(default)]
+    pub failed: u64,
 }
 
 /// The simulator; cheap to clone (shared state).
@@ -182,9 +259,25 @@ fn envelope(http: StatusCode, code: i64, message: &str, data: serde_json::Value)
         .into_response()
 }
 
-/// A business error: HTTP 200 with an error code, as the real API does.
-fn refuse(code: i64, message: &str) -> Reply {
-    envelope(StatusCode::OK, code, message, serde_json::Value::Null)
+/// A business error: HTTP 200 with the error code, or the code's HTTP 4xx.
+fn refuse(style: ErrorStyle, code: i64, message: &str) -> Reply {
+    envelope(
+        http_status(style, code),
+        code,
+        message,
+        serde_json::Value::Null,
+    )
+}
+
+fn http_status(style: ErrorStyle, code: i64) -> StatusCode {
+    match style {
+        ErrorStyle::Http200 => StatusCode::OK,
+        ErrorStyle::Http4xx => u16::try_from(code)
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .filter(StatusCode::is_client_error)
+            .unwrap_or(StatusCode::BAD_REQUEST),
+    }
 }
 
 fn ok<T: Serialize>(message: &str, data: T) -> Reply {
@@ -196,13 +289,14 @@ fn ok<T: Serialize>(message: &str, data: T) -> Reply {
     )
 }
 
-fn unauthorized() -> Reply {
-    envelope(
-        StatusCode::UNAUTHORIZED,
-        codes::UNAUTHORIZED,
-        "Unauthorized",
-        serde_json::Value::Null,
+/// SePay's one error example, `{"code":401,"message":"Unauthorized"}`
+/// (no `data`), in the configured style.
+fn unauthorized(style: ErrorStyle) -> Reply {
+    (
+        http_status(style, codes::UNAUTHORIZED),
+        axum::Json(json!({ "code": codes::UNAUTHORIZED, "message": "Unauthorized" })),
     )
+        .into_response()
 }
 
 impl Simulator {
@@ -221,6 +315,7 @@ impl Simulator {
                 notifications: HashMap::new(),
                 spoken_otps: HashMap::new(),
                 plays: Vec::new(),
+                failed: Vec::new(),
                 calls: 0,
                 tokens_issued: 0,
                 allowance: (f64::MAX, Instant::now()),
@@ -252,9 +347,31 @@ impl Simulator {
         });
     }
 
-    /// Every announcement played so far, in order.
+    /// Turns a speaker on or off; false if there is no such speaker.
+    pub fn set_online(&self, hardware_id: &str, online: bool) -> bool {
+        self.with(|s| {
+            s.devices
+                .get_mut(hardware_id)
+                .map(|d| d.online = online)
+                .is_some()
+        })
+    }
+
+    /// Every speaker, by hardware id.
+    pub fn devices(&self) -> Vec<SimDevice> {
+        let mut devices: Vec<SimDevice> = self.with(|s| s.devices.values().cloned().collect());
+        devices.sort_by(|a, b| a.hardware_id.cmp(&b.hardware_id));
+        devices
+    }
+
+    /// Every announcement played so far, in order (not the `FAILED` ones).
     pub fn plays(&self) -> Vec<Play> {
         self.with(|s| s.plays.clone())
+    }
+
+    /// Every accepted notification that ends `FAILED`, in order.
+    pub fn failed(&self) -> Vec<Play> {
+        self.with(|s| s.failed.clone())
     }
 
     /// The OTP `hardware_id` last read aloud (what a person would hear).
@@ -287,6 +404,7 @@ impl Simulator {
             plays: s.plays.len() as u64,
             tokens_issued: s.tokens_issued,
             rate_limited: s.rate_limited,
+            failed: s.failed.len() as u64,
         })
     }
 
@@ -301,8 +419,10 @@ impl Simulator {
             .route("/speaker/transactions/check_notify", post(check_notify));
         let control = Router::new()
             .route("/faults", put(put_faults))
-            .route("/devices", put(put_device))
+            .route("/devices", put(put_device).get(get_devices))
+            .route("/devices/{hardware_id}/online", put(put_online))
             .route("/plays", get(get_plays))
+            .route("/failed", get(get_failed))
             .route("/stats", get(get_stats))
             .route("/otp/{hardware_id}", get(get_otp));
         Router::new()
@@ -367,6 +487,10 @@ impl Simulator {
         None
     }
 
+    fn error_style(&self) -> ErrorStyle {
+        self.with(|s| s.config.faults.error_style)
+    }
+
     fn bearer_ok(&self, headers: &HeaderMap) -> bool {
         let Some(token) = headers
             .get("authorization")
@@ -401,8 +525,9 @@ async fn token_create(State(sim): State<Simulator>, headers: HeaderMap) -> Reply
     if let Some(reply) = sim.faults().await {
         return reply;
     }
+    let style = sim.error_style();
     let Some((id, secret)) = basic_credentials(&headers) else {
-        return unauthorized();
+        return unauthorized(style);
     };
     let issued = sim.with(|s| {
         if id != s.config.client_id || secret != s.config.client_secret {
@@ -419,7 +544,7 @@ async fn token_create(State(sim): State<Simulator>, headers: HeaderMap) -> Reply
         Some((token, ttl))
     });
     let Some((token, ttl)) = issued else {
-        return unauthorized();
+        return unauthorized(style);
     };
     (
         StatusCode::CREATED,
@@ -434,14 +559,13 @@ async fn token_create(State(sim): State<Simulator>, headers: HeaderMap) -> Reply
         .into_response()
 }
 
-/// Parses a JSON body, answering 400 in the envelope when it does not fit.
-fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, Box<Reply>> {
+/// Parses a JSON body (unknown fields ignored), answering 400 when it does not fit.
+fn parse<T: serde::de::DeserializeOwned>(style: ErrorStyle, body: &str) -> Result<T, Box<Reply>> {
     serde_json::from_str(body).map_err(|e| {
-        Box::new(envelope(
-            StatusCode::BAD_REQUEST,
+        Box::new(refuse(
+            style,
             codes::BAD_REQUEST,
             &format!("Dữ liệu không hợp lệ: {e}"),
-            serde_json::Value::Null,
         ))
     })
 }
@@ -455,10 +579,11 @@ async fn guard<T: serde::de::DeserializeOwned>(
     if let Some(reply) = sim.faults().await {
         return Err(Box::new(reply));
     }
+    let style = sim.error_style();
     if !sim.bearer_ok(headers) {
-        return Err(Box::new(unauthorized()));
+        return Err(Box::new(unauthorized(style)));
     }
-    parse(body)
+    parse(style, body)
 }
 
 fn device_view(d: &SimDevice) -> Device {
@@ -475,10 +600,10 @@ async fn pair_check(State(sim): State<Simulator>, headers: HeaderMap, body: Stri
         Ok(r) => r,
         Err(reply) => return *reply,
     };
-    match sim.with(|s| s.devices.get(&req.hardware_id).map(device_view)) {
-        Some(device) => ok("Thành công", device),
-        None => refuse(codes::NOT_FOUND, "Không tìm thấy thiết bị"),
-    }
+    sim.with(|s| match s.devices.get(&req.hardware_id) {
+        Some(device) => ok("Thành công", device_view(device)),
+        None => s.refuse(codes::NOT_FOUND, "Không tìm thấy thiết bị"),
+    })
 }
 
 async fn pair_request(State(sim): State<Simulator>, headers: HeaderMap, body: String) -> Reply {
@@ -486,10 +611,12 @@ async fn pair_request(State(sim): State<Simulator>, headers: HeaderMap, body: St
         Ok(r) => r,
         Err(reply) => return *reply,
     };
-    let outcome = sim.with(|s| {
-        let device = s.devices.get(&req.hardware_id)?.clone();
+    sim.with(|s| {
+        let Some(device) = s.devices.get(&req.hardware_id).cloned() else {
+            return s.refuse(codes::NOT_FOUND, "Không tìm thấy thiết bị");
+        };
         if !device.online {
-            return Some(Err(device));
+            return s.refuse(codes::BAD_REQUEST, "Thiết bị đang offline");
         }
         let otp = format!("{:04}", fastrand::u16(0..10_000));
         let session_id = format!("{:032x}", fastrand::u128(..));
@@ -504,12 +631,7 @@ async fn pair_request(State(sim): State<Simulator>, headers: HeaderMap, body: St
         );
         s.spoken_otps.insert(device.hardware_id.clone(), otp.clone());
         tracing::info!(target: "speaker_sim", hardware_id = %device.hardware_id, %otp, "speaker reads the pairing OTP aloud");
-        Some(Ok((device, session_id)))
-    });
-    match outcome {
-        None => refuse(codes::NOT_FOUND, "Không tìm thấy thiết bị"),
-        Some(Err(_)) => refuse(codes::OFFLINE, "Thiết bị đang offline"),
-        Some(Ok((device, session_id))) => ok(
+        ok(
             "Thành công",
             PairSession {
                 hardware_id: device.hardware_id,
@@ -518,8 +640,8 @@ async fn pair_request(State(sim): State<Simulator>, headers: HeaderMap, body: St
                 session_id,
                 online: true,
             },
-        ),
-    }
+        )
+    })
 }
 
 async fn pair_verify(State(sim): State<Simulator>, headers: HeaderMap, body: String) -> Reply {
@@ -529,27 +651,28 @@ async fn pair_verify(State(sim): State<Simulator>, headers: HeaderMap, body: Str
     };
     sim.with(|s| {
         let Some(session) = s.sessions.get(&req.session_id) else {
-            return refuse(
-                codes::SESSION_EXPIRED,
+            return s.refuse(
+                codes::BAD_REQUEST,
                 "Phiên liên kết không tồn tại hoặc đã hết hạn",
             );
         };
         if session.expires <= Instant::now() {
             s.sessions.remove(&req.session_id);
-            return refuse(codes::SESSION_EXPIRED, "Phiên liên kết đã hết hạn");
+            return s.refuse(codes::BAD_REQUEST, "Phiên liên kết đã hết hạn");
         }
         if session.hardware_id != req.hardware_id {
-            return refuse(
+            return s.refuse(
                 codes::BAD_REQUEST,
                 "Phiên liên kết không thuộc thiết bị này",
             );
         }
         if session.otp != req.otp {
-            return refuse(codes::WRONG_OTP, "Mã OTP không đúng");
+            return s.refuse(codes::BAD_REQUEST, "Mã OTP không đúng");
         }
         s.sessions.remove(&req.session_id);
+        let style = s.config.faults.error_style;
         let Some(device) = s.devices.get_mut(&req.hardware_id) else {
-            return refuse(codes::NOT_FOUND, "Không tìm thấy thiết bị");
+            return refuse(style, codes::NOT_FOUND, "Không tìm thấy thiết bị");
         };
         device.paired = true;
         let paired_time = vietnam_time_now();
@@ -570,44 +693,57 @@ async fn notify(State(sim): State<Simulator>, headers: HeaderMap, body: String) 
         Ok(r) => r,
         Err(reply) => return *reply,
     };
-    if req.request_id.is_empty() || req.request_id.len() > 64 {
-        return refuse(codes::BAD_REQUEST, "requestId phải có 1-64 ký tự");
-    }
-    if req.amount == 0 {
-        return refuse(codes::BAD_REQUEST, "amount phải lớn hơn 0");
-    }
     sim.with(|s| {
+        if req.request_id.is_empty() || req.request_id.len() > 64 {
+            return s.refuse(codes::BAD_REQUEST, "requestId phải có 1-64 ký tự");
+        }
+        if req.amount == 0 {
+            return s.refuse(codes::BAD_REQUEST, "amount phải lớn hơn 0");
+        }
         // Idempotent: a requestId seen before is acknowledged, not replayed.
-        if let Some((hardware_id, _)) = s.notifications.get(&req.request_id) {
+        if let Some(seen) = s.notifications.get(&req.request_id) {
             return ok(
                 "Đã gửi thông báo thành công",
                 NotifyStatus {
-                    hardware_id: hardware_id.clone(),
+                    hardware_id: seen.hardware_id.clone(),
                     request_id: req.request_id.clone(),
                     status: "SENT".into(),
                 },
             );
         }
+        // "The device must be paired and currently online."
         let Some(device) = s.devices.get(&req.hardware_id) else {
-            return refuse(codes::NOT_FOUND, "Không tìm thấy thiết bị");
+            return s.refuse(codes::NOT_FOUND, "Không tìm thấy thiết bị");
         };
         if !device.paired {
-            return refuse(codes::NOT_PAIRED, "Thiết bị chưa được liên kết");
+            return s.refuse(codes::BAD_REQUEST, "Thiết bị chưa được liên kết");
         }
         if !device.online {
-            return refuse(codes::OFFLINE, "Thiết bị đang offline");
+            return s.refuse(codes::BAD_REQUEST, "Thiết bị đang offline");
         }
-        let words = amount_words(req.amount);
-        tracing::info!(target: "speaker_sim", hardware_id = %req.hardware_id, request_id = %req.request_id, amount = req.amount, %words, "speaker plays");
-        s.plays.push(Play {
+        let fails = fastrand::f64() < s.config.faults.failed_rate;
+        let play = Play {
             hardware_id: req.hardware_id.clone(),
             request_id: req.request_id.clone(),
             amount: req.amount,
-            words,
-        });
+            words: amount_words(req.amount),
+        };
+        if fails {
+            tracing::info!(target: "speaker_sim", hardware_id = %play.hardware_id, request_id = %play.request_id, amount = play.amount, "speaker will not play it (FAILED injected)");
+            s.failed.push(play);
+        } else {
+            tracing::info!(target: "speaker_sim", hardware_id = %play.hardware_id, request_id = %play.request_id, amount = play.amount, words = %play.words, "speaker plays");
+            s.plays.push(play);
+        }
         s.notifications.insert(
             req.request_id.clone(),
-            (req.hardware_id.clone(), "PLAYED".into()),
+            Notification {
+                hardware_id: req.hardware_id.clone(),
+                amount: req.amount,
+                accepted: Instant::now(),
+                created_at: vietnam_time_now(),
+                fails,
+            },
         );
         ok(
             "Đã gửi thông báo thành công",
@@ -620,21 +756,39 @@ async fn notify(State(sim): State<Simulator>, headers: HeaderMap, body: String) 
     })
 }
 
+/// "Chi tiết trạng thái thông báo": by `requestId` alone (a `hardwareId`
+/// sent along is ignored); `PENDING` while the speaker talks, then
+/// `SUCCESS` or `FAILED`.
 async fn check_notify(State(sim): State<Simulator>, headers: HeaderMap, body: String) -> Reply {
     let req: CheckNotifyRequest = match guard(&sim, &headers, &body).await {
         Ok(r) => r,
         Err(reply) => return *reply,
     };
-    sim.with(|s| match s.notifications.get(&req.request_id) {
-        Some((hardware_id, status)) if *hardware_id == req.hardware_id => ok(
+    sim.with(|s| {
+        let Some(n) = s.notifications.get(&req.request_id) else {
+            return s.refuse(codes::NOT_FOUND, "Không tìm thấy thông báo");
+        };
+        let talking = n.accepted.elapsed() < s.play_time();
+        let (status, message) = if s.config.faults.never_confirm || talking {
+            ("PENDING", "Đang chờ xử lý")
+        } else if n.fails {
+            ("FAILED", "Gửi thất bại")
+        } else {
+            ("SUCCESS", "Gửi thành công")
+        };
+        ok(
             "Thành công",
-            NotifyStatus {
-                hardware_id: hardware_id.clone(),
-                request_id: req.request_id.clone(),
-                status: status.clone(),
-            },
-        ),
-        _ => refuse(codes::NOT_FOUND, "Không tìm thấy thông báo"),
+            json!({
+                "requestId": req.request_id,
+                "hardwareId": n.hardware_id,
+                "amount": n.amount.to_string(),
+                "status": status,
+                "message": message,
+                "retriesCount": "0",
+                "lastRetryTime": null,
+                "createdAt": n.created_at,
+            }),
+        )
     })
 }
 
@@ -651,8 +805,29 @@ async fn put_device(
     axum::Json(device).into_response()
 }
 
+/// `PUT /_sim/devices/{hardware_id}/online` with `true` or `false`.
+async fn put_online(
+    State(sim): State<Simulator>,
+    Path(hardware_id): Path<String>,
+    axum::Json(online): axum::Json<bool>,
+) -> Reply {
+    if sim.set_online(&hardware_id, online) {
+        axum::Json(json!({ "hardware_id": hardware_id, "online": online })).into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "no such device").into_response()
+    }
+}
+
+async fn get_devices(State(sim): State<Simulator>) -> Reply {
+    axum::Json(sim.devices()).into_response()
+}
+
 async fn get_plays(State(sim): State<Simulator>) -> Reply {
     axum::Json(sim.plays()).into_response()
+}
+
+async fn get_failed(State(sim): State<Simulator>) -> Reply {
+    axum::Json(sim.failed()).into_response()
 }
 
 async fn get_stats(State(sim): State<Simulator>) -> Reply {
@@ -698,3 +873,6 @@ pub(crate) mod testing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
