@@ -54,7 +54,7 @@ enum QueueCommand {
 
 /// Where the answers come from.
 enum Backend {
-    Store(QueueView),
+    Store(Box<QueueView>),
     Api {
         base: String,
         client: reqwest::Client,
@@ -65,11 +65,11 @@ impl Backend {
     fn connect(config: &Config) -> anyhow::Result<Backend> {
         let sinks = crate::app::sink_names(config);
         match SledLog::open(&config.gateway.data_dir, config.log.clone()) {
-            Ok(log) => Ok(Backend::Store(QueueView {
+            Ok(log) => Ok(Backend::Store(Box::new(QueueView {
                 log,
                 sinks,
                 routing: Routing::of(config),
-            })),
+            }))),
             Err(LogError::Locked(_)) => {
                 let mut headers = reqwest::header::HeaderMap::new();
                 if let Some(token) = &config.admin.token {

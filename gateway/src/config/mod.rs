@@ -886,7 +886,11 @@ fn parse_speaker(
         // within a few seconds (full jitter spreads them); `Retry-After`
         // is honoured and nothing waits past `max_age_secs`.
         retry: RetryPolicy {
-            initial: ms(s.retry_initial_ms, "retry_initial_ms", Duration::from_millis(200))?,
+            initial: ms(
+                s.retry_initial_ms,
+                "retry_initial_ms",
+                Duration::from_millis(200),
+            )?,
             max: ms(s.retry_max_ms, "retry_max_ms", Duration::from_secs(3))?,
             max_retry_after: d.max_retry_after,
         },

@@ -298,7 +298,11 @@ impl MqttSink {
         // Subscribed before the snapshot, so no change falls in between.
         let mut speaker_changes = self.speakers.as_ref().map(|s| s.subscribe());
         for state in self.speakers.iter().flat_map(|s| s.all()) {
-            if self.publish_speaker(&client, &mut flight, &state).await.is_err() {
+            if self
+                .publish_speaker(&client, &mut flight, &state)
+                .await
+                .is_err()
+            {
                 return SessionEnd::Lost("event loop stopped".into());
             }
         }

@@ -103,11 +103,7 @@ fn request_ids_are_stable_per_payment_and_speaker() {
     let again = retry_request_id(&a);
     assert_ne!(again, a);
     assert!(again.len() <= 40, "{again}");
-    assert!(
-        again
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-    );
+    assert!(again.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
 }
 
 #[test]
@@ -312,7 +308,10 @@ async fn an_offline_speaker_holds_only_its_own_lane() {
         assert!(!played.iter().any(|(hw, _)| hw == "VNS-OFF"));
         assert_eq!(run.log.cursor(&lane_name("VNS-OFF")).expect("cursor"), 0);
         let status = run.log.status(&lane_name("VNS-OFF")).expect("status");
-        assert_eq!(status.dead_letters, 0, "{style:?}: offline is not a dead letter");
+        assert_eq!(
+            status.dead_letters, 0,
+            "{style:?}: offline is not a dead letter"
+        );
         assert_eq!(
             run.health.get("VNS-OFF").and_then(|s| s.trouble()),
             Some("offline"),
@@ -475,10 +474,17 @@ async fn failed_plays_get_one_new_notify_and_silent_speakers_are_unconfirmed() {
         .iter()
         .find(|a| a.result == "failed")
         .expect("failed");
-    let id = request_id(&change("1", "111", 20_000, Direction::In).dedupe_key(), "VNS-1");
+    let id = request_id(
+        &change("1", "111", 20_000, Direction::In).dedupe_key(),
+        "VNS-1",
+    );
     assert_eq!(failed.request_id, retry_request_id(&id), "one new notify");
     assert!(sim.plays().is_empty());
-    assert_eq!(sim.stats().failed, 2, "the first notify and the one new one");
+    assert_eq!(
+        sim.stats().failed,
+        2,
+        "the first notify and the one new one"
+    );
 
     // A speaker that never confirms: unconfirmed, and the lane went on.
     sim.set_faults(Faults {
