@@ -63,7 +63,9 @@ async fn readyz_fails_while_the_speaker_api_is_down_and_recovers_after() {
     );
     let json: serde_json::Value = serde_json::from_str(&body).expect("json");
     let problems = json["problems"].to_string();
-    assert!(problems.contains("sink `speaker`"), "{problems}");
+    // The speaker's lane is the sink that cannot deliver (the API is down,
+    // not the speaker: its lane is named, not the speaker as offline).
+    assert!(problems.contains("sink `speaker:VNS-SHOP-1`"), "{problems}");
 
     // The status API says the same, and the payment waits.
     let (_, status) = get(&format!("http://{}/api/status", gw.admin_addr)).await;
@@ -73,8 +75,8 @@ async fn readyz_fails_while_the_speaker_api_is_down_and_recovers_after() {
         .as_array()
         .expect("sinks")
         .iter()
-        .find(|s| s["sink"] == "speaker")
-        .expect("speaker sink")
+        .find(|s| s["sink"] == "speaker:VNS-SHOP-1")
+        .expect("the speaker's lane")
         .clone();
     assert_eq!(speaker["pending"], 1, "{speaker}");
     assert!(speaker["failing_since_ms"].is_number(), "{speaker}");
@@ -163,13 +165,15 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
         "every call in the latency histogram"
     );
     assert!(value("soundbox_log_fsync_duration_seconds", &[]) >= 3.0);
-    let delivered = [("sink", "speaker"), ("outcome", "delivered")];
+    let delivered = [("sink", "speaker:VNS-SHOP-1"), ("outcome", "delivered")];
     assert!(value("soundbox_sink_outcomes_total", &delivered) >= 1.0);
     assert!(
-        scrape.samples.iter().any(
-            |s| s.metric == "soundbox_queue_pending" && s.labels.get("sink") == Some("speaker")
-        ),
-        "queue depth per sink: {text}"
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "soundbox_queue_pending"
+                && s.labels.get("sink") == Some("speaker:VNS-SHOP-1")),
+        "queue depth per sink (the speaker's lane): {text}"
     );
     assert_eq!(value("soundbox_ready", &[]), 1.0);
 }
