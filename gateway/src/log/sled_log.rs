@@ -7,7 +7,8 @@
 //!   so sequence numbers never repeat even when every entry was collected).
 //! - `quarantine`: seq BE → the bytes that failed their checksum.
 //! - `sink/<name>`: `c` → cursor BE; `o`+seq → settlement JSON;
-//!   `d`+seq → () (dead letters); `r`+seq → () (requeued); `n/<state>` → count BE.
+//!   `d`+seq → () (dead letters); `r`+seq → () (requeued); `n/<state>` → count BE;
+//!   `handed-over` → () once its cursor went to other sinks (speaker lanes).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -31,7 +32,9 @@ const OUTCOME: u8 = b'o';
 const DEAD: u8 = b'd';
 const REQUEUED: u8 = b'r';
 /// A sink whose cursor was handed over to others (see [`SledLog::retire`]).
-const RETIRED: &[u8] = b"retired";
+/// Its first byte must be none of the per-entry prefixes (`o`, `d`, `r`),
+/// which are scanned by prefix.
+const RETIRED: &[u8] = b"handed-over";
 /// How many entries past a filtered sink's cursor [`SledLog::status_where`]
 /// looks at; a backlog beyond that is counted whole.
 const FILTERED_STATUS_SCAN: usize = 10_000;

@@ -526,3 +526,71 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_sink_that_takes_some_entries_passes_the_others_and_counts_only_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    log.cursor("lane").expect("cursor");
+    append(&log, &["a", "b", "c", "d"]);
+    let mine = |e: &LogEntry| e.change.transaction_id == "b" || e.change.transaction_id == "d";
+    let status = log.status_where("lane", Some(&mine)).expect("status");
+    assert_eq!(status.pending, 2, "only b and d wait for it");
+    assert_eq!(log.status("lane").expect("status").pending, 4);
+
+    // a passed, b delivered, c passed: the cursor is at d, nothing recorded for a and c.
+    log.pass("lane", 0).expect("pass");
+    log.settle("lane", 1, &Settlement::Delivered)
+        .expect("settle");
+    log.pass("lane", 2).expect("pass");
+    assert_eq!(log.cursor("lane").expect("cursor"), 3);
+    log.pass("lane", 0)
+        .expect("a pass never moves a cursor back");
+    assert_eq!(log.cursor("lane").expect("cursor"), 3);
+    let listed = log.list_where("lane", None, 10, Some(&mine)).expect("list");
+    let states: Vec<(String, String)> = listed
+        .iter()
+        .map(|i| (i.transaction_id.clone(), i.state.clone()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("d".to_string(), "pending".to_string()),
+            ("b".to_string(), "delivered".to_string())
+        ]
+    );
+    assert_eq!(
+        log.status_where("lane", Some(&mine))
+            .expect("status")
+            .pending,
+        1
+    );
+}
+
+#[test]
+fn lanes_take_over_a_retired_sinks_cursor_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    log.cursor("speaker").expect("cursor");
+    append(&log, &["a", "b", "c"]);
+    log.settle("speaker", 0, &Settlement::Delivered)
+        .expect("settle");
+    // The old sink stopped at 1: the first lanes start there.
+    assert_eq!(log.handover_cursor("speaker").expect("handover"), Some(1));
+    assert_eq!(log.register_at("speaker:A", 1).expect("register"), 1);
+    assert_eq!(
+        log.register_at("speaker:A", 3).expect("register"),
+        1,
+        "an existing cursor is kept"
+    );
+    log.retire("speaker").expect("retire");
+    let log = reopen(log, dir.path());
+    assert_eq!(log.handover_cursor("speaker").expect("handover"), None);
+    let retired = log.status("speaker").expect("status");
+    assert_eq!(retired.pending, 0, "a retired sink waits for nothing");
+    assert_eq!(log.cursor("speaker:A").expect("cursor"), 1);
+    // A sink that never existed has nothing to hand over.
+    assert_eq!(log.handover_cursor("never").expect("handover"), None);
+    // A start past the end is clamped to it.
+    assert_eq!(log.register_at("speaker:B", 99).expect("register"), 3);
+}
