@@ -12,6 +12,7 @@ mod demo_bank;
 mod durability;
 mod generic_webhook;
 mod hello_connector;
+mod lanes;
 mod momo_ipn;
 mod mqtt;
 mod queue;
