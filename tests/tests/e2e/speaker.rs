@@ -75,13 +75,18 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
     use std::process::{Command, Stdio};
 
     let port = soundbox_e2e::free_port();
-    let mut sim = Command::new(soundbox_e2e::gateway_bin())
-        .args(["speaker-sim", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--device", "VNS-A", "--device", "VNS-B:paired:offline"])
-        .args(["--play-ms", "0"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("speaker-sim");
+    // Killed on drop, so a failing assertion does not leave it running
+    // (holding the test's output open).
+    let _sim = KillOnDrop(
+        Command::new(soundbox_e2e::gateway_bin())
+            .args(["speaker-sim", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--device", "VNS-A", "--device", "VNS-B:paired:offline"])
+            .args(["--play-ms", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("speaker-sim"),
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "").expect("config");
@@ -170,6 +175,14 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
     let (code, _, err) = run(&["pair", "VNS-B", "--otp", "1234"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("offline"), "{err}");
-    let _ = sim.kill();
-    let _ = sim.wait();
+}
+
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
