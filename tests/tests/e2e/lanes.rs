@@ -291,7 +291,7 @@ fn n(v: &Value) -> u64 {
 fn queue_list(gw: &Gateway, sink: &str, state: Option<&str>) -> Vec<Value> {
     let config = gw.config_path().display().to_string();
     let mut args = vec![
-        "queue", "--config", &config, "list", "--sink", sink, "--json",
+        "queue", "--config", &config, "list", "--sink", sink, "--json", "--limit", "10000",
     ];
     if let Some(state) = state {
         args.extend(["--state", state]);
