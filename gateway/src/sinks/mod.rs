@@ -83,6 +83,13 @@ pub trait Sink: Send + Sync + 'static {
     /// reports expired and refused announcements from here).
     fn settled(&self, _entry: &LogEntry, _settlement: &Settlement) {}
 
+    /// What the sink is known to be waiting for (a speaker that is
+    /// offline), for the reason of an entry that expires before its own
+    /// first attempt: it waited behind others for the same cause.
+    fn why_waiting(&self) -> Option<String> {
+        None
+    }
+
     /// Whether `entry` is for this sink at all. A sink that takes only some
     /// entries (a speaker lane takes the payments routed to its speaker)
     /// has the others passed: its cursor moves over them, nothing is
@@ -288,7 +295,7 @@ async fn deliver_one<S: Sink>(
         if remaining.is_some_and(|r| r <= 0) {
             let max = sink.max_age().unwrap_or_default();
             let mut reason = format!("older than this sink's max age ({}s)", max.as_secs());
-            if let Some(error) = &last_error {
+            if let Some(error) = last_error.clone().or_else(|| sink.why_waiting()) {
                 reason.push_str(&format!("; last error: {error}"));
             }
             tracing::warn!(sink = %name, seq = entry.seq, %reason, "entry expired, not delivered");

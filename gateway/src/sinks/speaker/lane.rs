@@ -286,9 +286,9 @@ impl SpeakerLane {
                         "speaker {hw} is offline (SePay: {message})"
                     )))
                 } else {
-                    Err(SinkError::permanent(format!(
-                        "speaker {hw} is online and paired, yet SePay refused the notify: {message}"
-                    )))
+                    // It may have come back between the notify and the
+                    // check (a 4G reconnect): one more notify settles it.
+                    self.refused_while_up(announced, message).await
                 }
             }
             Err(SpeakerError::Refused {
@@ -307,6 +307,28 @@ impl SpeakerLane {
     }
 }
 
+impl SpeakerLane {
+    /// A notify refused while `pair/check` says the speaker is online and
+    /// paired: tried once more, and a dead letter only if refused again.
+    async fn refused_while_up(&self, announced: &Announced, first: &str) -> Result<(), SinkError> {
+        let hw = &self.hardware_id;
+        match self
+            .service
+            .client
+            .notify(hw, announced.amount, &announced.request_id)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SpeakerError::Refused { message, .. }) => Err(SinkError::permanent(format!(
+                "speaker {hw} is online and paired, yet SePay refused the notify twice: {first}; {message}"
+            ))),
+            Err(error) => Err(SinkError::retriable(format!(
+                "speaker {hw}: notify refused ({first}), then failed: {error}"
+            ))),
+        }
+    }
+}
+
 impl Sink for SpeakerLane {
     fn name(&self) -> &str {
         &self.name
@@ -318,6 +340,12 @@ impl Sink for SpeakerLane {
 
     fn retry_policy(&self) -> RetryPolicy {
         self.service.config.retry
+    }
+
+    fn why_waiting(&self) -> Option<String> {
+        let state = self.service.health.get(&self.hardware_id)?;
+        let trouble = state.trouble()?;
+        Some(format!("speaker {} is {trouble}", self.hardware_id))
     }
 
     fn wants(&self, entry: &LogEntry) -> bool {
