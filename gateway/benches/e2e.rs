@@ -817,7 +817,7 @@ struct Delivery {
     results: Tally,
     /// Played by the simulated speaker.
     plays: Tally,
-    /// Final results by result and detail (digits dropped), with counts.
+    /// Final results by result and detail (numbers as `N`), with counts.
     by_result: HashMap<String, usize>,
     /// `sent` announcements MQTT did not bring, whose time the gateway's
     /// log gave.
@@ -857,12 +857,15 @@ impl Delivery {
                 d.wrong_speaker += 1;
             }
             if let Some(result) = seen.result(a) {
-                let detail: String = result
-                    .detail
-                    .chars()
-                    .filter(|c| !c.is_ascii_digit())
-                    .take(70)
-                    .collect();
+                // Numbers as `N`, so details that differ only in them group.
+                let mut detail = String::new();
+                for c in result.detail.chars().take(70) {
+                    if !c.is_ascii_digit() {
+                        detail.push(c);
+                    } else if !detail.ends_with('N') {
+                        detail.push('N');
+                    }
+                }
                 let key = if detail.is_empty() {
                     result.result.clone()
                 } else {

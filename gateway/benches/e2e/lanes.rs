@@ -15,9 +15,12 @@
 //!    wait in its lane). Then it comes back and its backlog is timed.
 //! 3. **Flaky API**: 30 % of calls 500, 10 % 429 with `Retry-After: 1`. One
 //!    at a time at each speaker (ten senders, one per speaker), then
-//!    [`SENDERS`] senders that each wait for their payment's voice before
-//!    the next: a closed loop on the 2xx would offer a hundred times what
-//!    the flaky API takes, and time to voice would only measure the queue.
+//!    [`SENDERS`] senders spread over the speakers (3 or 4 each) that each
+//!    wait for their payment's voice before the next: a closed loop on the
+//!    2xx would offer a hundred times what the flaky API takes, and time to
+//!    voice would only measure the queue; senders that took any speaker's
+//!    next payment would pile up behind whichever lane waits out a
+//!    `Retry-After`, which no shop's customers do.
 //!
 //! Time to voice is the gateway's own stamp: the `at` of the `sent`
 //! announcement (published the moment notify answered SENT) minus when the
@@ -195,6 +198,20 @@ async fn voice_loop(
     all
 }
 
+/// `ids` queued by speaker, with `senders` spread over the speakers (3 or
+/// 4 each for 32): a sender waits only for its own speaker, as a customer
+/// waits at one counter.
+fn by_speaker(ids: std::ops::Range<u64>, senders: usize) -> Vec<(Vec<u64>, usize)> {
+    let speakers = SPEAKERS as usize;
+    (0..SPEAKERS)
+        .map(|s| {
+            let queue = ids.clone().filter(|id| speaker_of(*id) == s).collect();
+            let extra = usize::from((s as usize) < senders % speakers);
+            (queue, senders / speakers + extra)
+        })
+        .collect()
+}
+
 /// The next `n` payment ids.
 fn take(next: &mut u64, n: u64) -> std::ops::Range<u64> {
     let ids = *next..*next + n;
@@ -286,13 +303,10 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> LanesRun {
     // 3. Flaky API.
     rt.block_on(set_faults(&sim, &client, true));
     let ids = take(&mut next, FLAKY_PER_SPEAKER * SPEAKERS);
-    let per_speaker = (0..SPEAKERS)
-        .map(|s| (ids.clone().filter(|id| speaker_of(*id) == s).collect(), 1))
-        .collect();
     let flaky_seq = rt.block_on(voice_loop(
         &client,
         &url,
-        per_speaker,
+        by_speaker(ids, SPEAKERS as usize),
         subscriber.seen(),
         all,
     ));
@@ -300,7 +314,7 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> LanesRun {
     let flaky_load = rt.block_on(voice_loop(
         &client,
         &url,
-        vec![(ids.collect(), SENDERS)],
+        by_speaker(ids, SENDERS),
         subscriber.seen(),
         all,
     ));
@@ -410,7 +424,7 @@ impl LanesRun {
         println!(
             "  1 offline: {} offline in the simulator, figures of the other nine; flaky: {:.0} % of calls 500 + {:.0} % 429 \
              (Retry-After {FLAKY_RETRY_AFTER_SECS} s), one at a time = one sender per speaker x {FLAKY_PER_SPEAKER}, \
-             {SENDERS} senders x {FLAKY_LOAD} each waiting for its payment's voice (a loop on the 2xx would only time a queue)",
+             {SENDERS} senders (3-4 per speaker) x {FLAKY_LOAD} in all, each waiting for its payment's voice (a loop on the 2xx would only time a queue)",
             hardware_id(OFFLINE),
             FLAKY_ERROR_RATE * 100.0,
             FLAKY_RATE_LIMIT_RATE * 100.0,
