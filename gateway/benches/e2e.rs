@@ -859,7 +859,7 @@ impl Delivery {
             if let Some(result) = seen.result(a) {
                 // Numbers as `N`, so details that differ only in them group.
                 let mut detail = String::new();
-                for c in result.detail.chars().take(70) {
+                for c in result.detail.chars().take(100) {
                     if !c.is_ascii_digit() {
                         detail.push(c);
                     } else if !detail.ends_with('N') {

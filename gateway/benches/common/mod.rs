@@ -262,9 +262,15 @@ pub fn time_to_ready(config: &Path, admin: &str) -> (Duration, Child) {
     if wait_ready(admin, started, Duration::from_secs(60)) {
         return (started.elapsed(), child);
     }
+    // Exited (a port taken since it was picked, say) or hung?
+    let exited = child.try_wait().ok().flatten();
     let _ = child.kill();
     let _ = child.wait();
-    panic!("the gateway was not ready within 60 s");
+    panic!(
+        "the gateway was not ready within 60 s ({}); run it on {} to see why",
+        exited.map_or("still running".to_string(), |s| format!("it exited: {s}")),
+        config.display()
+    );
 }
 
 /// Time of `soundbox-gateway --version`: what starting any process of this
