@@ -203,17 +203,15 @@ pub async fn run_sink<S: Sink>(
         }
         // Requeued dead letters are delivered whatever `wants` says: an
         // operator asked for them.
+        // A settlement moves the cursor past the entries passed before it,
+        // so only a batch that ends with passed entries needs its own write.
         let mut passed: Option<u64> = None;
         for entry in batch {
             if !requeued && !sink.wants(&entry) {
                 passed = Some(entry.seq);
                 continue;
             }
-            if let Some(through) = passed.take()
-                && !pass(&*log, &name, through, &shutdown.stop).await
-            {
-                break;
-            }
+            passed = None;
             if !deliver_one(sink.as_ref(), &*log, &stats, &shutdown, &entry).await {
                 tracing::info!(sink = %name, "sink stopped");
                 return;
