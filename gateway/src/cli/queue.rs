@@ -212,13 +212,19 @@ impl QueueCommand {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                     return Ok(ExitCode::SUCCESS);
                 }
+                // Lanes are named after their speakers: as wide as the longest.
+                let w = report
+                    .sinks
+                    .iter()
+                    .map(|s| s.sink.len())
+                    .fold(16, usize::max);
                 println!(
-                    "{:<16} {:>8} {:>8} {:>6} {:>10} {:>8}",
+                    "{:<w$} {:>8} {:>8} {:>6} {:>10} {:>8}",
                     "sink", "pending", "oldest", "dead", "delivered", "expired"
                 );
                 for s in &report.sinks {
                     println!(
-                        "{:<16} {:>8} {:>8} {:>6} {:>10} {:>8}",
+                        "{:<w$} {:>8} {:>8} {:>6} {:>10} {:>8}",
                         s.sink,
                         s.pending,
                         s.oldest_pending_age_ms.map_or("-".to_string(), age),
