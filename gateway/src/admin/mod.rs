@@ -73,13 +73,26 @@ impl QueueView {
 
     /// One sink's queue; a lane's counts only the payments routed to it.
     pub fn status(&self, sink: &str) -> Result<SinkStatus, LogError> {
-        match &self.routing {
-            Some(routing) if lane_speaker(sink).is_some() => {
-                let wants = |e: &LogEntry| routing.lane_wants(sink, e).unwrap_or(true);
-                self.log.status_where(sink, Some(&wants))
-            }
-            _ => self.log.status(sink),
+        if self.filters(sink) {
+            self.log
+                .status_where(sink, Some(&|e: &LogEntry| self.takes(sink, e)))
+        } else {
+            self.log.status(sink)
         }
+    }
+
+    /// Whether `sink` takes only some entries (a lane of a routed speaker).
+    fn filters(&self, sink: &str) -> bool {
+        self.routing.is_some() && lane_speaker(sink).is_some()
+    }
+
+    /// Whether `entry` is for `sink`: a lane takes the payments routed to
+    /// its speaker, every other sink takes everything.
+    fn takes(&self, sink: &str, entry: &LogEntry) -> bool {
+        self.routing
+            .as_ref()
+            .and_then(|routing| routing.lane_wants(sink, entry))
+            .unwrap_or(true)
     }
 
     /// The first `n` entries `sink` has yet to settle, oldest first (a
@@ -92,11 +105,7 @@ impl QueueView {
             if out.len() >= n {
                 break;
             }
-            let wanted = match &self.routing {
-                Some(routing) => routing.lane_wants(sink, &entry).unwrap_or(true),
-                None => true,
-            };
-            if wanted {
+            if self.takes(sink, &entry) {
                 out.push(entry);
             }
         }
@@ -110,12 +119,11 @@ impl QueueView {
         state: Option<&str>,
         limit: usize,
     ) -> Result<Vec<QueueItem>, LogError> {
-        match &self.routing {
-            Some(routing) if lane_speaker(sink).is_some() => {
-                let wants = |e: &LogEntry| routing.lane_wants(sink, e).unwrap_or(true);
-                self.log.list_where(sink, state, limit, Some(&wants))
-            }
-            _ => self.log.list(sink, state, limit),
+        if self.filters(sink) {
+            let wants = |e: &LogEntry| self.takes(sink, e);
+            self.log.list_where(sink, state, limit, Some(&wants))
+        } else {
+            self.log.list(sink, state, limit)
         }
     }
 }
