@@ -174,6 +174,9 @@ impl PluginHttp {
         let redirect_policy = policy.clone();
         let client = reqwest::Client::builder()
             .use_rustls_tls()
+            // No ambient proxy (HTTPS_PROXY and friends): a proxy would
+            // resolve the name itself, out of reach of the address check.
+            .no_proxy()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .dns_resolver(Arc::new(PolicyResolver {

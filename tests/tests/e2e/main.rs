@@ -15,6 +15,7 @@ mod hello_connector;
 mod lanes;
 mod momo_ipn;
 mod mqtt;
+mod plugin_http;
 mod queue;
 mod reload;
 mod sandbox;
