@@ -92,7 +92,7 @@ grep -E "plugin loaded|webhook ingress listening" "$log" | sed 's/^/  log: /'
 body=$(sed -E "s/(\"transactionDate\": )\"[^\"]*\"/\\1\"$(date -u -d '+7 hours' '+%Y-%m-%d %H:%M:%S')\"/" "$payload")
 t1=$(now)
 response=$(curl -sS --max-time 120 -o "$tmp/reply" -w '%{http_code}' -X POST "http://127.0.0.1:$port/hooks/sepay" \
-  -H 'Content-Type: application/json' --data "$body") || { cat "$log" >&2; fail "webhook request failed"; }
+  -H 'Content-Type: application/json' -H 'Authorization: Apikey demo-key-change-me' --data "$body") || { cat "$log" >&2; fail "webhook request failed"; }
 webhook=$(since "$t1")
 reply=$(cat "$tmp/reply")
 echo "webhook: HTTP $response $reply in ${webhook}s"

@@ -1031,7 +1031,7 @@ fn gateway_config(dir: &Path, sim: &SpeakerSim, routes: &str) -> (String, String
     let text = format!(
         "[gateway]\nid = \"bench\"\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
          data_dir = \"data\"\n\n\
-         [[connector]]\nname = \"sepay\"\nplugin = \"{plugin}\"\n[connector.config]\nauth = \"none\"\n\n\
+         [[connector]]\nname = \"sepay\"\nplugin = \"{plugin}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
          [speaker]\nbase_url = \"{base}\"\nclient_id = \"sim-client\"\nclient_secret = \"sim-secret\"\n\
          max_age_secs = 86400\n\n\
          {routes}\n\

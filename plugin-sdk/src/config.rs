@@ -29,3 +29,24 @@ pub fn require(key: &str) -> Result<String, ConnectorError> {
 pub fn get_or(key: &str, default: &str) -> String {
     get(key).unwrap_or_else(|| default.to_string())
 }
+
+/// Whether the shop's config says, in words, that this connector may take
+/// requests it cannot verify (`allow_unsigned = true` in `[connector.config]`).
+///
+/// A connector that can check its sender (an API key, a signature) must do
+/// so unless this is true: an unsigned webhook is a payment anyone on the
+/// network can invent. The gateway accepts the key only while its webhook
+/// listener is on loopback, and warns at every start while it is on.
+pub fn allow_unsigned() -> bool {
+    get("allow_unsigned").is_some_and(|v| v.trim() == "true")
+}
+
+/// The error for a connector asked to skip verification without
+/// [`allow_unsigned`]: a config mistake (500, connector flagged), not the
+/// sender's.
+pub fn unsigned_refused(what: &str) -> ConnectorError {
+    ConnectorError::Fatal(format!(
+        "{what}: this connector would accept unsigned requests; set the provider's key or \
+         secret, or (for a demo on loopback only) `allow_unsigned = true`"
+    ))
+}

@@ -1,5 +1,6 @@
 //! The `soundbox-gateway` command line.
 
+mod log_fields;
 mod plugin_test;
 mod queue;
 mod speaker;
@@ -155,7 +156,9 @@ fn init_tracing(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder
+            .fmt_fields(log_fields::EscapedFields::default())
+            .init(),
         LogFormat::Json => builder.json().init(),
     }
 }

@@ -64,7 +64,7 @@ enum Backend {
 impl Backend {
     fn connect(config: &Config) -> anyhow::Result<Backend> {
         let sinks = crate::app::sink_names(config);
-        match SledLog::open(&config.gateway.data_dir, config.log.clone()) {
+        match SledLog::open_as_is(&config.gateway.data_dir, config.log.clone()) {
             Ok(log) => Ok(Backend::Store(Box::new(QueueView {
                 log,
                 sinks,

@@ -45,6 +45,12 @@ pub enum LogError {
     NewerSchema { found: u8, supported: u8 },
     #[error("the event log is shut down")]
     Closed,
+    #[error(
+        "the event log store {path} cannot be opened ({reason}); it is left as it is. \
+         Only `soundbox-gateway run` recovers a damaged store (it moves it aside and \
+         salvages what still reads): start the gateway (systemctl start soundbox-gateway)"
+    )]
+    Damaged { path: String, reason: String },
 }
 
 impl From<sled::Error> for LogError {

@@ -3,7 +3,10 @@
 //! A store held by another process is an error (two gateways must not share
 //! one). A store sled cannot open is renamed to `state.damaged-<unix ms>`, a
 //! fresh one takes its place, and whatever the damaged one still yields is
-//! copied over; [`LogHealth`] tells the operator.
+//! copied over; [`LogHealth`] tells the operator. Only `run` recovers
+//! ([`Recovery::MoveAside`]): a command that only looks (`queue status`)
+//! must not swap the store, and with it every dedupe key and poller cursor,
+//! for an empty one behind the operator's back.
 
 use std::fs::File;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -18,8 +21,40 @@ pub(super) struct Opened {
     pub health: LogHealth,
 }
 
-pub(super) fn open_or_recover(data_dir: &Path, options: &LogOptions) -> Result<Opened, LogError> {
-    std::fs::create_dir_all(data_dir)
+/// Creates `dir` (and its parents) readable by this user only, and takes
+/// other users' access away from one that exists: it holds every payment,
+/// the plugins' KV (poll cursors, tokens a plugin keeps) and the compiled
+/// plugins, and outside systemd's `StateDirectoryMode` the umask would
+/// leave it world-readable. The group's access is left alone (the unit
+/// gives it 0750 on purpose).
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o007 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !0o007))?;
+    }
+    Ok(())
+}
+
+/// What to do with a store sled cannot open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recovery {
+    /// Move it aside, start a fresh one and salvage what reads (`run`).
+    MoveAside,
+    /// Leave it where it is and say so ([`LogError::Damaged`]).
+    Refuse,
+}
+
+pub(super) fn open_or_recover(
+    data_dir: &Path,
+    options: &LogOptions,
+    recovery: Recovery,
+) -> Result<Opened, LogError> {
+    create_private_dir(data_dir)
         .map_err(|e| LogError::Storage(format!("create {}: {e}", data_dir.display())))?;
     let path = data_dir.join("state");
     ensure_writable(&path)?;
@@ -36,6 +71,10 @@ pub(super) fn open_or_recover(data_dir: &Path, options: &LogOptions) -> Result<O
         Ok(db) => Ok(Opened {
             db,
             health: LogHealth::default(),
+        }),
+        Err(Failed::Damaged(reason)) if recovery == Recovery::Refuse => Err(LogError::Damaged {
+            path: path.display().to_string(),
+            reason,
         }),
         Err(Failed::Damaged(reason)) => {
             let aside = data_dir.join(format!("state.damaged-{}", now_ms()));

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use super::committer::{self, Message, Request};
+use super::open::Recovery;
 use super::record::{self, LogEntry};
 use super::{
     AppendFuture, EventLog, LogError, LogHealth, LogOptions, QueueItem, Settlement, SinkStatus,
@@ -196,7 +197,21 @@ impl SledLog {
     /// cannot open is moved aside and a fresh one is used; see
     /// [`LogHealth`]. A store locked by another process is an error.
     pub fn open(data_dir: &Path, options: LogOptions) -> Result<SledLog, LogError> {
-        let opened = super::open::open_or_recover(data_dir, &options)?;
+        Self::open_with(data_dir, options, Recovery::MoveAside)
+    }
+
+    /// Like [`SledLog::open`], but a store sled cannot open stays where it is
+    /// and is an error ([`LogError::Damaged`]): for commands that only look.
+    pub fn open_as_is(data_dir: &Path, options: LogOptions) -> Result<SledLog, LogError> {
+        Self::open_with(data_dir, options, Recovery::Refuse)
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        options: LogOptions,
+        recovery: Recovery,
+    ) -> Result<SledLog, LogError> {
+        let opened = super::open::open_or_recover(data_dir, &options, recovery)?;
         let db = opened.db;
         let tree = |name: &str| db.open_tree(name);
         let meta = tree("meta")?;

@@ -82,6 +82,7 @@ mod tests {
             .config("amount_pointer", "/amount")
             .config("account", "0001")
             .config("auth", "none")
+            .config("allow_unsigned", "true")
     }
 
     const NOW: i64 = 1_721_890_960_000;
@@ -483,7 +484,8 @@ mod tests {
             .config("id_pointer", "/id")
             .config("amount_pointer", "/amount")
             .config("account_pointer", "/acct")
-            .config("auth", "none");
+            .config("auth", "none")
+            .config("allow_unsigned", "true");
         let (kind, reason) = reason_of(changes(&only_pointer, r#"{"id":1,"amount":5}"#));
         assert_eq!(
             (kind.as_str(), reason.as_str()),
@@ -631,6 +633,7 @@ mod tests {
                 ("amount_pointer", "/amount"),
                 ("account", "0001"),
                 ("auth", "none"),
+                ("allow_unsigned", "true"),
             ] {
                 if k != key {
                     host = host.config(k, v);

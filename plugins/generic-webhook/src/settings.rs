@@ -28,6 +28,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "skip_pointer",
     "skip_values",
     "auth",
+    "allow_unsigned",
     "apikey_header",
     "api_key",
     "apikey_prefix",
@@ -500,7 +501,12 @@ fn load_auth() -> Result<Auth, ConnectorError> {
         ],
     )?;
     match mode {
-        Mode::None => Ok(Auth::None),
+        // Secure by default: `none` also needs the words `allow_unsigned =
+        // true`, which the gateway allows only on a loopback listener.
+        Mode::None if soundbox_plugin_sdk::config::allow_unsigned() => Ok(Auth::None),
+        Mode::None => Err(soundbox_plugin_sdk::config::unsigned_refused(
+            "auth = \"none\"",
+        )),
         Mode::ApiKey => Ok(Auth::ApiKey {
             header: setting("apikey_header")
                 .unwrap_or_else(|| "authorization".into())

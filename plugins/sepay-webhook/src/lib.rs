@@ -9,7 +9,9 @@
 //! stays in `extra` as `sepayId`.
 //!
 //! Config (`[connector.config]`):
-//! - `auth`: `none` | `apikey` | `hmac` (default `apikey` when `api_key` is set, else `none`)
+//! - `auth`: `apikey` | `hmac` | `none` (default: `apikey` when `api_key` is
+//!   set, `hmac` when `hmac_secret` is; with neither every request is refused)
+//! - `allow_unsigned`: must be `true` for `auth = "none"` (loopback listeners only)
 //! - `api_key`: for `Authorization: Apikey <key>`
 //! - `hmac_secret`: for `X-SePay-Signature` over `<X-SePay-Timestamp>.<raw body>`
 //! - `max_skew_secs`: allowed distance of the HMAC timestamp from now (default 300)
@@ -76,14 +78,26 @@ pub enum AuthMode {
     Hmac,
 }
 
+/// The mode from `auth`, or from which secret is set. Secure by default:
+/// with neither, the connector refuses every request (500, flagged in the
+/// status page) rather than announce payments anyone could have invented;
+/// `none` needs `allow_unsigned = true`, which the gateway allows only on a
+/// loopback listener.
 fn auth_mode() -> Result<AuthMode, ConnectorError> {
     match config::get("auth").as_deref() {
         None if config::get("api_key").is_some() => Ok(AuthMode::ApiKey),
-        None | Some("none") => Ok(AuthMode::None),
+        None if config::get("hmac_secret").is_some() => Ok(AuthMode::Hmac),
+        None => Err(ConnectorError::Fatal(
+            "set `auth` to apikey or hmac, as chosen in SePay's webhook settings, with \
+             `api_key` or `hmac_secret`"
+                .into(),
+        )),
+        Some("none") if config::allow_unsigned() => Ok(AuthMode::None),
+        Some("none") => Err(config::unsigned_refused("auth = \"none\"")),
         Some("apikey") | Some("api_key") => Ok(AuthMode::ApiKey),
         Some("hmac") => Ok(AuthMode::Hmac),
         Some(other) => Err(ConnectorError::Fatal(format!(
-            "config `auth` is `{other}`; expected none, apikey or hmac"
+            "config `auth` is `{other}`; expected apikey, hmac or none"
         ))),
     }
 }
@@ -276,10 +290,35 @@ mod tests {
     }
 
     #[test]
-    fn no_auth_accepts_and_replies_success() {
-        let outcome = run(&TestHost::new(), HttpRequest::post_json(SAMPLE)).expect("accepted");
+    fn unsigned_only_when_the_config_says_so_in_words() {
+        let unsigned = TestHost::new()
+            .config("auth", "none")
+            .config("allow_unsigned", "true");
+        let outcome = run(&unsigned, HttpRequest::post_json(SAMPLE)).expect("accepted");
         assert_eq!(outcome.changes.len(), 1);
         assert_eq!(outcome.reply.expect("reply").text(), r#"{"success":true}"#);
+
+        for host in [
+            TestHost::new(),
+            TestHost::new().config("auth", "none"),
+            TestHost::new()
+                .config("auth", "none")
+                .config("allow_unsigned", "false"),
+        ] {
+            assert!(matches!(
+                run(&host, HttpRequest::post_json(SAMPLE)),
+                Err(ConnectorError::Fatal(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_secret_alone_picks_its_mode() {
+        let host = TestHost::new().config("hmac_secret", "s3cret");
+        assert!(matches!(
+            run(&host, HttpRequest::post_json(SAMPLE)),
+            Err(ConnectorError::Unauthorized(_))
+        ));
     }
 
     #[test]
@@ -352,7 +391,12 @@ mod tests {
             r#"{"id":1}"#,
             &SAMPLE.replace("\"in\"", "\"sideways\""),
         ] {
-            let result = run(&TestHost::new(), HttpRequest::post_json(body));
+            let result = run(
+                &TestHost::new()
+                    .config("auth", "none")
+                    .config("allow_unsigned", "true"),
+                HttpRequest::post_json(body),
+            );
             assert!(
                 matches!(result, Err(ConnectorError::BadRequest(_))),
                 "{body}"

@@ -21,7 +21,7 @@ const SENDERS: u64 = 8;
 
 fn config(api_port: u16, calls_per_sec: u32) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n\
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
          [speaker]\nbase_url = \"http://127.0.0.1:{api_port}/devices/v1\"\n\
          client_id = \"sim-client\"\nclient_secret = \"sim-secret\"\n\
          max_calls_per_sec = {calls_per_sec}\nmax_age_secs = 86400\n\

@@ -56,7 +56,7 @@ use soundbox_e2e::{
 /// The SePay webhook connector, no authentication.
 fn sepay_connector() -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n",
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n",
         plugin("sepay_webhook").display()
     )
 }

@@ -23,7 +23,7 @@ fn min_kills() -> usize {
 
 fn config(sink: &CountingSink) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n\
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
          [[forward]]\nname = \"pos\"\nurl = \"{}\"\nretry_initial_ms = 10\nretry_max_ms = 200\ntimeout_ms = 2000\n",
         plugin("sepay_webhook").display(),
         sink.url

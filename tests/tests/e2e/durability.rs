@@ -26,7 +26,7 @@ async fn every_acknowledged_webhook_was_synced_to_disk_first() {
     let trace = trace_dir.path().join("trace.txt");
     let trace_arg = trace.to_str().expect("utf-8 path").to_string();
     let config = format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n",
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n",
         plugin("sepay_webhook").display()
     );
     let gw = Gateway::start_wrapped(

@@ -103,7 +103,7 @@ fn lane_name(hw: &str) -> String {
 
 fn sepay_connector() -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n",
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n",
         plugin("sepay_webhook").display()
     )
 }

@@ -14,7 +14,7 @@ use soundbox_e2e::{Gateway, free_port, plugin, post, sepay_transaction_id, sepay
 /// A SePay connector and `[mqtt]` with `mqtt_keys`; topics under `prefix`.
 fn config(prefix: &str, mqtt_keys: &str) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n\
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
          [mqtt]\ntopic_prefix = \"{prefix}\"\nretry_initial_ms = 50\nretry_max_ms = 500\n{mqtt_keys}\n",
         plugin("sepay_webhook").display()
     )

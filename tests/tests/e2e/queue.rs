@@ -10,7 +10,7 @@ use soundbox_e2e::{
 
 fn config(url: &str, extra: &str) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n\
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
          {forward}{extra}",
         plugin("sepay_webhook").display(),
         forward = forward_to(url),
@@ -155,6 +155,49 @@ async fn a_damaged_store_is_moved_aside_and_the_gateway_keeps_serving() {
     assert!(std::path::Path::new(aside).exists(), "{aside}");
     let (_, out, _) = queue(&gw, &["status"]);
     assert!(out.contains("DEGRADED"), "{out}");
+}
+
+/// `queue status` only looks: on a damaged store (gateway stopped) it
+/// stops with what to do and leaves the store, dedupe keys and cursors
+/// included, where it is. Only `run` moves it aside.
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_status_leaves_a_damaged_store_for_run_to_recover() {
+    let sink = CountingSink::start();
+    let mut gw = Gateway::start(&config(&sink.url, ""));
+    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(1, 10_000)).await;
+    assert_eq!(r.status, 200);
+    assert!(sink.wait_for(1, Duration::from_secs(20)));
+    gw.kill();
+    let data = gw.dir.path().join("data");
+    let garbage = b"\xff\xfe not a sled config";
+    std::fs::write(data.join("state/conf"), garbage).expect("damage");
+
+    let (code, _, err) = queue(&gw, &["status"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot be opened") && err.contains("soundbox-gateway run"),
+        "says what to do: {err}"
+    );
+    let entries: Vec<String> = std::fs::read_dir(&data)
+        .expect("data dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !entries.iter().any(|n| n.starts_with("state.damaged")),
+        "nothing moved aside: {entries:?}"
+    );
+    assert_eq!(
+        std::fs::read(data.join("state/conf")).expect("conf"),
+        garbage,
+        "the store is as it was"
+    );
+
+    gw.kill_and_restart();
+    assert!(
+        gw.wait_for_log("moving it aside", Duration::from_secs(5)),
+        "run recovers: {}",
+        gw.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

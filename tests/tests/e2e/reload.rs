@@ -9,7 +9,7 @@ use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post, sepay_webhoo
 
 fn sepay(name: &str, extra: &str) -> String {
     format!(
-        "[[connector]]\nname = \"{name}\"\nplugin = \"{}\"\n{extra}\n[connector.config]\nauth = \"none\"\n\n",
+        "[[connector]]\nname = \"{name}\"\nplugin = \"{}\"\n{extra}\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n",
         plugin("sepay_webhook").display()
     )
 }
@@ -208,7 +208,7 @@ async fn a_changed_plugin_file_replaces_the_connector() {
     let original = std::fs::read(plugin("sepay_webhook")).expect("plugin");
     std::fs::write(&wasm, &original).expect("copy plugin");
     let config = format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n{}",
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n{}",
         wasm.display(),
         forward_to(&sink.url)
     );

@@ -16,7 +16,11 @@ fn gateway() -> Gateway {
     };
     let config = [
         "[limits]\nmemory_mb = 16\ncpu_budget_ms = 100\n".to_string(),
-        connector("sepay", "sepay_webhook", ""),
+        connector(
+            "sepay",
+            "sepay_webhook",
+            "[connector.config]\nauth = \"none\"\nallow_unsigned = true",
+        ),
         connector("looping", "fixture_endless_loop", ""),
         connector("bomb", "fixture_memory_bomb", ""),
         connector("panicky", "fixture_panicking", ""),

@@ -7,7 +7,7 @@ use soundbox_e2e::{Gateway, plugin, post, sepay_webhook};
 
 fn config(extra: &str) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n\
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
          [speaker]\nsimulator = true\nretry_initial_ms = 10\nretry_max_ms = 100\n{extra}\n\
          [[speaker.sim_devices]]\nhardware_id = \"VNS-SHOP-1\"\npaired = true\n\
          [[speaker.sim_devices]]\nhardware_id = \"VNS-OTHER\"\npaired = true\n\n\

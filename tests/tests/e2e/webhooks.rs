@@ -54,7 +54,7 @@ async fn sepay_webhook_with_api_key() {
 
 #[tokio::test]
 async fn unknown_connector_oversized_body_and_wrong_route() {
-    let gw = sepay_gateway("auth = \"none\"");
+    let gw = sepay_gateway("auth = \"none\"\nallow_unsigned = true");
     let unknown = post(&gw.url("/hooks/nope"), &[], SAMPLE).await;
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.json()["error"], "unknown_connector");
@@ -74,7 +74,7 @@ async fn unknown_connector_oversized_body_and_wrong_route() {
 
 #[tokio::test]
 async fn restart_reuses_the_compiled_plugin_cache_and_sigterm_exits_cleanly() {
-    let mut gw = sepay_gateway("auth = \"none\"");
+    let mut gw = sepay_gateway("auth = \"none\"\nallow_unsigned = true");
     let cache = gw.dir.path().join("data/plugin-cache");
     let entries = || -> Vec<(std::ffi::OsString, std::time::SystemTime)> {
         let mut v: Vec<_> = std::fs::read_dir(&cache)

@@ -364,6 +364,47 @@ fn a_store_that_will_not_open_is_moved_aside_and_a_fresh_one_used() {
     ));
 }
 
+#[test]
+fn the_data_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fresh = dir.path().join("fresh/data");
+    let _log = open(&fresh);
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&fresh), 0o700);
+    // One made world-readable before (an older version, a umask of 022).
+    let old = dir.path().join("old");
+    std::fs::create_dir(&old).expect("mkdir");
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let _log = open(&old);
+    assert_eq!(mode(&old), 0o750, "others lose access, the group keeps its");
+}
+
+#[test]
+fn open_as_is_leaves_a_damaged_store_where_it_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path());
+    append(&log, &["1"]);
+    log.close().expect("close");
+    drop(log);
+    let conf = dir.path().join("state").join("conf");
+    std::fs::write(&conf, b"\xff\xfe garbage").expect("write");
+    let error = loop {
+        match SledLog::open_as_is(dir.path(), options()) {
+            Err(LogError::Locked(_)) => std::thread::sleep(Duration::from_millis(20)),
+            Err(error) => break error,
+            Ok(_) => panic!("a damaged store opened"),
+        }
+    };
+    assert!(matches!(error, LogError::Damaged { .. }), "{error}");
+    assert_eq!(std::fs::read(&conf).expect("conf"), b"\xff\xfe garbage");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["state"], "nothing moved aside or created");
+}
+
 // ---- model-based property test -------------------------------------------------
 
 /// What the log must behave like, kept in memory.
