@@ -21,7 +21,7 @@ pub struct Envelope<T> {
 /// `/token/create` ("tao-access-token") answers HTTP 201 and puts the token beside
 /// the envelope fields; its `data` is a string ("—") and is ignored, whatever
 /// its type.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct TokenReply {
     pub code: Option<i64>,
     #[serde(default)]
@@ -29,6 +29,21 @@ pub struct TokenReply {
     pub access_token: Option<String>,
     /// Seconds (6000 in SePay's example).
     pub ttl: Option<u64>,
+}
+
+/// The token is a bearer credential: `{:?}` says whether there is one.
+impl std::fmt::Debug for TokenReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReply")
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

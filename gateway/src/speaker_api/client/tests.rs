@@ -531,3 +531,13 @@ async fn codes_are_read_from_the_envelope_or_the_status() {
         assert_eq!(client.check("VNS-1").await, Err(expected), "{answer:?}");
     }
 }
+
+#[test]
+fn a_token_reply_never_prints_its_token() {
+    let reply: crate::speaker_api::types::TokenReply =
+        serde_json::from_str(r#"{"code":201,"access_token":"tok-secret-1","ttl":6000}"#)
+            .expect("token reply");
+    let shown = format!("{reply:?}");
+    assert!(!shown.contains("tok-secret-1"), "{shown}");
+    assert!(shown.contains("[redacted]"), "{shown}");
+}
