@@ -72,6 +72,7 @@ async fn sink_rate(broker_addr: SocketAddr, window: usize) -> f64 {
         client_id: format!("bench-sink-{window}-{}", broker_addr.port()),
         username: None,
         password: None,
+        embedded_users: Vec::new(),
         keep_alive: Duration::from_secs(30),
         window,
         retry: RetryPolicy::default(),
@@ -177,13 +178,20 @@ fn start_mosquitto(dir: &std::path::Path) -> Option<(SocketAddr, Mosquitto)> {
 #[tokio::main]
 async fn main() {
     let embedded = free_addr();
-    broker::start(embedded).expect("embedded broker");
+    // Through the guard, as a POS client publishing on its own topics would:
+    // the bench's `bench/` prefix is not the one it protects.
+    let access = broker::Access {
+        prefix: "soundbox".into(),
+        gateway_client_id: "soundbox-bench".into(),
+        users: Vec::new(),
+    };
+    broker::start(embedded, access).expect("embedded broker");
     let scratch = tempfile::tempdir().expect("tempdir");
     let mosquitto = start_mosquitto(scratch.path());
     if mosquitto.is_none() {
         println!("mosquitto not found: its rows are skipped (apt-get install mosquitto)");
     }
-    let mut brokers = vec![("embedded (rumqttd)", embedded)];
+    let mut brokers = vec![("embedded (guard)", embedded)];
     if let Some((addr, _)) = &mosquitto {
         brokers.push(("mosquitto", *addr));
     }

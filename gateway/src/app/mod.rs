@@ -161,8 +161,8 @@ struct Gateway {
     speaker_service: Option<Arc<SpeakerService>>,
     /// The in-process Speaker API simulator's base URL, when it runs.
     simulator_url: Option<String>,
-    /// Where the embedded MQTT broker listens, once started (it cannot stop).
-    embedded_broker: Option<SocketAddr>,
+    /// The embedded MQTT broker, once started (it cannot stop).
+    embedded_broker: Option<broker::EmbeddedBroker>,
     live: Arc<Live>,
 }
 
@@ -404,7 +404,8 @@ impl Gateway {
             new.speaker = old.speaker.clone();
             kept.push("speaker.simulator");
         }
-        if let (Some(running), Some(mqtt)) = (self.embedded_broker, &mut new.mqtt)
+        let running = self.embedded_broker.as_ref().map(|b| b.listen());
+        if let (Some(running), Some(mqtt)) = (running, &mut new.mqtt)
             && let MqttBroker::Embedded { listen } = &mut mqtt.broker
             && *listen != running
         {
@@ -551,17 +552,27 @@ impl Gateway {
                 tokio::spawn(run_sink(Arc::new(sink), log, stats.clone(), shutdown))
             }
             Some(SinkSettings::Mqtt(mqtt, gateway_id)) => {
-                if let MqttBroker::Embedded { listen } = mqtt.broker
-                    && self.embedded_broker.is_none()
-                {
-                    broker::start(listen)?;
-                    self.embedded_broker = Some(listen);
-                }
-                let sink = MqttSink::new(mqtt, &gateway_id)
+                let access = broker::Access::new(&mqtt);
+                let embedded = match mqtt.broker {
+                    MqttBroker::Embedded { listen } => {
+                        let embedded = match self.embedded_broker.take() {
+                            Some(running) => running,
+                            None => broker::start(listen, access.clone())?,
+                        };
+                        // Reloaded accounts, prefix and client id apply.
+                        embedded.set_access(access);
+                        Some(self.embedded_broker.insert(embedded).clone())
+                    }
+                    MqttBroker::External { .. } => None,
+                };
+                let mut sink = MqttSink::new(mqtt, &gateway_id)
                     .context("[mqtt]")?
                     .with_speakers(self.live.speaker_health.clone());
                 tokio::spawn(Arc::new(sink).run(
                     log,
+                if let Some(embedded) = &embedded {
+                    sink = sink.with_embedded(embedded);
+                }
                     stats.clone(),
                     shutdown,
                     self.announcements.subscribe(),

@@ -91,6 +91,9 @@ pub struct MqttConfig {
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// Accounts for the embedded broker's clients (POS screens); none lets
+    /// anyone on a loopback `embedded_listen` read.
+    pub embedded_users: Vec<MqttUser>,
     pub keep_alive: Duration,
     /// Publishes sent and not yet acknowledged, at most.
     pub window: usize,
@@ -101,8 +104,9 @@ pub struct MqttConfig {
 /// Which broker the MQTT sink talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MqttBroker {
-    /// A broker inside the gateway (rumqttd), listening here, no auth:
-    /// keep it on loopback unless the LAN is trusted.
+    /// A broker inside the gateway (rumqttd) behind a guard listening here:
+    /// clients read, only the gateway publishes under `topic_prefix`; off
+    /// loopback, clients need an account (`embedded_users`).
     Embedded { listen: SocketAddr },
     /// A broker elsewhere: `mqtt://host:port` or `mqtts://host:port`.
     External {
@@ -111,6 +115,13 @@ pub enum MqttBroker {
         /// `mqtts://`: TLS (rustls); these roots, or the built-in web roots.
         tls: Option<MqttTls>,
     },
+}
+
+/// One `[[mqtt.embedded_users]]` account: a client of the embedded broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUser {
+    pub username: String,
+    pub password: Secret,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,6 +370,7 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawConnector {
     name: Spanned<String>,
+    embedded_users: Option<Spanned<Vec<RawMqttUser>>>,
     plugin: Spanned<String>,
     poll_interval_secs: Option<Spanned<u64>>,
     #[serde(default)]
@@ -366,6 +378,13 @@ struct RawConnector {
     #[serde(default)]
     allow_private_addresses: bool,
     #[serde(default)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqttUser {
+    username: Spanned<String>,
+    password: Spanned<String>,
+}
+
     config: Option<Spanned<toml::Table>>,
 }
 
@@ -701,7 +720,8 @@ fn parse_mqtt(
             return Err(loc.at(
                 broker_span,
                 &format!("mqtt.{key}"),
-                "the embedded broker has no TLS or accounts; set broker to an mqtt:// or mqtts:// URL to use them",
+                "the embedded broker has no TLS, and the gateway logs into it with a password of its own; \
+                 give POS screens accounts in mqtt.embedded_users, or set broker to an mqtt:// or mqtts:// URL",
             ));
         }
         MqttBroker::Embedded { listen }
@@ -859,6 +879,13 @@ fn parse_speaker(
                 span.clone(),
                 &format!("speaker.{key}"),
                 format!(
+        if let Some(u) = &m.embedded_users {
+            return Err(loc.at(
+                u.span(),
+                "mqtt.embedded_users",
+                "only used with broker = \"embedded\" (an external broker has accounts of its own)",
+            ));
+        }
                     "required unless simulator = true (e.g. {key} = \"${{SEPAY_SPEAKER_{}}}\")",
                     key.to_ascii_uppercase()
                 ),
@@ -945,6 +972,7 @@ fn parse_forwards(
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| {
+    let embedded_users = parse_embedded_users(loc, &m, &broker, span.clone())?;
                 loc.at(
                     f.url.span(),
                     &key("url"),
@@ -962,6 +990,7 @@ fn parse_forwards(
                         span,
                         &key(&format!("headers.{name}")),
                         "header values are strings",
+        embedded_users,
                     ));
                 };
                 headers.push((name, Secret::new(value)));
@@ -981,6 +1010,68 @@ fn parse_forwards(
             max_age: f
                 .max_age_secs
                 .map(|v| Duration::from_secs(v.into_inner()))
+/// Shortest password `[[mqtt.embedded_users]]` accepts: the broker may be
+/// on the shop's Wi-Fi.
+const MIN_MQTT_PASSWORD: usize = 8;
+
+/// `mqtt.embedded_users`, checked; and an embedded broker reachable from
+/// the network must have some, or anyone there could read every payment.
+fn parse_embedded_users(
+    loc: &Locator<'_>,
+    m: &RawMqtt,
+    broker: &MqttBroker,
+    span: std::ops::Range<usize>,
+) -> Result<Vec<MqttUser>, ConfigError> {
+    let mut users: Vec<MqttUser> = Vec::new();
+    for (i, u) in m
+        .embedded_users
+        .iter()
+        .flat_map(|u| u.get_ref())
+        .enumerate()
+    {
+        let key = |k: &str| format!("mqtt.embedded_users[{i}].{k}");
+        let username = expand_env(loc, &u.username, &key("username"))?;
+        if username.is_empty() || username.len() > 128 || username.chars().any(char::is_control) {
+            return Err(loc.at(u.username.span(), &key("username"), "use 1-128 characters"));
+        }
+        if users.iter().any(|v| v.username == username) {
+            return Err(loc.at(
+                u.username.span(),
+                &key("username"),
+                format!("`{username}` is listed twice"),
+            ));
+        }
+        let password = expand_env(loc, &u.password, &key("password"))?;
+        if password.chars().count() < MIN_MQTT_PASSWORD || password.len() > 1024 {
+            return Err(loc.at(
+                u.password.span(),
+                &key("password"),
+                format!("use {MIN_MQTT_PASSWORD}-1024 characters, e.g. \"${{POS_MQTT_PASSWORD}}\" from the environment file"),
+            ));
+        }
+        users.push(MqttUser {
+            username,
+            password: Secret::new(password),
+        });
+    }
+    if let MqttBroker::Embedded { listen } = broker
+        && !listen.ip().is_loopback()
+        && users.is_empty()
+    {
+        let at = m.embedded_listen.as_ref().map_or(span, |l| l.span());
+        return Err(loc.at(
+            at,
+            "mqtt.embedded_listen",
+            format!(
+                "{listen} is reachable from the network, so the embedded broker needs accounts: \
+                 add [[mqtt.embedded_users]] with a username and password for the POS screens, \
+                 or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(users)
+}
+
                 .filter(|d| !d.is_zero()),
             timeout: ms(f.timeout_ms, "timeout_ms", Duration::from_secs(10))?,
             retry,

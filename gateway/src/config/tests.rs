@@ -283,7 +283,7 @@ fn mqtt_mistakes_are_located() {
         ),
         (
             "[mqtt]\nusername = \"a\"\n",
-            "mqtt.username: the embedded broker has no TLS or accounts",
+            "mqtt.username: the embedded broker has no TLS, and the gateway logs into it",
         ),
         (
             "[mqtt]\nbroker = \"mqtt://h\"\npassword = \"p\"\n",
@@ -378,4 +378,48 @@ fn sizes_and_durations_too_large_for_their_unit_are_errors() {
     let config =
         parse("[log]\nkeep_settled_hours = 0\nmin_free_disk_mb = 0\n").expect("zero is allowed");
     assert!(config.log.keep_settled.is_zero());
+}
+
+#[test]
+fn an_embedded_broker_off_loopback_needs_accounts() {
+    let e = parse("[mqtt]\nembedded_listen = \"0.0.0.0:1883\"\n")
+        .expect_err("no accounts")
+        .to_string();
+    let expected = "shop.toml:2:19: mqtt.embedded_listen: 0.0.0.0:1883 is reachable";
+    assert!(
+        e.starts_with(expected) && e.contains("[[mqtt.embedded_users]]"),
+        "{e}"
+    );
+    let config = parse(
+        "[mqtt]\nembedded_listen = \"0.0.0.0:1883\"\n\
+         embedded_users = [{ username = \"pos\", password = \"${PATH}\" }]\n",
+    )
+    .expect("valid");
+    let mqtt = config.mqtt.expect("mqtt");
+    assert_eq!(mqtt.embedded_users.len(), 1);
+    assert_eq!(mqtt.embedded_users[0].username, "pos");
+    let path = std::env::var("PATH").expect("PATH");
+    assert!(
+        !format!("{mqtt:?}").contains(&path),
+        "the password stays out of Debug"
+    );
+    let cases = [
+        (
+            "[mqtt]\n[[mqtt.embedded_users]]\nusername = \"pos\"\npassword = \"short\"\n",
+            "shop.toml:4:12: mqtt.embedded_users[0].password: use 8-1024 characters",
+        ),
+        (
+            "[mqtt]\nembedded_users = [{ username = \"a\", password = \"12345678\" }, \
+             { username = \"a\", password = \"12345678\" }]\n",
+            "mqtt.embedded_users[1].username: `a` is listed twice",
+        ),
+        (
+            "[mqtt]\nbroker = \"mqtt://h\"\nembedded_users = []\n",
+            "shop.toml:3:18: mqtt.embedded_users: only used with broker = \"embedded\"",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = parse(text).expect_err(text).to_string();
+        assert!(e.contains(expected), "{text}\n{e}");
+    }
 }

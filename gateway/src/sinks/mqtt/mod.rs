@@ -23,6 +23,7 @@
 //!   since when it is down), on every change and after every connect.
 
 pub mod broker;
+pub mod guard;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -113,6 +114,9 @@ pub struct MqttSink {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Each speaker's health, published retained, if there are speakers.
     speakers: Option<Arc<SpeakerHealth>>,
+    /// With the embedded broker: rumqttd itself (behind the guard clients
+    /// use) and the gateway's login to it.
+    embedded: Option<(std::net::SocketAddr, guard::Login)>,
 }
 
 /// What a publish was, to know what its PubAck means.
@@ -151,6 +155,13 @@ impl MqttSink {
             .await
     }
 
+    /// Publishes through `broker` directly, not through its guard (which
+    /// refuses the gateway's client id and topics to everyone else).
+    pub fn with_embedded(mut self, broker: &broker::EmbeddedBroker) -> Self {
+        self.embedded = Some(broker.sink_endpoint());
+        self
+    }
+
     pub fn new(config: MqttConfig, gateway_id: &str) -> Result<Self, MqttError> {
         let tls = match &config.broker {
             MqttBroker::External { tls: Some(tls), .. } => Some(tls_config(tls)?),
@@ -161,6 +172,7 @@ impl MqttSink {
             config,
             tls,
             speakers: None,
+            embedded: None,
         })
     }
 
@@ -169,8 +181,11 @@ impl MqttSink {
     }
 
     fn options(&self) -> MqttOptions {
-        let (host, port) = match &self.config.broker {
-            MqttBroker::Embedded { listen } => {
+        let (host, port) = match (&self.config.broker, &self.embedded) {
+            (MqttBroker::Embedded { .. }, Some((internal, _))) => {
+                (internal.ip().to_string(), internal.port())
+            }
+            (MqttBroker::Embedded { listen }, None) => {
                 let ip = if listen.ip().is_unspecified() {
                     std::net::Ipv4Addr::LOCALHOST.into()
                 } else {
@@ -178,7 +193,7 @@ impl MqttSink {
                 };
                 (ip.to_string(), listen.port())
             }
-            MqttBroker::External { host, port, .. } => (host.clone(), *port),
+            (MqttBroker::External { host, port, .. }, _) => (host.clone(), *port),
         };
         let mut options = MqttOptions::new(&self.config.client_id, host, port);
         options
@@ -195,6 +210,11 @@ impl MqttSink {
         if let Some(username) = &self.config.username {
             let password = self.config.password.as_ref().map_or("", |p| p.expose());
             options.set_credentials(username, password);
+        }
+        if let (MqttBroker::Embedded { .. }, Some((_, login))) =
+            (&self.config.broker, &self.embedded)
+        {
+            options.set_credentials(&login.username, login.password.expose());
         }
         if let Some(tls) = &self.tls {
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(

@@ -25,10 +25,20 @@ fn free_port() -> SocketAddr {
     panic!("no free loopback port between 20000 and 32000");
 }
 
+/// What the guard of a test broker protects: not `soundbox`, so the sinks
+/// of these tests (external clients to it) may publish there through it.
+fn test_access() -> broker::Access {
+    broker::Access {
+        prefix: "guarded".into(),
+        gateway_client_id: "guarded-gateway".into(),
+        users: Vec::new(),
+    }
+}
+
 /// An embedded broker on a free loopback port.
 fn embedded_broker() -> SocketAddr {
     let addr = free_port();
-    broker::start(addr).expect("embedded broker");
+    broker::start(addr, test_access()).expect("embedded broker");
     addr
 }
 
@@ -43,6 +53,7 @@ fn config(broker_addr: SocketAddr, window: usize) -> MqttConfig {
         client_id: format!("test-{}", fastrand::u64(..)),
         username: None,
         password: None,
+        embedded_users: Vec::new(),
         keep_alive: Duration::from_secs(5),
         window,
         retry: RetryPolicy {
@@ -158,7 +169,18 @@ impl Fixture {
         config: MqttConfig,
         announcements: broadcast::Receiver<AnnouncementJson>,
     ) -> (Arc<SinkStats>, tokio::task::JoinHandle<()>) {
-        let sink = Arc::new(MqttSink::new(config, "shop-1").expect("sink"));
+        self.start_sink(
+            MqttSink::new(config, "shop-1").expect("sink"),
+            announcements,
+        )
+    }
+
+    fn start_sink(
+        &self,
+        sink: MqttSink,
+        announcements: broadcast::Receiver<AnnouncementJson>,
+    ) -> (Arc<SinkStats>, tokio::task::JoinHandle<()>) {
+        let sink = Arc::new(sink);
         let stats = Arc::new(SinkStats::default());
         let handle = tokio::spawn(sink.run(
             Arc::new(self.log.clone()),
@@ -243,7 +265,7 @@ async fn nothing_is_settled_without_a_broker_and_everything_goes_once_it_is_up()
     assert_eq!(f.log.cursor(SINK_NAME).expect("cursor"), 0);
     assert!(stats.retries.load(Ordering::Relaxed) >= 2, "it kept trying");
 
-    broker::start(broker_addr).expect("broker");
+    broker::start(broker_addr, test_access()).expect("broker");
     let subscriber = Subscriber::connect(broker_addr).await;
     f.append(20, 30).await;
     f.cursor_reaches(30).await;
@@ -452,7 +474,9 @@ fn a_ca_file_without_certificates_is_a_clear_error() {
 fn an_embedded_broker_port_in_use_says_what_to_do() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr");
-    let error = broker::start(addr).expect_err("port in use").to_string();
+    let error = broker::start(addr, test_access())
+        .expect_err("port in use")
+        .to_string();
     assert!(
         error.contains("mqtt.embedded_listen") && error.contains("another MQTT broker"),
         "{error}"
@@ -479,4 +503,107 @@ async fn two_gateways_with_one_client_id_back_off_instead_of_fighting() {
     assert!(reconnects < 30, "{reconnects} reconnects in 4 s");
     a.stop.cancel();
     b.stop.cancel();
+}
+
+/// An anonymous client's connection to `addr` with `id`; returns how its
+/// first `steps` event loop polls went.
+async fn try_client(
+    addr: SocketAddr,
+    id: &str,
+    act: impl AsyncFnOnce(&AsyncClient),
+) -> Vec<Result<Event, String>> {
+    let options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    act(&client).await;
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        match tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await {
+            Ok(Ok(event)) => seen.push(Ok(event)),
+            Ok(Err(error)) => {
+                seen.push(Err(error.to_string()));
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn behind_the_guard_only_the_gateway_publishes_on_its_topics() {
+    let addr = free_port();
+    let mut settings = config(addr, 8);
+    settings.broker = MqttBroker::Embedded { listen: addr };
+    let embedded = broker::start(addr, broker::Access::new(&settings)).expect("broker");
+    let subscriber = Subscriber::connect(addr).await;
+    let f = fixture();
+    let sink = MqttSink::new(settings.clone(), "shop-1")
+        .expect("sink")
+        .with_embedded(&embedded);
+    let (_stats, _handle) = f.start_sink(sink, no_announcements());
+    f.append(0, 3).await;
+    subscriber.wait_for_events(EVENTS, 3).await;
+
+    // A fake payment: the client is disconnected before its PubAck.
+    let fake = try_client(addr, "pos-1", async |c| {
+        c.publish(EVENTS, QoS::AtLeastOnce, false, r#"{"amount":50000000}"#)
+            .await
+            .expect("queue");
+    })
+    .await;
+    assert!(
+        !fake
+            .iter()
+            .any(|e| matches!(e, Ok(Event::Incoming(Incoming::PubAck(_))))),
+        "{fake:?}"
+    );
+    assert!(
+        fake.last().is_some_and(Result::is_err),
+        "disconnected: {fake:?}"
+    );
+    // The gateway's client id is refused at CONNECT.
+    let takeover = try_client(addr, &settings.client_id, async |_| {}).await;
+    assert!(
+        matches!(&takeover[..], [Err(e)] if e.contains("BadClientId")),
+        "{takeover:?}"
+    );
+    // Elsewhere, clients publish as before.
+    let other = try_client(addr, "pos-2", async |c| {
+        c.publish("pos/pos-2/hello", QoS::AtLeastOnce, false, "hi")
+            .await
+            .expect("queue");
+    })
+    .await;
+    assert!(
+        other
+            .iter()
+            .any(|e| matches!(e, Ok(Event::Incoming(Incoming::PubAck(_))))),
+        "{other:?}"
+    );
+
+    f.append(3, 4).await;
+    let events = subscriber.wait_for_events(EVENTS, 4).await;
+    assert!(
+        events.iter().all(|e| e["amount"] != 50_000_000),
+        "{events:?}"
+    );
+    f.cursor_reaches(4).await;
+    f.stop.cancel();
+}
+
+#[tokio::test]
+async fn the_internal_broker_lets_in_only_its_own_logins() {
+    let embedded = broker::start(free_port(), test_access()).expect("broker");
+    let (internal, login) = embedded.sink_endpoint();
+    assert!(internal.ip().is_loopback());
+    assert_eq!(login.password.expose().len(), 32);
+    assert!(!format!("{embedded:?}").contains(login.password.expose()));
+    // Straight to rumqttd without a login: closed without a CONNACK.
+    let anonymous = try_client(internal, "sneaky", async |_| {}).await;
+    assert!(
+        !anonymous
+            .iter()
+            .any(|e| matches!(e, Ok(Event::Incoming(Incoming::ConnAck(_))))),
+        "{anonymous:?}"
+    );
 }
