@@ -224,7 +224,8 @@ pub struct ConnectorConfig {
     pub plugin: PathBuf,
     /// How often a polling connector is called.
     pub poll_interval: Duration,
-    /// Hosts the plugin's `http-client` may reach (exact names, or `*.suffix`).
+    /// Hosts the plugin's `http-client` may reach, normalised: `host`,
+    /// `*.suffix`, either with `:port` (a bare host is the scheme's default port).
     pub allowed_hosts: Vec<String>,
     /// Let `http-client` reach private/link-local addresses (e.g. a LAN bank box).
     pub allow_private_addresses: bool,
@@ -592,14 +593,16 @@ impl Config {
             }
             let mut allowed_hosts = Vec::new();
             for (j, h) in c.allowed_hosts.iter().enumerate() {
-                let host = h.get_ref().trim().to_ascii_lowercase();
-                if host.is_empty()
-                    || host.contains('/')
-                    || host.contains(':') && !host.starts_with('[')
-                {
-                    return Err(loc.at(h.span(), &format!("connector[{i}].allowed_hosts[{j}]"), "expected a host name like api.example.vn or *.example.vn (no scheme, port or path)"));
-                }
-                allowed_hosts.push(host);
+                // The same normaliser the http-client matches request URLs with.
+                let host = crate::connectors::http_client::AllowedHost::parse(h.get_ref())
+                    .map_err(|e| {
+                        loc.at(
+                            h.span(),
+                            &format!("connector[{i}].allowed_hosts[{j}]"),
+                            e.to_string(),
+                        )
+                    })?;
+                allowed_hosts.push(host.to_string());
             }
             let poll_interval = Duration::from_secs(positive(
                 &loc,

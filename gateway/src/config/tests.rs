@@ -103,6 +103,23 @@ fn connector_errors_name_the_index_and_key() {
         .expect_err("bad host")
         .to_string();
     assert!(e.contains(":4:18: connector[0].allowed_hosts[0]:"), "{e}");
+
+    let hosts = "[[connector]]\nname = \"a\"\nplugin = \"p.wasm\"\n\
+                 allowed_hosts = [\"[::1]:8080\", \"LOCALHOST:9000\", \"Api.X.vn.\", \"[::1]\"]\n";
+    let config = Config::parse(&path, hosts).expect("host:port entries");
+    assert_eq!(
+        config.connectors[0].allowed_hosts,
+        ["[::1]:8080", "localhost:9000", "api.x.vn", "[::1]"]
+    );
+    let port = "[[connector]]\nname = \"a\"\nplugin = \"p.wasm\"\n\
+                allowed_hosts = [\"x.vn\", \"localhost:admin\"]\n";
+    let e = Config::parse(&path, port)
+        .expect_err("bad port")
+        .to_string();
+    assert!(
+        e.contains(":4:26: connector[0].allowed_hosts[1]: bad port `admin`"),
+        "{e}"
+    );
 }
 
 #[test]

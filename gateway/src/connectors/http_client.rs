@@ -1,10 +1,13 @@
 //! The `http-client` import: outgoing HTTP on a plugin's behalf, under a
-//! policy. Only hosts in the connector's `allowed_hosts`; https except to
-//! loopback; after DNS, private addresses are refused unless allowed (so a
-//! hostile DNS answer cannot point a plugin at the shop's LAN); every redirect
-//! is checked again; response size and time are capped.
+//! policy. Only hosts (and ports) in the connector's `allowed_hosts`; https
+//! except to loopback; no ambient proxy; after DNS, private addresses are
+//! refused unless allowed (so a hostile DNS answer cannot point a plugin at
+//! the shop's LAN) and loopback is reached only through a loopback host
+//! listed with its port; every redirect is checked again; response size and
+//! time are capped.
 
-use std::net::{IpAddr, SocketAddr};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,51 +26,302 @@ const MAX_REDIRECTS: usize = 5;
 /// Who a connector may talk to.
 #[derive(Debug, Clone)]
 pub struct HttpPolicy {
-    /// Exact host names, or `*.suffix` for any subdomain of `suffix`.
+    /// `allowed_hosts` entries (see [`AllowedHost`]); entries that do not
+    /// parse match nothing.
     pub allowed_hosts: Vec<String>,
     pub allow_private_addresses: bool,
 }
 
-impl HttpPolicy {
-    fn host_allowed(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.allowed_hosts
-            .iter()
-            .any(|pattern| match pattern.strip_prefix("*.") {
-                Some(suffix) => {
-                    host.len() > suffix.len()
-                        && host.ends_with(suffix)
-                        && host[..host.len() - suffix.len()].ends_with('.')
-                }
-                None => *pattern == host,
-            })
+/// A host as the policy compares it: a lower-case DNS name without the
+/// trailing dot, or an IP address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostName {
+    Domain(String),
+    Ip(IpAddr),
+}
+
+impl HostName {
+    /// From a host already normalised by the URL parser (`Url::host_str`):
+    /// IPv4 in dotted form (decimal, octal and hex forms folded), IPv6 in
+    /// brackets and compressed, names lower-case and IDNA-encoded.
+    fn from_url_host(host: &str) -> HostName {
+        if let Some(Ok(ip)) = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .map(str::parse::<Ipv6Addr>)
+        {
+            return HostName::Ip(IpAddr::V6(ip));
+        }
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            return HostName::Ip(IpAddr::V4(ip));
+        }
+        HostName::Domain(host.trim_end_matches('.').to_ascii_lowercase())
     }
 
-    /// Checks scheme and host of a URL (the first one or a redirect target).
-    pub fn check_url(&self, url: &Url) -> Result<(), String> {
-        let host = url.host_str().ok_or("URL has no host")?;
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if !self.host_allowed(bare) {
+    /// `localhost` or a loopback address (IPv4-mapped included).
+    fn is_loopback(&self) -> bool {
+        match self {
+            HostName::Domain(d) => d == "localhost",
+            HostName::Ip(ip) => canonical_ip(*ip).is_loopback(),
+        }
+    }
+}
+
+impl fmt::Display for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostName::Domain(d) => f.write_str(d),
+            HostName::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            HostName::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+        }
+    }
+}
+
+/// Why an `allowed_hosts` entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllowedHostError {
+    #[error("empty host")]
+    Empty,
+    #[error(
+        "expected host or host:port, like api.example.vn, *.example.vn, \
+         127.0.0.1:8080 or [::1]:8080 (no scheme, path or user)"
+    )]
+    NotAHost,
+    #[error("write an IPv6 address in brackets: [{0}] or [{0}]:8080")]
+    UnbracketedIpv6(String),
+    #[error("bad port `{0}`: expected 1-65535")]
+    BadPort(String),
+    #[error("`{0}` is not a valid host name or IP address")]
+    BadHost(String),
+    #[error("a wildcard needs a domain after `*.`, not an IP address")]
+    WildcardIp,
+}
+
+/// One `allowed_hosts` entry: `host`, `host:port`, `[v6]`, `[v6]:port`,
+/// `*.suffix` or `*.suffix:port`. Hosts are compared after the same
+/// normalisation as request URLs (lower case, trailing dot and IPv6 brackets
+/// dropped, IPv4 forms folded). A bare host allows only the scheme's default
+/// port (443 for https, 80 for http), so listing `localhost` does not open
+/// every service on the box; another port must be listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    /// For a wildcard, the suffix after `*.`.
+    host: HostName,
+    wildcard: bool,
+    /// `None`: the scheme's default port only.
+    port: Option<u16>,
+}
+
+impl AllowedHost {
+    /// Parses and normalises a config entry.
+    pub fn parse(entry: &str) -> Result<AllowedHost, AllowedHostError> {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Err(AllowedHostError::Empty);
+        }
+        if entry.contains("://")
+            || entry.chars().any(|c| {
+                matches!(c, '/' | '?' | '#' | '@' | '\\') || c.is_whitespace() || c.is_control()
+            })
+        {
+            return Err(AllowedHostError::NotAHost);
+        }
+        let (wildcard, rest) = match entry.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, entry),
+        };
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let close = inner.find(']').ok_or(AllowedHostError::NotAHost)?;
+            let after = &inner[close + 1..];
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or(AllowedHostError::NotAHost)?),
+            };
+            (&rest[..close + 2], port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((host, _)) if host.contains(':') => {
+                    return Err(AllowedHostError::UnbracketedIpv6(rest.to_string()));
+                }
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            }
+        };
+        let port = port.map(parse_port).transpose()?;
+        let host = parse_host(host)?;
+        if wildcard && matches!(host, HostName::Ip(_)) {
+            return Err(AllowedHostError::WildcardIp);
+        }
+        Ok(AllowedHost {
+            host,
+            wildcard,
+            port,
+        })
+    }
+
+    /// Whether a request to `host` on `port` (scheme default `default_port`)
+    /// is allowed by this entry.
+    fn allows(&self, host: &HostName, port: u16, default_port: Option<u16>) -> bool {
+        let port_ok = match self.port {
+            Some(p) => p == port,
+            None => default_port == Some(port),
+        };
+        port_ok && self.host_matches(host)
+    }
+
+    fn host_matches(&self, host: &HostName) -> bool {
+        match (&self.host, host) {
+            (HostName::Domain(suffix), HostName::Domain(name)) if self.wildcard => {
+                name.len() > suffix.len()
+                    && name.ends_with(suffix.as_str())
+                    && name[..name.len() - suffix.len()].ends_with('.')
+            }
+            (pattern, host) => !self.wildcard && pattern == host,
+        }
+    }
+}
+
+/// The canonical text of an entry, as the config stores it.
+impl fmt::Display for AllowedHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.wildcard {
+            f.write_str("*.")?;
+        }
+        write!(f, "{}", self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, AllowedHostError> {
+    let bad = || AllowedHostError::BadPort(text.to_string());
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match text.parse::<u16>() {
+        Ok(0) | Err(_) => Err(bad()),
+        Ok(port) => Ok(port),
+    }
+}
+
+/// Normalises a host the way the URL parser does for request URLs, so both
+/// sides of the comparison agree.
+fn parse_host(host: &str) -> Result<HostName, AllowedHostError> {
+    let bad = || AllowedHostError::BadHost(host.to_string());
+    let bracketed = host.starts_with('[');
+    let trimmed = if bracketed {
+        host
+    } else {
+        host.strip_suffix('.').unwrap_or(host)
+    };
+    if trimmed.is_empty() {
+        return Err(AllowedHostError::Empty);
+    }
+    let url = Url::parse(&format!("https://{trimmed}/")).map_err(|_| bad())?;
+    let parsed = url.host_str().ok_or_else(bad)?;
+    if url.port().is_some() || url.path() != "/" {
+        return Err(bad());
+    }
+    let name = HostName::from_url_host(parsed);
+    if let HostName::Domain(d) = &name {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !d.split('.').all(label_ok) {
+            return Err(bad());
+        }
+    }
+    Ok(name)
+}
+
+/// The policy in force: entries parsed once.
+#[derive(Debug)]
+struct Policy {
+    allowed: Vec<AllowedHost>,
+    allow_private_addresses: bool,
+}
+
+impl Policy {
+    fn new(config: &HttpPolicy) -> Policy {
+        let allowed = config
+            .allowed_hosts
+            .iter()
+            .filter_map(|entry| match AllowedHost::parse(entry) {
+                Ok(host) => Some(host),
+                Err(e) => {
+                    // Config load refuses these; a bad `--allow-host` ends here.
+                    tracing::warn!(entry = %entry, error = %e, "allowed_hosts entry ignored");
+                    None
+                }
+            })
+            .collect();
+        Policy {
+            allowed,
+            allow_private_addresses: config.allow_private_addresses,
+        }
+    }
+
+    /// Checks scheme, host and port of a URL (the first one or a redirect
+    /// target).
+    fn check_url(&self, url: &Url) -> Result<(), String> {
+        let raw = url.host_str().ok_or("URL has no host")?;
+        let host = HostName::from_url_host(raw);
+        let default_port = match url.scheme() {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        };
+        let port = url.port_or_known_default().unwrap_or(0);
+        if !self
+            .allowed
+            .iter()
+            .any(|entry| entry.allows(&host, port, default_port))
+        {
+            let hint = if self.allowed.iter().any(|e| e.host_matches(&host)) {
+                format!(
+                    " (a host without a port allows only the scheme's default port; list `{host}:{port}`)"
+                )
+            } else {
+                String::new()
+            };
             return Err(format!(
-                "host `{host}` is not in this connector's allowed_hosts"
+                "host `{host}` port {port} is not in this connector's allowed_hosts{hint}"
             ));
         }
-        let loopback = is_loopback_name(bare);
+        let loopback = host.is_loopback();
         match url.scheme() {
             "https" => {}
             "http" if loopback => {}
             "http" => return Err(format!("plain http to `{host}`: only https leaves the box")),
             other => return Err(format!("scheme `{other}` is not allowed")),
         }
-        if let Ok(ip) = bare.parse::<IpAddr>() {
+        if let HostName::Ip(ip) = host {
             self.check_ip(ip, loopback)?;
         }
         Ok(())
     }
 
+    /// Checks an address the connection would go to. Loopback only when the
+    /// URL's host is itself loopback: `allow_private_addresses` opens the
+    /// LAN, not the gateway's own admin API to a name that resolves there.
     fn check_ip(&self, ip: IpAddr, host_is_loopback: bool) -> Result<(), String> {
-        if ip.is_loopback() && host_is_loopback {
-            return Ok(());
+        let ip = canonical_ip(ip);
+        if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+            return Err(format!("address {ip} is never reachable from a plugin"));
+        }
+        if ip.is_loopback() {
+            return if host_is_loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "address {ip} is loopback; only a loopback host (localhost, 127.0.0.1, [::1]) listed with its port reaches it"
+                ))
+            };
         }
         if is_private(ip) && !self.allow_private_addresses {
             return Err(format!(
@@ -78,13 +332,16 @@ impl HttpPolicy {
     }
 }
 
-fn is_loopback_name(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// An IPv4-mapped IPv6 address as the IPv4 address it reaches.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
-/// Loopback, private, link-local, CGNAT, unspecified, unique-local: anything
-/// that is not the public internet.
+/// Loopback, private, link-local, CGNAT, unspecified, multicast, reserved,
+/// unique-local, IPv4-compatible: anything that is not the public internet.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -94,16 +351,20 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
+                || v4.is_multicast()
                 || (o[0] == 100 && (64..128).contains(&o[1]))
                 || o[0] == 0
+                || o[0] >= 240
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            // Mapped (::ffff:a.b.c.d) and the old compatible form (::a.b.c.d).
+            if let Some(v4) = v6.to_ipv4() {
                 return is_private(IpAddr::V4(v4));
             }
             let seg = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.is_multicast()
                 || (seg[0] & 0xfe00) == 0xfc00
                 || (seg[0] & 0xffc0) == 0xfe80
         }
@@ -112,7 +373,7 @@ pub fn is_private(ip: IpAddr) -> bool {
 
 /// Resolves names, then drops addresses the policy refuses.
 struct PolicyResolver {
-    policy: Arc<HttpPolicy>,
+    policy: Arc<Policy>,
 }
 
 impl Resolve for PolicyResolver {
@@ -120,7 +381,7 @@ impl Resolve for PolicyResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let loopback = is_loopback_name(&host);
+            let loopback = HostName::from_url_host(&host).is_loopback();
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = addrs
@@ -156,7 +417,7 @@ impl std::error::Error for PolicyRefusal {}
 /// One connector's HTTP client: the policy baked into DNS and redirects.
 #[derive(Clone)]
 pub struct PluginHttp {
-    policy: Arc<HttpPolicy>,
+    policy: Arc<Policy>,
     client: reqwest::Client,
 }
 
@@ -170,7 +431,7 @@ impl std::fmt::Debug for PluginHttp {
 
 impl PluginHttp {
     pub fn new(policy: HttpPolicy) -> Result<Self, reqwest::Error> {
-        let policy = Arc::new(policy);
+        let policy = Arc::new(Policy::new(&policy));
         let redirect_policy = policy.clone();
         let client = reqwest::Client::builder()
             .use_rustls_tls()
@@ -261,14 +522,14 @@ fn classify(error: reqwest::Error) -> HttpError {
 mod tests {
     use super::*;
 
-    fn policy(hosts: &[&str], private: bool) -> HttpPolicy {
-        HttpPolicy {
+    fn policy(hosts: &[&str], private: bool) -> Policy {
+        Policy::new(&HttpPolicy {
             allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
             allow_private_addresses: private,
-        }
+        })
     }
 
-    fn check(p: &HttpPolicy, url: &str) -> Result<(), String> {
+    fn check(p: &Policy, url: &str) -> Result<(), String> {
         p.check_url(&Url::parse(url).expect("url"))
     }
 
@@ -277,6 +538,8 @@ mod tests {
         let p = policy(&["userapi.sepay.vn", "*.casso.vn"], false);
         assert!(check(&p, "https://userapi.sepay.vn/v2/transactions").is_ok());
         assert!(check(&p, "https://USERAPI.sepay.vn/").is_ok());
+        assert!(check(&p, "https://userapi.sepay.vn./").is_ok());
+        assert!(check(&p, "https://userapi.sepay.vn:443/").is_ok());
         assert!(check(&p, "https://oauth.casso.vn/").is_ok());
         assert!(
             check(&p, "https://casso.vn/").is_err(),
@@ -289,11 +552,96 @@ mod tests {
 
     #[test]
     fn https_only_except_loopback() {
-        let p = policy(&["userapi.sepay.vn", "127.0.0.1", "localhost"], false);
+        let p = policy(
+            &["userapi.sepay.vn:80", "127.0.0.1:9000", "localhost:9000"],
+            false,
+        );
         assert!(check(&p, "http://userapi.sepay.vn/").is_err());
         assert!(check(&p, "http://127.0.0.1:9000/x").is_ok());
         assert!(check(&p, "http://localhost:9000/x").is_ok());
-        assert!(check(&p, "ftp://userapi.sepay.vn/").is_err());
+        assert!(check(&p, "ftp://userapi.sepay.vn:80/").is_err());
+    }
+
+    #[test]
+    fn entries_are_normalised() {
+        let ok = |entry: &str| AllowedHost::parse(entry).map(|h| h.to_string());
+        assert_eq!(ok(" UserAPI.SePay.vn. ").as_deref(), Ok("userapi.sepay.vn"));
+        assert_eq!(ok("*.Casso.vn:8443").as_deref(), Ok("*.casso.vn:8443"));
+        assert_eq!(ok("[::1]").as_deref(), Ok("[::1]"));
+        assert_eq!(ok("[0:0::1]:8080").as_deref(), Ok("[::1]:8080"));
+        assert_eq!(ok("127.0.0.1:9000").as_deref(), Ok("127.0.0.1:9000"));
+        assert_eq!(ok("2130706433").as_deref(), Ok("127.0.0.1"));
+        assert_eq!(ok("0x7f.1:80").as_deref(), Ok("127.0.0.1:80"));
+        for bad in [
+            "",
+            "https://x.vn",
+            "x.vn/path",
+            "user@x.vn",
+            "::1",
+            "[::1",
+            "[::1]8080",
+            "x.vn:",
+            "x.vn:0",
+            "x.vn:70000",
+            "x.vn:+80",
+            "*.127.0.0.1",
+            "*",
+            "*.",
+            "a..vn",
+            "bad*.vn",
+            "a b.vn",
+        ] {
+            assert!(AllowedHost::parse(bad).is_err(), "`{bad}` accepted");
+        }
+    }
+
+    #[test]
+    fn bracketed_ipv6_entries_match() {
+        // `[::1]` used to be accepted and then never match.
+        let p = policy(&["[::1]", "[::1]:8080"], false);
+        assert!(check(&p, "http://[::1]/").is_ok());
+        assert!(check(&p, "http://[::1]:8080/").is_ok());
+        assert!(check(&p, "http://[0:0::1]:8080/").is_ok());
+        assert!(check(&p, "http://[::1]:8081/").is_err());
+    }
+
+    #[test]
+    fn a_bare_host_allows_only_the_default_port() {
+        // `localhost` used to open all of loopback, the admin API included.
+        let p = policy(&["localhost", "127.0.0.1", "userapi.sepay.vn"], false);
+        let e = check(&p, "http://localhost:9100/admin").expect_err("other port");
+        assert!(
+            e.contains("allowed_hosts") && e.contains("localhost:9100"),
+            "{e}"
+        );
+        assert!(check(&p, "http://127.0.0.1:9100/").is_err());
+        assert!(check(&p, "http://2130706433:9100/").is_err());
+        assert!(check(&p, "http://localhost/").is_ok());
+        assert!(check(&p, "http://127.0.0.1/").is_ok());
+        assert!(check(&p, "https://userapi.sepay.vn:8443/").is_err());
+        let p = policy(&["localhost:9000", "*.casso.vn:8443"], false);
+        assert!(check(&p, "http://localhost:9000/").is_ok());
+        assert!(check(&p, "http://localhost/").is_err());
+        assert!(check(&p, "https://oauth.casso.vn:8443/").is_ok());
+        assert!(check(&p, "https://oauth.casso.vn/").is_err());
+    }
+
+    #[test]
+    fn other_spellings_of_an_address_are_the_same_address() {
+        let p = policy(&["127.0.0.1:9000"], false);
+        for url in [
+            "http://2130706433:9000/",
+            "http://0x7f000001:9000/",
+            "http://0177.0.0.1:9000/",
+            "http://127.1:9000/",
+        ] {
+            assert!(check(&p, url).is_ok(), "{url}");
+        }
+        // A mapped address is not the listed one, and is not plain-http loopback.
+        assert!(check(&p, "http://[::ffff:127.0.0.1]:9000/").is_err());
+        let p = policy(&["[::ffff:127.0.0.1]:9000", "[::ffff:10.0.0.1]"], false);
+        assert!(check(&p, "http://[::ffff:127.0.0.1]:9000/").is_ok());
+        assert!(check(&p, "https://[::ffff:10.0.0.1]/").is_err());
     }
 
     #[test]
@@ -310,6 +658,29 @@ mod tests {
     }
 
     #[test]
+    fn unspecified_and_loopback_by_other_names_are_refused_even_with_private_allowed() {
+        let p = policy(&["0.0.0.0:9100", "[::]:9100", "bank.example.vn"], true);
+        assert!(check(&p, "https://0.0.0.0:9100/").is_err());
+        assert!(check(&p, "https://[::]:9100/").is_err());
+        for ip in [
+            "127.0.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+        ] {
+            assert!(
+                p.check_ip(ip.parse().expect("ip"), false).is_err(),
+                "{ip} through a DNS name"
+            );
+        }
+        assert!(
+            p.check_ip("192.168.1.10".parse().expect("ip"), false)
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn private_ranges() {
         for ip in [
             "10.0.0.1",
@@ -319,10 +690,17 @@ mod tests {
             "169.254.1.1",
             "100.64.0.1",
             "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
             "::1",
+            "::",
             "fd00::1",
             "fe80::1",
+            "ff02::1",
             "::ffff:10.0.0.1",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
         ] {
             assert!(is_private(ip.parse().expect("ip")), "{ip}");
         }
@@ -333,11 +711,7 @@ mod tests {
 
     #[tokio::test]
     async fn dns_answer_pointing_at_loopback_is_refused() {
-        // `localhost.` as a non-literal name that resolves to 127.0.0.1 through DNS
-        // would be the rebinding case; "localtest" style names are not available
-        // offline, so resolve `localhost` under a policy that lists it but as a
-        // private address check: a name other than a loopback name must not reach it.
-        let p = Arc::new(policy(&["localhost"], false));
+        let p = Arc::new(policy(&["localhost:9000"], false));
         let resolver = PolicyResolver { policy: p.clone() };
         let name: Name = "localhost".parse().expect("name");
         assert!(
@@ -348,5 +722,111 @@ mod tests {
             p.check_ip("127.0.0.1".parse().expect("ip"), false).is_err(),
             "another name resolving to loopback is refused"
         );
+    }
+
+    /// A loopback server: answers every connection with `reply` and hands
+    /// each raw request (head and body) to the test.
+    async fn server(reply: &'static str) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Head, then as much body as Content-Length says.
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => raw.extend_from_slice(&buf[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if raw.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&raw).into_owned());
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        (port, rx)
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+
+    fn get(url: &str) -> HttpRequest {
+        HttpRequest {
+            method: "GET".into(),
+            path: url.into(),
+            query: String::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    fn client(hosts: &[String]) -> PluginHttp {
+        PluginHttp::new(HttpPolicy {
+            allowed_hosts: hosts.to_vec(),
+            allow_private_addresses: false,
+        })
+        .expect("client")
+    }
+
+    #[tokio::test]
+    async fn a_listed_port_is_reached_and_another_is_not() {
+        let (allowed, mut seen) = server(OK).await;
+        let (other, mut other_seen) = server(OK).await;
+        let http = client(&[format!("127.0.0.1:{allowed}"), "localhost".into()]);
+        let reply = http
+            .send(get(&format!("http://127.0.0.1:{allowed}/x")))
+            .await
+            .expect("allowed port");
+        assert_eq!((reply.status, reply.body.as_slice()), (200, &b"ok"[..]));
+        assert!(seen.recv().await.is_some());
+        for url in [
+            format!("http://127.0.0.1:{other}/"),
+            format!("http://localhost:{other}/"),
+        ] {
+            match http.send(get(&url)).await {
+                Err(HttpError::NotAllowed(reason)) => {
+                    assert!(reason.contains("allowed_hosts"), "{reason}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert!(
+            other_seen.try_recv().is_err(),
+            "the other port saw a request"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_port_is_refused() {
+        let (other, mut other_seen) = server(OK).await;
+        let redirect: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{other}/admin\r\n\
+                 content-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .into_boxed_str(),
+        );
+        let (port, _seen) = server(redirect).await;
+        let http = client(&[format!("127.0.0.1:{port}")]);
+        match http.send(get(&format!("http://127.0.0.1:{port}/"))).await {
+            Err(HttpError::NotAllowed(reason)) => assert!(reason.contains("redirect"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(other_seen.try_recv().is_err(), "the redirect was followed");
     }
 }

@@ -294,7 +294,7 @@ async fn readyz_names_a_connector_that_keeps_failing() {
     let closed = free_port();
     let config = format!(
         "[[connector]]\nname = \"sepay-poll\"\nplugin = \"{}\"\npoll_interval_secs = 1\n\
-         allowed_hosts = [\"127.0.0.1\"]\n\
+         allowed_hosts = [\"127.0.0.1:{closed}\"]\n\
          [connector.config]\napi_token = \"t\"\nbase_url = \"http://127.0.0.1:{closed}\"\n\n\
          [admin]\nconnector_failures = 2\n",
         plugin("sepay_poll").display()

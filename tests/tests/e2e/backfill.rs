@@ -14,13 +14,14 @@ fn config(api: &SepayApi, sink: &CountingSink, per_page: u32, log_keys: &str) ->
     format!(
         "[[connector]]\nname = \"sepay\"\nplugin = \"{webhook}\"\n[connector.config]\nauth = \"none\"\n\n\
          [[connector]]\nname = \"sepay-poll\"\nplugin = \"{poll}\"\npoll_interval_secs = 1\n\
-         allowed_hosts = [\"127.0.0.1\"]\n\
+         allowed_hosts = [\"{host}\"]\n\
          [connector.config]\napi_token = \"{TOKEN}\"\nbase_url = \"{api}\"\nper_page = {per_page}\n\n\
          {forward}\
          {log_keys}",
         webhook = plugin("sepay_webhook").display(),
         poll = plugin("sepay_poll").display(),
         api = api.url,
+        host = api.url.trim_start_matches("http://"),
         forward = forward_to(&sink.url),
     )
 }

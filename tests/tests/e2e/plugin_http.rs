@@ -68,7 +68,7 @@ async fn plugin_http_ignores_the_ambient_proxy() {
     let upstream = Listener::start(true);
     let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
     let gw = Gateway::start_with_env(
-        &fetcher("[\"127.0.0.1\"]"),
+        &fetcher(&format!("[\"127.0.0.1:{}\"]", upstream.port)),
         &[
             ("HTTPS_PROXY", &proxy_url),
             ("HTTP_PROXY", &proxy_url),
@@ -84,6 +84,33 @@ async fn plugin_http_ignores_the_ambient_proxy() {
     let reply = post(&gw.url("/hooks/fetch"), &[], target).await;
     assert_eq!(reply.status, 200, "{}\n{}", reply.body, gw.logs());
     assert_eq!(reply.body, "{\"upstream\":200}");
-    assert_eq!(proxy.connections(), 0, "the plugin's request went to the proxy");
+    assert_eq!(
+        proxy.connections(),
+        0,
+        "the plugin's request went to the proxy"
+    );
     assert_eq!(upstream.connections(), 1);
+}
+
+/// A bare loopback host allows only the scheme's default port: listing
+/// `127.0.0.1` or `localhost` does not hand a plugin the admin API.
+#[tokio::test]
+async fn a_bare_loopback_host_does_not_open_the_admin_api() {
+    let gw = Gateway::start(&fetcher("[\"127.0.0.1\", \"localhost\"]"));
+    let admin_port = gw.admin_addr.rsplit(':').next().unwrap_or_default();
+    for target in [
+        format!("http://{}/", gw.admin_addr),
+        format!("http://localhost:{admin_port}/"),
+    ] {
+        let refused = post(&gw.url("/hooks/fetch"), &[], target.clone()).await;
+        assert_eq!(refused.status, 503, "{target}: {}", refused.body);
+        let reason = refused.json()["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            reason.contains("NotAllowed") && reason.contains("allowed_hosts"),
+            "{target}: {reason}"
+        );
+    }
 }

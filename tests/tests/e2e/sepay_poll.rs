@@ -11,11 +11,12 @@ const TOKEN: &str = "e2e-sepay-token";
 fn config(api: &SepayApi, sink: &CountingSink) -> String {
     format!(
         "[[connector]]\nname = \"sepay-poll\"\nplugin = \"{}\"\npoll_interval_secs = 1\n\
-         allowed_hosts = [\"127.0.0.1\"]\n\
+         allowed_hosts = [\"{host}\"]\n\
          [connector.config]\napi_token = \"{TOKEN}\"\nbase_url = \"{}\"\nper_page = 100\n\n\
          {forward}",
         plugin("sepay_poll").display(),
         api.url,
+        host = api.url.trim_start_matches("http://"),
         forward = forward_to(&sink.url),
     )
 }
