@@ -10,6 +10,7 @@
 //! - [`log`]: the durable event log (sled): dedupe, group commit, per-sink cursors.
 //! - [`sinks`]: delivery from the log to each destination, with retries and TTL.
 //! - [`admin`]: the loopback API behind `queue` while the gateway runs.
+//! - [`http_server`]: the HTTP server of both listeners (timeouts, connection cap).
 //! - [`app`]: wiring and shutdown order; [`cli`]: the command line.
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod connectors;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
+pub mod http_server;
 pub mod ingress;
 pub mod log;
 pub mod metrics;

@@ -12,28 +12,39 @@
 //! - `GET  /api/queue/{sink}?state=dead&limit=50` → [`QueueItem`]s.
 //! - `POST /api/queue/{sink}/retry?seq=N` or `?dead=true` → `{"requeued": n}`.
 //!
-//! With `[admin] token` set, everything but `/healthz` and `/readyz` needs
-//! `Authorization: Bearer <token>` (or `?token=` for a browser).
+//! Every route, the Speaker API simulator's included, passes one guard ([`guarded`]):
+//!
+//! - `Host` must be an IP address or `localhost`, with the admin port: a web
+//!   page whose own name was made to resolve here (DNS rebinding) is refused.
+//! - With `[admin] token` set, everything but `/healthz` and `/readyz` needs
+//!   `Authorization: Bearer <token>`, or HTTP Basic with the token as the
+//!   password (what a browser asks for). Never in the URL: URLs end up in
+//!   logs, history and `Referer`.
+//! - A call that changes state (anything but GET and HEAD) without a bearer
+//!   token must come from the admin's own origin: no `Origin` or `Origin:
+//!   http://<Host>`, and no `Sec-Fetch-Site` other than `same-origin` or
+//!   `none`. So a page on the LAN cannot make a browser POST here.
 
+mod guard;
 pub mod page;
 pub mod status;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use subtle::ConstantTimeEq;
+use crate::http_server;
 
 use crate::log::{EventLog, LogEntry, LogError, LogHealth, QueueItem, SinkStatus, SledLog};
 use crate::sinks::speaker::{Routing, lane_speaker};
+pub use guard::guarded;
 pub use status::Live;
 
 /// The queue report `queue status` prints.
@@ -147,8 +158,15 @@ fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A 503 naming the kind of failure; the detail (paths, store errors) goes
+/// to the log.
 fn storage_error(e: LogError) -> Response {
-    error(StatusCode::SERVICE_UNAVAILABLE, e)
+    tracing::warn!(error = %e, "admin API: the event log failed");
+    let reason = match e {
+        LogError::Full(_) => "the event log is full; see the gateway log",
+        _ => "the event log failed; see the gateway log",
+    };
+    error(StatusCode::SERVICE_UNAVAILABLE, reason)
 }
 
 impl status::Live {
@@ -223,7 +241,13 @@ async fn report(live: Arc<Live>) -> Result<status::StatusReport, Response> {
         report
     })
     .await
-    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+    .map_err(|e| {
+        tracing::error!(error = %e, "admin API: building the status report failed");
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the status report failed",
+        )
+    })
 }
 
 async fn readyz(State(live): State<Arc<Live>>) -> Response {
@@ -263,61 +287,36 @@ async fn metrics_text(State(live): State<Arc<Live>>) -> Response {
         .into_response()
 }
 
-/// Lets a request through when no token is set, or when it carries it.
-async fn require_token(State(live): State<Arc<Live>>, request: Request, next: Next) -> Response {
-    let config = live.config.load();
-    let Some(token) = &config.admin.token else {
-        return next.run(request).await;
-    };
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    let query = request.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|pair| pair.strip_prefix("token="))
-            .map(str::to_string)
-    });
-    let expected = token.expose().as_bytes();
-    let given = bearer.or(query).unwrap_or_default();
-    if bool::from(given.as_bytes().ct_eq(expected)) {
-        next.run(request).await
-    } else {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "this admin API needs `Authorization: Bearer <admin.token>`",
-        )
-    }
-}
-
-/// The admin routes; `/healthz` and `/readyz` stay open for supervisors.
+/// The admin routes, unguarded ([`serve`] adds the guard, [`guarded`]).
 pub fn router(live: Arc<Live>) -> Router {
-    let guarded = Router::new()
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/", get(status_page))
         .route("/metrics", get(metrics_text))
         .route("/api/status", get(status_json))
         .route("/api/queue", get(queue_report))
         .route("/api/queue/{sink}", get(queue_list))
         .route("/api/queue/{sink}/retry", post(queue_retry))
-        .layer(middleware::from_fn_with_state(live.clone(), require_token));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .merge(guarded)
         .with_state(live)
 }
 
+/// Admin connections open at once, at most: the status page, a Prometheus
+/// scraper, `queue` commands, and the in-process Speaker API simulator's
+/// pooled client connections. Its own cap, apart from the webhooks', so a
+/// flood of webhook connections never silences `/healthz`.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Serves the admin server until `shutdown` is cancelled; `extra` (the
-/// Speaker API simulator) is merged in, outside the token check.
+/// Speaker API simulator) is merged in, behind the same guard.
 pub async fn serve(
     live: Arc<Live>,
     extra: Router,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(live).merge(extra))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let port = listener.local_addr()?.port();
+    let app = guarded(router(live.clone()).merge(extra), live, port);
+    let limits = http_server::Limits::with_max_connections(MAX_CONNECTIONS);
+    http_server::serve(listener, app, limits, shutdown).await
 }

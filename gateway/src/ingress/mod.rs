@@ -5,6 +5,10 @@
 //!
 //! The sender gets a 2xx only after the event log made every change durable; any
 //! failure is a 4xx (do not retry as is) or 5xx (retry) with a short JSON reason.
+//! The reason is generic for our own failures (storage, a broken or slow
+//! plugin): the detail (paths, upstream URLs, wasmtime errors) is in our log
+//! only. A plugin's `bad-request` and `unauthorized` reasons are its message to
+//! the sender and are passed on, clipped ([`for_sender`]).
 //! A call's plugin KV writes are applied only after its changes are stored.
 
 use std::sync::Arc;
@@ -22,11 +26,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::connectors::{CallError, Connectors, IncomingRequest, Plugin, Rejection};
+use crate::http_server;
 use crate::log::{Appended, EventLog, LogError};
 use crate::metrics::metrics;
 use crate::model::BalanceChange;
 
 pub mod poll;
+
+/// Webhook connections open at once, at most. Far above what a shop's
+/// providers send, and well below the usual limit of 1024 file descriptors,
+/// which the event log, plugins, sinks and the admin server share.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -55,15 +65,28 @@ impl Ingress {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
+        let limits = http_server::Limits::with_max_connections(MAX_CONNECTIONS);
+        http_server::serve(listener, self.router(), limits, shutdown).await
     }
 }
 
 fn reason(status: StatusCode, error: &str, reason: impl std::fmt::Display) -> Response {
     let body = serde_json::json!({ "error": error, "reason": reason.to_string() });
     (status, axum::Json(body)).into_response()
+}
+
+/// The longest reason passed on from a plugin, in characters.
+const MAX_SENDER_REASON: usize = 200;
+
+/// A plugin's reason as the sender may see it: no control characters, at
+/// most [`MAX_SENDER_REASON`] characters.
+fn for_sender(text: &str) -> String {
+    let mut clean: String = text.chars().filter(|c| !c.is_control()).collect();
+    if let Some((cut, _)) = clean.char_indices().nth(MAX_SENDER_REASON) {
+        clean.truncate(cut);
+        clean.push('…');
+    }
+    clean
 }
 
 async fn not_found() -> Response {
@@ -106,14 +129,17 @@ async fn handle(
         return reason(
             StatusCode::NOT_FOUND,
             "unknown_connector",
-            format!("no connector named `{name}`"),
+            format!("no connector named `{}`", for_sender(name)),
         );
     };
     if !plugin.world().handles_webhooks() {
         return reason(
             StatusCode::NOT_FOUND,
             "not_a_webhook_connector",
-            format!("connector `{name}` polls; it takes no webhooks"),
+            format!(
+                "connector `{}` polls; it takes no webhooks",
+                for_sender(name)
+            ),
         );
     }
     let body = match body {
@@ -128,7 +154,14 @@ async fn handle(
                 ),
             );
         }
-        Err(rejection) => return reason(rejection.status(), "bad_body", rejection.body_text()),
+        Err(rejection) => {
+            tracing::info!(connector = %name, error = %rejection.body_text(), "webhook body unreadable");
+            return reason(
+                rejection.status(),
+                "bad_body",
+                "the request body could not be read",
+            );
+        }
     };
     let request = IncomingRequest {
         method: method.as_str().to_string(),
@@ -145,12 +178,7 @@ async fn handle(
         Err(error) => return call_failed(name, error),
     };
     if let Err(error) = store(&*ingress.log, name, result.changes).await {
-        tracing::error!(connector = %name, %error, "could not store changes; sender will retry");
-        let code = match error {
-            LogError::Full(_) => "log_full",
-            _ => "not_stored",
-        };
-        return reason(StatusCode::SERVICE_UNAVAILABLE, code, error);
+        return not_stored(name, &error);
     }
     plugin.commit_kv(result.kv_writes);
     match result.reply {
@@ -194,42 +222,72 @@ pub async fn store(
     Ok(())
 }
 
+/// A 503 the sender will retry; what went wrong goes to our log only.
+fn not_stored(name: &str, error: &LogError) -> Response {
+    tracing::error!(connector = %name, %error, "could not store changes; sender will retry");
+    let (code, text) = match error {
+        LogError::Full(_) => ("log_full", "storage full, retry later"),
+        _ => ("not_stored", "storage unavailable, retry later"),
+    };
+    reason(StatusCode::SERVICE_UNAVAILABLE, code, text)
+}
+
 /// Maps a failed call to what the sender is told; the detail goes to our log.
 fn call_failed(name: &str, error: CallError) -> Response {
-    match &error {
+    let (status, code, text) = match &error {
         CallError::Rejected(Rejection::BadRequest(r)) => {
             tracing::info!(connector = %name, reason = %r, "webhook rejected as malformed");
-            reason(StatusCode::BAD_REQUEST, "bad_request", r)
+            return reason(StatusCode::BAD_REQUEST, "bad_request", for_sender(r));
         }
         CallError::Rejected(Rejection::Unauthorized(r)) => {
             tracing::warn!(connector = %name, reason = %r, "webhook failed authentication");
-            reason(StatusCode::UNAUTHORIZED, "unauthorized", r)
+            return reason(StatusCode::UNAUTHORIZED, "unauthorized", for_sender(r));
         }
         CallError::Rejected(Rejection::Transient(r)) => {
             tracing::warn!(connector = %name, reason = %r, "connector asked the sender to retry");
-            reason(StatusCode::SERVICE_UNAVAILABLE, "transient", r)
+            return reason(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "temporarily unavailable, retry later",
+            );
         }
         CallError::Rejected(Rejection::Fatal(r)) => {
             tracing::error!(connector = %name, reason = %r, "connector reported a fatal error");
-            reason(StatusCode::INTERNAL_SERVER_ERROR, "connector_failed", r)
-        }
-        CallError::Instantiate(_) | CallError::Timeout(_) => {
-            tracing::error!(connector = %name, %error, "plugin call failed");
-            reason(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "connector_unavailable",
-                &error,
-            )
-        }
-        _ => {
-            tracing::error!(connector = %name, %error, "plugin call failed");
-            reason(
+            return reason(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "connector_failed",
-                &error,
-            )
+                "connector failed",
+            );
         }
-    }
+        CallError::Instantiate(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connector_unavailable",
+            "connector unavailable, retry later",
+        ),
+        CallError::Timeout(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connector_unavailable",
+            "connector timed out, retry later",
+        ),
+        CallError::CpuBudget(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "connector_failed",
+            "connector exceeded its CPU budget",
+        ),
+        CallError::Memory(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "connector_failed",
+            "connector exceeded its memory cap",
+        ),
+        // Traps, invalid results and whatever else a plugin gets wrong.
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "connector_failed",
+            "connector failed",
+        ),
+    };
+    tracing::error!(connector = %name, %error, "plugin call failed");
+    reason(status, code, text)
 }
 
 fn plugin_reply(name: &str, reply: crate::connectors::Reply) -> Response {
@@ -248,4 +306,68 @@ fn plugin_reply(name: &str, reply: crate::connectors::Reply) -> Response {
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_reason_reaches_the_sender_clipped_and_clean() {
+        assert_eq!(for_sender("bad signature"), "bad signature");
+        assert_eq!(
+            for_sender("line\r\nInjected: yes\u{1b}[31m"),
+            "lineInjected: yes[31m"
+        );
+        let long = "é".repeat(500);
+        let clipped = for_sender(&long);
+        assert_eq!(clipped.chars().count(), MAX_SENDER_REASON + 1);
+        assert!(clipped.ends_with('…'));
+    }
+
+    async fn body_of(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn internal_failures_reach_the_sender_as_a_generic_reason() {
+        let failures = [
+            CallError::Trap("wasm backtrace: 0: 0x1234 - <unknown>!core::panicking".into()),
+            CallError::Instantiate("/var/lib/soundbox-gateway/plugin-cache/x.cwasm".into()),
+            CallError::Rejected(Rejection::Fatal(
+                "GET https://api.bank.example/v1?key=s".into(),
+            )),
+            CallError::Rejected(Rejection::Transient("https://api.bank.example down".into())),
+        ];
+        for failure in failures {
+            let shown = format!("{failure}");
+            let body = body_of(call_failed("c", failure)).await;
+            assert!(
+                !body.contains("wasm") && !body.contains("/var/") && !body.contains("bank.example"),
+                "{shown} became {body}"
+            );
+        }
+        let full = not_stored(
+            "c",
+            &LogError::Full("12 MiB free on /var/lib, 64 reserved".into()),
+        );
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = body_of(full).await;
+        assert!(
+            body.contains("log_full") && !body.contains("/var/"),
+            "{body}"
+        );
+        let failed = not_stored(
+            "c",
+            &LogError::Storage("Io(Custom { kind: StorageFull })".into()),
+        );
+        let body = body_of(failed).await;
+        assert!(
+            !body.contains("Io(") && body.contains("retry later"),
+            "{body}"
+        );
+    }
 }

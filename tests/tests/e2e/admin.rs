@@ -194,8 +194,15 @@ async fn an_admin_token_guards_everything_but_health() {
             .expect("GET");
         assert_eq!(with.status(), 200, "{path} with the token");
     }
-    assert_eq!(get(&admin(&format!("/?token={token}"))).await.0, 200);
-    assert_eq!(get(&admin("/?token=wrong")).await.0, 401);
+    // Never from the URL; a browser sends it as a Basic password.
+    assert_eq!(get(&admin(&format!("/?token={token}"))).await.0, 401);
+    let basic = reqwest::Client::new()
+        .get(admin("/"))
+        .basic_auth("staff", Some(token))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(basic.status(), 200, "the token as a Basic password");
     assert_eq!(get(&admin("/healthz")).await.0, 200);
     assert_eq!(get(&admin("/readyz")).await.0, 200);
 }

@@ -20,6 +20,7 @@ mod queue;
 mod reload;
 mod sandbox;
 mod secrets;
+mod security_http;
 mod sepay_poll;
 mod speaker;
 mod vnpay_ipn;

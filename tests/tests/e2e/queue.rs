@@ -108,11 +108,10 @@ async fn a_full_store_answers_503_and_loses_nothing() {
     let refused = post(&gw.url("/hooks/sepay"), &[], body.clone()).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.json()["error"], "log_full");
+    assert_eq!(refused.json()["reason"], "storage full, retry later");
     assert!(
-        refused.json()["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("free")
+        gw.wait_for_log("MiB free", Duration::from_secs(5)),
+        "the detail is logged"
     );
 
     // Space comes back; the provider retries; the payment goes through once.
