@@ -3,8 +3,9 @@
 //! except to loopback; no ambient proxy; after DNS, private addresses are
 //! refused unless allowed (so a hostile DNS answer cannot point a plugin at
 //! the shop's LAN) and loopback is reached only through a loopback host
-//! listed with its port; every redirect is checked again; response size and
-//! time are capped.
+//! listed with its port; every redirect is checked again; `Host` and
+//! hop-by-hop headers are dropped both ways; response size and time are
+//! capped.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -472,7 +473,8 @@ impl PluginHttp {
         let method = reqwest::Method::from_bytes(request.method.as_bytes())
             .map_err(|_| HttpError::Other(format!("bad method `{}`", request.method)))?;
         let mut builder = self.client.request(method, url);
-        for (name, value) in &request.headers {
+        // Host, framing and hop-by-hop headers are the client's to set.
+        for (name, value) in end_to_end(&request.headers, &["content-length"]) {
             builder = builder.header(name.as_str(), value.as_str());
         }
         if !request.body.is_empty() {
@@ -480,11 +482,12 @@ impl PluginHttp {
         }
         let mut response = builder.send().await.map_err(classify)?;
         let status = response.status().as_u16();
-        let headers = response
+        let headers: Vec<(String, String)> = response
             .headers()
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
+        let headers = end_to_end(&headers, &[]);
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
@@ -498,6 +501,45 @@ impl PluginHttp {
             body,
         })
     }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1),
+/// plus `Host`: passed on, they would let a plugin pick another virtual
+/// host or smuggle framing, or hand it the connection's details.
+const HOP_BY_HOP: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// `headers` without `Host`, hop-by-hop headers, those a `Connection`
+/// header names, and `also`.
+fn end_to_end(headers: &[(String, String)], also: &[&str]) -> Vec<(String, String)> {
+    let named: Vec<String> = headers
+        .iter()
+        .filter(|(k, _)| {
+            k.trim().eq_ignore_ascii_case("connection")
+                || k.trim().eq_ignore_ascii_case("proxy-connection")
+        })
+        .flat_map(|(_, v)| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect();
+    headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.trim().to_ascii_lowercase();
+            !HOP_BY_HOP.contains(&k.as_str()) && !also.contains(&k.as_str()) && !named.contains(&k)
+        })
+        .cloned()
+        .collect()
 }
 
 fn classify(error: reqwest::Error) -> HttpError {
@@ -828,5 +870,103 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(other_seen.try_recv().is_err(), "the redirect was followed");
+    }
+
+    #[test]
+    fn end_to_end_drops_connection_named_headers_in_any_case() {
+        let headers: Vec<(String, String)> = [
+            ("HOST", "x"),
+            ("Connection", "keep-alive, X-Secret ,"),
+            ("Proxy-Connection", "X-Other"),
+            ("x-secret", "1"),
+            ("X-Other", "2"),
+            ("TE", "trailers"),
+            ("Content-Length", "3"),
+            ("Content-Type", "text/plain"),
+            ("Authorization", "Bearer t"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let kept = |also: &[&str]| -> Vec<String> {
+            end_to_end(&headers, also)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(kept(&["content-length"]), ["Content-Type", "Authorization"]);
+        assert_eq!(
+            kept(&[]),
+            ["Content-Length", "Content-Type", "Authorization"]
+        );
+    }
+
+    #[tokio::test]
+    async fn host_and_hop_by_hop_headers_are_dropped_both_ways() {
+        const REPLY: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\
+            connection: close, X-Hop\r\nkeep-alive: timeout=5\r\nx-hop: secret\r\n\
+            proxy-authenticate: Basic\r\ntrailer: x-t\r\nx-keep: yes\r\n\r\nok";
+        let (port, mut seen) = server(REPLY).await;
+        let http = client(&[format!("127.0.0.1:{port}")]);
+        let headers = [
+            ("Host", "admin.internal"),
+            ("connection", "X-Drop"),
+            ("x-drop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("proxy-connection", "keep-alive"),
+            ("content-length", "999"),
+            ("x-keep", "yes"),
+        ];
+        let reply = http
+            .send(HttpRequest {
+                method: "POST".into(),
+                path: format!("http://127.0.0.1:{port}/in"),
+                query: String::new(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body: b"hello".to_vec(),
+            })
+            .await
+            .expect("send");
+        let request = seen.recv().await.expect("request").to_ascii_lowercase();
+        assert!(
+            request.contains(&format!("\r\nhost: 127.0.0.1:{port}\r\n")),
+            "{request}"
+        );
+        assert!(request.contains("\r\ncontent-length: 5\r\n"), "{request}");
+        assert!(request.contains("\r\nx-keep: yes\r\n"), "{request}");
+        assert!(request.ends_with("\r\n\r\nhello"), "{request}");
+        for gone in [
+            "admin.internal",
+            "x-drop",
+            "keep-alive",
+            "transfer-encoding",
+            "te:",
+            "trailer",
+            "upgrade",
+            "proxy-",
+            "999",
+        ] {
+            assert!(!request.contains(gone), "`{gone}` sent: {request}");
+        }
+        let names: Vec<&str> = reply.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(names.contains(&"x-keep"), "{names:?}");
+        assert!(names.contains(&"content-length"), "{names:?}");
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-hop",
+            "proxy-authenticate",
+            "trailer",
+        ] {
+            assert!(!names.contains(&gone), "`{gone}` handed over: {names:?}");
+        }
     }
 }
