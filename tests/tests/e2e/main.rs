@@ -4,6 +4,7 @@
 mod admin;
 mod backfill;
 mod backlog;
+mod broker_guard;
 mod casso_webhook;
 mod chaos;
 mod cli;
