@@ -128,6 +128,29 @@ fn slow_clients_are_cut_off_by_the_server() {
     });
 }
 
+#[test]
+fn shutdown_does_not_wait_for_idle_or_slow_clients() {
+    let mut gw = Gateway::start(&config(""));
+    let mut held = Vec::new();
+    for addr in [&gw.addr, &gw.admin_addr] {
+        held.push(TcpStream::connect(addr).expect("connect"));
+        let mut half = TcpStream::connect(addr).expect("connect");
+        half.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Sl")
+            .expect("write");
+        held.push(half);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = gw.shut_down();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown waited {:?} for clients that send nothing",
+        started.elapsed()
+    );
+    drop(held);
+}
+
 /// More idle connections than the caps, with the gateway's descriptors
 /// limited to 512: without a cap it runs out of them and stops accepting.
 #[test]
