@@ -202,6 +202,16 @@ pub struct PluginLimits {
     pub max_changes_per_call: usize,
     /// Guest stderr kept per call (panic messages).
     pub max_stderr_bytes: usize,
+    /// Linear memory all plugin calls in flight may hold together.
+    pub total_memory_bytes: usize,
+    /// What one call's result may make the gateway allocate: its strings,
+    /// lists and reply together.
+    pub max_result_bytes: usize,
+    /// Plugin KV one connector may keep (keys and values).
+    pub kv_max_bytes: u64,
+    /// Plugin KV all connectors may keep together, apart from the event
+    /// log's `max_disk_mb`.
+    pub kv_total_bytes: u64,
 }
 
 impl Default for PluginLimits {
@@ -212,6 +222,10 @@ impl Default for PluginLimits {
             call_timeout: Duration::from_secs(30),
             max_changes_per_call: 100,
             max_stderr_bytes: 16 << 10,
+            total_memory_bytes: 128 << 20,
+            max_result_bytes: 1 << 20,
+            kv_max_bytes: 1 << 20,
+            kv_total_bytes: 16 << 20,
         }
     }
 }
@@ -365,6 +379,10 @@ struct RawLimits {
     cpu_budget_ms: Option<Spanned<u64>>,
     call_timeout_ms: Option<Spanned<u64>>,
     max_changes_per_call: Option<Spanned<u64>>,
+    total_memory_mb: Option<Spanned<u64>>,
+    max_result_kb: Option<Spanned<u64>>,
+    kv_max_kb: Option<Spanned<u64>>,
+    kv_total_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -513,6 +531,52 @@ impl Config {
                 100,
             )? as usize,
             max_stderr_bytes: d.max_stderr_bytes,
+            total_memory_bytes: {
+                let span = l.total_memory_mb.as_ref().map_or(0..0, Spanned::span);
+                let mb = d.total_memory_bytes as u64 >> 20;
+                let bytes = scaled(
+                    &loc,
+                    l.total_memory_mb,
+                    "limits.total_memory_mb",
+                    mb,
+                    1 << 20,
+                    false,
+                )?;
+                usize::try_from(bytes).map_err(|_| {
+                    loc.at(span, "limits.total_memory_mb", "too large for this machine")
+                })?
+            },
+            max_result_bytes: {
+                let span = l.max_result_kb.as_ref().map_or(0..0, Spanned::span);
+                let kb = d.max_result_bytes as u64 >> 10;
+                let bytes = scaled(
+                    &loc,
+                    l.max_result_kb,
+                    "limits.max_result_kb",
+                    kb,
+                    1 << 10,
+                    false,
+                )?;
+                usize::try_from(bytes).map_err(|_| {
+                    loc.at(span, "limits.max_result_kb", "too large for this machine")
+                })?
+            },
+            kv_max_bytes: scaled(
+                &loc,
+                l.kv_max_kb,
+                "limits.kv_max_kb",
+                d.kv_max_bytes >> 10,
+                1 << 10,
+                false,
+            )?,
+            kv_total_bytes: scaled(
+                &loc,
+                l.kv_total_mb,
+                "limits.kv_total_mb",
+                d.kv_total_bytes >> 20,
+                1 << 20,
+                false,
+            )?,
         };
 
         let dl = LogOptions::default();

@@ -42,6 +42,8 @@ impl CallError {
             CallError::Rejected(Rejection::Fatal(_)) => "fatal",
             CallError::CpuBudget(_) => "cpu_budget",
             CallError::Memory(_) => "memory",
+            CallError::MemoryBudget(_) => "memory_budget",
+            CallError::TooLarge(_) => "too_large",
             CallError::Timeout(_) => "timeout",
             CallError::Trap(_) => "trap",
             CallError::Instantiate(_) => "instantiate",
@@ -52,11 +54,13 @@ impl CallError {
     }
 
     /// True when the connector (not the sender) is at fault: a malformed or
-    /// unsigned webhook says nothing about the connector's health.
+    /// unsigned webhook says nothing about the connector's health, nor does
+    /// a memory budget other calls hold.
     pub fn is_connector_fault(&self) -> bool {
         !matches!(
             self,
             CallError::Rejected(Rejection::BadRequest(_) | Rejection::Unauthorized(_))
+                | CallError::MemoryBudget(_)
         )
     }
 }

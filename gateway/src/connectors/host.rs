@@ -2,6 +2,7 @@
 //! the host side of the `log`, `config`, `kv` and `http-client` imports.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
@@ -15,6 +16,10 @@ use super::kv::{KvWrites, PluginKv};
 
 /// Longest log line a plugin may write; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
+
+/// Table elements all tables of one call may hold together (a funcref is
+/// 8-16 bytes, so at most ~1.6 MiB).
+pub const MAX_TABLE_ELEMENTS_PER_CALL: usize = 100_000;
 
 /// What a connector shares across its calls.
 #[derive(Debug)]
@@ -37,13 +42,21 @@ pub struct CallState {
     /// imports: the CPU budget counts only the rest.
     pub(super) started: Instant,
     pub(super) host_time: Duration,
+    /// Nanoseconds spent yielded to tokio at epoch ticks, waiting for a
+    /// worker: not CPU this call used, so not charged to its budget.
+    pub(super) yielded_ns: Arc<AtomicU64>,
     pub(super) cpu_exceeded: bool,
     /// This call's KV writes, applied after its changes are stored.
     pub(super) kv_writes: KvWrites,
 }
 
 impl CallState {
-    pub fn new(connector: Arc<ConnectorContext>, memory_bytes: usize, stderr_bytes: usize) -> Self {
+    pub fn new(
+        connector: Arc<ConnectorContext>,
+        memory_bytes: usize,
+        pool: Arc<MemoryBudget>,
+        stderr_bytes: usize,
+    ) -> Self {
         let stderr = MemoryOutputPipe::new(stderr_bytes);
         // An empty WASI context: no files, no env, no sockets, no stdin.
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
@@ -51,21 +64,24 @@ impl CallState {
             wasi,
             table: ResourceTable::new(),
             connector,
-            limiter: MemoryLimiter {
-                max_bytes: memory_bytes,
-                exceeded: false,
-            },
+            limiter: MemoryLimiter::new(memory_bytes, pool),
             stderr,
             started: Instant::now(),
             host_time: Duration::ZERO,
+            yielded_ns: Arc::new(AtomicU64::new(0)),
             cpu_exceeded: false,
             kv_writes: KvWrites::default(),
         }
     }
 
-    /// CPU time used so far: wall time minus time spent in host imports.
+    /// CPU time used so far: wall time minus time spent in host imports and
+    /// waiting for a worker after yielding.
     pub fn cpu_used(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.host_time)
+        let yielded = Duration::from_nanos(self.yielded_ns.load(Ordering::Relaxed));
+        self.started
+            .elapsed()
+            .saturating_sub(self.host_time)
+            .saturating_sub(yielded)
     }
 }
 
@@ -78,37 +94,134 @@ impl WasiView for CallState {
     }
 }
 
-/// Caps linear memory and remembers that the cap was hit, so a failed call
-/// is reported as a memory blow-up rather than a generic trap.
+/// Linear memory all plugin calls of the process may hold together, so the
+/// per-call cap times the calls in flight cannot exhaust a Pi's RAM.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: usize) -> Self {
+        MemoryBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes held by calls in flight.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Which memory cap a call hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryExceeded {
+    /// The call's own cap, over all its memories.
+    Call,
+    /// The process-wide budget, held by calls in flight.
+    Budget,
+}
+
+/// Caps the sum of a call's linear memories (a component has several) and
+/// its table elements, takes the memory from the process-wide
+/// [`MemoryBudget`] and gives it back when the call's store is dropped.
+/// Remembers which cap was hit, so a failed call is reported as a memory
+/// blow-up rather than a generic trap.
 pub struct MemoryLimiter {
     max_bytes: usize,
-    pub(super) exceeded: bool,
+    /// Bytes of every memory of this store, as granted.
+    memory: usize,
+    table_elements: usize,
+    pool: Arc<MemoryBudget>,
+    pub(super) exceeded: Option<MemoryExceeded>,
+}
+
+impl MemoryLimiter {
+    pub fn new(max_bytes: usize, pool: Arc<MemoryBudget>) -> Self {
+        MemoryLimiter {
+            max_bytes,
+            memory: 0,
+            table_elements: 0,
+            pool,
+            exceeded: None,
+        }
+    }
+
+    /// Bytes of all this call's memories together.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.pool.give_back(self.memory);
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
-            self.exceeded = true;
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let more = desired.saturating_sub(current);
+        let total = self.memory.saturating_add(more);
+        if total > self.max_bytes {
+            self.exceeded = Some(MemoryExceeded::Call);
             wasmtime::bail!(
-                "plugin memory would grow to {desired} bytes, over the {} byte cap",
+                "plugin memories would grow to {total} bytes together, over the {} byte cap",
                 self.max_bytes
             );
         }
+        if !self.pool.try_take(more) {
+            self.exceeded = Some(MemoryExceeded::Budget);
+            wasmtime::bail!(
+                "plugin calls in flight hold the gateway's {} byte plugin memory budget",
+                self.pool.limit()
+            );
+        }
+        self.memory = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        let total = self
+            .table_elements
+            .saturating_add(desired.saturating_sub(current));
+        if total > MAX_TABLE_ELEMENTS_PER_CALL {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
     }
 }
 
@@ -167,7 +280,7 @@ impl kv::Host for CallState {
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.kv_writes.delete(&key))
+        Ok(self.kv_writes.delete(&self.connector.kv, &key))
     }
 
     fn compare_and_swap(

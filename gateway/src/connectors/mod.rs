@@ -16,12 +16,15 @@ pub mod host;
 pub mod http_client;
 pub mod kv;
 pub mod runtime;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Instance, InstancePre};
@@ -31,9 +34,9 @@ use crate::config::{ConnectorConfig, PluginLimits};
 use crate::model::{self, BalanceChange, Direction, InvalidChange};
 use bindings::types as wit;
 pub use health::{ConnectorHealth, HealthReport};
-use host::{CallState, ConnectorContext};
+use host::{CallState, ConnectorContext, MemoryExceeded};
 use http_client::{HttpPolicy, PluginHttp};
-use kv::{KvWrites, PluginKv};
+use kv::KvWrites;
 pub use runtime::Runtime;
 
 /// Why a plugin could not be loaded.
@@ -99,6 +102,12 @@ pub enum CallError {
     CpuBudget(Duration),
     #[error("plugin hit its memory cap of {0} bytes")]
     Memory(usize),
+    #[error(
+        "plugin calls in flight hold the gateway's plugin memory budget of {0} bytes; retry later"
+    )]
+    MemoryBudget(usize),
+    #[error("connector returned too much: {0}")]
+    TooLarge(String),
     #[error("plugin call did not finish within {0:?}")]
     Timeout(Duration),
     #[error("plugin trapped: {0}")]
@@ -162,8 +171,9 @@ pub struct Plugin {
     limits: PluginLimits,
     digest: [u8; 32],
     health: ConnectorHealth,
-    /// Keeps the engine's epoch ticker alive as long as the plugin can be called.
-    _runtime: Arc<Runtime>,
+    /// Keeps the engine's epoch ticker alive as long as the plugin can be
+    /// called; holds the process-wide memory budget.
+    runtime: Arc<Runtime>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -209,7 +219,10 @@ impl Plugin {
             allow_private_addresses: config.allow_private_addresses,
         })
         .map_err(|e| LoadError::Engine(format!("http client: {e}")))?;
-        let kv = PluginKv::open(db, &config.name).map_err(|e| LoadError::Store(e.to_string()))?;
+        let kv = runtime
+            .kv
+            .open(db, &config.name)
+            .map_err(|e| LoadError::Store(e.to_string()))?;
         let context = Arc::new(ConnectorContext {
             name: config.name.clone(),
             settings: host::settings_for_plugin(&config.settings),
@@ -226,7 +239,7 @@ impl Plugin {
             limits: runtime.limits.clone(),
             digest,
             health: ConnectorHealth::default(),
-            _runtime: runtime,
+            runtime,
         })
     }
 
@@ -356,19 +369,32 @@ impl Plugin {
             CallState::new(
                 self.context.clone(),
                 limits.memory_bytes,
+                self.runtime.memory.clone(),
                 limits.max_stderr_bytes,
             ),
         );
         store.limiter(|state| &mut state.limiter);
+        // Every string and list the plugin hands the host (its result, or
+        // the arguments of one import call) is charged against this before
+        // the host allocates it: many entries pointing at one big string in
+        // the guest cannot make the host copy it many times.
+        store.set_hostcall_fuel(limits.max_result_bytes);
         let budget = limits.cpu_budget;
         store.set_epoch_deadline(1);
+        // At every epoch tick the guest yields to tokio, so a plugin that
+        // burns its budget holds a worker for one tick at a time, not for the
+        // whole budget; the time it then waits for a worker is not charged.
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
             if state.cpu_used() > budget {
                 state.cpu_exceeded = true;
                 wasmtime::bail!("CPU budget of {budget:?} used up");
             }
-            Ok(UpdateDeadline::Continue(1))
+            let waited = state.yielded_ns.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(yield_to_runtime(waited)),
+            ))
         });
 
         let run = async {
@@ -386,8 +412,19 @@ impl Plugin {
             Err(_) => Err(CallError::Timeout(limits.call_timeout)),
             Ok(Ok(value)) => Ok((value, std::mem::take(&mut state.kv_writes))),
             Ok(Err(_)) if state.cpu_exceeded => Err(CallError::CpuBudget(budget)),
-            Ok(Err(_)) if state.limiter.exceeded => Err(CallError::Memory(limits.memory_bytes)),
+            Ok(Err(_)) if state.limiter.exceeded == Some(MemoryExceeded::Call) => {
+                Err(CallError::Memory(limits.memory_bytes))
+            }
+            Ok(Err(_)) if state.limiter.exceeded == Some(MemoryExceeded::Budget) => {
+                Err(CallError::MemoryBudget(self.runtime.memory.limit()))
+            }
             Ok(Err((e, true))) => Err(CallError::Instantiate(format!("{e:#}"))),
+            Ok(Err((e, false))) if is_hostcall_fuel_exhausted(&e) => {
+                Err(CallError::TooLarge(format!(
+                    "more than {} bytes of strings and lists in its result or in one host call",
+                    limits.max_result_bytes
+                )))
+            }
             Ok(Err((e, false))) => Err(CallError::Trap(trap_summary(&e))),
         }
     }
@@ -438,6 +475,23 @@ impl Plugin {
             })
             .collect()
     }
+}
+
+/// Whether wasmtime refused to lift more data than the store's hostcall
+/// fuel allows. Its error type is private, so its message is matched (the
+/// sandbox tests fail should a wasmtime upgrade reword it).
+fn is_hostcall_fuel_exhausted(error: &wasmtime::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.to_string().contains("fuel allocated for hostcalls"))
+}
+
+/// Lets other tasks run, then adds the time this took to `waited`.
+async fn yield_to_runtime(waited: Arc<AtomicU64>) {
+    let from = Instant::now();
+    tokio::task::yield_now().await;
+    let nanos = u64::try_from(from.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    waited.fetch_add(nanos, Ordering::Relaxed);
 }
 
 fn rejection(error: wit::ConnectorError) -> CallError {

@@ -14,7 +14,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::LoadError;
 use super::bindings::Connector as ConnectorWorld;
-use super::host::CallState;
+use super::host::{CallState, MemoryBudget};
+use super::kv::KvQuotas;
 use crate::config::PluginLimits;
 
 /// How often the epoch advances; the CPU budget is checked at this grain.
@@ -26,6 +27,10 @@ pub struct Runtime {
     linker: Linker<CallState>,
     cache_dir: Option<PathBuf>,
     pub(super) limits: PluginLimits,
+    /// Linear memory of every call in flight, against `limits.total_memory_bytes`.
+    pub(super) memory: Arc<MemoryBudget>,
+    /// Plugin KV quotas and their counts, shared by a connector's reloads.
+    pub(super) kv: Arc<KvQuotas>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -94,6 +99,10 @@ impl Runtime {
             engine,
             linker,
             cache_dir,
+            memory: Arc::new(MemoryBudget::new(
+                limits.total_memory_bytes.max(limits.memory_bytes),
+            )),
+            kv: KvQuotas::new(limits.kv_max_bytes, limits.kv_total_bytes),
             limits,
             ticker_stop,
         })
@@ -101,6 +110,16 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Plugin KV quotas and what each connector keeps.
+    pub fn kv_quotas(&self) -> &KvQuotas {
+        &self.kv
+    }
+
+    /// The process-wide plugin memory budget (its use, for metrics and tests).
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     pub(super) fn linker(&self) -> &Linker<CallState> {

@@ -13,6 +13,7 @@ mod demo_bank;
 mod durability;
 mod generic_webhook;
 mod hello_connector;
+mod hostile_plugin;
 mod lanes;
 mod momo_ipn;
 mod mqtt;
