@@ -568,11 +568,11 @@ impl Gateway {
                 let mut sink = MqttSink::new(mqtt, &gateway_id)
                     .context("[mqtt]")?
                     .with_speakers(self.live.speaker_health.clone());
-                tokio::spawn(Arc::new(sink).run(
-                    log,
                 if let Some(embedded) = &embedded {
                     sink = sink.with_embedded(embedded);
                 }
+                tokio::spawn(Arc::new(sink).run(
+                    log,
                     stats.clone(),
                     shutdown,
                     self.announcements.subscribe(),

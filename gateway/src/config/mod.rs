@@ -299,11 +299,19 @@ struct RawMqtt {
     client_id: Option<Spanned<String>>,
     username: Option<Spanned<String>>,
     password: Option<Spanned<String>>,
+    embedded_users: Option<Spanned<Vec<RawMqttUser>>>,
     ca_file: Option<Spanned<String>>,
     keep_alive_secs: Option<Spanned<u64>>,
     window: Option<Spanned<u64>>,
     retry_initial_ms: Option<Spanned<u64>>,
     retry_max_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqttUser {
+    username: Spanned<String>,
+    password: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -389,7 +397,6 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawConnector {
     name: Spanned<String>,
-    embedded_users: Option<Spanned<Vec<RawMqttUser>>>,
     plugin: Spanned<String>,
     poll_interval_secs: Option<Spanned<u64>>,
     #[serde(default)]
@@ -397,13 +404,6 @@ struct RawConnector {
     #[serde(default)]
     allow_private_addresses: bool,
     #[serde(default)]
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMqttUser {
-    username: Spanned<String>,
-    password: Spanned<String>,
-}
-
     config: Option<Spanned<toml::Table>>,
 }
 
@@ -800,6 +800,13 @@ fn parse_mqtt(
                 "only used with broker = \"embedded\"",
             ));
         }
+        if let Some(u) = &m.embedded_users {
+            return Err(loc.at(
+                u.span(),
+                "mqtt.embedded_users",
+                "only used with broker = \"embedded\" (an external broker has accounts of its own)",
+            ));
+        }
         let bad = |why: &str| {
             loc.at(
                 broker_span.clone(),
@@ -886,6 +893,7 @@ fn parse_mqtt(
         let s = m.password.as_ref().map_or(span.clone(), |p| p.span());
         return Err(loc.at(s, "mqtt.password", "a password needs a username"));
     }
+    let embedded_users = parse_embedded_users(loc, &m, &broker, span.clone())?;
     let window_span = m.window.as_ref().map_or(span.clone(), |w| w.span());
     let window = positive(loc, m.window, "mqtt.window", 64)?;
     if window > MAX_MQTT_WINDOW {
@@ -903,6 +911,7 @@ fn parse_mqtt(
         client_id,
         username,
         password,
+        embedded_users,
         keep_alive: Duration::from_secs(positive(
             loc,
             m.keep_alive_secs,
@@ -920,6 +929,68 @@ fn parse_mqtt(
             max_retry_after: d.max_retry_after,
         },
     })
+}
+
+/// Shortest password `[[mqtt.embedded_users]]` accepts: the broker may be
+/// on the shop's Wi-Fi.
+const MIN_MQTT_PASSWORD: usize = 8;
+
+/// `mqtt.embedded_users`, checked; and an embedded broker reachable from
+/// the network must have some, or anyone there could read every payment.
+fn parse_embedded_users(
+    loc: &Locator<'_>,
+    m: &RawMqtt,
+    broker: &MqttBroker,
+    span: std::ops::Range<usize>,
+) -> Result<Vec<MqttUser>, ConfigError> {
+    let mut users: Vec<MqttUser> = Vec::new();
+    for (i, u) in m
+        .embedded_users
+        .iter()
+        .flat_map(|u| u.get_ref())
+        .enumerate()
+    {
+        let key = |k: &str| format!("mqtt.embedded_users[{i}].{k}");
+        let username = expand_env(loc, &u.username, &key("username"))?;
+        if username.is_empty() || username.len() > 128 || username.chars().any(char::is_control) {
+            return Err(loc.at(u.username.span(), &key("username"), "use 1-128 characters"));
+        }
+        if users.iter().any(|v| v.username == username) {
+            return Err(loc.at(
+                u.username.span(),
+                &key("username"),
+                format!("`{username}` is listed twice"),
+            ));
+        }
+        let password = expand_env(loc, &u.password, &key("password"))?;
+        if password.chars().count() < MIN_MQTT_PASSWORD || password.len() > 1024 {
+            return Err(loc.at(
+                u.password.span(),
+                &key("password"),
+                format!("use {MIN_MQTT_PASSWORD}-1024 characters, e.g. \"${{POS_MQTT_PASSWORD}}\" from the environment file"),
+            ));
+        }
+        users.push(MqttUser {
+            username,
+            password: Secret::new(password),
+        });
+    }
+    if let MqttBroker::Embedded { listen } = broker
+        && !listen.ip().is_loopback()
+        && users.is_empty()
+    {
+        let at = m.embedded_listen.as_ref().map_or(span, |l| l.span());
+        return Err(loc.at(
+            at,
+            "mqtt.embedded_listen",
+            format!(
+                "{listen} is reachable from the network, so the embedded broker needs accounts: \
+                 add [[mqtt.embedded_users]] with a username and password for the POS screens, \
+                 or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(users)
 }
 
 fn parse_speaker(
@@ -946,13 +1017,6 @@ fn parse_speaker(
                 span.clone(),
                 &format!("speaker.{key}"),
                 format!(
-        if let Some(u) = &m.embedded_users {
-            return Err(loc.at(
-                u.span(),
-                "mqtt.embedded_users",
-                "only used with broker = \"embedded\" (an external broker has accounts of its own)",
-            ));
-        }
                     "required unless simulator = true (e.g. {key} = \"${{SEPAY_SPEAKER_{}}}\")",
                     key.to_ascii_uppercase()
                 ),
@@ -1039,7 +1103,6 @@ fn parse_forwards(
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))
             .ok_or_else(|| {
-    let embedded_users = parse_embedded_users(loc, &m, &broker, span.clone())?;
                 loc.at(
                     f.url.span(),
                     &key("url"),
@@ -1057,7 +1120,6 @@ fn parse_forwards(
                         span,
                         &key(&format!("headers.{name}")),
                         "header values are strings",
-        embedded_users,
                     ));
                 };
                 headers.push((name, Secret::new(value)));
@@ -1077,68 +1139,6 @@ fn parse_forwards(
             max_age: f
                 .max_age_secs
                 .map(|v| Duration::from_secs(v.into_inner()))
-/// Shortest password `[[mqtt.embedded_users]]` accepts: the broker may be
-/// on the shop's Wi-Fi.
-const MIN_MQTT_PASSWORD: usize = 8;
-
-/// `mqtt.embedded_users`, checked; and an embedded broker reachable from
-/// the network must have some, or anyone there could read every payment.
-fn parse_embedded_users(
-    loc: &Locator<'_>,
-    m: &RawMqtt,
-    broker: &MqttBroker,
-    span: std::ops::Range<usize>,
-) -> Result<Vec<MqttUser>, ConfigError> {
-    let mut users: Vec<MqttUser> = Vec::new();
-    for (i, u) in m
-        .embedded_users
-        .iter()
-        .flat_map(|u| u.get_ref())
-        .enumerate()
-    {
-        let key = |k: &str| format!("mqtt.embedded_users[{i}].{k}");
-        let username = expand_env(loc, &u.username, &key("username"))?;
-        if username.is_empty() || username.len() > 128 || username.chars().any(char::is_control) {
-            return Err(loc.at(u.username.span(), &key("username"), "use 1-128 characters"));
-        }
-        if users.iter().any(|v| v.username == username) {
-            return Err(loc.at(
-                u.username.span(),
-                &key("username"),
-                format!("`{username}` is listed twice"),
-            ));
-        }
-        let password = expand_env(loc, &u.password, &key("password"))?;
-        if password.chars().count() < MIN_MQTT_PASSWORD || password.len() > 1024 {
-            return Err(loc.at(
-                u.password.span(),
-                &key("password"),
-                format!("use {MIN_MQTT_PASSWORD}-1024 characters, e.g. \"${{POS_MQTT_PASSWORD}}\" from the environment file"),
-            ));
-        }
-        users.push(MqttUser {
-            username,
-            password: Secret::new(password),
-        });
-    }
-    if let MqttBroker::Embedded { listen } = broker
-        && !listen.ip().is_loopback()
-        && users.is_empty()
-    {
-        let at = m.embedded_listen.as_ref().map_or(span, |l| l.span());
-        return Err(loc.at(
-            at,
-            "mqtt.embedded_listen",
-            format!(
-                "{listen} is reachable from the network, so the embedded broker needs accounts: \
-                 add [[mqtt.embedded_users]] with a username and password for the POS screens, \
-                 or listen on 127.0.0.1"
-            ),
-        ));
-    }
-    Ok(users)
-}
-
                 .filter(|d| !d.is_zero()),
             timeout: ms(f.timeout_ms, "timeout_ms", Duration::from_secs(10))?,
             retry,
