@@ -197,6 +197,9 @@ impl Live {
                     .any(|s| s.hardware_id == hw && s.trouble().is_some())
             })
         };
+        for c in config.connectors.iter().filter(|c| c.allows_unsigned()) {
+            warnings.push(unsigned_warning(&c.name));
+        }
         let now = now_ms();
         let stall_ms = config.admin.stall_after.as_millis() as i64;
         let stall_secs = config.admin.stall_after.as_secs();
@@ -366,4 +369,14 @@ impl Live {
         m.log_degraded.set(i64::from(report.log.is_degraded()));
         m.ready.set(i64::from(report.ready));
     }
+}
+
+/// Said at every start and on the status page while a connector takes
+/// unsigned webhooks: anyone who reaches the listener can fake a payment.
+pub fn unsigned_warning(connector: &str) -> String {
+    format!(
+        "Connector {connector} accepts unsigned webhooks (allow_unsigned = true): anything \
+         that can reach the webhook listener can make the speaker announce a payment that \
+         never happened. Set the provider's API key or signature secret before going live."
+    )
 }

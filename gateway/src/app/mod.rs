@@ -260,6 +260,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         startup_ms = started.elapsed().as_millis() as u64,
         "webhook ingress listening"
     );
+    warn_unsigned(&config);
 
     loop {
         tokio::select! {
@@ -377,6 +378,7 @@ impl Gateway {
             ms = started.elapsed().as_millis() as u64,
             "config reloaded"
         );
+        warn_unsigned(&self.config);
     }
 
     /// Keeps what only a restart can change, and says so.
@@ -640,6 +642,14 @@ impl Gateway {
 }
 
 /// Listens on `addr`; an error names the config key it came from.
+/// Logs, at every start and reload, each connector that takes unsigned
+/// webhooks, so it is never left on by accident.
+fn warn_unsigned(config: &Config) {
+    for c in config.connectors.iter().filter(|c| c.allows_unsigned()) {
+        tracing::warn!(connector = %c.name, "{}", crate::admin::status::unsigned_warning(&c.name));
+    }
+}
+
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await

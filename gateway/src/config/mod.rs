@@ -176,7 +176,7 @@ pub struct GatewayConfig {
 }
 
 /// A `[[forward]]` sink: every payment POSTed as JSON to `url`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ForwardConfig {
     /// Unique among sinks; names its queue.
     pub name: String,
@@ -187,6 +187,41 @@ pub struct ForwardConfig {
     pub max_age: Option<Duration>,
     pub timeout: Duration,
     pub retry: RetryPolicy,
+}
+
+/// Without the URL's user info, query and fragment (tokens hide there).
+impl std::fmt::Debug for ForwardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardConfig")
+            .field("name", &self.name)
+            .field("url", &redacted_url(&self.url))
+            .field("headers", &self.headers)
+            .field("max_age", &self.max_age)
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// `url` as it may be logged: scheme, host, port and path; user info, query
+/// and fragment (where tokens are put) replaced by `[redacted]`.
+pub fn redacted_url(url: &reqwest::Url) -> String {
+    let mut shown = format!("{}://", url.scheme());
+    if !url.username().is_empty() || url.password().is_some() {
+        shown.push_str("[redacted]@");
+    }
+    shown.push_str(url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    if url.query().is_some() {
+        shown.push_str("?[redacted]");
+    }
+    if url.fragment().is_some() {
+        shown.push_str("#[redacted]");
+    }
+    shown
 }
 
 /// Sandbox limits applied to every plugin call.
@@ -230,7 +265,7 @@ impl Default for PluginLimits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ConnectorConfig {
     /// Unique; also the webhook path segment.
     pub name: String,
@@ -247,7 +282,43 @@ pub struct ConnectorConfig {
     pub settings: toml::Table,
 }
 
+/// The key in `[connector.config]` that lets a connector that can verify
+/// its sender skip it (e.g. SePay's `auth = "none"`). The gateway allows it
+/// only on a loopback listener and warns at every start; the plugin reads
+/// the same key (`soundbox_plugin_sdk::config::allow_unsigned`).
+pub const ALLOW_UNSIGNED: &str = "allow_unsigned";
+
+/// The plugin's settings by key only: their values hold API keys and secrets.
+impl std::fmt::Debug for ConnectorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorConfig")
+            .field("name", &self.name)
+            .field("plugin", &self.plugin)
+            .field("poll_interval", &self.poll_interval)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("allow_private_addresses", &self.allow_private_addresses)
+            .field("settings", &RedactedTable(&self.settings))
+            .finish()
+    }
+}
+
+/// A TOML table shown as `{key: [redacted], …}`.
+struct RedactedTable<'a>(&'a toml::Table);
+
+impl std::fmt::Debug for RedactedTable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, Secret::new(""))))
+            .finish()
+    }
+}
+
 impl ConnectorConfig {
+    /// Whether the config lets this connector accept unsigned requests.
+    pub fn allows_unsigned(&self) -> bool {
+        self.settings.get(ALLOW_UNSIGNED) == Some(&toml::Value::Boolean(true))
+    }
+
     /// A connector for `plugin test`: no config file, settings from `--set`.
     pub fn ad_hoc(plugin: PathBuf, settings: toml::Table) -> Self {
         ConnectorConfig {
@@ -682,6 +753,44 @@ impl Config {
                 }
                 None => toml::Table::new(),
             };
+            if let Some(value) = settings.get(ALLOW_UNSIGNED) {
+                let at = |message: &str| {
+                    // The table's span does not reach its keys: the key is
+                    // the first line after this connector's name that sets it.
+                    let from = c.name.span().end;
+                    let key_span = text[from..]
+                        .split_inclusive('\n')
+                        .scan(from, |offset, line| {
+                            let start = *offset;
+                            *offset += line.len();
+                            Some((start, line))
+                        })
+                        .find(|(_, line)| {
+                            line.trim_start()
+                                .strip_prefix(ALLOW_UNSIGNED)
+                                .is_some_and(|rest| rest.trim_start().starts_with('='))
+                        })
+                        .map_or(0..0, |(start, line)| {
+                            let indent = line.len() - line.trim_start().len();
+                            start + indent..start + indent + ALLOW_UNSIGNED.len()
+                        });
+                    loc.at(key_span, &key("config.allow_unsigned"), message)
+                };
+                match value {
+                    toml::Value::Boolean(false) => {}
+                    toml::Value::Boolean(true) if listen.ip().is_loopback() => {}
+                    toml::Value::Boolean(true) => {
+                        return Err(at(
+                            "unsigned webhooks are allowed only while gateway.listen is on \
+                             loopback (127.0.0.1 or [::1]): anyone who can reach the listener \
+                             could make the speaker announce a payment that never happened. \
+                             Use the provider's signature or API key instead (auth = \"apikey\" \
+                             or \"hmac\")",
+                        ));
+                    }
+                    _ => return Err(at("expected true or false")),
+                }
+            }
             connectors.push(ConnectorConfig {
                 name: c.name.into_inner(),
                 plugin,

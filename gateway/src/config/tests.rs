@@ -147,6 +147,60 @@ fn env_is_expanded_in_plugin_settings_and_missing_env_is_located() {
 }
 
 #[test]
+fn allow_unsigned_only_on_a_loopback_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("p.wasm"), b"").expect("write");
+    let path = dir.path().join("c.toml");
+    let connector =
+        "[[connector]]\nname = \"a\"\nplugin = \"p.wasm\"\n[connector.config]\nauth = \"none\"\n";
+    for listen in ["127.0.0.1:8080", "[::1]:8080"] {
+        let text = format!("[gateway]\nlisten = \"{listen}\"\n{connector}allow_unsigned = true\n");
+        let config = Config::parse(&path, &text).expect("loopback");
+        assert!(config.connectors[0].allows_unsigned());
+    }
+    for listen in ["0.0.0.0:8080", "192.168.1.5:8080", "[::]:8080"] {
+        let text = format!("[gateway]\nlisten = \"{listen}\"\n{connector}allow_unsigned = true\n");
+        let e = Config::parse(&path, &text).expect_err(listen).to_string();
+        assert!(
+            e.contains(":8:1: connector[0].config.allow_unsigned: unsigned webhooks are allowed only while gateway.listen is on loopback"),
+            "{e}"
+        );
+    }
+    let text = format!("{connector}allow_unsigned = \"yes\"\n");
+    let e = Config::parse(&path, &text)
+        .expect_err("not a bool")
+        .to_string();
+    assert!(
+        e.contains("connector[0].config.allow_unsigned: expected true or false"),
+        "{e}"
+    );
+    let text = format!("{connector}allow_unsigned = false\n");
+    let config = Config::parse(&path, &text).expect("false");
+    assert!(!config.connectors[0].allows_unsigned());
+}
+
+#[test]
+fn debug_output_hides_plugin_settings_and_forward_url_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("p.wasm"), b"").expect("write");
+    let path = dir.path().join("c.toml");
+    let text = "[[connector]]\nname = \"a\"\nplugin = \"p.wasm\"\n[connector.config]\n\
+                api_key = \"sk-live-123\"\n\n\
+                [[forward]]\nname = \"pos\"\nurl = \"https://user:pw-456@pos.example/hook?token=tk-789#frag\"\n\
+                [forward.headers]\nAuthorization = \"Bearer hdr-000\"\n";
+    let config = Config::parse(&path, text).expect("valid");
+    let shown = format!("{config:?}");
+    for secret in ["sk-live-123", "pw-456", "tk-789", "hdr-000", "user:"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(shown.contains("api_key"), "keys stay visible: {shown}");
+    assert!(
+        shown.contains("https://[redacted]@pos.example/hook?[redacted]#[redacted]"),
+        "{shown}"
+    );
+}
+
+#[test]
 fn secret_is_redacted() {
     let s = Secret::new("hunter2");
     assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");

@@ -7,9 +7,14 @@ use std::time::{Duration, Instant};
 
 use soundbox_e2e::{Gateway, SpeakerApi, free_port, plugin, post, sepay_webhook};
 
+/// The SePay connector's API key, and the header that carries it: the
+/// status page's verdict must be green, and unsigned mode is a warning.
+const KEY: &str = "admin-test-key";
+const SIGNED: &[(&str, &str)] = &[("authorization", "Apikey admin-test-key")];
+
 fn config(api: &SpeakerApi, admin: &str) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\n\n\
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\napi_key = \"{KEY}\"\n\n\
          [speaker]\n{}client_secret = \"sim-secret\"\n\
          retry_initial_ms = 50\nretry_max_ms = 300\ntimeout_ms = 1000\n\n\
          [[route]]\naccount = \"*\"\nspeakers = [\"VNS-SHOP-1\"]\n\n\
@@ -51,7 +56,7 @@ async fn readyz_fails_while_the_speaker_api_is_down_and_recovers_after() {
 
     // The API goes away; a payment arrives and cannot be announced.
     api.stop();
-    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(1, 50_000)).await;
+    let r = post(&gw.url("/hooks/sepay"), SIGNED, sepay_webhook(1, 50_000)).await;
     assert_eq!(r.status, 200, "stored while the API is down: {}", r.body);
     // Still ready within the threshold (2 s): a blip is no alarm.
     let (code, _) = get(&format!("http://{}/readyz", gw.admin_addr)).await;
@@ -100,10 +105,10 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     let api = SpeakerApi::start(free_port(), None);
     let gw = Gateway::start(&config(&api, ""));
     for id in 1..=3 {
-        let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(id, 10_000 * id)).await;
+        let r = post(&gw.url("/hooks/sepay"), SIGNED, sepay_webhook(id, 10_000 * id)).await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    let bad = post(&gw.url("/hooks/sepay"), &[], "{not json").await;
+    let bad = post(&gw.url("/hooks/sepay"), SIGNED, "{not json").await;
     assert_eq!(bad.status, 400);
     assert!(gw.wait_for_log("announcement sent", Duration::from_secs(10)));
 
@@ -221,7 +226,7 @@ async fn the_status_page_renders_in_a_real_browser() {
     };
     let api = SpeakerApi::start(free_port(), None);
     let gw = Gateway::start(&config(&api, ""));
-    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(77, 2_277_000)).await;
+    let r = post(&gw.url("/hooks/sepay"), SIGNED, sepay_webhook(77, 2_277_000)).await;
     assert_eq!(r.status, 200);
     assert!(gw.wait_for_log("announcement sent", Duration::from_secs(10)));
 

@@ -12,7 +12,7 @@ const TOKEN: &str = "e2e-backfill-token";
 
 fn config(api: &SepayApi, sink: &CountingSink, per_page: u32, log_keys: &str) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{webhook}\"\n[connector.config]\nauth = \"none\"\n\n\
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{webhook}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
          [[connector]]\nname = \"sepay-poll\"\nplugin = \"{poll}\"\npoll_interval_secs = 1\n\
          allowed_hosts = [\"{host}\"]\n\
          [connector.config]\napi_token = \"{TOKEN}\"\nbase_url = \"{api}\"\nper_page = {per_page}\n\n\

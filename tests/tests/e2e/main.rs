@@ -22,6 +22,7 @@ mod queue;
 mod reload;
 mod sandbox;
 mod secrets;
+mod secure_defaults;
 mod security_http;
 mod sepay_poll;
 mod speaker;
