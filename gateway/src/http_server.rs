@@ -88,6 +88,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let open = Arc::new(Mutex::new(Open::default()));
     let tasks = TaskTracker::new();
+    // Refusals are logged once per run of them, not once per connection.
+    let mut refusing = false;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -109,13 +111,17 @@ pub async fn serve(
             .unwrap_or_else(PoisonError::into_inner)
             .admit(limits.max_connections);
         let Some((id, conn)) = admitted else {
-            tracing::warn!(
-                max = limits.max_connections,
-                "connection refused: every connection is busy"
-            );
+            if !refusing {
+                tracing::warn!(
+                    max = limits.max_connections,
+                    "refusing connections: every connection is busy"
+                );
+            }
+            refusing = true;
             drop(stream);
             continue;
         };
+        refusing = false;
         let slot = Slot {
             open: open.clone(),
             id,
