@@ -22,13 +22,32 @@ const MAX_LOG_LINE: usize = 4096;
 pub const MAX_TABLE_ELEMENTS_PER_CALL: usize = 100_000;
 
 /// What a connector shares across its calls.
-#[derive(Debug)]
 pub struct ConnectorContext {
     pub name: String,
     /// `[connector.config]`, strings raw and everything else as JSON.
     pub settings: Vec<(String, String)>,
     pub kv: PluginKv,
     pub http: PluginHttp,
+}
+
+/// Settings by key only: their values are the connector's API keys and
+/// secrets, and a `{:?}` in an error or a log line must not print them.
+impl std::fmt::Debug for ConnectorContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorContext")
+            .field("name", &self.name)
+            .field(
+                "settings",
+                &self
+                    .settings
+                    .iter()
+                    .map(|(key, _)| (key, crate::config::Secret::new("")))
+                    .collect::<Vec<_>>(),
+            )
+            .field("kv", &self.kv)
+            .field("http", &self.http)
+            .finish()
+    }
 }
 
 /// The data of one call's store.

@@ -275,3 +275,18 @@ async fn spinning_plugins_do_not_hold_the_workers() {
         assert!(matches!(error, CallError::CpuBudget(_)), "{error}");
     }
 }
+
+/// A connector's settings hold its secrets: `{:?}` of what it shares across
+/// calls names the keys, never the values.
+#[tokio::test]
+async fn the_context_debug_hides_setting_values() {
+    let h = hostile(
+        "spin",
+        PluginLimits::default(),
+        &[("api_key", "sk-live-123")],
+    )
+    .await;
+    let shown = format!("{:?}", h.plugin.context);
+    assert!(shown.contains("api_key"), "{shown}");
+    assert!(!shown.contains("sk-live-123"), "{shown}");
+}

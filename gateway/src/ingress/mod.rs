@@ -279,6 +279,18 @@ fn call_failed(name: &str, error: CallError) -> Response {
             "connector_failed",
             "connector exceeded its memory cap",
         ),
+        // Other calls hold the process-wide plugin memory right now: not
+        // this request's fault, and a retry will find room.
+        CallError::MemoryBudget(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "gateway busy, retry later",
+        ),
+        CallError::TooLarge(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "connector_failed",
+            "connector returned too much",
+        ),
         // Traps, invalid results and whatever else a plugin gets wrong.
         _ => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -330,6 +342,23 @@ mod tests {
             .await
             .unwrap_or_default();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn sandbox_bounds_reach_the_sender_as_retry_or_failure() {
+        let busy = call_failed("c", CallError::MemoryBudget(128 << 20));
+        assert_eq!(
+            busy.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "retried later"
+        );
+        let big = call_failed("c", CallError::TooLarge("1048576 bytes of strings".into()));
+        assert_eq!(big.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = body_of(big).await;
+        assert!(
+            body.contains("connector returned too much") && !body.contains("1048576"),
+            "{body}"
+        );
     }
 
     #[tokio::test]
