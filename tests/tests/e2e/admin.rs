@@ -105,7 +105,12 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     let api = SpeakerApi::start(free_port(), None);
     let gw = Gateway::start(&config(&api, ""));
     for id in 1..=3 {
-        let r = post(&gw.url("/hooks/sepay"), SIGNED, sepay_webhook(id, 10_000 * id)).await;
+        let r = post(
+            &gw.url("/hooks/sepay"),
+            SIGNED,
+            sepay_webhook(id, 10_000 * id),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
     let bad = post(&gw.url("/hooks/sepay"), SIGNED, "{not json").await;
@@ -226,7 +231,12 @@ async fn the_status_page_renders_in_a_real_browser() {
     };
     let api = SpeakerApi::start(free_port(), None);
     let gw = Gateway::start(&config(&api, ""));
-    let r = post(&gw.url("/hooks/sepay"), SIGNED, sepay_webhook(77, 2_277_000)).await;
+    let r = post(
+        &gw.url("/hooks/sepay"),
+        SIGNED,
+        sepay_webhook(77, 2_277_000),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(gw.wait_for_log("announcement sent", Duration::from_secs(10)));
 
