@@ -303,7 +303,7 @@ async fn hello_connector_in_rust_python_and_javascript() {
         assert_eq!(reply.json()["error"], "connector_failed", "{who}-unset");
         assert_eq!(reply.json()["reason"], "connector failed", "{who}-unset");
         assert!(
-            gw.logs().contains("config key `secret` is not set"),
+            gw.wait_for_log("config key `secret` is not set", Duration::from_secs(10)),
             "{who}-unset: the plugin's reason is logged"
         );
     }
