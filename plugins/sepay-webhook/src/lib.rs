@@ -1,20 +1,28 @@
 //! SePay webhooks → balance changes.
 //!
-//! SePay posts one JSON object per bank transaction. This plugin checks the
-//! auth mode the shop chose in SePay's dashboard, parses the body and answers
-//! `{"success": true}`, which SePay expects (anything else makes it retry).
+//! SePay posts one object per bank transaction, as JSON, form-urlencoded or
+//! multipart ([`body`]). This plugin checks the auth mode the shop chose in
+//! SePay's dashboard, parses the body and answers `{"success": true}`, which
+//! SePay expects (anything else makes it retry). In OAuth 2.0 mode it also
+//! serves SePay's token URL, `/hooks/<connector>?oauth=token` ([`oauth`]).
 //!
 //! The transaction id is not SePay's integer `id` but the key shared with
 //! `sepay-poll` (`<account>/<reference>`, see `sepay_common`); the integer
 //! stays in `extra` as `sepayId`.
 //!
 //! Config (`[connector.config]`):
-//! - `auth`: `apikey` | `hmac` | `none` (default: `apikey` when `api_key` is
-//!   set, `hmac` when `hmac_secret` is; with neither every request is refused)
+//! - `auth`: `apikey` | `hmac` | `oauth2` | `none` (default: `apikey` when
+//!   `api_key` is set, `hmac` when `hmac_secret` is, `oauth2` when
+//!   `oauth_client_secret` is; with none of them every request is refused)
 //! - `allow_unsigned`: must be `true` for `auth = "none"` (loopback listeners only)
 //! - `api_key`: for `Authorization: Apikey <key>`
 //! - `hmac_secret`: for `X-SePay-Signature` over `<X-SePay-Timestamp>.<raw body>`
 //! - `max_skew_secs`: allowed distance of the HMAC timestamp from now (default 300)
+//! - `oauth_client_id`, `oauth_client_secret`: what the shop typed into SePay's
+//!   OAuth 2.0 form; `oauth_token_ttl_secs`: access token life (default 3600)
+
+pub mod body;
+pub mod oauth;
 
 use serde::Deserialize;
 use soundbox_plugin_sdk::{
@@ -59,8 +67,12 @@ const MAX_EXTRA_VALUE_BYTES: usize = 256;
 
 impl WebhookConnector for SepayConnector {
     fn handle(request: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
+        if oauth::is_token_request(&request)? {
+            return oauth::issue(&request, time::now_secs());
+        }
+        // Signatures are checked over the raw body, before any decoding.
         authenticate(&request, time::now_secs())?;
-        let change = parse(&request.body)?;
+        let change = parse(&body::as_json(&request)?)?;
         Ok(WebhookOutcome {
             changes: vec![change],
             reply: Some(HttpResponse::json(200, r#"{"success":true}"#)),
@@ -76,6 +88,7 @@ pub enum AuthMode {
     None,
     ApiKey,
     Hmac,
+    OAuth2,
 }
 
 /// The mode from `auth`, or from which secret is set. Secure by default:
@@ -87,17 +100,19 @@ fn auth_mode() -> Result<AuthMode, ConnectorError> {
     match config::get("auth").as_deref() {
         None if config::get("api_key").is_some() => Ok(AuthMode::ApiKey),
         None if config::get("hmac_secret").is_some() => Ok(AuthMode::Hmac),
+        None if config::get("oauth_client_secret").is_some() => Ok(AuthMode::OAuth2),
         None => Err(ConnectorError::Fatal(
-            "set `auth` to apikey or hmac, as chosen in SePay's webhook settings, with \
-             `api_key` or `hmac_secret`"
+            "set `auth` to apikey, hmac or oauth2, as chosen in SePay's webhook settings, \
+             with `api_key`, `hmac_secret` or `oauth_client_id` and `oauth_client_secret`"
                 .into(),
         )),
         Some("none") if config::allow_unsigned() => Ok(AuthMode::None),
         Some("none") => Err(config::unsigned_refused("auth = \"none\"")),
         Some("apikey") | Some("api_key") => Ok(AuthMode::ApiKey),
         Some("hmac") => Ok(AuthMode::Hmac),
+        Some("oauth2") | Some("oauth") => Ok(AuthMode::OAuth2),
         Some(other) => Err(ConnectorError::Fatal(format!(
-            "config `auth` is `{other}`; expected apikey, hmac or none"
+            "config `auth` is `{other}`; expected apikey, hmac, oauth2 or none"
         ))),
     }
 }
@@ -158,6 +173,7 @@ pub fn authenticate(request: &HttpRequest, now_secs: i64) -> Result<(), Connecto
                 Err(unauthorized("bad X-SePay-Signature"))
             }
         }
+        AuthMode::OAuth2 => oauth::verify_bearer(request, now_secs),
     }
 }
 
