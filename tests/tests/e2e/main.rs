@@ -24,6 +24,7 @@ mod sandbox;
 mod secrets;
 mod secure_defaults;
 mod security_http;
+mod sepay_modes;
 mod sepay_poll;
 mod speaker;
 mod vnpay_ipn;
