@@ -52,6 +52,13 @@ pub fn format(content_type: Option<&str>) -> Result<Format, ConnectorError> {
     let Some(content_type) = content_type else {
         return Ok(Format::Json);
     };
+    // JSON keeps its old leniency: only the form types' parameters matter.
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if !media.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        && !media.eq_ignore_ascii_case("multipart/form-data")
+    {
+        return Ok(Format::Json);
+    }
     let (media, params) = split_params(content_type)?;
     let charset = params.iter().find(|(k, _)| k == "charset");
     if let Some((_, charset)) = charset
@@ -478,6 +485,10 @@ mod tests {
     fn no_content_type_or_another_one_is_json() {
         assert_eq!(format(None).expect("json"), Format::Json);
         assert_eq!(format(Some("text/plain")).expect("json"), Format::Json);
+        assert_eq!(
+            format(Some("application/json; odd")).expect("json"),
+            Format::Json
+        );
         let mut req = request("application/json", b"{}".to_vec());
         req.headers.retain(|(k, _)| k != "content-type");
         assert!(matches!(as_json(&req), Ok(Cow::Borrowed(b"{}"))));
