@@ -132,6 +132,24 @@ pub struct IncomingRequest {
     pub body: Vec<u8>,
 }
 
+/// Reply header by which a plugin that answers its sender normally still
+/// reports a failure of its own (see [`Plugin::handle`]); never sent on.
+pub const FAULT_HEADER: &str = "x-soundbox-connector-fault";
+
+/// Removes every [`FAULT_HEADER`] from `reply`; the first one's value, if any.
+fn take_fault(reply: &mut Reply) -> Option<String> {
+    let mut fault = None;
+    reply.headers.retain(|(k, v)| {
+        if k.eq_ignore_ascii_case(FAULT_HEADER) {
+            fault.get_or_insert_with(|| v.clone());
+            false
+        } else {
+            true
+        }
+    });
+    fault
+}
+
 /// The reply a plugin asks the gateway to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -277,11 +295,31 @@ impl Plugin {
     }
 
     /// Calls the plugin's `webhook.handle` in a fresh instance.
+    ///
+    /// A reply carrying [`FAULT_HEADER`] is sent without it and counted as a
+    /// failure with its value as the reason: for a provider that reads "call
+    /// again" from a 200 body (ZaloPay's `return_code: 0`), the only answer
+    /// that gets a retry is a success to the gateway, yet the connector
+    /// could not do its job and `/readyz` must say why.
     pub async fn handle(&self, request: IncomingRequest) -> Result<WebhookResult, CallError> {
         let started = Instant::now();
-        let result = self.call_handle(request).await;
-        self.health
-            .record(&self.config.name, "webhook", started, &result);
+        let mut result = self.call_handle(request).await;
+        let fault = result
+            .as_mut()
+            .ok()
+            .and_then(|r| r.reply.as_mut())
+            .and_then(take_fault);
+        match fault {
+            Some(reason) => self.health.record(
+                &self.config.name,
+                "webhook",
+                started,
+                &Err::<(), _>(CallError::Rejected(Rejection::Transient(reason))),
+            ),
+            None => self
+                .health
+                .record(&self.config.name, "webhook", started, &result),
+        }
         result
     }
 

@@ -290,3 +290,28 @@ async fn the_context_debug_hides_setting_values() {
     assert!(shown.contains("api_key"), "{shown}");
     assert!(!shown.contains("sk-live-123"), "{shown}");
 }
+
+#[test]
+fn a_fault_header_is_taken_out_of_the_reply() {
+    let mut reply = Reply {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            (
+                "X-Soundbox-Connector-Fault".into(),
+                "clock is 2 h off".into(),
+            ),
+            (super::FAULT_HEADER.into(), "second".into()),
+        ],
+        body: b"{}".to_vec(),
+    };
+    assert_eq!(
+        super::take_fault(&mut reply).as_deref(),
+        Some("clock is 2 h off")
+    );
+    assert_eq!(
+        reply.headers,
+        vec![("content-type".to_string(), "application/json".to_string())]
+    );
+    assert_eq!(super::take_fault(&mut reply), None);
+}

@@ -9,15 +9,26 @@
 //! ZaloPay reads the JSON reply, not the HTTP status, so every answer this
 //! plugin gives is HTTP 200 with a `return_code`: `1` accepted (also for a
 //! callback that is valid but carries no payment), `-1` refused for good (bad
-//! mac, malformed, wrong app, too old). It never sends `0` ("call again"):
-//! the plugin does no I/O that could fail for a while; when the gateway cannot
-//! store the change it answers 503 itself.
+//! mac, malformed, wrong app, a replay), `0` "call again" when the mac is
+//! valid but the gateway's clock cannot be trusted to judge `server_time`.
+//!
+//! Which code makes ZaloPay call again follows ZaloPay's official callback
+//! sample (docs.zalopay.vn, "callback" sample code: `return_code = 0 //
+//! ZaloPay server sẽ callback lại (tối đa 3 lần)`, i.e. up to 3 more calls).
+//! Nothing ZaloPay publishes says it calls again after an HTTP 5xx; its order
+//! query page counts "Merchant Service Unavailable" among the ways a callback
+//! is *missed*. So a clock problem is answered 200 + `0`, and the gateway is
+//! told of the failure through [`FAULT_HEADER`] (counted on `/readyz`, never
+//! sent to ZaloPay).
 //!
 //! Config (`[connector.config]`):
 //! - `key2`: ZaloPay's callback key (required)
 //! - `app_id`: when set, callbacks for another app are refused
 //! - `account`: the account the payments are credited to (default: the `app_id` in the callback)
 //! - `max_age_secs`: how far `server_time` may be from now (default 3600; `0` turns the check off)
+//! - `max_clock_error_secs`: how far in the past a signed `server_time` is
+//!   still put down to a wrong clock (answered `0`) rather than a replay
+//!   (answered `-1`) (default 86400)
 
 use serde::Deserialize;
 use soundbox_plugin_sdk::{
@@ -32,6 +43,17 @@ pub const PROVIDER: &str = "zalopay";
 /// dedupe (30 days by default), so it only has to stay well below that while
 /// leaving room for ZaloPay's retries and a clock that is somewhat off.
 pub const DEFAULT_MAX_AGE_SECS: u64 = 3600;
+
+/// Default for `max_clock_error_secs`. Assumption, easy to change: a clock
+/// running *ahead* by more than a day is rarer than an old capture being
+/// replayed. A `server_time` in the gateway's future is always put down to
+/// the clock (a replay is never newer than the payment), however far.
+pub const DEFAULT_MAX_CLOCK_ERROR_SECS: u64 = 86_400;
+
+/// Reply header the gateway takes out and counts as this call's failure
+/// (the gateway's `FAULT_HEADER`): how a 200 "call again" still shows on
+/// `/readyz`.
+pub const FAULT_HEADER: &str = "x-soundbox-connector-fault";
 
 /// Longest `item` / `embed_data` copied into `extra` (ZaloPay caps them at
 /// 2048 and 1024 characters); keeps the change under the gateway's 8 KiB
@@ -92,18 +114,21 @@ pub struct Settings {
     pub account: Option<String>,
     /// 0: no check.
     pub max_age_secs: u64,
+    pub max_clock_error_secs: u64,
 }
 
 impl Settings {
     pub fn from_config() -> Result<Settings, ConnectorError> {
-        let max_age_secs = match config::get("max_age_secs") {
-            None => DEFAULT_MAX_AGE_SECS,
+        let seconds = |key: &str, default: u64| match config::get(key) {
+            None => Ok(default),
             Some(v) => v.trim().parse().map_err(|_| {
                 ConnectorError::Fatal(format!(
-                    "config `max_age_secs` is `{v}`; expected a whole number of seconds"
+                    "config `{key}` is `{v}`; expected a whole number of seconds"
                 ))
-            })?,
+            }),
         };
+        let max_age_secs = seconds("max_age_secs", DEFAULT_MAX_AGE_SECS)?;
+        let max_clock_error_secs = seconds("max_clock_error_secs", DEFAULT_MAX_CLOCK_ERROR_SECS)?;
         let non_empty = |key: &str| {
             config::get(key)
                 .map(|v| v.trim().to_string())
@@ -114,6 +139,7 @@ impl Settings {
             app_id: non_empty("app_id"),
             account: non_empty("account"),
             max_age_secs,
+            max_clock_error_secs,
         })
     }
 }
@@ -127,6 +153,10 @@ pub enum Verdict {
     Ignored(String),
     /// Refused for good: `-1` with this message, no change.
     Refused(String),
+    /// Genuine, but `server_time` is so far from the gateway's clock that the
+    /// clock is the likelier culprit: `0` (ZaloPay calls again), no change,
+    /// and this reason reported to the gateway as a failure.
+    ClockOff(String),
 }
 
 pub struct ZaloPayConnector;
@@ -134,35 +164,101 @@ pub struct ZaloPayConnector;
 impl WebhookConnector for ZaloPayConnector {
     fn handle(request: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
         let settings = Settings::from_config()?;
-        let (changes, reply) = match evaluate(
-            &request.body,
-            &settings,
-            soundbox_plugin_sdk::time::now_ms(),
-        ) {
-            Verdict::Paid(change) => (vec![change], reply(1, "success")),
-            Verdict::Ignored(why) => {
-                log::info(&format!("callback acknowledged without a payment: {why}"));
-                (Vec::new(), reply(1, "success"))
-            }
-            Verdict::Refused(why) => {
-                // The gateway logs nothing for a 200, so say it here.
-                log::warn(&format!("callback refused (return_code -1): {why}"));
-                (Vec::new(), reply(-1, &why))
-            }
-        };
-        Ok(WebhookOutcome {
-            changes,
-            reply: Some(reply),
-        })
+        let now_ms = soundbox_plugin_sdk::time::now_ms();
+        Ok(outcome(evaluate(&request.body, &settings, now_ms)))
     }
 }
 
 export_webhook_connector!(ZaloPayConnector);
 
+/// What the gateway stores and sends for a verdict.
+pub fn outcome(verdict: Verdict) -> WebhookOutcome {
+    let (changes, reply) = match verdict {
+        Verdict::Paid(change) => (vec![change], reply(1, "success")),
+        Verdict::Ignored(why) => {
+            log::info(&format!("callback acknowledged without a payment: {why}"));
+            (Vec::new(), reply(1, "success"))
+        }
+        Verdict::Refused(why) => {
+            // The gateway logs nothing for a 200, so say it here.
+            log::warn(&format!("callback refused (return_code -1): {why}"));
+            (Vec::new(), reply(-1, &why))
+        }
+        Verdict::ClockOff(why) => {
+            log::warn(&format!(
+                "callback not judged, ZaloPay asked to call again (return_code 0): {why}"
+            ));
+            (Vec::new(), retry_reply(&why))
+        }
+    };
+    WebhookOutcome {
+        changes,
+        reply: Some(reply),
+    }
+}
+
 /// ZaloPay's reply document.
 pub fn reply(return_code: i32, message: &str) -> HttpResponse {
     let body = serde_json::json!({ "return_code": return_code, "return_message": message });
     HttpResponse::json(200, body.to_string())
+}
+
+/// `return_code: 0` ("call again"), with `why` for the gateway's health in
+/// [`FAULT_HEADER`]; ZaloPay gets a generic message.
+pub fn retry_reply(why: &str) -> HttpResponse {
+    let mut reply = reply(0, "merchant clock out of sync; call again");
+    reply.headers.push((FAULT_HEADER.into(), why.into()));
+    reply
+}
+
+/// A duration for people: minutes under 90, hours under two days, else days.
+fn roughly(secs: u64) -> String {
+    match secs {
+        s if s < 5_400 => format!("{} min", s.div_ceil(60)),
+        s if s < 172_800 => format!("{} h", (s + 1_800) / 3_600),
+        s => format!("{} days", (s + 43_200) / 86_400),
+    }
+}
+
+/// Judges `server_time` against the gateway's clock.
+///
+/// Why a time check at all, with a valid mac: a captured callback (a proxy's
+/// or a log's copy; the payer never sees the signed `data`, ZaloPay's
+/// redirect carries a different checksum) replayed after the gateway's dedupe
+/// retention (30 days) has forgotten `zp_trans_id` would be announced again.
+/// Inside the retention the dedupe absorbs any replay, so the window only has
+/// to be well inside it; an hour also covers ZaloPay's few retries.
+///
+/// Outside the window, a signed callback from the gateway's *future* can only
+/// mean a wrong clock (typically a Pi after a power cut, before NTP), and one
+/// from the past within `max_clock_error_secs` most likely does too: those get
+/// "call again" and a visible fault instead of a lost payment. Older ones are
+/// refused as replays.
+fn judge_time(server_time_ms: i64, settings: &Settings, now_ms: i64) -> Option<Verdict> {
+    if settings.max_age_secs == 0 {
+        return None;
+    }
+    let ahead_ms = server_time_ms.saturating_sub(now_ms);
+    let off_secs = (ahead_ms / 1000).unsigned_abs();
+    if off_secs <= settings.max_age_secs {
+        return None;
+    }
+    if ahead_ms > 0 {
+        return Some(Verdict::ClockOff(format!(
+            "gateway clock is {} behind ZaloPay's (callback server_time); check NTP",
+            roughly(off_secs)
+        )));
+    }
+    if off_secs <= settings.max_clock_error_secs {
+        return Some(Verdict::ClockOff(format!(
+            "gateway clock is {} ahead of ZaloPay's (callback server_time), or a replay; check NTP",
+            roughly(off_secs)
+        )));
+    }
+    Some(Verdict::Refused(format!(
+        "server_time is {off_secs} s before now, more than max_age_secs {} (a replay)",
+        settings.max_age_secs
+    )))
 }
 
 /// Verifies and parses one callback body at `now_ms`.
@@ -194,14 +290,8 @@ pub fn evaluate(body: &[u8], settings: &Settings, now_ms: i64) -> Verdict {
             "app_id {app_id} is not the configured app_id {wanted}"
         ));
     }
-    if settings.max_age_secs > 0 {
-        let age_secs = (now_ms.saturating_sub(data.server_time) / 1000).unsigned_abs();
-        if age_secs > settings.max_age_secs {
-            return Verdict::Refused(format!(
-                "server_time is {age_secs} s from now, more than max_age_secs {} (replay, or a wrong clock)",
-                settings.max_age_secs
-            ));
-        }
+    if let Some(verdict) = judge_time(data.server_time, settings, now_ms) {
+        return verdict;
     }
     let transaction_id = data.zp_trans_id.text();
     if transaction_id.is_empty() {
@@ -288,6 +378,14 @@ mod tests {
             app_id: None,
             account: None,
             max_age_secs: DEFAULT_MAX_AGE_SECS,
+            max_clock_error_secs: DEFAULT_MAX_CLOCK_ERROR_SECS,
+        }
+    }
+
+    fn clock_off(verdict: Verdict) -> String {
+        match verdict {
+            Verdict::ClockOff(why) => why,
+            other => panic!("expected a clock problem, got {other:?}"),
         }
     }
 
@@ -434,22 +532,38 @@ mod tests {
     }
 
     #[test]
-    fn server_time_outside_the_window_is_refused() {
+    fn server_time_outside_the_window_is_a_clock_problem_or_a_replay() {
         let s = settings();
         let window_ms = DEFAULT_MAX_AGE_SECS as i64 * 1000;
         paid(evaluate(SAMPLE.as_bytes(), &s, SAMPLE_TIME_MS + window_ms));
-        let late = refused(evaluate(
-            SAMPLE.as_bytes(),
-            &s,
-            SAMPLE_TIME_MS + window_ms + 1_000,
-        ));
-        assert!(late.contains("max_age_secs"), "{late}");
-        // A clock running behind ZaloPay's by more than the window too.
-        refused(evaluate(
+        paid(evaluate(SAMPLE.as_bytes(), &s, SAMPLE_TIME_MS - window_ms));
+        // Our clock behind ZaloPay's: always the clock, however far (a Pi
+        // that booted in 1970 included).
+        let behind = clock_off(evaluate(
             SAMPLE.as_bytes(),
             &s,
             SAMPLE_TIME_MS - window_ms - 1_000,
         ));
+        assert!(
+            behind.contains("behind") && behind.contains("NTP"),
+            "{behind}"
+        );
+        let epoch = clock_off(evaluate(SAMPLE.as_bytes(), &s, 0));
+        assert!(epoch.contains("days behind"), "{epoch}");
+        // Our clock ahead by up to max_clock_error_secs: the clock too.
+        let ahead = clock_off(evaluate(
+            SAMPLE.as_bytes(),
+            &s,
+            SAMPLE_TIME_MS + window_ms + 1_000,
+        ));
+        assert!(ahead.contains("ahead"), "{ahead}");
+        // Older than that: a replay, refused for good.
+        let old = refused(evaluate(
+            SAMPLE.as_bytes(),
+            &s,
+            SAMPLE_TIME_MS + (DEFAULT_MAX_CLOCK_ERROR_SECS as i64 + 1) * 1000,
+        ));
+        assert!(old.contains("replay"), "{old}");
         // 0 turns the check off: a callback from years later still verifies.
         let off = Settings {
             max_age_secs: 0,
@@ -460,6 +574,55 @@ mod tests {
             &off,
             SAMPLE_TIME_MS + 10 * 365 * 86_400_000,
         ));
+        // A bad mac with a wrong clock is still a bad mac.
+        let tampered = SAMPLE.replace(r#"\"amount\":150000"#, r#"\"amount\":950000"#);
+        assert_eq!(
+            refused(evaluate(
+                tampered.as_bytes(),
+                &s,
+                SAMPLE_TIME_MS - 7_200_000
+            )),
+            "mac not equal"
+        );
+    }
+
+    /// The issue's case: the sample (mac computed with Python's `hmac`, see
+    /// SAMPLE_MAC) reaching a gateway whose clock is 2 h behind, and 2 h ahead.
+    #[test]
+    fn clock_two_hours_off_is_answered_call_again_and_reported() {
+        for (now, word) in [
+            (SAMPLE_TIME_MS - 7_200_000, "2 h behind"),
+            (SAMPLE_TIME_MS + 7_200_000, "2 h ahead"),
+        ] {
+            let outcome = outcome(evaluate(SAMPLE.as_bytes(), &settings(), now));
+            assert!(outcome.changes.is_empty(), "nothing stored");
+            let reply = outcome.reply.expect("reply");
+            assert_eq!(
+                reply.status, 200,
+                "ZaloPay reads return_code, not the status"
+            );
+            let body: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
+            assert_eq!(body["return_code"], 0, "0 = ZaloPay calls again: {body}");
+            let fault = reply
+                .headers
+                .iter()
+                .find(|(k, _)| k == FAULT_HEADER)
+                .map(|(_, v)| v.as_str())
+                .expect("the gateway is told");
+            assert!(
+                fault.contains(word) && fault.contains("clock") && fault.contains("NTP"),
+                "{fault}"
+            );
+        }
+        // A valid callback names no fault.
+        let fine = outcome(evaluate(SAMPLE.as_bytes(), &settings(), SAMPLE_TIME_MS));
+        assert!(
+            fine.reply
+                .expect("reply")
+                .headers
+                .iter()
+                .all(|(k, _)| k != FAULT_HEADER)
+        );
     }
 
     #[test]
@@ -561,12 +724,12 @@ mod tests {
             missing.run(|| ZaloPayConnector::handle(HttpRequest::post_json(SAMPLE))),
             Err(ConnectorError::Fatal(_))
         ));
-        let bad_age = TestHost::new()
-            .config("key2", KEY2)
-            .config("max_age_secs", "an hour");
-        assert!(matches!(
-            bad_age.run(|| ZaloPayConnector::handle(HttpRequest::post_json(SAMPLE))),
-            Err(ConnectorError::Fatal(_))
-        ));
+        for key in ["max_age_secs", "max_clock_error_secs"] {
+            let bad = TestHost::new().config("key2", KEY2).config(key, "an hour");
+            assert!(matches!(
+                bad.run(|| ZaloPayConnector::handle(HttpRequest::post_json(SAMPLE))),
+                Err(ConnectorError::Fatal(_))
+            ));
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! ZaloPay callbacks through the real gateway: a signed callback is stored and
 //! forwarded once, ZaloPay's retry is answered alike and stored once, a
-//! tampered or stale one gets `return_code: -1` and changes nothing.
+//! tampered or stale one gets `return_code: -1` and changes nothing, and one
+//! the gateway's clock cannot judge gets `return_code: 0` (ZaloPay calls
+//! again) and shows on `/readyz`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,11 +15,14 @@ const KEY2: &str = "zalopay-test-key2";
 /// Signed with [`KEY2`], paid in 2024: older than the default replay window.
 const SAMPLE: &str = include_str!("../../../examples/payloads/zalopay-callback.json");
 
+/// Connector failures in a row before `/readyz` names the connector.
+const FAILURES: u64 = 3;
+
 fn zalopay_gateway(sink_url: &str) -> Gateway {
     Gateway::start(&format!(
         "[[connector]]\nname = \"zalopay\"\nplugin = \"{}\"\n\
          [connector.config]\nkey2 = \"{KEY2}\"\napp_id = 2553\n\n\
-         {forward}",
+         {forward}\n[admin]\nconnector_failures = {FAILURES}\n",
         plugin("zalopay_callback").display(),
         forward = forward_to(sink_url),
     ))
@@ -26,10 +31,17 @@ fn zalopay_gateway(sink_url: &str) -> Gateway {
 /// A callback for `zp_trans_id`, paid just now, signed as ZaloPay signs:
 /// HMAC-SHA256(key2, the `data` string).
 fn callback(zp_trans_id: u64, amount: u64) -> String {
+    callback_at(zp_trans_id, amount, 0)
+}
+
+/// The same with ZaloPay's clock `skew_ms` off ours: what the gateway sees
+/// when its own clock is off by `-skew_ms`.
+fn callback_at(zp_trans_id: u64, amount: u64, skew_ms: i64) -> String {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as u64;
+    let now_ms = now_ms.saturating_add_signed(skew_ms);
     let data = json!({
         "app_id": 2553,
         "app_trans_id": format!("e2e_{zp_trans_id}"),
@@ -124,4 +136,59 @@ async fn zalopay_callback_signed_retried_tampered_and_stale() {
     assert_eq!(sink.arrivals().len(), 2);
     assert_eq!(sink.deliveries(), 2, "the retry was not delivered again");
     assert!(!gw.logs().contains(KEY2), "key2 leaked into the log");
+}
+
+async fn readyz(gw: &Gateway) -> (u16, String) {
+    let r = reqwest::get(format!("http://{}/readyz", gw.admin_addr))
+        .await
+        .expect("readyz");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+/// The gateway's clock 2 h behind ZaloPay's (a Pi after a power cut, before
+/// NTP) — simulated by a callback whose `server_time` is 2 h ahead — and then
+/// 2 h ahead: each validly signed callback is answered `return_code: 0`, which
+/// makes ZaloPay call again, nothing is stored, and after
+/// `admin.connector_failures` of them `/readyz` names the clock. ZaloPay's
+/// retry once the clock is right is a payment and clears the fault.
+#[tokio::test(flavor = "multi_thread")]
+async fn zalopay_callback_with_the_clock_two_hours_off_is_called_again_and_shows_on_readyz() {
+    let sink = CountingSink::start();
+    let gw = zalopay_gateway(&sink.url);
+    let url = gw.url("/hooks/zalopay");
+    assert_eq!(readyz(&gw).await.0, 200, "{}", gw.logs());
+
+    let two_hours_ms = 2 * 3_600_000;
+    for (i, skew) in [two_hours_ms, two_hours_ms, -two_hours_ms]
+        .into_iter()
+        .enumerate()
+    {
+        let body = callback_at(260_101_000_000_010 + i as u64, 150_000, skew);
+        let reply = post(&url, &[], body).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["return_code"], 0, "call again: {}", reply.body);
+        assert!(
+            !reply.body.contains("NTP"),
+            "the detail is for the shop, not ZaloPay: {}",
+            reply.body
+        );
+    }
+    let (code, body) = readyz(&gw).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("connector `zalopay`") && body.contains("clock") && body.contains("NTP"),
+        "{body}"
+    );
+    assert!(
+        gw.logs().contains("2 h behind ZaloPay"),
+        "the log says which way: {}",
+        gw.logs()
+    );
+    assert_eq!(sink.arrivals().len(), 0, "nothing stored or forwarded");
+
+    // The clock is right again and ZaloPay calls again: stored, ready.
+    let retry = post(&url, &[], callback(260_101_000_000_010, 150_000)).await;
+    assert_eq!(retry.json()["return_code"], 1, "{}", retry.body);
+    assert!(sink.wait_for(1, Duration::from_secs(10)), "forwarded");
+    assert_eq!(readyz(&gw).await.0, 200);
 }
