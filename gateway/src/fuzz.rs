@@ -380,6 +380,9 @@ fn sepay_harness() -> &'static SepayHarness {
                 .expect("the empty config")
                 .gateway
                 .max_body_bytes,
+            stale: crate::ingress::StaleRule::new(
+                crate::log::LogOptions::default().dedupe_retention,
+            ),
         });
         SepayHarness {
             runtime,

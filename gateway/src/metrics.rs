@@ -26,6 +26,8 @@ pub struct Metrics {
     pub fsync_seconds: HistogramVec,
     /// Config reloads by result (`applied`, `rejected`).
     pub reloads: IntCounterVec,
+    /// Changes refused for a bank time older than the dedupe window, by connector.
+    pub stale_changes: IntCounterVec,
     // Read at scrape time.
     pub queue_pending: IntGaugeVec,
     pub queue_oldest_pending_seconds: IntGaugeVec,
@@ -132,6 +134,12 @@ impl Metrics {
                 "config_reloads_total",
                 "Config reloads, by result (applied, rejected).",
                 &["result"],
+            ),
+            stale_changes: counter(
+                r,
+                "stale_changes_total",
+                "Balance changes refused because their bank time is older than the dedupe window, by connector.",
+                &["connector"],
             ),
             queue_pending: gauge(
                 r,

@@ -139,8 +139,18 @@ impl Gateway {
             .collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let admin_addr = format!("127.0.0.1:{}", free_port());
+        // The sample payloads are from 2023-2024, older than the default
+        // dedupe window, and the gateway refuses payments that old (its
+        // stale rule, tested with the default window in `stale.rs`). A test
+        // that does not set `[log]` itself gets a ten-year window, so the
+        // samples still reach what it tests.
+        let log = if config.contains("[log]") || gateway_keys.contains("[log]") {
+            ""
+        } else {
+            "\n[log]\ndedupe_retention_days = 3650\n"
+        };
         let config = format!(
-            "[gateway]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"{admin_addr}\"\ndata_dir = \"data\"\nid = \"e2e\"\n{gateway_keys}\n{config}",
+            "[gateway]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"{admin_addr}\"\ndata_dir = \"data\"\nid = \"e2e\"\n{gateway_keys}\n{config}{log}",
             free_port()
         );
         std::fs::write(dir.path().join("config.toml"), config).expect("write config");

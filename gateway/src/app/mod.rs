@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, Live, status::SpeakerBoard};
 use crate::config::{Config, ForwardConfig, MqttBroker, MqttConfig, RouteConfig, SpeakerConfig};
 use crate::connectors::{Connectors, Plugin, Runtime};
-use crate::ingress::{Ingress, poll};
+use crate::ingress::{Ingress, StaleRule, poll};
 use crate::log::{EventLog, LogOptions, SledLog};
 use crate::metrics::metrics;
 use crate::sinks::event::AnnouncementJson;
@@ -166,6 +166,11 @@ struct Gateway {
     live: Arc<Live>,
 }
 
+/// The gateway's stale rule for `config`'s dedupe retention.
+fn stale_rule(config: &Config) -> StaleRule {
+    StaleRule::new(config.log.dedupe_retention)
+}
+
 /// Runs the gateway until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -247,6 +252,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         connectors: connectors.clone(),
         log: shared_log.clone(),
         max_body_bytes: config.gateway.max_body_bytes,
+        stale: stale_rule(&config),
     });
     let serving = tokio::spawn(ingress.serve(listener, ingress_stop.clone()));
     gateway.update_pollers(&BTreeMap::new());
@@ -441,6 +447,7 @@ impl Gateway {
             let replacement = current.get(name).filter(|p| p.world().polls()).cloned();
             let stop = CancellationToken::new();
             let log = self.shared_log.clone();
+            let stale = stale_rule(&self.config);
             let handle = tokio::spawn({
                 let stop = stop.clone();
                 async move {
@@ -448,7 +455,7 @@ impl Gateway {
                     if let Some(plugin) = replacement
                         && !stop.is_cancelled()
                     {
-                        poll::run_poller(plugin, log, stop).await;
+                        poll::run_poller(plugin, log, stale, stop).await;
                     }
                 }
             });
@@ -464,6 +471,7 @@ impl Gateway {
             let handle = tokio::spawn(poll::run_poller(
                 plugin.clone(),
                 self.shared_log.clone(),
+                stale_rule(&self.config),
                 stop.clone(),
             ));
             self.pollers

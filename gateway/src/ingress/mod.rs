@@ -10,8 +10,12 @@
 //! only. A plugin's `bad-request` and `unauthorized` reasons are its message to
 //! the sender and are passed on, clipped ([`for_sender`]).
 //! A call's plugin KV writes are applied only after its changes are stored.
+//!
+//! Whatever a plugin says, no change older than the dedupe window reaches the
+//! log ([`StaleRule`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -29,7 +33,7 @@ use crate::connectors::{CallError, Connectors, IncomingRequest, Plugin, Rejectio
 use crate::http_server;
 use crate::log::{Appended, EventLog, LogError};
 use crate::metrics::metrics;
-use crate::model::BalanceChange;
+use crate::model::{self, BalanceChange};
 
 pub mod poll;
 
@@ -46,6 +50,98 @@ pub struct Ingress {
     pub connectors: Arc<ArcSwap<Connectors>>,
     pub log: Arc<dyn EventLog>,
     pub max_body_bytes: usize,
+    /// Refuses changes older than the dedupe window.
+    pub stale: StaleRule,
+}
+
+/// Taken off `log.dedupe_retention_days` to get the oldest bank time
+/// accepted. The dedupe key is dated when the gateway stored the payment,
+/// which is a little after the bank's time (provider retries, a backfill)
+/// or, with a bank or Pi clock off, even before it; the day covers that and
+/// the garbage collector's pass every ten minutes, so a key is always still there for
+/// any payment old enough to be accepted.
+pub const STALE_MARGIN: Duration = Duration::from_secs(24 * 3600);
+
+/// A change dated further ahead than this is logged as a clock problem, and
+/// accepted: a Pi after a power cut may run behind until NTP answers, and
+/// refusing would lose a real payment.
+pub const FUTURE_MARGIN: Duration = Duration::from_secs(3600);
+
+/// The gateway's replay rule: a change whose bank time (`occurred_at_ms`) is
+/// older than the dedupe retention minus [`STALE_MARGIN`] is refused, since
+/// its dedupe key may be forgotten already and a replayed webhook (VNPay's
+/// return URL hands the payer a signed IPN) would be announced again.
+/// A change without a bank time is not judged: plugins with a signed time
+/// set it, and keep their own, shorter, replay window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleRule {
+    max_age_ms: i64,
+}
+
+impl StaleRule {
+    /// The rule for a log remembering keys for `dedupe_retention`. With a
+    /// retention under two days the margin is half of it, so something is
+    /// still accepted.
+    pub fn new(dedupe_retention: Duration) -> StaleRule {
+        let margin = STALE_MARGIN.min(dedupe_retention / 2);
+        let max_age = dedupe_retention.saturating_sub(margin);
+        StaleRule {
+            max_age_ms: i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The oldest a change may be, as a duration.
+    pub fn max_age(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.max_age_ms).unwrap_or(0))
+    }
+
+    /// Whether a change dated `occurred_at_ms` is refused at `now_ms`; exactly
+    /// [`Self::max_age`] old is still accepted.
+    pub fn is_stale(&self, occurred_at_ms: Option<i64>, now_ms: i64) -> bool {
+        occurred_at_ms.is_some_and(|at| now_ms.saturating_sub(at) > self.max_age_ms)
+    }
+
+    /// Keeps what the log may take; each stale change is logged and counted
+    /// in `soundbox_stale_changes_total{connector}`, and each far-future one
+    /// logged. Returns the kept changes and how many were stale.
+    pub fn sift(
+        &self,
+        connector: &str,
+        changes: Vec<BalanceChange>,
+        now_ms: i64,
+    ) -> (Vec<BalanceChange>, usize) {
+        let future_ms = FUTURE_MARGIN.as_millis() as i64;
+        let mut stale = 0;
+        let kept = changes
+            .into_iter()
+            .filter(|c| {
+                if self.is_stale(c.occurred_at_ms, now_ms) {
+                    stale += 1;
+                    metrics()
+                        .stale_changes
+                        .with_label_values(&[connector])
+                        .inc();
+                    tracing::warn!(
+                        %connector, provider = %c.provider, transaction_id = %c.transaction_id,
+                        occurred_at_ms = c.occurred_at_ms, max_age_days = self.max_age_ms / 86_400_000,
+                        "stale balance change refused: older than the dedupe window"
+                    );
+                    return false;
+                }
+                if let Some(at) = c.occurred_at_ms
+                    && at.saturating_sub(now_ms) > future_ms
+                {
+                    tracing::warn!(
+                        %connector, provider = %c.provider, transaction_id = %c.transaction_id,
+                        ahead_secs = at.saturating_sub(now_ms) / 1000,
+                        "balance change dated in the future (accepted): is this box's clock right?"
+                    );
+                }
+                true
+            })
+            .collect();
+        (kept, stale)
+    }
 }
 
 impl Ingress {
@@ -177,7 +273,15 @@ async fn handle(
         Ok(result) => result,
         Err(error) => return call_failed(name, error),
     };
-    if let Err(error) = store(&*ingress.log, name, result.changes).await {
+    // Only stale changes: refused (4xx, so the sender does not retry into
+    // acceptance) and nothing, KV writes included, kept. Mixed: the fresh ones
+    // are stored and the plugin's reply sent, since a 4xx would lose them and
+    // a retry would drop the stale ones again.
+    let (changes, stale) = ingress.stale.sift(name, result.changes, model::now_ms());
+    if stale > 0 && changes.is_empty() {
+        return stale_refused();
+    }
+    if let Err(error) = store(&*ingress.log, name, changes).await {
         return not_stored(name, &error);
     }
     plugin.commit_kv(result.kv_writes);
@@ -220,6 +324,15 @@ pub async fn store(
         }
     }
     Ok(())
+}
+
+/// A webhook whose every change is older than the dedupe window.
+fn stale_refused() -> Response {
+    reason(
+        StatusCode::BAD_REQUEST,
+        "stale",
+        "payment is older than the dedupe window",
+    )
 }
 
 /// A 503 the sender will retry; what went wrong goes to our log only.
@@ -342,6 +455,77 @@ mod tests {
             .await
             .unwrap_or_default();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    const DAY_MS: i64 = 86_400_000;
+
+    fn dated(id: &str, occurred_at_ms: Option<i64>) -> BalanceChange {
+        BalanceChange {
+            occurred_at_ms,
+            ..BalanceChange::example(id, 10_000)
+        }
+    }
+
+    #[test]
+    fn stale_rule_boundaries() {
+        let rule = StaleRule::new(Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(rule.max_age(), Duration::from_secs(29 * 24 * 3600));
+        let now = 1_800_000_000_000;
+        let oldest = now - 29 * DAY_MS;
+        assert!(
+            !rule.is_stale(Some(oldest), now),
+            "exactly the limit: inside"
+        );
+        assert!(!rule.is_stale(Some(oldest + 1), now), "just inside");
+        assert!(rule.is_stale(Some(oldest - 1), now), "just outside");
+        assert!(rule.is_stale(Some(now - 40 * DAY_MS), now), "40 days");
+        assert!(!rule.is_stale(None, now), "no bank time: not judged");
+        assert!(!rule.is_stale(Some(now + 365 * DAY_MS), now), "future");
+        assert!(rule.is_stale(Some(i64::MIN), now), "no overflow");
+        // One day of retention: half a day of margin, half a day accepted.
+        let short = StaleRule::new(Duration::from_secs(24 * 3600));
+        assert_eq!(short.max_age(), Duration::from_secs(12 * 3600));
+        assert!(!short.is_stale(Some(now - DAY_MS / 2), now));
+        assert!(short.is_stale(Some(now - DAY_MS / 2 - 1), now));
+    }
+
+    #[test]
+    fn sift_drops_and_counts_only_the_stale() {
+        let rule = StaleRule::new(Duration::from_secs(30 * 24 * 3600));
+        let now = model::now_ms();
+        let counter = || {
+            metrics()
+                .stale_changes
+                .with_label_values(&["sift-test"])
+                .get()
+        };
+        let before = counter();
+        let changes = vec![
+            dated("fresh", Some(now - 60_000)),
+            dated("old", Some(now - 29 * DAY_MS - 1)),
+            dated("undated", None),
+            dated("ahead", Some(now + 2 * DAY_MS)),
+            dated("older", Some(now - 400 * DAY_MS)),
+        ];
+        let (kept, stale) = rule.sift("sift-test", changes, now);
+        let ids: Vec<_> = kept.iter().map(|c| c.transaction_id.as_str()).collect();
+        assert_eq!(ids, ["fresh", "undated", "ahead"]);
+        assert_eq!(stale, 2);
+        assert_eq!(counter() - before, 2);
+        let (kept, stale) = rule.sift("sift-test", Vec::new(), now);
+        assert!(kept.is_empty() && stale == 0);
+    }
+
+    #[tokio::test]
+    async fn stale_is_a_400_with_a_reason() {
+        let refused = stale_refused();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let body: serde_json::Value =
+            serde_json::from_str(&body_of(refused).await).unwrap_or_default();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "stale", "reason": "payment is older than the dedupe window"})
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,11 @@
 //! itself for its cursor. A failed poll, or changes the log could not store,
 //! leave the cursor where it was: the next poll fetches the same payments
 //! again, after a backoff that grows with consecutive failures.
+//!
+//! A polled change older than the dedupe window ([`super::StaleRule`]) is
+//! dropped with a warning and counted, and the rest of the batch is stored
+//! and the cursor moved on: a stale item must not hold the poller back
+//! forever, and fetching it again would only drop it again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connectors::{CallError, Plugin, Rejection};
 use crate::log::EventLog;
+use crate::model;
 use crate::sinks::RetryPolicy;
 
 /// A plugin asking to be polled again sooner than this gets this: a plugin
@@ -27,7 +33,12 @@ const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(600);
 /// Polls `plugin` until `stop` is cancelled; the first poll happens at once,
 /// so a gateway that was off backfills as soon as it is up. A poll in
 /// progress when `stop` comes finishes and its changes are stored.
-pub async fn run_poller(plugin: Arc<Plugin>, log: Arc<dyn EventLog>, stop: CancellationToken) {
+pub async fn run_poller(
+    plugin: Arc<Plugin>,
+    log: Arc<dyn EventLog>,
+    stale: super::StaleRule,
+    stop: CancellationToken,
+) {
     let name = plugin.name().to_string();
     let interval = plugin.poll_interval();
     let backoff = RetryPolicy {
@@ -44,7 +55,7 @@ pub async fn run_poller(plugin: Arc<Plugin>, log: Arc<dyn EventLog>, stop: Cance
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }
-        wait = match poll_once(&plugin, &*log).await {
+        wait = match poll_once(&plugin, &*log, stale).await {
             Ok(next) => {
                 failures = 0;
                 next.map_or(interval, |n| n.clamp(MIN_NEXT_POLL, MAX_NEXT_POLL))
@@ -62,7 +73,11 @@ pub async fn run_poller(plugin: Arc<Plugin>, log: Arc<dyn EventLog>, stop: Cance
 
 /// One poll: call, store, commit the cursor. `Ok` carries the delay the
 /// plugin asked for; `Err` means the poll failed (already logged).
-async fn poll_once(plugin: &Plugin, log: &dyn EventLog) -> Result<Option<Duration>, ()> {
+async fn poll_once(
+    plugin: &Plugin,
+    log: &dyn EventLog,
+    stale: super::StaleRule,
+) -> Result<Option<Duration>, ()> {
     let name = plugin.name();
     let result = match plugin.poll().await {
         Ok(result) => result,
@@ -72,7 +87,8 @@ async fn poll_once(plugin: &Plugin, log: &dyn EventLog) -> Result<Option<Duratio
         }
     };
     let found = result.changes.len();
-    if let Err(error) = super::store(log, name, result.changes).await {
+    let (changes, _) = stale.sift(name, result.changes, model::now_ms());
+    if let Err(error) = super::store(log, name, changes).await {
         tracing::error!(
             connector = %name, %error, found,
             "could not store polled changes; the next poll fetches them again"

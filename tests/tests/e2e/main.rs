@@ -27,6 +27,7 @@ mod security_http;
 mod sepay_modes;
 mod sepay_poll;
 mod speaker;
+mod stale;
 mod vnpay_ipn;
 mod webhooks;
 mod zalopay_callback;
