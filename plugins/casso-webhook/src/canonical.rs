@@ -22,17 +22,57 @@ pub enum NonAscii {
     Escape,
 }
 
+/// One way of writing the canonical JSON's strings. Casso does not publish
+/// which its server uses, and the official samples in
+/// `CassoHQ/casso-webhook-v2-verify-signature` would each sign another one:
+///
+/// | sample | non-ASCII | `/` | `& < >` |
+/// |---|---|---|---|
+/// | `javascript.js` (`JSON.stringify`), `java.java` (Jackson), `dotnet.cs` (Newtonsoft) | raw | `/` | raw |
+/// | `python.py` (`json.dumps`) | `\uXXXX` | `/` | raw |
+/// | `php.php` (`json_encode`) | `\uXXXX` | `\/` | raw |
+/// | `golang.go` (`json.Marshal`) | raw | `/` | `\u0026 \u003c \u003e` |
+///
+/// The three choices are independent, so all 8 combinations are tried
+/// (only those that differ for the body at hand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialect {
+    pub non_ascii: NonAscii,
+    /// `/` as `\/` (PHP's default).
+    pub escape_slash: bool,
+    /// `&`, `<`, `>`, U+2028 and U+2029 as `\u0026`-style escapes (Go's default).
+    pub escape_html: bool,
+}
+
+impl Dialect {
+    /// `JSON.stringify`'s: nothing escaped beyond what JSON requires.
+    pub const PLAIN: Dialect = Dialect {
+        non_ascii: NonAscii::Raw,
+        escape_slash: false,
+        escape_html: false,
+    };
+}
+
+impl From<NonAscii> for Dialect {
+    fn from(non_ascii: NonAscii) -> Dialect {
+        Dialect {
+            non_ascii,
+            ..Dialect::PLAIN
+        }
+    }
+}
+
 /// Deeper nesting than this is not a Casso webhook; the limit keeps a
 /// hostile body from exhausting the sandbox's stack.
 const MAX_DEPTH: usize = 32;
 
 /// The canonical form of `body`, or why it is not JSON.
-pub fn canonical_json(body: &[u8], non_ascii: NonAscii) -> Result<String, String> {
+pub fn canonical_json(body: &[u8], dialect: Dialect) -> Result<String, String> {
     let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_string())?;
     let mut parser = Parser {
         text,
         pos: 0,
-        non_ascii,
+        dialect,
     };
     let mut out = String::with_capacity(text.len());
     parser.skip_ws();
@@ -47,7 +87,7 @@ pub fn canonical_json(body: &[u8], non_ascii: NonAscii) -> Result<String, String
 struct Parser<'a> {
     text: &'a str,
     pos: usize,
-    non_ascii: NonAscii,
+    dialect: Dialect,
 }
 
 impl Parser<'_> {
@@ -79,7 +119,7 @@ impl Parser<'_> {
             Some(b'[') => self.array(out, depth),
             Some(b'"') => {
                 let s = self.string()?;
-                write_string(out, &s, self.non_ascii);
+                write_string(out, &s, self.dialect);
                 Ok(())
             }
             Some(b't') => self.literal(out, "true"),
@@ -130,7 +170,7 @@ impl Parser<'_> {
             if i > 0 {
                 out.push(',');
             }
-            write_string(out, key, self.non_ascii);
+            write_string(out, key, self.dialect);
             out.push(':');
             out.push_str(value);
         }
@@ -221,8 +261,8 @@ impl Parser<'_> {
 }
 
 /// Writes `s` as a JSON string: `"` and `\` escaped, `\b \f \n \r \t` short,
-/// other control characters as `\u00xx`, the rest per `non_ascii`.
-fn write_string(out: &mut String, s: &str, non_ascii: NonAscii) {
+/// other control characters as `\u00xx`, the rest per `dialect`.
+fn write_string(out: &mut String, s: &str, dialect: Dialect) {
     out.push('"');
     for c in s.chars() {
         match c {
@@ -234,8 +274,12 @@ fn write_string(out: &mut String, s: &str, non_ascii: NonAscii) {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            '/' if dialect.escape_slash => out.push_str("\\/"),
+            '&' | '<' | '>' | '\u{2028}' | '\u{2029}' if dialect.escape_html => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
             // Python's ensure_ascii escapes everything outside ' '..='~', DEL included.
-            c if non_ascii == NonAscii::Escape && (c as u32) > 0x7e => {
+            c if dialect.non_ascii == NonAscii::Escape && (c as u32) > 0x7e => {
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
                     out.push_str(&format!("\\u{unit:04x}"));
@@ -252,7 +296,7 @@ mod tests {
     use super::*;
 
     fn raw(body: &str) -> Result<String, String> {
-        canonical_json(body.as_bytes(), NonAscii::Raw)
+        canonical_json(body.as_bytes(), Dialect::PLAIN)
     }
 
     #[test]
@@ -281,8 +325,30 @@ mod tests {
         // Python's ensure_ascii: json.dumps({"s": "đồng 😀\x7f"}, separators=(",", ":"))
         let body = "{\"s\":\"đồng 😀\u{7f}\"}";
         assert_eq!(
-            canonical_json(body.as_bytes(), NonAscii::Escape).unwrap(),
+            canonical_json(body.as_bytes(), NonAscii::Escape.into()).unwrap(),
             r#"{"s":"\u0111\u1ed3ng \ud83d\ude00\u007f"}"#
+        );
+    }
+
+    #[test]
+    fn php_and_go_escapes() {
+        let body = r#"{"s":"a/b & <c> đ\u2028"}"#;
+        let php = Dialect {
+            non_ascii: NonAscii::Escape,
+            escape_slash: true,
+            escape_html: false,
+        };
+        assert_eq!(
+            canonical_json(body.as_bytes(), php).unwrap(),
+            r#"{"s":"a\/b & <c> \u0111\u2028"}"#
+        );
+        let go = Dialect {
+            escape_html: true,
+            ..Dialect::PLAIN
+        };
+        assert_eq!(
+            canonical_json(body.as_bytes(), go).unwrap(),
+            r#"{"s":"a/b \u0026 \u003cc\u003e đ\u2028"}"#
         );
     }
 
@@ -304,7 +370,7 @@ mod tests {
         ] {
             assert!(raw(bad).is_err(), "{bad:?}");
         }
-        assert!(canonical_json(&[0xff, 0xfe], NonAscii::Raw).is_err());
+        assert!(canonical_json(&[0xff, 0xfe], Dialect::PLAIN).is_err());
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
         assert!(raw(&deep).is_err());
     }

@@ -15,7 +15,7 @@
 
 pub mod canonical;
 
-use canonical::{NonAscii, canonical_json};
+use canonical::{Dialect, NonAscii, canonical_json};
 use serde::Deserialize;
 use soundbox_plugin_sdk::{
     BalanceChange, ConnectorError, Direction, HttpRequest, HttpResponse, WebhookConnector,
@@ -67,6 +67,11 @@ pub struct CassoConnector;
 impl WebhookConnector for CassoConnector {
     fn handle(request: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
         let settings = Settings::from_config()?;
+        if let Some(why) = legacy_integration(&request) {
+            // The sender is told too (a 400 passes the reason on).
+            log::warn(why);
+            return Err(ConnectorError::BadRequest(why.into()));
+        }
         verify(&request, &settings, time::now_ms())?;
         let changes = parse(&request.body, settings.account_source)?;
         Ok(WebhookOutcome {
@@ -187,28 +192,79 @@ pub fn verify(
         ));
     }
     let key = settings.checksum_key.as_bytes();
-    // The signed string is `t` as a number (Casso's sample code parses it)
-    // then the canonical JSON.
-    let matches = |mode: NonAscii| -> Result<(bool, bool), ConnectorError> {
-        let json = canonical_json(&request.body, mode)
-            .map_err(|e| ConnectorError::BadRequest(format!("not a Casso webhook: {e}")))?;
+    let plain = canonical_json(&request.body, Dialect::PLAIN)
+        .map_err(|e| ConnectorError::BadRequest(format!("not a Casso webhook: {e}")))?;
+    for dialect in dialects(&plain, settings.non_ascii) {
+        let json = if dialect == Dialect::PLAIN {
+            plain.clone()
+        } else {
+            canonical_json(&request.body, dialect)
+                .map_err(|e| ConnectorError::BadRequest(format!("not a Casso webhook: {e}")))?
+        };
+        // The signed string is `t` as a number (Casso's sample code parses
+        // it) then the canonical JSON.
         let expected = signature::hmac_sha512(key, format!("{t}.{json}").as_bytes());
-        let ok = given.iter().any(|v1| signature::verify_hex(v1, &expected));
-        Ok((ok, json.is_ascii()))
-    };
-    let ok = match settings.non_ascii {
-        NonAsciiMode::Raw => matches(NonAscii::Raw)?.0,
-        NonAsciiMode::Escape => matches(NonAscii::Escape)?.0,
-        NonAsciiMode::Either => {
-            let (ok, ascii) = matches(NonAscii::Raw)?;
-            ok || (!ascii && matches(NonAscii::Escape)?.0)
+        if given.iter().any(|v1| signature::verify_hex(v1, &expected)) {
+            return Ok(());
         }
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(unauthorized("bad X-Casso-Signature"))
     }
+    Err(unauthorized("bad X-Casso-Signature"))
+}
+
+/// The dialects worth trying for a body whose plain canonical form is
+/// `plain`: every combination of [`Dialect`]'s three choices (at most 8),
+/// less those that give the same text (no `/` in the body: `\/` or not is
+/// moot). Accepting any of them weakens nothing: each is the same content,
+/// signed with the same key.
+pub fn dialects(plain: &str, non_ascii: NonAsciiMode) -> Vec<Dialect> {
+    let non_ascii: &[NonAscii] = match non_ascii {
+        NonAsciiMode::Raw => &[NonAscii::Raw],
+        NonAsciiMode::Escape => &[NonAscii::Escape],
+        NonAsciiMode::Either if plain.bytes().any(|b| b > 0x7e) => {
+            &[NonAscii::Raw, NonAscii::Escape]
+        }
+        NonAsciiMode::Either => &[NonAscii::Raw],
+    };
+    let slash: &[bool] = if plain.contains('/') {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let html: &[bool] = if plain.contains(['&', '<', '>', '\u{2028}', '\u{2029}']) {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let mut out = Vec::with_capacity(8);
+    for &non_ascii in non_ascii {
+        for &escape_slash in slash {
+            for &escape_html in html {
+                out.push(Dialect {
+                    non_ascii,
+                    escape_slash,
+                    escape_html,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The reason a call from Casso's older "Webhook" integration is refused,
+/// if `request` is one: no `X-Casso-Signature`, and the key in a
+/// `secure-token` header or `data` a list of transactions. Assumption, from
+/// Casso's older integration guides: that header name and that body shape.
+pub fn legacy_integration(request: &HttpRequest) -> Option<&'static str> {
+    if request.header("x-casso-signature").is_some() {
+        return None;
+    }
+    let data_is_a_list = serde_json::from_slice::<serde_json::Value>(&request.body)
+        .ok()
+        .is_some_and(|body| body.get("data").is_some_and(serde_json::Value::is_array));
+    (request.header("secure-token").is_some() || data_is_a_list).then_some(
+        "this is Casso's older \"Webhook\" integration (secure-token, `data` a list), \
+         which is not supported: in Casso, add a \"Webhook V2\" integration for this URL",
+    )
 }
 
 /// Parses a verified body: `None` for test pings (`id` 0), Casso-side errors
@@ -632,5 +688,154 @@ mod tests {
         assert!(fatal(host(SAMPLE_KEY).config("max_age_secs", "-1")));
         assert!(fatal(host(SAMPLE_KEY).config("non_ascii", "utf7")));
         assert!(fatal(host(SAMPLE_KEY).config("account_source", "iban")));
+    }
+
+    /// Vietnamese text with `/`, `&`, `<` and `>` in the description, signed
+    /// by the sample key at t=1734928200000 in each of the 8 dialects
+    /// ([`Dialect`]). Computed outside this crate: Python's
+    /// `json.dumps(body, sort_keys=True, separators=(",", ":"),
+    /// ensure_ascii=<non-ASCII escaped>)`, then PHP's `/` → `\/` and Go's
+    /// `& < >` → `\u0026 \u003c \u003e` substituted on that text, then
+    /// `hmac.new(key, f"{t}.{json}".encode(), hashlib.sha512)`. The plain one
+    /// is also what `node` gives with Casso's sample code (JSON.stringify).
+    const MIXED_BODY: &str = r#"{"error":0,"data":{"id":218899,"reference":"FT24364030863636","description":"Thanh toán đơn hàng DH1025/A & <quà> tặng","amount":125000,"runningBalance":16975000,"transactionDateTime":"2024-12-23 08:45:00","accountNumber":"123456789","bankName":"MBBank","bankAbbreviation":"MBB","virtualAccountNumber":"","virtualAccountName":"","counterAccountName":"NGUYỄN VĂN B","counterAccountNumber":"0011223344","counterAccountBankId":"970436","counterAccountBankName":"Vietcombank"}}"#;
+    const MIXED_T_MS: i64 = 1_734_928_200_000;
+    /// (non-ASCII escaped, `\/`, Go's HTML escapes, v1); the samples that
+    /// would sign each are named where there is one.
+    const MIXED_VECTORS: [(bool, bool, bool, &str); 8] = [
+        // JavaScript, Java (Jackson), C# (Newtonsoft)
+        (
+            false,
+            false,
+            false,
+            "a1e1a12148ce8c800cc0641edd00b08720eecdc9df0370c2cdb39ae8721e7e1510f58267ccf5c0ec551fa80521529d978c58982a8db7999c4ee0c67f8a982f31",
+        ),
+        // Go
+        (
+            false,
+            false,
+            true,
+            "bcc46d5fe49a5de382268bf0a52a07634dfec9c6f01a485209796cd19d77d7d31ca6e157acb808952f1d8310309f86e11a981d0944f3adff8b1b92c7f366a6c9",
+        ),
+        (
+            false,
+            true,
+            false,
+            "4369005b5d46aa0f4eead71a0187d4e4de00e1a0f48d1a1f33d35734f08c41204c0489f16497a960dda807dc0a0218772e17b4cf4adae9f3fc88966f92093cad",
+        ),
+        (
+            false,
+            true,
+            true,
+            "e146abb1e206dedb77549ab05e3b9218908d74daeb54dadf217b5d04d85b4d5020725cc4226ac359733da2a3f64ed667c388768d00ceaf0596979bc597508d1e",
+        ),
+        // Python
+        (
+            true,
+            false,
+            false,
+            "cbaed442c10a2db160ca6359508f1749d15d26942f3b92862f05f3ec6c7dbce88702f4f6db98665a6a7aa509a3e7dc5e7bf17e0545e3f5d738fadfb64371b584",
+        ),
+        (
+            true,
+            false,
+            true,
+            "b723f1494095701eed5398ebe1005ce0d672b383dbbe33ee9e91fe702cc7cc616a6891b8395c9e35adc8cf011e6da4c5515f55887e3e9ce26175b70d753aafde",
+        ),
+        // PHP
+        (
+            true,
+            true,
+            false,
+            "32dc2e804df658ca9af0b6f8be1d99fa63196e78146afb11b3115856d62a2942aaf7c1ee8ab3e494c38f520d175ae4cec1ebbad4ce2e3699e3010ede92f78e6f",
+        ),
+        (
+            true,
+            true,
+            true,
+            "6510b3d09f122602ae354e7cbb215329b4734ae14d1d9abbb692b0a98344c7651c27e62213a3356d30c572c0333fca0bcf5b57874bbba039166d910b82df9057",
+        ),
+    ];
+
+    #[test]
+    fn slash_ampersand_angle_brackets_and_vietnamese_verify_in_every_dialect() {
+        for (escaped, slash, html, v1) in MIXED_VECTORS {
+            let header = format!("t={MIXED_T_MS},v1={v1}");
+            let outcome =
+                run(&host(SAMPLE_KEY), request(MIXED_BODY, &header)).unwrap_or_else(|e| {
+                    panic!("non-ASCII escaped {escaped}, \\/ {slash}, html {html}: {e:?}")
+                });
+            let change = &outcome.changes[0];
+            assert_eq!(change.transaction_id, "218899");
+            assert_eq!(
+                change.content.as_deref(),
+                Some("Thanh toán đơn hàng DH1025/A & <quà> tặng")
+            );
+            // The same body as PHP or Go would send it (escaped spellings)
+            // is the same content: it verifies too.
+            let respelled = MIXED_BODY
+                .replace('/', "\\/")
+                .replace('&', "\\u0026")
+                .replace('<', "\\u003C")
+                .replace("à", "\\u00e0");
+            assert!(run(&host(SAMPLE_KEY), request(&respelled, &header)).is_ok());
+            // Tampered: no dialect matches.
+            let tampered = MIXED_BODY.replace("125000", "725000");
+            assert!(is_unauthorized(run(
+                &host(SAMPLE_KEY),
+                request(&tampered, &header)
+            )));
+        }
+        // Pinning non-ASCII to `raw` leaves only the four raw dialects.
+        let raw_only = host(SAMPLE_KEY).config("non_ascii", "raw");
+        for (escaped, _, _, v1) in MIXED_VECTORS {
+            let header = format!("t={MIXED_T_MS},v1={v1}");
+            assert_eq!(
+                run(&raw_only, request(MIXED_BODY, &header)).is_ok(),
+                !escaped
+            );
+        }
+    }
+
+    #[test]
+    fn dialects_tried_are_bounded_and_only_those_that_differ() {
+        assert_eq!(
+            dialects("{\"a\":\"x\"}", NonAsciiMode::Either),
+            [Dialect::PLAIN]
+        );
+        assert_eq!(dialects("{\"a\":\"đ/&\"}", NonAsciiMode::Either).len(), 8);
+        assert_eq!(dialects("{\"a\":\"đ/&\"}", NonAsciiMode::Raw).len(), 4);
+        assert_eq!(dialects("{\"a\":\"x/\"}", NonAsciiMode::Either).len(), 2);
+    }
+
+    #[test]
+    fn the_older_webhook_integration_is_refused_with_the_way_out() {
+        // Casso's older "Webhook": the key in a `secure-token` header and
+        // `data` a list of transactions, no X-Casso-Signature.
+        let legacy = r#"{"error":0,"data":[{"id":1,"tid":"FT1","description":"DH1","amount":150000,"cusum_balance":1,"when":"2024-12-23 08:45:00","bank_sub_acc_id":"123456789","subAccId":"123456789"}]}"#;
+        let with_token = HttpRequest::post_json(legacy).with_header("Secure-Token", "k");
+        let without = HttpRequest::post_json(legacy);
+        for req in [with_token, without] {
+            let (result, host) = host(SAMPLE_KEY).run_and_keep(|| CassoConnector::handle(req));
+            let Err(ConnectorError::BadRequest(why)) = result else {
+                panic!("expected a 400 with the reason, got {result:?}");
+            };
+            assert!(why.contains("\"Webhook V2\""), "{why}");
+            assert!(
+                why.chars().count() <= 200,
+                "the gateway passes 200 characters on: {why}"
+            );
+            assert!(
+                host.logs()
+                    .iter()
+                    .any(|(_, line)| line.contains("Webhook V2")),
+                "and logs it"
+            );
+        }
+        // A V2 body without its signature header is still just unauthorized.
+        assert!(is_unauthorized(run(
+            &host(SAMPLE_KEY),
+            HttpRequest::post_json(SAMPLE)
+        )));
     }
 }
