@@ -4,21 +4,33 @@
 //! (GET, in VNPay's demo). A POST is accepted too, its parameters in the query
 //! or, when the query has none, in an `application/x-www-form-urlencoded` body.
 //!
-//! `vnp_SecureHash` = hex HMAC-SHA512(hash secret, the other non-empty `vnp_*`
+//! `vnp_SecureHash` = hex HMAC-SHA512(hash secret, the other `vnp_*`
 //! parameters but `vnp_SecureHashType`, sorted by name, each
 //! `urlencode(name)=urlencode(value)`, joined with `&`). VNPay's demos in
-//! different languages encode a few punctuation characters differently; see
-//! [`ENCODINGS`].
+//! different languages encode a few punctuation characters differently (see
+//! [`ENCODINGS`]) and differ on empty parameters: the Java and .NET demos
+//! leave them out, the PHP and Node.js demos sign them as `name=`. Either is
+//! accepted ([`verify`]).
 //!
 //! VNPay reads the JSON reply (`RspCode`), always sent with HTTP 200: `00` once
 //! the payment is stored (also for a failed payment, which is acknowledged and
 //! not stored), `97` bad signature, `01` another terminal's payment, `04` an
-//! amount that is not whole đồng, `99` malformed. VNPay stops retrying on `00`.
+//! amount that is not whole đồng, `02` a payment older than `max_age_secs`,
+//! `99` malformed. VNPay stops retrying on `00` and `02`.
+//!
+//! Replays: VNPay's return URL hands the payer's browser the very parameters
+//! and hash of the IPN, so a signed IPN proves nothing about *when* it was
+//! sent. A paid IPN whose `vnp_PayDate` is older than `max_age_secs` is
+//! refused; VNPay re-sends an IPN at most 10 times, 5 minutes apart (its IPN
+//! guide), so nothing genuine is older than about an hour, and the default
+//! of two days leaves room for a gateway clock that is off.
 //!
 //! Config (`[connector.config]`):
 //! - `hash_secret`: the terminal's hash secret (`vnp_HashSecret`, required)
 //! - `tmn_code`: when set, payments for another terminal are refused with `01`
 //! - `account`: the account payments are credited to (default: `vnp_TmnCode`)
+//! - `max_age_secs`: the replay window on `vnp_PayDate` (default 172800, two
+//!   days; 1 to [`MAX_MAX_AGE_SECS`])
 
 use std::collections::BTreeMap;
 
@@ -48,6 +60,15 @@ pub const ENCODINGS: &[(&str, &[u8])] = &[
     ("JavaScript encodeURIComponent", b"!'()*~"),
 ];
 
+/// The default replay window: two days. VNPay's last retry comes about 50
+/// minutes after the payment; the rest is room for clocks.
+pub const DEFAULT_MAX_AGE_SECS: i64 = 2 * 24 * 3600;
+
+/// The longest window allowed: a week, well inside the gateway's dedupe
+/// window (`log.dedupe_retention_days`, 30 by default), so a replay is
+/// refused here before its dedupe key can be forgotten.
+pub const MAX_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
+
 /// Longest `content` the gateway takes.
 const MAX_CONTENT: usize = 2048;
 
@@ -57,6 +78,8 @@ pub struct Settings {
     pub hash_secret: String,
     pub tmn_code: Option<String>,
     pub account: Option<String>,
+    /// The replay window on `vnp_PayDate`, in seconds.
+    pub max_age_secs: i64,
 }
 
 impl Settings {
@@ -66,10 +89,24 @@ impl Settings {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
+        let max_age_secs = match non_empty("max_age_secs") {
+            None => DEFAULT_MAX_AGE_SECS,
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_MAX_AGE_SECS).contains(n))
+                .ok_or_else(|| {
+                    ConnectorError::Fatal(format!(
+                        "config `max_age_secs` must be whole seconds from 1 to {MAX_MAX_AGE_SECS} \
+                         (a replay window cannot be turned off), not `{v}`"
+                    ))
+                })?,
+        };
         Ok(Settings {
             hash_secret: config::require("hash_secret")?,
             tmn_code: non_empty("tmn_code"),
             account: non_empty("account"),
+            max_age_secs,
         })
     }
 }
@@ -81,6 +118,11 @@ pub enum RspCode {
     Confirmed,
     /// `01`: not our order (another terminal).
     OrderNotFound,
+    /// `02`: "order already confirmed", for a paid IPN older than
+    /// `max_age_secs`. Genuine or replayed, it was settled long ago, and `02`
+    /// is, with `00`, the code on which VNPay stops re-sending; `97`/`99`
+    /// would have it retry what can never be accepted.
+    AlreadyConfirmed,
     /// `04`: the amount is not whole đồng.
     InvalidAmount,
     /// `97`: bad or missing `vnp_SecureHash`.
@@ -95,6 +137,7 @@ impl RspCode {
         match self {
             RspCode::Confirmed => ("00", "Confirm Success"),
             RspCode::OrderNotFound => ("01", "Order not found"),
+            RspCode::AlreadyConfirmed => ("02", "Order already confirmed"),
             RspCode::InvalidAmount => ("04", "Invalid amount"),
             RspCode::InvalidChecksum => ("97", "Invalid Checksum"),
             RspCode::Unknown => ("99", "Unknown error"),
@@ -127,7 +170,7 @@ pub struct VnpayConnector;
 impl WebhookConnector for VnpayConnector {
     fn handle(request: HttpRequest) -> Result<WebhookOutcome, ConnectorError> {
         let settings = Settings::from_config()?;
-        let (changes, code) = match evaluate(&request, &settings) {
+        let (changes, code) = match evaluate(&request, &settings, time::now_ms()) {
             Verdict::Paid(change) => (vec![change], RspCode::Confirmed),
             Verdict::Acknowledged(why) => {
                 log::info(&format!("IPN acknowledged without a payment: {why}"));
@@ -149,8 +192,8 @@ impl WebhookConnector for VnpayConnector {
 
 export_webhook_connector!(VnpayConnector);
 
-/// Verifies and parses one IPN call.
-pub fn evaluate(request: &HttpRequest, settings: &Settings) -> Verdict {
+/// Verifies and parses one IPN call received at `now_ms` (the gateway's clock).
+pub fn evaluate(request: &HttpRequest, settings: &Settings, now_ms: i64) -> Verdict {
     let params = match vnp_params(request) {
         Ok(p) => p,
         Err(why) => return Verdict::Refused(RspCode::Unknown, why),
@@ -200,6 +243,26 @@ pub fn evaluate(request: &HttpRequest, settings: &Settings) -> Verdict {
         Ok(t) => t,
         Err(why) => return Verdict::Refused(RspCode::Unknown, why),
     };
+    // The replay window. A paid IPN without a readable vnp_PayDate cannot be
+    // judged, so it is refused as malformed (VNPay always sends one).
+    let Some(paid_at) = field("vnp_PayDate").and_then(time::parse_vietnam_compact) else {
+        return Verdict::Refused(
+            RspCode::Unknown,
+            "vnp_PayDate is missing or not yyyyMMddHHmmss".into(),
+        );
+    };
+    // Only the past is judged: a replay is always of an old IPN, and a date
+    // ahead of now means this box's clock is behind (the gateway logs that).
+    if now_ms.saturating_sub(paid_at) > settings.max_age_secs.saturating_mul(1000) {
+        return Verdict::Refused(
+            RspCode::AlreadyConfirmed,
+            format!(
+                "order {txn_ref}: vnp_PayDate {} is more than max_age_secs ({}) ago; a replay",
+                field("vnp_PayDate").unwrap_or("?"),
+                settings.max_age_secs
+            ),
+        );
+    }
     let account = settings.account.as_deref().unwrap_or(tmn_code);
     let mut extra = Vec::new();
     for name in [
@@ -220,7 +283,7 @@ pub fn evaluate(request: &HttpRequest, settings: &Settings) -> Verdict {
             .map(str::to_string),
         content: field("vnp_OrderInfo")
             .map(|c| soundbox_plugin_sdk::text::truncate(c, MAX_CONTENT).to_string()),
-        occurred_at_ms: field("vnp_PayDate").and_then(time::parse_vietnam_compact),
+        occurred_at_ms: Some(paid_at),
         extra,
         ..BalanceChange::incoming(PROVIDER, transaction_id, account, amount)
     })
@@ -274,16 +337,23 @@ pub fn vnp_params(request: &HttpRequest) -> Result<BTreeMap<String, String>, Str
     Ok(params)
 }
 
-/// Checks `vnp_SecureHash` against every encoding in [`ENCODINGS`].
+/// Checks `vnp_SecureHash` against every encoding in [`ENCODINGS`], each with
+/// empty parameters left out and signed as `name=`. Accepting both lets no
+/// one alter a value: an empty parameter is in the hash or adds nothing, and
+/// it cannot be told apart from a missing one either way. Each comparison is
+/// constant-time.
 pub fn verify(params: &BTreeMap<String, String>, secret: &[u8]) -> Result<(), String> {
     let given = params
         .get("vnp_SecureHash")
         .map(|h| h.trim())
         .filter(|h| !h.is_empty())
         .ok_or("vnp_SecureHash is missing")?;
-    let mut tried: Vec<String> = Vec::with_capacity(ENCODINGS.len());
-    for (_, keep) in ENCODINGS {
-        let signed = signed_string(params, keep);
+    let mut tried: Vec<String> = Vec::with_capacity(2 * ENCODINGS.len());
+    let variants = [false, true]
+        .into_iter()
+        .flat_map(|with_empty| ENCODINGS.iter().map(move |(_, keep)| (*keep, with_empty)));
+    for (keep, with_empty) in variants {
+        let signed = signed_string(params, keep, with_empty);
         // Most IPNs have none of the characters the encodings differ in.
         if tried.contains(&signed) {
             continue;
@@ -296,12 +366,14 @@ pub fn verify(params: &BTreeMap<String, String>, secret: &[u8]) -> Result<(), St
     Err("vnp_SecureHash does not match".into())
 }
 
-/// The string VNPay signs, with `keep` as in [`ENCODINGS`]. `params` is
-/// sorted by name already.
-pub fn signed_string(params: &BTreeMap<String, String>, keep: &[u8]) -> String {
+/// The string VNPay signs, with `keep` as in [`ENCODINGS`], empty parameters
+/// in (`name=`) or out. `params` is sorted by name already.
+pub fn signed_string(params: &BTreeMap<String, String>, keep: &[u8], with_empty: bool) -> String {
     params
         .iter()
-        .filter(|(k, v)| *k != "vnp_SecureHash" && *k != "vnp_SecureHashType" && !v.is_empty())
+        .filter(|(k, v)| {
+            *k != "vnp_SecureHash" && *k != "vnp_SecureHashType" && (with_empty || !v.is_empty())
+        })
         .map(|(k, v)| format!("{}={}", form_encode(k, keep), form_encode(v, keep)))
         .collect::<Vec<_>>()
         .join("&")
@@ -338,6 +410,16 @@ mod tests {
     // `encodeURIComponent` were run to confirm the variant encodings.
     const SECRET: &str = "vnpay-test-hash-secret";
 
+    /// The vectors' `vnp_PayDate`, 2024-07-25 14:02:37 +07:00, in Unix ms.
+    const PAID_AT: i64 = 1_721_890_957_000;
+    /// When the vectors below are evaluated: five minutes after they were paid.
+    const NOW: i64 = PAID_AT + 300_000;
+
+    /// [`super::evaluate`] at [`NOW`].
+    fn evaluate(request: &HttpRequest, settings: &Settings) -> Verdict {
+        super::evaluate(request, settings, NOW)
+    }
+
     /// `examples/payloads/vnpay-ipn.txt`: 150 000 VND paid, order DH1024.
     const SAMPLE: &str = include_str!("../../../examples/payloads/vnpay-ipn.txt");
 
@@ -361,6 +443,10 @@ mod tests {
     /// `vnp_BankTranNo=` sent empty: left out of the signed string.
     const EMPTY_PARAM: &str = "vnp_Amount=15000000&vnp_BankCode=NCB&vnp_BankTranNo=&vnp_CardType=ATM&vnp_OrderInfo=Thanh+toan+don+hang+DH1024&vnp_PayDate=20240725140237&vnp_ResponseCode=00&vnp_TmnCode=DEMOSHOP&vnp_TransactionNo=14512349&vnp_TransactionStatus=00&vnp_TxnRef=DH1024&vnp_SecureHash=75b7168fc977ecfbd0ee468d4fae01685e045bf4f5ae23cb82b65ddfb5ac20b59a5202d20782be44d4d4f08adec035c61f86115391e5f85c1acba4e1d78cb86f";
 
+    /// [`EMPTY_PARAM`]'s fields (another `vnp_TransactionNo`) signed as the
+    /// PHP and Node.js demos sign them: `vnp_BankTranNo=` in the signed string.
+    const EMPTY_SIGNED: &str = "vnp_Amount=15000000&vnp_BankCode=NCB&vnp_BankTranNo=&vnp_CardType=ATM&vnp_OrderInfo=Thanh+toan+don+hang+DH1024&vnp_PayDate=20240725140237&vnp_ResponseCode=00&vnp_TmnCode=DEMOSHOP&vnp_TransactionNo=14512352&vnp_TransactionStatus=00&vnp_TxnRef=DH1024&vnp_SecureHash=f7c46d8f915f025be859e00fb1ddb8db9cf63dde47ee03b5affe90a0bd00693ce3abe61713d4d250f2273f2d63e360d20a66a5dac8fa4d10294191dabdcab2b8";
+
     /// A cancelled payment (`vnp_ResponseCode=24`, status `02`).
     const FAILED: &str = "vnp_Amount=15000000&vnp_BankCode=NCB&vnp_BankTranNo=&vnp_CardType=ATM&vnp_OrderInfo=Thanh+toan+don+hang+DH1024&vnp_PayDate=20240725140237&vnp_ResponseCode=24&vnp_TmnCode=DEMOSHOP&vnp_TransactionNo=0&vnp_TransactionStatus=02&vnp_TxnRef=DH1024&vnp_SecureHash=59d0039873f6b14651fa2930ef1aa83834f7be467cdb7614b6a0bdae914af2274111b07fbb79b61d90bd46f9b1a4c9ad430cb45d36be8cb50f9ed60b843460ab";
 
@@ -375,7 +461,39 @@ mod tests {
             hash_secret: SECRET.into(),
             tmn_code: None,
             account: None,
+            max_age_secs: DEFAULT_MAX_AGE_SECS,
         }
+    }
+
+    /// `unix_ms` as VNPay writes `vnp_PayDate`: Vietnam time, `yyyyMMddHHmmss`
+    /// (Howard Hinnant's days-to-civil).
+    fn vietnam_compact(unix_ms: i64) -> String {
+        let secs = unix_ms.div_euclid(1000) + 7 * 3600;
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        let (hh, mm, ss) = (rem / 3600, rem / 60 % 60, rem % 60);
+        format!("{y:04}{m:02}{d:02}{hh:02}{mm:02}{ss:02}")
+    }
+
+    /// A paid IPN at `paid_at_ms`, signed here by hand (ASCII values, sorted
+    /// by hand, the SDK's encoder and HMAC; not this crate's signing code).
+    fn fresh(transaction_no: &str, paid_at_ms: i64) -> String {
+        let signed = format!(
+            "vnp_Amount=5000000&vnp_BankCode=NCB&vnp_CardType=ATM&vnp_OrderInfo=Thanh+toan+DH{transaction_no}\
+             &vnp_PayDate={}&vnp_ResponseCode=00&vnp_TmnCode=DEMOSHOP&vnp_TransactionNo={transaction_no}\
+             &vnp_TransactionStatus=00&vnp_TxnRef=DH{transaction_no}",
+            vietnam_compact(paid_at_ms)
+        );
+        let hash = signature::hmac_sha512_hex(SECRET.as_bytes(), signed.as_bytes());
+        format!("{signed}&vnp_SecureHash={hash}")
     }
 
     fn get(query: &str) -> HttpRequest {
@@ -405,7 +523,9 @@ mod tests {
     #[test]
     fn sample_signed_string_matches_python() {
         let params = vnp_params(&get(SAMPLE)).expect("params");
-        assert_eq!(signed_string(&params, b""), SAMPLE_SIGNED);
+        assert_eq!(signed_string(&params, b"", false), SAMPLE_SIGNED);
+        assert_eq!(signed_string(&params, b"", true), SAMPLE_SIGNED);
+        assert_eq!(vietnam_compact(PAID_AT), "20240725140237");
     }
 
     #[test]
@@ -440,8 +560,9 @@ mod tests {
             serde_json::from_slice::<serde_json::Value>(&r.body).expect("json")
         };
         let host = TestHost::new().config("hash_secret", SECRET);
+        let ipn = fresh("900001", time::now_ms() - 60_000);
         let outcome = host
-            .run(|| VnpayConnector::handle(get(SAMPLE)))
+            .run(|| VnpayConnector::handle(get(&ipn)))
             .expect("handled");
         assert_eq!(outcome.changes.len(), 1);
         let reply = outcome.reply.expect("reply");
@@ -537,6 +658,121 @@ mod tests {
         let change = paid(evaluate(&get(EMPTY_PARAM), &settings()));
         assert!(!change.extra.iter().any(|(k, _)| k == "vnp_BankTranNo"));
         paid(evaluate(&get(HASH_TYPE), &settings()));
+    }
+
+    #[test]
+    fn empty_params_verify_signed_either_way() {
+        // Java/.NET style (left out) and PHP/Node.js style (`name=`).
+        let out = paid(evaluate(&get(EMPTY_PARAM), &settings()));
+        let signed_in = paid(evaluate(&get(EMPTY_SIGNED), &settings()));
+        assert_eq!(out.transaction_id, "14512349");
+        assert_eq!(signed_in.transaction_id, "14512352");
+        // Either way the values are what was signed: dropping the empty
+        // parameter or filling it in breaks the hash.
+        let dropped = EMPTY_SIGNED.replace("vnp_BankTranNo=&", "");
+        assert_eq!(
+            refused(evaluate(&get(&dropped), &settings())).0,
+            RspCode::InvalidChecksum
+        );
+        let filled = EMPTY_SIGNED.replace("vnp_BankTranNo=&", "vnp_BankTranNo=X&");
+        assert_eq!(
+            refused(evaluate(&get(&filled), &settings())).0,
+            RspCode::InvalidChecksum
+        );
+    }
+
+    #[test]
+    fn replay_window_on_pay_date() {
+        let s = settings();
+        let window = DEFAULT_MAX_AGE_SECS * 1000;
+        let at = |now: i64| super::evaluate(&get(SAMPLE), &s, now);
+        // Just inside: exactly max_age_secs old.
+        assert_eq!(paid(at(PAID_AT + window)).occurred_at_ms, Some(PAID_AT));
+        // Just outside, and 40 days later: 02, nothing stored.
+        for now in [PAID_AT + window + 1, PAID_AT + 40 * 86_400_000] {
+            let (code, why) = refused(at(now));
+            assert_eq!(code, RspCode::AlreadyConfirmed);
+            assert!(
+                why.contains("20240725140237") && why.contains("replay"),
+                "{why}"
+            );
+        }
+        // Paid "in the future" (this box's clock is behind): accepted.
+        paid(at(PAID_AT - 3 * 86_400_000));
+        // A shorter window from config.
+        let hour = Settings {
+            max_age_secs: 3600,
+            ..settings()
+        };
+        paid(super::evaluate(&get(SAMPLE), &hour, PAID_AT + 3_600_000));
+        assert_eq!(
+            refused(super::evaluate(&get(SAMPLE), &hour, PAID_AT + 3_600_001)).0,
+            RspCode::AlreadyConfirmed
+        );
+        // A paid IPN without a pay date cannot be judged: 99.
+        let fields = fresh("900002", PAID_AT);
+        let (fields, _) = fields.split_once("&vnp_SecureHash=").expect("hash");
+        let fields = fields.replace("&vnp_PayDate=20240725140237", "");
+        let hash = signature::hmac_sha512_hex(SECRET.as_bytes(), fields.as_bytes());
+        let (code, why) = refused(evaluate(
+            &get(&format!("{fields}&vnp_SecureHash={hash}")),
+            &s,
+        ));
+        assert_eq!(code, RspCode::Unknown);
+        assert!(why.contains("vnp_PayDate"), "{why}");
+        // A cancelled payment is acknowledged whatever its age.
+        assert!(matches!(
+            super::evaluate(&get(FAILED), &s, PAID_AT + 40 * 86_400_000),
+            Verdict::Acknowledged(_)
+        ));
+    }
+
+    #[test]
+    fn an_ipn_paid_40_days_ago_gets_02_through_handle() {
+        let host = TestHost::new().config("hash_secret", SECRET);
+        let ipn = fresh("900003", time::now_ms() - 40 * 86_400_000);
+        let (outcome, after) = host.run_and_keep(|| VnpayConnector::handle(get(&ipn)));
+        let outcome = outcome.expect("handled");
+        assert!(outcome.changes.is_empty());
+        let reply = outcome.reply.expect("reply");
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.text(),
+            r#"{"RspCode":"02","Message":"Order already confirmed"}"#
+        );
+        assert!(
+            after.logs()[0].1.contains("RspCode 02"),
+            "{:?}",
+            after.logs()
+        );
+    }
+
+    #[test]
+    fn max_age_secs_config() {
+        let with = |v: &str| {
+            TestHost::new()
+                .config("hash_secret", SECRET)
+                .config("max_age_secs", v)
+                .run(Settings::from_config)
+        };
+        assert_eq!(with("3600").map(|s| s.max_age_secs).ok(), Some(3600));
+        assert_eq!(
+            with(" 604800 ").map(|s| s.max_age_secs).ok(),
+            Some(MAX_MAX_AGE_SECS)
+        );
+        for bad in ["0", "-1", "604801", "2d", "1.5"] {
+            match with(bad) {
+                Err(ConnectorError::Fatal(why)) => assert!(why.contains("max_age_secs"), "{why}"),
+                _ => panic!("`{bad}` accepted"),
+            }
+        }
+        let default = TestHost::new()
+            .config("hash_secret", SECRET)
+            .run(Settings::from_config);
+        assert_eq!(
+            default.map(|s| s.max_age_secs).ok(),
+            Some(DEFAULT_MAX_AGE_SECS)
+        );
     }
 
     #[test]

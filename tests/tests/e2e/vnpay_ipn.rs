@@ -1,17 +1,20 @@
 //! VNPay IPN calls through the real gateway, by real HTTP GET with the fields
 //! in the query string (and a POST with a form body): a signed payment is
 //! stored and forwarded once, a retry is answered `00` and stored once, a
-//! tampered one gets `97`, a failed payment `00` with nothing stored.
+//! tampered one gets `97`, a failed payment `00` with nothing stored, and a
+//! correctly signed one paid long ago (a replay of the return URL) `02`,
+//! stored nowhere, by the gateway and by `plugin test`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::json;
-use soundbox_e2e::{CountingSink, Gateway, Reply, forward_to, plugin};
+use soundbox_e2e::{CountingSink, Gateway, Reply, forward_to, plugin, run_cli};
 use soundbox_plugin_sdk::{http::form_encode, signature};
 
 /// The test secret the sample is signed with (see the plugin's README).
 const SECRET: &str = "vnpay-test-hash-secret";
-/// 150 000 VND paid, `vnp_TransactionNo=14512345`.
+/// 150 000 VND paid, `vnp_TransactionNo=14512345`, on 2024-07-25: long
+/// outside the replay window.
 const SAMPLE: &str = include_str!("../../../examples/payloads/vnpay-ipn.txt");
 
 fn vnpay_gateway(sink_url: &str) -> Gateway {
@@ -35,15 +38,36 @@ async fn get(url: &str, query: &str) -> Reply {
     send(reqwest::Client::new().get(format!("{url}?{}", query.trim()))).await
 }
 
-/// An IPN query string for `transaction_no`, signed as VNPay signs it. The
-/// values are plain ASCII, where every demo's form encoding agrees.
+/// `ago` before now as VNPay writes `vnp_PayDate` (Vietnam time, `yyyyMMddHHmmss`).
+fn pay_date(ago: Duration) -> String {
+    let at = SystemTime::now() - ago + Duration::from_secs(7 * 3600);
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect()
+}
+
+/// An IPN query string for `transaction_no`, paid a minute ago, signed as
+/// VNPay signs it.
 fn ipn(transaction_no: &str, amount_vnd: u64, response_code: &str) -> String {
+    ipn_paid(
+        transaction_no,
+        amount_vnd,
+        response_code,
+        Duration::from_secs(60),
+    )
+}
+
+/// [`ipn`], paid `ago` before now. The values are plain ASCII, where every
+/// demo's form encoding agrees.
+fn ipn_paid(transaction_no: &str, amount_vnd: u64, response_code: &str, ago: Duration) -> String {
     let mut params = [
         ("vnp_Amount", (amount_vnd * 100).to_string()),
         ("vnp_BankCode", "NCB".into()),
         ("vnp_CardType", "ATM".into()),
         ("vnp_OrderInfo", format!("Thanh toan don {transaction_no}")),
-        ("vnp_PayDate", "20260101120000".into()),
+        ("vnp_PayDate", pay_date(ago)),
         ("vnp_ResponseCode", response_code.into()),
         ("vnp_TmnCode", "DEMOSHOP".into()),
         ("vnp_TransactionNo", transaction_no.into()),
@@ -67,7 +91,8 @@ async fn vnpay_ipn_by_get_and_post() {
     let url = gw.url("/hooks/vnpay");
     let confirmed = json!({ "RspCode": "00", "Message": "Confirm Success" });
 
-    let ok = get(&url, SAMPLE).await;
+    let paid = ipn("14512345", 150_000, "00");
+    let ok = get(&url, &paid).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.json(), confirmed);
     assert!(
@@ -81,7 +106,7 @@ async fn vnpay_ipn_by_get_and_post() {
     assert_eq!(arrival.amount, 150_000);
 
     // VNPay re-sends until it gets 00: same answer, stored once.
-    let again = get(&url, SAMPLE).await;
+    let again = get(&url, &paid).await;
     assert_eq!(again.json(), confirmed);
     assert!(
         gw.wait_for_log("duplicate balance change ignored", Duration::from_secs(5)),
@@ -90,8 +115,8 @@ async fn vnpay_ipn_by_get_and_post() {
     );
 
     // Tampered amount: 97 with HTTP 200, nothing stored.
-    let tampered = SAMPLE.replace("vnp_Amount=15000000", "vnp_Amount=95000000");
-    assert_ne!(tampered, SAMPLE);
+    let tampered = paid.replace("vnp_Amount=15000000", "vnp_Amount=95000000");
+    assert_ne!(tampered, paid);
     let bad = get(&url, &tampered).await;
     assert_eq!(bad.status, 200, "{}", bad.body);
     assert_eq!(
@@ -131,5 +156,98 @@ async fn vnpay_ipn_by_get_and_post() {
     assert!(
         !gw.logs().contains(SECRET),
         "hash secret leaked into the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vnpay_ipn_paid_40_days_ago_is_refused() {
+    let sink = CountingSink::start();
+    let gw = vnpay_gateway(&sink.url);
+    let url = gw.url("/hooks/vnpay");
+    let already = json!({ "RspCode": "02", "Message": "Order already confirmed" });
+
+    // Correctly signed, paid 40 days ago (past the 30-day dedupe window):
+    // 02, so VNPay would stop, and nothing logged or forwarded.
+    let old = ipn_paid(
+        "14519001",
+        90_000,
+        "00",
+        Duration::from_secs(40 * 24 * 3600),
+    );
+    for _ in 0..2 {
+        let refused = get(&url, &old).await;
+        assert_eq!(refused.status, 200, "{}", refused.body);
+        assert_eq!(refused.json(), already);
+    }
+    // The 2024 sample too, and just outside the default two-day window.
+    assert_eq!(get(&url, SAMPLE).await.json(), already);
+    let outside = ipn_paid(
+        "14519002",
+        90_000,
+        "00",
+        Duration::from_secs(2 * 24 * 3600 + 120),
+    );
+    assert_eq!(get(&url, &outside).await.json(), already);
+    // Inside the window (a day and 23 hours): accepted.
+    let inside = ipn_paid("14519003", 30_000, "00", Duration::from_secs(47 * 3600));
+    assert_eq!(
+        get(&url, &inside).await.json(),
+        json!({ "RspCode": "00", "Message": "Confirm Success" })
+    );
+    assert!(sink.wait_for(1, Duration::from_secs(10)), "{}", gw.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    let arrivals = sink.arrivals();
+    assert_eq!(arrivals.len(), 1, "{arrivals:?}");
+    assert_eq!(arrivals[0].transaction_id, "14519003");
+    let logs = gw.logs();
+    assert!(logs.contains("RspCode 02"), "{logs}");
+    for refused in ["14519001", "14512345", "14519002"] {
+        assert!(
+            !logs
+                .lines()
+                .any(|l| l.contains(refused) && l.contains("balance change logged")),
+            "{refused} logged: {logs}"
+        );
+    }
+}
+
+#[test]
+fn plugin_test_refuses_an_ipn_paid_40_days_ago() {
+    let wasm = plugin("vnpay_ipn");
+    let run = |query: &str| {
+        let out = run_cli(&[
+            "plugin",
+            "test",
+            wasm.to_str().expect("utf-8 path"),
+            "--method",
+            "GET",
+            "--query",
+            query,
+            "--set",
+            &format!("hash_secret={SECRET}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON on stdout")
+    };
+    let old = run(&ipn_paid(
+        "14519101",
+        90_000,
+        "00",
+        Duration::from_secs(40 * 24 * 3600),
+    ));
+    assert_eq!(old["changes"], json!([]));
+    assert_eq!(
+        old["reply"]["body"],
+        r#"{"RspCode":"02","Message":"Order already confirmed"}"#
+    );
+    let fresh = run(&ipn("14519102", 90_000, "00"));
+    assert_eq!(fresh["changes"][0]["transaction_id"], "14519102");
+    assert_eq!(
+        fresh["reply"]["body"],
+        r#"{"RspCode":"00","Message":"Confirm Success"}"#
     );
 }
