@@ -1,17 +1,19 @@
-//! MoMo IPNs through the real gateway: 204 on success, 401 on a bad or
-//! replayed signature, unpaid result codes acknowledged, retries stored once.
-//! Bodies are signed here at test time so `responseTime` is fresh.
+//! MoMo IPNs through the real gateway: 204 on success, 401 on a bad
+//! signature, 204 and nothing recorded for a signed IPN outside the replay
+//! window (a day by default; `0` is a config error), unpaid result codes
+//! acknowledged, retries stored once. Bodies are signed here at test time so
+//! `responseTime` is fresh.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post};
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post, run_cli};
 use soundbox_plugin_sdk::signature::hmac_sha256_hex;
 
 const ACCESS_KEY: &str = "momo-e2e-access-key";
 const SECRET_KEY: &str = "momo-e2e-secret-key";
 const PARTNER: &str = "MOMOE2E2024";
-/// Signed with the README's sample keys; its 2024 `responseTime` passes only
-/// with `max_age_secs = 0`.
+/// Signed with the README's sample keys; its 2024 `responseTime` is outside
+/// any replay window.
 const SAMPLE: &str = include_str!("../../../examples/payloads/momo-ipn.json");
 
 fn config(sink: &CountingSink) -> String {
@@ -20,7 +22,9 @@ fn config(sink: &CountingSink) -> String {
         "[[connector]]\nname = \"momo\"\nplugin = \"{w}\"\n[connector.config]\n\
          access_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\npartner_code = \"{PARTNER}\"\n\n\
          [[connector]]\nname = \"momo-sample\"\nplugin = \"{w}\"\n[connector.config]\n\
-         access_key = \"momo-sample-access-key\"\nsecret_key = \"momo-sample-secret-key\"\nmax_age_secs = 0\n\n\
+         access_key = \"momo-sample-access-key\"\nsecret_key = \"momo-sample-secret-key\"\n\n\
+         [[connector]]\nname = \"momo-zero\"\nplugin = \"{w}\"\n[connector.config]\n\
+         access_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\nmax_age_secs = 0\n\n\
          {forward}",
         w = wasm.display(),
         forward = forward_to(&sink.url),
@@ -96,31 +100,56 @@ async fn momo_ipn_paid_tampered_replayed_unpaid_and_retry() {
     assert_eq!(bad.json()["error"], "unauthorized");
     assert_eq!(bad.json()["reason"], "bad signature");
 
-    // Validly signed, two days old: a replay.
-    let old = ipn(4_100_000_002, 20_000, 0, now_ms() - 2 * 86_400_000);
-    let replayed = post(&url, &[], old).await;
-    assert_eq!(replayed.status, 401, "{}", replayed.body);
-    assert!(
-        replayed.json()["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("too far from now"),
-        "{}",
-        replayed.body
-    );
+    // Validly signed, 40 days old (past the dedupe window), and just past
+    // the default one-day window: a replay. 204, so MoMo would not retry
+    // it, and nothing recorded.
+    for (id, age_ms) in [
+        (4_100_000_002, 40 * 86_400_000),
+        (4_100_000_004, 86_400_000 + 60_000),
+    ] {
+        let old = ipn(id, 20_000, 0, now_ms() - age_ms);
+        let replayed = post(&url, &[], old).await;
+        assert_eq!(replayed.status, 204, "{}", replayed.body);
+        assert!(
+            gw.wait_for_log(&format!("transId {id}"), Duration::from_secs(5)),
+            "{}",
+            gw.logs()
+        );
+    }
+    // Inside the window (23 hours old): recorded.
+    let inside = ipn(4_100_000_005, 30_000, 0, now_ms() - 23 * 3_600_000);
+    assert_eq!(post(&url, &[], inside).await.status, 204);
 
     // The payer cancelled (resultCode 1006): acknowledged, nothing recorded.
     let cancelled = post(&url, &[], ipn(4_100_000_003, 50_000, 1006, now_ms())).await;
     assert_eq!(cancelled.status, 204, "{}", cancelled.body);
 
-    // The README's sample, on the connector without a replay window.
+    // The README's 2024 sample: signed, outside the window, not recorded.
     let sample = post(&gw.url("/hooks/momo-sample"), &[], SAMPLE).await;
     assert_eq!(sample.status, 204, "{}", sample.body);
     assert!(
-        sink.wait_for(2, Duration::from_secs(10)),
-        "sample forwarded"
+        gw.wait_for_log("transId 4014083433", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
     );
-    assert_eq!(sink.arrivals()[1].transaction_id, "4014083433");
+
+    // `max_age_secs = 0` no longer turns the window off: a config error.
+    let zero = post(
+        &gw.url("/hooks/momo-zero"),
+        &[],
+        ipn(4_100_000_006, 10_000, 0, now_ms()),
+    )
+    .await;
+    assert_eq!(zero.status, 500, "{}", zero.body);
+    assert!(
+        gw.wait_for_log(
+            "0 no longer turns the replay window off",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        gw.logs()
+    );
+    assert!(sink.wait_for(2, Duration::from_secs(10)), "{}", gw.logs());
 
     std::thread::sleep(Duration::from_millis(500));
     let ids: Vec<_> = sink
@@ -128,10 +157,42 @@ async fn momo_ipn_paid_tampered_replayed_unpaid_and_retry() {
         .into_iter()
         .map(|a| a.transaction_id)
         .collect();
-    assert_eq!(ids, ["4100000001", "4014083433"]);
+    assert_eq!(ids, ["4100000001", "4100000005"]);
+    for id in ["4100000002", "4100000004", "4014083433", "4100000006"] {
+        assert!(
+            !gw.logs()
+                .lines()
+                .any(|l| l.contains(id) && l.contains("balance change logged")),
+            "{id} logged: {}",
+            gw.logs()
+        );
+    }
     assert_eq!(sink.deliveries(), 2, "the retry was stored once");
     assert!(
         !gw.logs().contains(SECRET_KEY),
         "secret key leaked into the log"
     );
+}
+
+#[test]
+fn plugin_test_does_not_record_the_2024_sample() {
+    let wasm = plugin("momo_ipn");
+    let sample = soundbox_e2e::workspace().join("examples/payloads/momo-ipn.json");
+    let out = run_cli(&[
+        "plugin",
+        "test",
+        wasm.to_str().expect("utf-8 path"),
+        "--webhook",
+        sample.to_str().expect("utf-8 path"),
+        "--set",
+        "access_key=momo-sample-access-key",
+        "--set",
+        "secret_key=momo-sample-secret-key",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(json["changes"], serde_json::json!([]));
+    assert_eq!(json["reply"]["status"], 204);
+    assert!(stderr.contains("not recorded"), "{stderr}");
 }
