@@ -1,5 +1,6 @@
 //! Casso webhook v2 through the real gateway: signed over canonical JSON,
-//! replay window, test pings, retries stored once.
+//! replay window, test pings, retries stored once; every published JSON
+//! dialect accepted; the older "Webhook" integration refused with its reason.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -129,4 +130,80 @@ async fn casso_webhook_signed_tampered_replayed_ping_and_retry() {
     assert_eq!(ids, ["310001", "218897"]);
     assert_eq!(sink.deliveries(), 2, "the retry was stored once");
     assert!(!gw.logs().contains(KEY), "checksum key leaked into the log");
+}
+
+/// A description with `/`, `&`, `<`, `>` and Vietnamese text, signed in each
+/// JSON dialect Casso's official samples would produce (JavaScript/Java/C#
+/// plain, Python's `\uXXXX`, PHP's `\uXXXX` and `\/`, Go's `\u0026`-style
+/// HTML escapes), each accepted and stored; the older integration gets a 400
+/// saying to choose "Webhook V2".
+#[tokio::test]
+async fn casso_dialects_accepted_and_the_older_integration_refused() {
+    let sink = CountingSink::start();
+    let gw = Gateway::start(&config(&sink));
+    let url = gw.url("/hooks/casso");
+    let description = "Thanh toán đơn hàng DH{id}/A & <quà> tặng";
+    // (name, PHP/Python's non-ASCII escapes, PHP's `\/`, Go's HTML escapes)
+    let dialects = [
+        ("javascript", false, false, false),
+        ("python", true, false, false),
+        ("php", true, true, false),
+        ("go", false, false, true),
+    ];
+    for (i, (name, non_ascii, slash, html)) in dialects.into_iter().enumerate() {
+        let id = 320_001 + i as u64;
+        let text = description.replace("{id}", &id.to_string());
+        let body = serde_json::json!({ "data": {
+            "accountNumber": "123456789", "amount": 125_000,
+            "counterAccountName": "NGUYỄN VĂN B", "description": text, "id": id,
+            "reference": format!("FT{id}"), "transactionDateTime": "2024-12-23 08:45:00"
+        }, "error": 0 });
+        // Keys written sorted, compact: the plain canonical form.
+        let mut canonical = body.to_string();
+        if non_ascii {
+            canonical = canonical
+                .chars()
+                .map(|c| match c as u32 {
+                    0x7f.. => c
+                        .encode_utf16(&mut [0; 2])
+                        .iter()
+                        .map(|u| format!("\\u{u:04x}"))
+                        .collect(),
+                    _ => c.to_string(),
+                })
+                .collect();
+        }
+        if slash {
+            canonical = canonical.replace('/', "\\/");
+        }
+        if html {
+            canonical = canonical
+                .replace('&', "\\u0026")
+                .replace('<', "\\u003c")
+                .replace('>', "\\u003e");
+        }
+        let header = sign(now_ms(), &canonical);
+        let reply = post(&url, &[("X-Casso-Signature", &header)], body.to_string()).await;
+        assert_eq!(reply.status, 200, "{name}: {}", reply.body);
+        assert!(
+            sink.wait_for(i + 1, Duration::from_secs(10)),
+            "{name} forwarded"
+        );
+        assert_eq!(sink.arrivals()[i].transaction_id, id.to_string());
+    }
+
+    let legacy = r#"{"error":0,"data":[{"id":1,"tid":"FT1","description":"DH1","amount":150000,"when":"2024-12-23 08:45:00","bank_sub_acc_id":"123456789"}]}"#;
+    let refused = post(&url, &[("Secure-Token", KEY)], legacy).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let reason = refused.json()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("\"Webhook V2\""), "{reason}");
+    assert!(
+        gw.wait_for_log("Webhook V2", Duration::from_secs(5)),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(sink.arrivals().len(), dialects.len(), "nothing else stored");
 }
