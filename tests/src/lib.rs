@@ -736,18 +736,13 @@ pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }
 
-/// The transaction id the gateway stores for [`sepay_webhook`]`(id, _)`: SePay
-/// connectors key a payment on account and bank reference (`<account>/<reference>`)
-/// so the webhook and the API poller agree.
+/// The transaction id the gateway stores for [`sepay_webhook`]`(id, _)`:
+/// SePay's own integer id (see `plugins/sepay-common`).
 pub fn sepay_transaction_id(id: u64) -> String {
-    format!("{SEPAY_ACCOUNT}/MBVCB.{id}")
+    id.to_string()
 }
 
 /// The `id` given to [`sepay_webhook`], back from a stored transaction id.
 pub fn sepay_webhook_id(transaction_id: &str) -> Option<u64> {
-    transaction_id
-        .strip_prefix(SEPAY_ACCOUNT)?
-        .strip_prefix("/MBVCB.")?
-        .parse()
-        .ok()
+    transaction_id.parse().ok()
 }

@@ -1,15 +1,28 @@
-//! A fake SePay transaction API v2 on loopback, for `sepay-poll`'s end-to-end
-//! tests: `GET /v2/transactions` with a bearer token, `transaction_date_from` /
-//! `transaction_date_to` (inclusive), `per_page` / `page` paging with
-//! `meta.pagination.has_more`, newest first, and 429s on demand.
+//! A fake SePay transaction API v2 on loopback, for the SePay e2e tests,
+//! played from what SePay publishes (`GET /v2/transactions`):
 //!
-//! What is not known of the real API (see the plugin's README) is played
-//! strictly here, so a plugin that gets it wrong fails loudly: a date not in
-//! `YYYY-MM-DD HH:MM:SS` or a `per_page` over 100 gets a 422.
+//! - `Authorization: Bearer <token>`, else 401 `error_code: unauthorized`;
+//!   it can be told to refuse the right token too (a rotated token).
+//! - 3 requests a second, checked before auth: 429 `error_code:
+//!   rate_limited` with `Retry-After`, `X-RateLimit-Limit`, `-Remaining`,
+//!   `-Reset`; or 429s on demand.
+//! - `transaction_date_from` / `_to` (inclusive, `YYYY-MM-DD HH:MM:SS`),
+//!   `webhook_success`, `transfer_type`, `bank_account_id`, `va_id`,
+//!   `since_id` (transactions recorded after that one), `transaction_date_sort`
+//!   (`asc`, or newest first by default), `page` / `per_page` (≤ 100) with
+//!   `meta.pagination.has_more`.
+//! - UUID `id`s and `bank_account_id`s; the webhook of the same transaction
+//!   carries a separate integer id, as SePay's does.
+//!
+//! What SePay does not publish is played the plausible way and noted:
+//! `since_id` is taken as "recorded after", and its results are still
+//! ordered by bank date. Transactions are recorded in the order they are
+//! [`SepayApi::add`]ed, so one added now with an old bank time is recorded
+//! late. Nothing here assumes the API's fields equal the webhook's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,18 +32,23 @@ use soundbox_plugin_sdk::time::parse_vietnam_local;
 
 /// The account `sepay_webhook()` pays into.
 pub const ACCOUNT: &str = "0123499999";
+/// SePay's UUID of that bank account.
+pub const BANK_ACCOUNT_ID: &str = "d6719d04-5b1e-4c2a-9f3d-a6006ab65aca";
+/// SePay's documented limit: requests a second per IP.
+const RATE_PER_SEC: usize = 3;
 
 /// One transaction, with the fields v2 returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SepayTx {
     /// v2's id (a UUID).
     pub id: String,
-    /// The integer id the same transaction has in SePay's webhook.
+    /// The integer id SePay's webhook carries for it.
     pub webhook_id: u64,
-    /// `YYYY-MM-DD HH:MM:SS`, Vietnam time.
+    /// `YYYY-MM-DD HH:MM:SS`, Vietnam time: the bank's time.
     pub transaction_date: String,
     pub account_number: String,
     pub va: Option<String>,
+    pub va_id: Option<String>,
     pub amount_in: u64,
     pub amount_out: u64,
     pub accumulated: u64,
@@ -38,19 +56,23 @@ pub struct SepayTx {
     pub reference_number: Option<String>,
     pub code: Option<String>,
     pub bank_brand_name: String,
+    pub bank_account_id: String,
+    /// Whether SePay delivered its webhook (`webhook_success`).
+    pub webhook_success: bool,
 }
 
 impl SepayTx {
-    /// Incoming transaction `n` of `amount` đồng, made now: the same payment
-    /// as [`crate::sepay_webhook`]`(n, amount)` (account, reference
-    /// `MBVCB.<n>`, amount, content).
+    /// Incoming transaction `n` of `amount` đồng, made now, its webhook
+    /// (integer id `n`, like [`crate::sepay_webhook`]`(n, amount)`) not yet
+    /// delivered. Reference `MBVCB.<n>`.
     pub fn incoming(n: u64, amount: u64) -> SepayTx {
         SepayTx {
-            id: format!("00000000-0000-4000-8000-{n:012x}"),
+            id: format!("0b8e6f1c-{:04x}-4c1e-9f7e-{n:012x}", n % 0xffff),
             webhook_id: n,
             transaction_date: crate::vietnam_now(),
             account_number: ACCOUNT.into(),
             va: None,
+            va_id: None,
             amount_in: amount,
             amount_out: 0,
             accumulated: 19_077_000,
@@ -58,6 +80,8 @@ impl SepayTx {
             reference_number: Some(format!("MBVCB.{n}")),
             code: None,
             bank_brand_name: "Vietcombank".into(),
+            bank_account_id: BANK_ACCOUNT_ID.into(),
+            webhook_success: false,
         }
     }
 
@@ -65,6 +89,28 @@ impl SepayTx {
     pub fn at(mut self, date: &str) -> SepayTx {
         self.transaction_date = date.into();
         self
+    }
+
+    /// The same, with bank reference `reference` (or none).
+    pub fn reference(mut self, reference: Option<&str>) -> SepayTx {
+        self.reference_number = reference.map(str::to_string);
+        self
+    }
+
+    /// The same, its webhook delivered (`webhook_success = 1`).
+    pub fn delivered(mut self) -> SepayTx {
+        self.webhook_success = true;
+        self
+    }
+
+    /// The key `sepay-poll` gives it.
+    pub fn poll_key(&self) -> String {
+        format!("v2/{}", self.id)
+    }
+
+    /// The key `sepay-webhook` gives it: SePay's integer id.
+    pub fn webhook_key(&self) -> String {
+        self.webhook_id.to_string()
     }
 
     /// The item as `GET /v2/transactions` lists it.
@@ -82,7 +128,9 @@ impl SepayTx {
             "reference_number": self.reference_number,
             "code": self.code,
             "bank_brand_name": self.bank_brand_name,
-            "bank_account_id": "19",
+            "bank_account_id": self.bank_account_id,
+            "va_id": self.va_id,
+            "webhook_success": u8::from(self.webhook_success),
         })
     }
 
@@ -105,26 +153,6 @@ impl SepayTx {
         })
         .to_string()
     }
-
-    /// The transaction id both SePay connectors give it (see
-    /// `plugins/sepay-common`), written out independently here.
-    pub fn transaction_id(&self) -> String {
-        let account = &self.account_number;
-        match self.reference_number.as_deref().map(str::trim) {
-            Some(reference) if !reference.is_empty() => format!("{account}/{reference}"),
-            _ => {
-                let (dir, amount) = if self.amount_in > 0 {
-                    ("in", self.amount_in)
-                } else {
-                    ("out", self.amount_out)
-                };
-                let secs = parse_vietnam_local(&self.transaction_date)
-                    .expect("transaction_date is YYYY-MM-DD HH:MM:SS")
-                    / 1000;
-                format!("{account}/{dir}/{amount}/{secs}")
-            }
-        }
-    }
 }
 
 /// `at` as Vietnam local time, the way SePay writes dates.
@@ -144,10 +172,15 @@ pub fn vietnam_minutes_ago(minutes: u64) -> String {
 #[derive(Debug, Default)]
 struct State {
     token: String,
+    reject_token: bool,
+    /// In the order SePay recorded them.
     transactions: Vec<SepayTx>,
     rate_limit_next: u32,
+    enforce_rate: bool,
+    recent: Vec<Instant>,
     requests: u64,
     rate_limited: u64,
+    unauthorized: u64,
     queries: Vec<HashMap<String, String>>,
 }
 
@@ -166,6 +199,7 @@ impl SepayApi {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let state = Arc::new(Mutex::new(State {
             token: token.into(),
+            enforce_rate: true,
             ..State::default()
         }));
         let shared = state.clone();
@@ -191,9 +225,24 @@ impl SepayApi {
         SepayApi { url, state }
     }
 
-    /// Adds a transaction to the account's history.
+    /// SePay records `tx` now (after every one added before). An old
+    /// `transaction_date` makes it a late recording.
     pub fn add(&self, tx: SepayTx) {
         self.state.lock().expect("state").transactions.push(tx);
+    }
+
+    /// Marks the webhook of the transaction with UUID `id` as delivered or
+    /// failed.
+    pub fn set_webhook_success(&self, id: &str, success: bool) {
+        let mut state = self.state.lock().expect("state");
+        for tx in state.transactions.iter_mut().filter(|t| t.id == id) {
+            tx.webhook_success = success;
+        }
+    }
+
+    /// While `true`, even the right token gets 401 (rotated in the dashboard).
+    pub fn reject_token(&self, reject: bool) {
+        self.state.lock().expect("state").reject_token = reject;
     }
 
     /// The next `n` requests get `429` with `Retry-After: 1`.
@@ -211,6 +260,11 @@ impl SepayApi {
         self.state.lock().expect("state").rate_limited
     }
 
+    /// 401s sent.
+    pub fn unauthorized(&self) -> u64 {
+        self.state.lock().expect("state").unauthorized
+    }
+
     /// The decoded query of every request, in order.
     pub fn queries(&self) -> Vec<HashMap<String, String>> {
         self.state.lock().expect("state").queries.clone()
@@ -222,61 +276,106 @@ fn error(status: StatusCode, message: &str, code: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+fn rate_limited(state: &mut State, reset_secs: u64) -> Response {
+    state.rate_limited += 1;
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests",
+        "rate_limited",
+    );
+    let h = response.headers_mut();
+    let reset = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() + reset_secs)
+        .unwrap_or_default();
+    h.insert(header::RETRY_AFTER, reset_secs.into());
+    h.insert("x-ratelimit-limit", RATE_PER_SEC.into());
+    h.insert("x-ratelimit-remaining", 0.into());
+    h.insert("x-ratelimit-reset", reset.into());
+    response
+}
+
 /// `GET /v2/transactions`.
 fn list(state: &mut State, headers: &HeaderMap, query: HashMap<String, String>) -> Response {
     state.requests += 1;
     state.queries.push(query.clone());
+    // The rate limit is checked before auth.
     if state.rate_limit_next > 0 {
         state.rate_limit_next -= 1;
-        state.rate_limited += 1;
-        let mut response = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many requests",
-            "RATE_LIMIT_EXCEEDED",
-        );
-        let h = response.headers_mut();
-        h.insert(header::RETRY_AFTER, "1".parse().expect("header"));
-        h.insert("x-ratelimit-limit", "3".parse().expect("header"));
-        h.insert("x-ratelimit-remaining", "0".parse().expect("header"));
-        return response;
+        return rate_limited(state, 1);
     }
+    let now = Instant::now();
+    state
+        .recent
+        .retain(|t| now.duration_since(*t) < Duration::from_secs(1));
+    if state.enforce_rate && state.recent.len() >= RATE_PER_SEC {
+        return rate_limited(state, 1);
+    }
+    state.recent.push(now);
+
     let expected = format!("Bearer {}", state.token);
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if given != Some(expected.as_str()) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "Unauthenticated.",
-            "UNAUTHENTICATED",
-        );
+    if state.reject_token || given != Some(expected.as_str()) {
+        state.unauthorized += 1;
+        return error(StatusCode::UNAUTHORIZED, "Unauthenticated.", "unauthorized");
     }
 
-    let (per_page, page, from, to) = match params(&query) {
+    let p = match params(&query) {
         Ok(values) => values,
         Err(message) => {
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &message,
-                "VALIDATION_ERROR",
+                "validation_error",
             );
         }
     };
-
-    // Newest first; among equal dates, the latest added first.
+    let after = match &p.since_id {
+        None => None,
+        Some(id) => match state.transactions.iter().position(|t| &t.id == id) {
+            Some(i) => Some(i),
+            None => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "The selected since id is invalid.",
+                    "validation_error",
+                );
+            }
+        },
+    };
+    let text = |key: &str| query.get(key).map(String::as_str);
     let mut matching: Vec<(i64, usize, &SepayTx)> = state
         .transactions
         .iter()
         .enumerate()
+        .filter(|(i, _)| after.is_none_or(|a| *i > a))
         .filter_map(|(i, tx)| Some((parse_vietnam_local(&tx.transaction_date)?, i, tx)))
-        .filter(|(at, _, _)| from.is_none_or(|f| *at >= f) && to.is_none_or(|t| *at <= t))
+        .filter(|(at, _, _)| p.from.is_none_or(|f| *at >= f) && p.to.is_none_or(|t| *at <= t))
+        .filter(|(_, _, tx)| match text("webhook_success") {
+            Some("0") => !tx.webhook_success,
+            Some("1") => tx.webhook_success,
+            _ => true,
+        })
+        .filter(|(_, _, tx)| match text("transfer_type") {
+            Some("in") => tx.amount_in > 0,
+            Some("out") => tx.amount_out > 0,
+            _ => true,
+        })
+        .filter(|(_, _, tx)| text("bank_account_id").is_none_or(|b| b == tx.bank_account_id))
+        .filter(|(_, _, tx)| text("va_id").is_none_or(|v| Some(v) == tx.va_id.as_deref()))
         .collect();
-    matching.sort_by_key(|(at, i, _)| std::cmp::Reverse((*at, *i)));
+    // Among equal dates, in the order recorded.
+    matching.sort_by_key(|(at, i, _)| (*at, *i));
+    if !p.ascending {
+        matching.reverse();
+    }
     let total = matching.len();
     let data: Vec<Value> = matching
         .iter()
-        .skip((page - 1).saturating_mul(per_page))
-        .take(per_page)
+        .skip((p.page - 1).saturating_mul(p.per_page))
+        .take(p.per_page)
         .map(|(_, _, tx)| tx.json())
         .collect();
     let body = json!({
@@ -284,20 +383,26 @@ fn list(state: &mut State, headers: &HeaderMap, query: HashMap<String, String>) 
         "data": data,
         "meta": { "pagination": {
             "total": total,
-            "per_page": per_page,
-            "current_page": page,
-            "last_page": total.div_ceil(per_page).max(1),
-            "has_more": page.saturating_mul(per_page) < total,
+            "per_page": p.per_page,
+            "current_page": p.page,
+            "last_page": total.div_ceil(p.per_page).max(1),
+            "has_more": p.page.saturating_mul(p.per_page) < total,
         }}
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-/// `per_page`, `page`, `transaction_date_from`, `transaction_date_to`, checked
-/// (a 422 with a message otherwise).
-fn params(
-    query: &HashMap<String, String>,
-) -> Result<(usize, usize, Option<i64>, Option<i64>), String> {
+struct Params {
+    per_page: usize,
+    page: usize,
+    from: Option<i64>,
+    to: Option<i64>,
+    since_id: Option<String>,
+    ascending: bool,
+}
+
+/// The query, checked (a 422 with a message otherwise).
+fn params(query: &HashMap<String, String>) -> Result<Params, String> {
     let number = |key: &str, default: usize| match query.get(key) {
         None => Ok(default),
         Some(v) => v
@@ -314,12 +419,24 @@ fn params(
     if !(1..=100).contains(&per_page) || page < 1 {
         return Err("per_page must be 1 to 100 and page at least 1.".into());
     }
-    Ok((
+    let ascending = match query.get("transaction_date_sort").map(String::as_str) {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(_) => return Err("The transaction_date_sort must be asc or desc.".into()),
+    };
+    for key in ["webhook_success"] {
+        if query.get(key).is_some_and(|v| v != "0" && v != "1") {
+            return Err(format!("The {key} field must be 0 or 1."));
+        }
+    }
+    Ok(Params {
         per_page,
         page,
-        date("transaction_date_from")?,
-        date("transaction_date_to")?,
-    ))
+        from: date("transaction_date_from")?,
+        to: date("transaction_date_to")?,
+        since_id: query.get("since_id").cloned(),
+        ascending,
+    })
 }
 
 #[cfg(test)]
@@ -349,6 +466,7 @@ mod tests {
 
     fn api_with_five() -> (SepayApi, Vec<SepayTx>) {
         let api = SepayApi::start("t0k");
+        api.state.lock().expect("state").enforce_rate = false;
         let txs: Vec<SepayTx> = (1..=5)
             .map(|n| SepayTx::incoming(n, 1_000 * n).at(&format!("2024-07-25 10:0{n}:00")))
             .collect();
@@ -359,22 +477,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_token_is_checked() {
+    async fn the_token_is_checked_and_can_be_rotated() {
         let (api, _) = api_with_five();
         for token in [None, Some("wrong")] {
             let (status, _, body) = get(&api, token, "").await;
             assert_eq!(status, 401);
-            assert_eq!(body["status"], "error");
-            assert_eq!(body["message"], "Unauthenticated.");
+            assert_eq!(body["error_code"], "unauthorized");
         }
         let (status, _, body) = get(&api, Some("t0k"), "").await;
         assert_eq!(status, 200);
         assert_eq!(body["data"].as_array().map(Vec::len), Some(5));
-        assert_eq!(api.requests(), 3);
+        api.reject_token(true);
+        assert_eq!(get(&api, Some("t0k"), "").await.0, 401);
+        api.reject_token(false);
+        assert_eq!(get(&api, Some("t0k"), "").await.0, 200);
+        assert_eq!((api.requests(), api.unauthorized()), (5, 3));
     }
 
     #[tokio::test]
-    async fn pages_newest_first_with_has_more() {
+    async fn items_have_uuids_and_no_webhook_id() {
+        let (api, txs) = api_with_five();
+        let (_, _, body) = get(&api, Some("t0k"), "per_page=1").await;
+        let item = &body["data"][0];
+        for key in ["id", "bank_account_id"] {
+            let text = item[key].as_str().expect(key);
+            assert_eq!(text.len(), 36, "{key}: {text}");
+            assert_eq!(text.matches('-').count(), 4, "{key}: {text}");
+        }
+        assert_eq!(item["webhook_success"], 0);
+        let ids: Vec<&String> = txs.iter().map(|t| &t.id).collect();
+        let mut unique = ids.clone();
+        unique.dedup();
+        assert_eq!(ids.len(), unique.len());
+    }
+
+    #[tokio::test]
+    async fn pages_newest_first_with_has_more_or_ascending() {
         let (api, txs) = api_with_five();
         let mut seen = Vec::new();
         for (page, more) in [(1, true), (2, true), (3, false)] {
@@ -387,77 +525,103 @@ mod tests {
         }
         let newest_first: Vec<String> = txs.iter().rev().map(|t| t.id.clone()).collect();
         assert_eq!(seen, newest_first);
-        let (_, _, past_the_end) = get(&api, Some("t0k"), "per_page=2&page=4").await;
-        assert_eq!(ids(&past_the_end), Vec::<String>::new());
-        assert_eq!(past_the_end["meta"]["pagination"]["has_more"], false);
+        let (_, _, asc) = get(&api, Some("t0k"), "transaction_date_sort=asc").await;
+        let oldest_first: Vec<String> = txs.iter().map(|t| t.id.clone()).collect();
+        assert_eq!(ids(&asc), oldest_first);
     }
 
     #[tokio::test]
-    async fn date_from_is_inclusive_and_must_be_well_formed() {
+    async fn since_id_is_what_was_recorded_after() {
         let (api, txs) = api_with_five();
+        // Recorded last, with the oldest bank time.
+        let late = SepayTx::incoming(6, 6_000).at("2024-07-25 09:00:00");
+        api.add(late.clone());
+        let (_, _, body) = get(
+            &api,
+            Some("t0k"),
+            &format!("since_id={}&transaction_date_sort=asc", txs[4].id),
+        )
+        .await;
+        assert_eq!(ids(&body), std::slice::from_ref(&late.id));
+        let (_, _, body) = get(
+            &api,
+            Some("t0k"),
+            "transaction_date_from=2024-07-25%2010:00:00&transaction_date_sort=asc",
+        )
+        .await;
+        assert!(!ids(&body).contains(&late.id), "its bank time is older");
+        let (status, _, _) = get(&api, Some("t0k"), "since_id=nope").await;
+        assert_eq!(status, 422);
+    }
+
+    #[tokio::test]
+    async fn filters_by_webhook_success_date_and_direction() {
+        let (api, txs) = api_with_five();
+        api.set_webhook_success(&txs[0].id, true);
+        let (_, _, body) = get(&api, Some("t0k"), "webhook_success=0").await;
+        assert_eq!(ids(&body).len(), 4);
+        let (_, _, body) = get(&api, Some("t0k"), "webhook_success=1").await;
+        assert_eq!(ids(&body), [txs[0].id.clone()]);
+        let (_, _, body) = get(&api, Some("t0k"), "transfer_type=out").await;
+        assert!(ids(&body).is_empty());
         // `%20` and `+` both decode to a space.
         for from in ["2024-07-25%2010%3A03%3A00", "2024-07-25+10:03:00"] {
             let (_, _, body) =
                 get(&api, Some("t0k"), &format!("transaction_date_from={from}")).await;
-            let expected: Vec<String> = txs[2..].iter().rev().map(|t| t.id.clone()).collect();
-            assert_eq!(ids(&body), expected, "{from}");
+            assert_eq!(ids(&body).len(), 3, "{from}");
         }
-        let (_, _, body) = get(
-            &api,
-            Some("t0k"),
-            "transaction_date_from=2024-07-25%2010:02:00&transaction_date_to=2024-07-25%2010:03:00",
-        )
-        .await;
-        assert_eq!(ids(&body).len(), 2);
         for bad in [
             "transaction_date_from=2024-07-25",
             "per_page=101",
             "page=0",
-            "page=x",
+            "webhook_success=2",
         ] {
             let (status, _, body) = get(&api, Some("t0k"), bad).await;
             assert_eq!(status, 422, "{bad}");
-            assert_eq!(body["status"], "error");
+            assert_eq!(body["error_code"], "validation_error");
         }
     }
 
     #[tokio::test]
-    async fn rate_limits_on_demand() {
-        let (api, _) = api_with_five();
-        api.rate_limit_next(2);
-        for _ in 0..2 {
-            let (status, headers, body) = get(&api, Some("t0k"), "").await;
-            assert_eq!(status, 429);
-            assert_eq!(headers["retry-after"], "1");
-            assert_eq!(body["status"], "error");
+    async fn two_transfers_may_share_a_reference_or_have_none() {
+        let api = SepayApi::start("t0k");
+        let a = SepayTx::incoming(1, 50_000).reference(Some("FT1"));
+        let b = SepayTx::incoming(2, 50_000).reference(Some("FT1"));
+        let c = SepayTx::incoming(3, 50_000).reference(None);
+        for tx in [&a, &b, &c] {
+            api.add(tx.clone());
         }
-        let (status, _, _) = get(&api, Some("t0k"), "").await;
-        assert_eq!(status, 200);
-        assert_eq!((api.requests(), api.rate_limited()), (3, 2));
-        assert_eq!(api.queries().len(), 3);
+        let (_, _, body) = get(&api, Some("t0k"), "").await;
+        assert_eq!(ids(&body).len(), 3);
+        assert_ne!(a.poll_key(), b.poll_key());
+        assert_ne!(a.webhook_key(), b.webhook_key());
+        assert!(
+            body["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .any(|t| t["reference_number"].is_null())
+        );
     }
 
-    #[test]
-    fn a_transaction_and_its_webhook_agree() {
-        let tx = SepayTx::incoming(7, 99_000).at("2024-07-25 14:02:37");
-        let hook: Value = serde_json::from_str(&tx.webhook_body()).expect("json");
-        let mut made: Value = serde_json::from_str(&crate::sepay_webhook(7, 99_000)).expect("json");
-        made["transactionDate"] = json!("2024-07-25 14:02:37");
-        assert_eq!(hook, made, "the same payment as sepay_webhook(7, _)");
-        assert_eq!(tx.transaction_id(), "0123499999/MBVCB.7");
-        assert_eq!(crate::sepay_transaction_id(7), tx.transaction_id());
-        let item = tx.json();
-        assert_eq!(item["reference_number"], hook["referenceCode"]);
-        assert_eq!(item["transaction_date"], hook["transactionDate"]);
-
-        let no_reference = SepayTx {
-            reference_number: None,
-            ..tx
-        };
-        // 2024-07-25 14:02:37 in Vietnam = 1721890957 Unix seconds.
-        assert_eq!(
-            no_reference.transaction_id(),
-            "0123499999/in/99000/1721890957"
-        );
+    #[tokio::test]
+    async fn rate_limits_with_sepays_headers() {
+        let (api, _) = api_with_five();
+        api.rate_limit_next(1);
+        let (status, headers, body) = get(&api, None, "").await;
+        assert_eq!(status, 429, "before auth");
+        assert_eq!(headers["retry-after"], "1");
+        assert_eq!(headers["x-ratelimit-limit"], "3");
+        assert_eq!(headers["x-ratelimit-remaining"], "0");
+        assert!(headers.contains_key("x-ratelimit-reset"));
+        assert_eq!(body["error_code"], "rate_limited");
+        // Three a second.
+        api.state.lock().expect("state").enforce_rate = true;
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(get(&api, Some("t0k"), "").await.0);
+        }
+        assert_eq!(statuses, [200, 200, 200, 429]);
+        assert_eq!(api.rate_limited(), 2);
     }
 }

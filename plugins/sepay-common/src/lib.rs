@@ -1,23 +1,19 @@
-//! What the two SePay connectors share: the provider name and the
-//! transaction id they both give one bank transaction.
+//! What the two SePay connectors share: the provider name, the transaction
+//! id each gives a bank transaction, and the rule that keeps the poller off
+//! every payment a webhook may still deliver ([`Ledger`]).
 //!
-//! SePay's webhooks carry an integer `id`, its transaction API v2 a UUID, so
-//! neither id can be the dedupe key when `sepay-webhook` and `sepay-poll` run
-//! side by side (the poller fills what the webhooks missed). The key is built
-//! instead from fields both paths carry:
-//!
-//! - with a bank reference: `<account>/<reference>`,
-//!   e.g. `0123499999/MBVCB.3278907687`;
-//! - without one: `<account>/<in|out>/<amount>/<occurred-at Unix seconds>`,
-//!   e.g. `0123499999/in/2277000/1701933300`;
-//! - without a reference or a readable date either (never seen; the two paths
-//!   do not agree on this one): `<account>/<in|out>/<amount>/id-<SePay id>`.
-//!
-//! This rests on an assumption to confirm against a real SePay account: v2's
-//! `reference_number` equals the webhook's `referenceCode`, and v2's
-//! `transaction_date` equals the webhook's `transactionDate`.
+//! The two ids never need to agree, because the two sources never report the
+//! same payment (see [`webhook_transaction_id`]). Nothing SePay publishes
+//! ties the two together: SePay's docs (developer.sepay.vn, API v2
+//! overview and "upgrade from v1") give v2 items UUID ids where webhooks
+//! carry integers, and no v2 field holds the webhook's id; the
+//! reconciliation guide never says `reference_number` equals the webhook's
+//! `referenceCode`, nor that the dates are identical, nor that a reference
+//! is unique. So no key is built from references, amounts or times.
 
-use soundbox_plugin_sdk::Direction;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 /// The dedupe provider both SePay connectors declare.
 pub const PROVIDER: &str = "sepay";
@@ -25,35 +21,41 @@ pub const PROVIDER: &str = "sepay";
 /// The gateway refuses a transaction id longer than this.
 pub const MAX_TRANSACTION_ID_BYTES: usize = 128;
 
-/// The transaction id of one SePay transaction, the same from a webhook and
-/// from the API.
+/// Prefix of the poller's ids: keeps them apart from the webhook's integers.
+pub const POLL_PREFIX: &str = "v2/";
+
+/// The transaction id of a webhook: SePay's integer `id`, as text.
 ///
-/// `account` is the webhook's `accountNumber` / v2's `account_number`;
-/// `reference` the webhook's `referenceCode` / v2's `reference_number`;
-/// `occurred_at_ms` the parsed `transactionDate` / `transaction_date`;
-/// `sepay_id` SePay's own id, used only when neither reference nor date is
-/// there. Whitespace around the parts and control characters in them are
-/// dropped; the result is cut to [`MAX_TRANSACTION_ID_BYTES`].
-pub fn transaction_id(
-    account: &str,
-    reference: Option<&str>,
-    direction: Direction,
-    amount: u64,
-    occurred_at_ms: Option<i64>,
-    sepay_id: &str,
-) -> String {
-    let account = clean(account);
-    let reference = reference.map(clean).filter(|r| !r.is_empty());
-    let dir = match direction {
-        Direction::Incoming => "in",
-        Direction::Outgoing => "out",
-    };
-    let id = match (reference, occurred_at_ms) {
-        (Some(reference), _) => format!("{account}/{reference}"),
-        (None, Some(ms)) => format!("{account}/{dir}/{amount}/{}", ms.div_euclid(1000)),
-        (None, None) => format!("{account}/{dir}/{amount}/id-{}", clean(sepay_id)),
-    };
+/// Why the id alone: SePay's docs (developer.sepay.vn, webhooks quick start
+/// and "errors and retry") dedupe on `id`; a retry and a manual replay from
+/// the dashboard resend the same `id`; two transfers that share a reference,
+/// or an amount and a second, are two SePay transactions with two ids.
+///
+/// The cross-source rule: a payment reaches the log either from the webhook
+/// (this key) or from `sepay-poll` (key [`poll_transaction_id`]), never
+/// both, because in its default `backfill` mode the poller reports only a
+/// transaction SePay lists with `webhook_success=0` and that it first saw at
+/// least the retry horizon ago, when no automatic retry can come any more
+/// ([`Ledger`]). So the two keys never have to meet on one payment. The one
+/// way to get a payment twice: the shop replays, from SePay's dashboard, a
+/// webhook the poller has already reported (documented in both READMEs).
+pub fn webhook_transaction_id(sepay_id: impl std::fmt::Display) -> String {
+    let id = clean(&sepay_id.to_string());
     soundbox_plugin_sdk::text::truncate(&id, MAX_TRANSACTION_ID_BYTES).to_string()
+}
+
+/// The transaction id of an API v2 item: `v2/<uuid>`, from its `id`.
+/// `None` when the item has no usable id (empty, or too long to keep whole:
+/// a cut id could merge two transactions).
+///
+/// SePay's docs (developer.sepay.vn, API v2 overview) give every transaction
+/// a UUID; a re-read of the same transaction returns the same UUID, which is
+/// all this key needs. See [`webhook_transaction_id`] for why it never has
+/// to equal the webhook's key.
+pub fn poll_transaction_id(uuid: &str) -> Option<String> {
+    let uuid = clean(uuid);
+    let id = format!("{POLL_PREFIX}{uuid}");
+    (!uuid.is_empty() && id.len() <= MAX_TRANSACTION_ID_BYTES).then_some(id)
 }
 
 /// Trimmed, without control characters (the gateway refuses them in ids).
@@ -61,66 +63,86 @@ fn clean(part: &str) -> String {
     part.trim().chars().filter(|c| !c.is_control()).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use Direction::{Incoming, Outgoing};
+/// What the poller should do with a transaction SePay lists as
+/// `webhook_success=0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its webhook can no longer arrive: report it now.
+    Emit,
+    /// First seen less than the horizon ago: a retry may still deliver it.
+    Wait,
+    /// Reported before.
+    Emitted,
+    /// The ledger is full; it is looked at again on a later sweep.
+    Full,
+}
 
-    // 2023-12-07 14:15:00 in Vietnam (UTC+7) = 2023-12-07T07:15:00Z.
-    const AT_MS: i64 = 1_701_933_300_000;
+/// The poller's memory of failed-webhook transactions: when it first saw
+/// each, and whether it reported it. Kept in the plugin's KV as one small
+/// JSON value (at most [`Ledger::MAX_ENTRIES`], pruned by [`Ledger::prune`]).
+///
+/// "First seen" rather than the bank time, because SePay may record a
+/// transaction late with an older bank time, and its retries count from
+/// when it recorded it, which the API does not show. SePay's docs
+/// (developer.sepay.vn, webhooks "errors and retry"): with "Auto retry on
+/// server error" on, 8 attempts at 0, 1, 2, 4, 7, 12, 20 and 33 minutes;
+/// with it off, one attempt. A horizon over 33 minutes (default 40) after
+/// the poller first saw it failed is past the last automatic retry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// UUID → [first seen (Unix s), bank time (Unix s), reported].
+    entries: BTreeMap<String, (i64, i64, bool)>,
+}
 
-    #[test]
-    fn with_a_reference_it_is_account_and_reference() {
-        let id = transaction_id(
-            "0123499999",
-            Some("MBVCB.3278907687"),
-            Incoming,
-            2_277_000,
-            Some(AT_MS),
-            "92704",
-        );
-        assert_eq!(id, "0123499999/MBVCB.3278907687");
-        // Amount, direction, date and SePay's id do not enter it: a UUID from
-        // the API and an integer from a webhook give the same key.
-        let same = transaction_id(
-            " 0123499999 ",
-            Some(" MBVCB.3278907687\n"),
-            Incoming,
-            2_277_000,
-            None,
-            "0b8e6f1c-5d0a-4c1e-9f7e-2a1d3c4b5e6f",
-        );
-        assert_eq!(same, id);
-    }
+impl Ledger {
+    /// About 55 bytes of JSON each: well under the gateway's 64 KiB value
+    /// limit. A day with more failed webhooks than this only delays the
+    /// rest to a later sweep.
+    pub const MAX_ENTRIES: usize = 1000;
 
-    #[test]
-    fn without_a_reference_it_is_direction_amount_and_time() {
-        for empty in [None, Some(""), Some("   ")] {
-            assert_eq!(
-                transaction_id("0123499999", empty, Outgoing, 350_000, Some(AT_MS), "1"),
-                "0123499999/out/350000/1701933300"
-            );
+    /// Looks at a transaction listed as failed at `now`; `bank_time` is its
+    /// `transaction_date` (or `now` when unreadable), used to prune it.
+    pub fn observe_failed(
+        &mut self,
+        uuid: &str,
+        bank_time: i64,
+        now: i64,
+        horizon_secs: i64,
+    ) -> Verdict {
+        if !self.entries.contains_key(uuid) {
+            if self.entries.len() >= Self::MAX_ENTRIES {
+                return Verdict::Full;
+            }
+            self.entries
+                .insert(uuid.to_string(), (now, bank_time, false));
         }
-        assert_eq!(
-            transaction_id("0123499999", None, Incoming, 5, Some(AT_MS + 999), "1"),
-            "0123499999/in/5/1701933300",
-            "whole seconds"
-        );
-        assert_eq!(
-            transaction_id("0123499999", None, Incoming, 5, None, "92704"),
-            "0123499999/in/5/id-92704"
-        );
+        let Some(entry) = self.entries.get_mut(uuid) else {
+            return Verdict::Full;
+        };
+        if entry.2 {
+            Verdict::Emitted
+        } else if now.saturating_sub(entry.0) >= horizon_secs {
+            entry.2 = true;
+            Verdict::Emit
+        } else {
+            Verdict::Wait
+        }
     }
 
-    #[test]
-    fn ids_stay_within_the_gateway_rules() {
-        let id = transaction_id("01\t23", Some("A\u{0}B"), Incoming, 1, None, "x");
-        assert_eq!(id, "0123/AB");
-        let long = "đ".repeat(100);
-        let id = transaction_id("0123", Some(&long), Incoming, 1, None, "x");
-        assert!(id.len() <= MAX_TRANSACTION_ID_BYTES, "{}", id.len());
-        assert!(id.starts_with("0123/đđ"));
-        // Cut on a char boundary: `0123/` is 5 bytes, each `đ` 2.
-        assert_eq!(id.len(), 127);
+    /// Forgets transactions whose bank time is before `window_start`: the
+    /// re-read window no longer returns them, so nothing asks about them.
+    pub fn prune(&mut self, window_start: i64) {
+        self.entries.retain(|_, (_, bank, _)| *bank >= window_start);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;

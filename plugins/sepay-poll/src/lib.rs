@@ -1,25 +1,26 @@
-//! SePay's transaction API v2 → balance changes.
+//! SePay's transaction API v2 → balance changes, in one of two modes
+//! (`mode` in `[connector.config]`):
 //!
-//! Runs beside `sepay-webhook` and fills what its webhooks missed (SePay gives
-//! up on a webhook after about 33 minutes of failures). Both declare provider
-//! `sepay` and the same transaction id ([`sepay_common::transaction_id`]), so
-//! the gateway announces a payment seen by both once.
+//! - `backfill` (default; beside `sepay-webhook`): reports only what the
+//!   webhook failed to deliver and can no longer deliver. Each sweep re-reads
+//!   the last `lookback_hours` by bank date with `webhook_success=0`,
+//!   ascending, every page. A transaction is reported once the poller first
+//!   saw it at least `webhook_retry_horizon_mins` ago ([`Ledger`]), so the
+//!   webhook and the poller never both report one payment and their keys
+//!   never need to agree (see [`sepay_common::webhook_transaction_id`]).
+//! - `all` (a shop with no webhook, e.g. behind NAT): reports every
+//!   transaction at once, following a cursor on what SePay has recorded
+//!   (`since_id` + `transaction_date_sort=asc`), plus a re-read of the
+//!   lookback window every `reconcile_mins` as a safety net.
 //!
-//! How a poll goes: each call fetches ONE page of
-//! `GET {base_url}/v2/transactions?transaction_date_from=…&per_page=…&page=…`
-//! and saves the cursor (`{from, page, max_seen}` in KV) in the same call that
-//! returns the page's changes; the gateway applies the KV write only once the
-//! changes are stored, so a failed store repeats the page. While SePay says
-//! `has_more`, the next call comes after [`PAGE_DELAY_MS`] for the next page;
-//! after the last page the next sweep starts at the latest transaction date
-//! seen minus `overlap_minutes` (banks book some transfers late), on the
-//! connector's interval. The cursor is a date, never SePay's `since_id` (its
-//! inclusiveness is not documented) nor an assumed sort order; the overlap's
-//! duplicates are absorbed by the gateway's dedupe. A gateway that was off
-//! finds an old cursor and pages through everything since: the backfill.
+//! Either way a transaction's key is `v2/<uuid>`
+//! ([`sepay_common::poll_transaction_id`]), and every KV write (cursor,
+//! sweep, ledger) is made in the call that returns the changes it accounts
+//! for: the gateway applies a call's KV writes only once its changes are
+//! stored (the WIT `kv` interface), so a failed store repeats the call.
 //!
-//! Config (`[connector.config]`): `api_token` (required), `base_url`,
-//! `per_page`, `backfill_hours`, `overlap_minutes`, `account`; see the README.
+//! Each call fetches one page; while SePay says `has_more`, the next call
+//! comes after [`PAGE_DELAY_MS`]. Config: see the README.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,20 +32,21 @@ use soundbox_plugin_sdk::{
 
 /// The dedupe provider, shared with `sepay-webhook`.
 pub use sepay_common::PROVIDER;
+use sepay_common::{Ledger, Verdict};
 
-/// KV key of the [`Cursor`].
-pub const CURSOR_KEY: &str = "cursor";
+/// KV key of the [`State`].
+pub const STATE_KEY: &str = "state";
+/// KV key of the backfill mode's [`Ledger`].
+pub const LEDGER_KEY: &str = "ledger";
 pub const DEFAULT_BASE_URL: &str = "https://userapi.sepay.vn";
-/// Delay before the next page of a backlog: SePay allows 3 requests a second.
+/// Delay before the next page: SePay's docs (developer.sepay.vn, API v2
+/// overview) allow 3 requests a second per IP.
 pub const PAGE_DELAY_MS: u64 = 400;
 /// The longest a 429's `Retry-After` makes us wait.
 pub const MAX_RETRY_AFTER_MS: u64 = 600_000;
 /// A clock before 2024-01-01 is not set yet (a Pi has no battery clock):
-/// a first backfill from there would page through years.
+/// a window from there would be meaningless.
 const CLOCK_SET_AFTER: i64 = 1_704_067_200;
-/// Transaction dates further ahead of our clock than this are not trusted to
-/// move the cursor: one bogus date would make every later sweep miss payments.
-const MAX_FUTURE_SECS: i64 = 24 * 3600;
 /// The gateway's limits on a change's fields (see its `validate`).
 const MAX_ACCOUNT_BYTES: usize = 64;
 const MAX_REFERENCE_BYTES: usize = 256;
@@ -61,16 +63,61 @@ impl PollingConnector for SepayPoller {
 
 export_polling_connector!(SepayPoller);
 
+/// What the poller reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Only failed webhooks, once they can no longer arrive.
+    Backfill,
+    /// Every transaction (no webhook connector).
+    All,
+}
+
 /// Where the poller is, kept in KV as small JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    /// Unix seconds: the sweep asks for transactions dated from here on
-    /// (`transaction_date_from`, inclusive).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// `all`: the UUID of the last transaction reported by the cursor
+    /// (SePay's `since_id`).
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// A date sweep in progress.
+    #[serde(default)]
+    pub sweep: Option<Sweep>,
+    /// `all`: when the last date sweep started (Unix s).
+    #[serde(default)]
+    pub last_sweep: i64,
+}
+
+/// A re-read of the window by bank date, page by page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sweep {
+    /// Unix seconds: `transaction_date_from`, fixed for the whole sweep.
     pub from: i64,
-    /// The page of the sweep to fetch next (1-based).
+    /// The page to fetch next (1-based).
     pub page: u32,
-    /// Unix seconds: the latest transaction date seen so far.
-    pub max_seen: i64,
+    /// The UUID of the last item seen (the cursor after a first sweep).
+    #[serde(default)]
+    pub last_id: Option<String>,
+}
+
+/// The webhook's filters, applied by the poller too so it never reports
+/// what the shop filtered out of its webhook. SePay's docs (developer.sepay.vn,
+/// webhooks "create"): direction, account, virtual account, payment-code
+/// prefix, "skip if no payment code".
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    /// `in` or `out`; `None`: both.
+    pub transfer_type: Option<&'static str>,
+    /// `account_number` or `va` equal to this.
+    pub account: Option<String>,
+    /// SePay's bank account UUID (an API parameter too).
+    pub bank_account_id: Option<String>,
+    /// `va` equal to this.
+    pub va: Option<String>,
+    /// SePay's virtual account UUID (an API parameter too).
+    pub va_id: Option<String>,
+    /// `code` starts with it, or the content contains it (case-insensitive).
+    pub payment_code_prefix: Option<String>,
+    pub skip_without_code: bool,
 }
 
 /// The connector's config, checked.
@@ -79,86 +126,177 @@ pub struct Settings {
     api_token: String,
     pub base_url: String,
     pub per_page: u32,
-    pub backfill_secs: i64,
-    pub overlap_secs: i64,
-    /// Keep only this account's (or virtual account's) transactions.
-    pub account: Option<String>,
+    pub mode: Mode,
+    pub lookback_secs: i64,
+    pub horizon_secs: i64,
+    pub reconcile_secs: i64,
+    pub filters: Filters,
 }
 
 impl Settings {
     /// Reads and checks `[connector.config]`; a mistake there is `Fatal`.
     pub fn from_config() -> Result<Settings, ConnectorError> {
+        let fatal = |m: String| ConnectorError::Fatal(m);
         let api_token = config::require("api_token")?.trim().to_string();
         if api_token.is_empty() {
-            return Err(ConnectorError::Fatal("config `api_token` is empty".into()));
+            return Err(fatal("config `api_token` is empty".into()));
         }
         let base_url = config::get_or("base_url", DEFAULT_BASE_URL)
             .trim()
             .trim_end_matches('/')
             .to_string();
         if !base_url.starts_with("https://") && !base_url.starts_with("http://") {
-            return Err(ConnectorError::Fatal(format!(
+            return Err(fatal(format!(
                 "config `base_url` is `{base_url}`; expected an http(s) URL like {DEFAULT_BASE_URL}"
             )));
         }
-        let account = config::get("account")
-            .map(|a| a.trim().to_string())
-            .filter(|a| !a.is_empty());
+        let mode = match text("mode").as_deref() {
+            None | Some("backfill") => Mode::Backfill,
+            Some("all") => Mode::All,
+            Some(other) => {
+                return Err(fatal(format!(
+                    "config `mode` is `{other}`; expected backfill (beside sepay-webhook) or all (no webhook)"
+                )));
+            }
+        };
+        let transfer_type = match text("transfer_type").as_deref() {
+            None | Some("in") => Some("in"),
+            Some("out") => Some("out"),
+            Some("both") | Some("all") => None,
+            Some(other) => {
+                return Err(fatal(format!(
+                    "config `transfer_type` is `{other}`; expected in, out or both"
+                )));
+            }
+        };
+        let skip_without_code = match text("skip_without_code").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(fatal(format!(
+                    "config `skip_without_code` is `{other}`; expected true or false"
+                )));
+            }
+        };
+        // `backfill_hours` is the older name.
+        let lookback_key =
+            if config::get("lookback_hours").is_none() && config::get("backfill_hours").is_some() {
+                "backfill_hours"
+            } else {
+                "lookback_hours"
+            };
+        let lookback_secs = number(lookback_key, 24, 1, 24 * 366)? as i64 * 3600;
+        let horizon_secs = minutes("webhook_retry_horizon_mins", 40.0)?;
+        if horizon_secs > lookback_secs {
+            return Err(fatal(format!(
+                "`{lookback_key}` must cover `webhook_retry_horizon_mins`: a failed webhook must still be in the window when it is due"
+            )));
+        }
         Ok(Settings {
             api_token,
             base_url,
             per_page: number("per_page", 100, 1, 100)? as u32,
-            backfill_secs: number("backfill_hours", 24, 0, 24 * 366)? as i64 * 3600,
-            overlap_secs: number("overlap_minutes", 10, 0, 24 * 60)? as i64 * 60,
-            account,
+            mode,
+            lookback_secs,
+            horizon_secs,
+            reconcile_secs: minutes("reconcile_mins", 30.0)?,
+            filters: Filters {
+                transfer_type,
+                account: text("account"),
+                bank_account_id: text("bank_account_id"),
+                va: text("va"),
+                va_id: text("va_id"),
+                payment_code_prefix: text("payment_code_prefix"),
+                skip_without_code,
+            },
         })
     }
 }
 
-/// An integer config value in `min..=max` (TOML numbers arrive as JSON text;
-/// a quoted number is accepted too).
+/// A config string, trimmed (TOML strings arrive as they are, other values
+/// as JSON text); `None` when absent or empty.
+fn text(key: &str) -> Option<String> {
+    config::get(key)
+        .map(|v| v.trim().trim_matches('"').trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// An integer config value in `min..=max` (a quoted number is accepted too).
 fn number(key: &str, default: u64, min: u64, max: u64) -> Result<u64, ConnectorError> {
-    let Some(text) = config::get(key) else {
+    let Some(value) = text(key) else {
         return Ok(default);
     };
-    text.trim()
-        .trim_matches('"')
+    value
         .parse::<u64>()
         .ok()
         .filter(|n| (min..=max).contains(n))
         .ok_or_else(|| {
             ConnectorError::Fatal(format!(
-                "config `{key}` is `{text}`; expected an integer from {min} to {max}"
+                "config `{key}` is `{value}`; expected an integer from {min} to {max}"
             ))
         })
 }
 
+/// Minutes (fractions allowed: `0.1` is 6 s) from 0 to a week, as seconds.
+fn minutes(key: &str, default: f64) -> Result<i64, ConnectorError> {
+    let value = match text(key) {
+        None => default,
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|m| (0.0..=7.0 * 24.0 * 60.0).contains(m))
+            .ok_or_else(|| {
+                ConnectorError::Fatal(format!(
+                    "config `{key}` is `{v}`; expected minutes from 0 to 10080"
+                ))
+            })?,
+    };
+    Ok((value * 60.0).round() as i64)
+}
+
+/// What one call asks SePay for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ask {
+    /// A page of the window by bank date.
+    Sweep(Sweep),
+    /// The next page after the cursor (`all`).
+    Since(String),
+}
+
 /// One poll, with `now` (Unix seconds) as the clock: fetch one page, map
-/// it, save the cursor that follows it.
+/// it, save the state that follows it.
 pub fn poll_at(now: i64) -> Result<PollOutcome, ConnectorError> {
     let settings = Settings::from_config()?;
-    let cursor = match load_cursor() {
-        Some(cursor) => cursor,
-        None if now < CLOCK_SET_AFTER => {
-            return Err(ConnectorError::Transient(
-                "the clock is not set yet; the first backfill waits for it".into(),
-            ));
+    if now < CLOCK_SET_AFTER {
+        return Err(ConnectorError::Transient(
+            "the clock is not set yet; polling waits for it".into(),
+        ));
+    }
+    let mut state = load::<State>(STATE_KEY).unwrap_or_default();
+    let window_start = now - settings.lookback_secs;
+    let fresh_sweep = || Sweep {
+        from: window_start,
+        page: 1,
+        last_id: None,
+    };
+    let ask = match (&state.sweep, settings.mode, &state.cursor) {
+        (Some(sweep), _, _) => Ask::Sweep(sweep.clone()),
+        (None, Mode::All, Some(cursor))
+            if now.saturating_sub(state.last_sweep) < settings.reconcile_secs =>
+        {
+            Ask::Since(cursor.clone())
         }
-        None => {
-            let from = now - settings.backfill_secs;
-            Cursor {
-                from,
-                page: 1,
-                max_seen: from,
-            }
+        _ => {
+            state.last_sweep = now;
+            Ask::Sweep(fresh_sweep())
         }
     };
 
-    let response = http::send(&request(&settings, &cursor)).map_err(http_failed)?;
+    let response = http::send(&request(&settings, &ask)).map_err(http_failed)?;
     if response.status == 429 {
         let wait = retry_after_ms(&response);
         log::warn(&format!(
-            "SePay rate-limited us (429); next poll in {wait} ms, cursor unchanged"
+            "SePay rate-limited us (429); next poll in {wait} ms, state unchanged"
         ));
         return Ok(PollOutcome {
             changes: Vec::new(),
@@ -171,87 +309,186 @@ pub fn poll_at(now: i64) -> Result<PollOutcome, ConnectorError> {
         ConnectorError::Transient(reason)
     })?;
 
+    let mut ledger = match settings.mode {
+        Mode::Backfill => Some(load::<Ledger>(LEDGER_KEY).unwrap_or_default()),
+        Mode::All => None,
+    };
     let mut changes = Vec::new();
-    let mut max_seen = cursor.max_seen;
+    let mut last_id = None;
     for item in &page.items {
-        if let Some(at) = item_time(item)
-            && at <= now + MAX_FUTURE_SECS
-        {
-            max_seen = max_seen.max(at);
+        let id = text_of(item.get("id")).map(|i| i.trim().to_string());
+        if id.as_deref().is_some_and(|i| !i.is_empty()) {
+            last_id = id.clone();
         }
-        match to_change(item, settings.account.as_deref()) {
-            Ok(Some(change)) => changes.push(change),
-            Ok(None) => {}
-            Err(reason) => log::warn(&format!("skipped a SePay transaction: {reason}")),
+        if !settings.filters.keep(item) {
+            continue;
+        }
+        let change = match to_change(item) {
+            Ok(Some(change)) => change,
+            Ok(None) => continue,
+            Err(reason) => {
+                log::warn(&format!("skipped a SePay transaction: {reason}"));
+                continue;
+            }
+        };
+        let Some(ledger) = ledger.as_mut() else {
+            changes.push(change);
+            continue;
+        };
+        // SePay's docs: `webhook_success` 1 means delivered. We asked for
+        // `webhook_success=0`; an item saying 1 anyway is the webhook's.
+        if matches!(item.get("webhook_success"), Some(v) if v == 1 || v == true || v == "1") {
+            continue;
+        }
+        let bank_time = item_time(item).unwrap_or(now);
+        let uuid = id.unwrap_or_default();
+        match ledger.observe_failed(&uuid, bank_time, now, settings.horizon_secs) {
+            Verdict::Emit => {
+                log::info(&format!(
+                    "transaction {uuid}: SePay's webhook failed and can no longer arrive; reporting it"
+                ));
+                changes.push(change);
+            }
+            Verdict::Wait | Verdict::Emitted => {}
+            Verdict::Full => log::warn(&format!(
+                "transaction {uuid}: too many failed webhooks to track; looked at again later"
+            )),
         }
     }
-    log::debug(&format!(
-        "page {} from {}: {} transactions, {} changes",
-        cursor.page,
-        vietnam_local(cursor.from),
-        page.items.len(),
-        changes.len()
-    ));
 
-    // An empty page ends the sweep even if SePay says there is more.
-    let (next, next_poll_ms) = if page.has_more && !page.items.is_empty() {
-        let next = Cursor {
-            page: cursor.page.saturating_add(1),
-            max_seen,
-            ..cursor
-        };
-        (next, Some(PAGE_DELAY_MS))
-    } else {
-        let next = Cursor {
-            from: cursor.from.max(max_seen - settings.overlap_secs),
-            page: 1,
-            max_seen,
-        };
-        (next, None)
+    let more = page.has_more && !page.items.is_empty();
+    let next_poll_ms = match ask {
+        Ask::Sweep(sweep) if more => {
+            state.sweep = Some(Sweep {
+                page: sweep.page.saturating_add(1),
+                last_id: last_id.or(sweep.last_id),
+                ..sweep
+            });
+            Some(PAGE_DELAY_MS)
+        }
+        Ask::Sweep(sweep) => {
+            state.sweep = None;
+            if settings.mode == Mode::All && state.cursor.is_none() {
+                // The first sweep's last item (the newest bank date) starts
+                // the cursor; the reconcile sweeps cover the rest.
+                state.cursor = last_id.or(sweep.last_id);
+            }
+            None
+        }
+        Ask::Since(_) => {
+            if let Some(id) = last_id {
+                state.cursor = Some(id);
+            }
+            more.then_some(PAGE_DELAY_MS)
+        }
     };
-    save_cursor(&next)?;
+    if let Some(mut ledger) = ledger {
+        ledger.prune(window_start);
+        save(LEDGER_KEY, &ledger)?;
+    }
+    save(STATE_KEY, &state)?;
     Ok(PollOutcome {
         changes,
         next_poll_ms,
     })
 }
 
-/// The saved cursor; `None` on the first poll, or (with a warning) when what
-/// is saved cannot be read, which starts over like a first poll.
-fn load_cursor() -> Option<Cursor> {
-    let saved = kv::get(CURSOR_KEY)?;
-    match serde_json::from_slice::<Cursor>(&saved) {
-        Ok(cursor) => Some(Cursor {
-            page: cursor.page.max(1),
-            ..cursor
-        }),
-        Err(e) => {
-            log::warn(&format!(
-                "saved cursor is unreadable ({e}); starting over from backfill_hours ago"
-            ));
-            None
+impl Filters {
+    /// Whether the webhook, filtered like this, would have reported `item`.
+    pub fn keep(&self, item: &Value) -> bool {
+        let field = |name: &str| {
+            text_of(item.get(name))
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let same = |want: &Option<String>, got: Option<String>| {
+            want.as_ref().is_none_or(|w| got.as_deref() == Some(w))
+        };
+        if let Some(want) = self.transfer_type
+            && field("transfer_type").is_some_and(|t| t != want)
+        {
+            return false;
         }
+        if let Some(account) = &self.account
+            && field("account_number").as_ref() != Some(account)
+            && field("va").as_ref() != Some(account)
+        {
+            return false;
+        }
+        if !same(&self.va, field("va"))
+            || !same(&self.va_id, field("va_id"))
+            || !same(&self.bank_account_id, field("bank_account_id"))
+        {
+            return false;
+        }
+        let code = field("code");
+        if self.skip_without_code && code.is_none() {
+            return false;
+        }
+        if let Some(prefix) = &self.payment_code_prefix {
+            let prefix = prefix.to_lowercase();
+            let in_code = code.is_some_and(|c| c.to_lowercase().starts_with(&prefix));
+            let in_content =
+                field("transaction_content").is_some_and(|c| c.to_lowercase().contains(&prefix));
+            if !in_code && !in_content {
+                return false;
+            }
+        }
+        true
     }
 }
 
-fn save_cursor(cursor: &Cursor) -> Result<(), ConnectorError> {
-    let json = serde_json::to_vec(cursor)
-        .map_err(|e| ConnectorError::Fatal(format!("cannot encode the cursor: {e}")))?;
-    kv::set(CURSOR_KEY, &json)
-        .map_err(|e| ConnectorError::Transient(format!("cannot save the cursor: {e}")))
+/// A KV value as JSON; `None` when absent, or (with a warning) unreadable,
+/// which starts over like a first poll.
+fn load<T: for<'de> Deserialize<'de>>(key: &str) -> Option<T> {
+    let saved = kv::get(key)?;
+    serde_json::from_slice(&saved)
+        .map_err(|e| log::warn(&format!("saved `{key}` is unreadable ({e}); starting over")))
+        .ok()
 }
 
-/// The request for the cursor's page.
-fn request(settings: &Settings, cursor: &Cursor) -> HttpRequest {
+fn save<T: Serialize>(key: &str, value: &T) -> Result<(), ConnectorError> {
+    let json = serde_json::to_vec(value)
+        .map_err(|e| ConnectorError::Fatal(format!("cannot encode `{key}`: {e}")))?;
+    kv::set(key, &json).map_err(|e| ConnectorError::Transient(format!("cannot save `{key}`: {e}")))
+}
+
+/// The request for `ask`: SePay's documented v2 parameters only.
+fn request(settings: &Settings, ask: &Ask) -> HttpRequest {
+    let mut query: Vec<(&str, String)> = Vec::new();
+    match ask {
+        Ask::Sweep(sweep) => {
+            query.push(("transaction_date_from", vietnam_local(sweep.from)));
+            query.push(("page", sweep.page.to_string()));
+        }
+        Ask::Since(cursor) => query.push(("since_id", cursor.clone())),
+    }
+    // SePay's docs: `since_id` goes with ascending order; a sweep in
+    // ascending order reads what was added during it on its last pages.
+    query.push(("transaction_date_sort", "asc".into()));
+    query.push(("per_page", settings.per_page.to_string()));
+    if settings.mode == Mode::Backfill {
+        query.push(("webhook_success", "0".into()));
+    }
+    let f = &settings.filters;
+    if let Some(t) = f.transfer_type {
+        query.push(("transfer_type", t.into()));
+    }
+    if let Some(id) = &f.bank_account_id {
+        query.push(("bank_account_id", id.clone()));
+    }
+    if let Some(id) = &f.va_id {
+        query.push(("va_id", id.clone()));
+    }
+    let query = query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
     HttpRequest {
         method: "GET".into(),
         path: format!("{}/v2/transactions", settings.base_url),
-        query: format!(
-            "transaction_date_from={}&per_page={}&page={}",
-            percent_encode(&vietnam_local(cursor.from)),
-            settings.per_page,
-            cursor.page
-        ),
+        query,
         headers: vec![
             (
                 "authorization".into(),
@@ -312,7 +549,12 @@ fn check_status(response: &HttpResponse) -> Result<(), ConnectorError> {
         None => what,
     };
     Err(match status {
-        401 | 403 => ConnectorError::Fatal(with("SePay rejected the API token".into())),
+        // A token rotated in SePay's dashboard is fixed by the shop, in the
+        // config or at SePay: keep asking (with the gateway's backoff), and
+        // let `/readyz` name the reason after a few failures in a row.
+        401 | 403 => ConnectorError::Transient(with(format!(
+            "SePay rejected the API token ({status}); check api_token"
+        ))),
         408 | 500..=599 => ConnectorError::Transient(with(format!("SePay answered {status}"))),
         // 404, 422 and the other 4xx: the request itself is wrong (a date
         // format SePay refuses, say); asking again will not help.
@@ -369,13 +611,10 @@ fn item_time(item: &Value) -> Option<i64> {
 }
 
 /// One v2 transaction as a balance change. `Ok(None)`: nothing to report (no
-/// money moved, or another account than `only_account`; logged at debug).
+/// money moved; logged at debug).
 /// `Err`: an item that cannot be reported as it is (the caller warns and
 /// skips it rather than hold back the whole page forever).
-pub fn to_change(
-    item: &Value,
-    only_account: Option<&str>,
-) -> Result<Option<BalanceChange>, String> {
+pub fn to_change(item: &Value) -> Result<Option<BalanceChange>, String> {
     let field = |name: &str| text_of(item.get(name));
     let sepay_id = field("id").unwrap_or_default();
     let what = |reason: &str| format!("transaction {sepay_id}: {reason}");
@@ -388,13 +627,6 @@ pub fn to_change(
         return Err(what("account_number is not a plausible account"));
     }
     let va = field("va");
-    if let Some(only) = only_account
-        && account != only
-        && va.as_deref().map(str::trim) != Some(only)
-    {
-        log::debug(&what(&format!("account {account} is not {only}")));
-        return Ok(None);
-    }
     let amount_in = amount(item.get("amount_in")).map_err(|e| what(&format!("amount_in {e}")))?;
     let amount_out =
         amount(item.get("amount_out")).map_err(|e| what(&format!("amount_out {e}")))?;
@@ -412,14 +644,8 @@ pub fn to_change(
     let reference = field("reference_number")
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty());
-    let transaction_id = sepay_common::transaction_id(
-        &account,
-        reference.as_deref(),
-        direction,
-        amount,
-        occurred_at_ms,
-        &sepay_id,
-    );
+    let transaction_id =
+        sepay_common::poll_transaction_id(&sepay_id).ok_or_else(|| what("no usable id"))?;
 
     let mut extra = Vec::new();
     let mut keep = |k: &str, v: Option<String>| {

@@ -6,9 +6,9 @@
 //! SePay expects (anything else makes it retry). In OAuth 2.0 mode it also
 //! serves SePay's token URL, `/hooks/<connector>?oauth=token` ([`oauth`]).
 //!
-//! The transaction id is not SePay's integer `id` but the key shared with
-//! `sepay-poll` (`<account>/<reference>`, see `sepay_common`); the integer
-//! stays in `extra` as `sepayId`.
+//! The transaction id is SePay's integer `id` (see
+//! `sepay_common::webhook_transaction_id`); it also stays in `extra` as
+//! `sepayId`.
 //!
 //! Config (`[connector.config]`):
 //! - `auth`: `apikey` | `hmac` | `oauth2` | `none` (default: `apikey` when
@@ -30,9 +30,8 @@ use soundbox_plugin_sdk::{
     WebhookOutcome, config, export_webhook_connector, signature, text::truncate, time,
 };
 
-/// The dedupe provider: `sepay-poll` declares the same and builds the same
-/// transaction id ([`sepay_common::transaction_id`]), so a payment seen by
-/// both is announced once.
+/// The dedupe provider, shared with `sepay-poll`; the two never report one
+/// payment (see [`sepay_common::webhook_transaction_id`]).
 pub use sepay_common::PROVIDER;
 
 /// SePay's webhook body, as documented.
@@ -209,14 +208,8 @@ pub fn parse(body: &[u8]) -> Result<BalanceChange, ConnectorError> {
         .transaction_date
         .as_deref()
         .and_then(time::parse_vietnam_local);
-    let transaction_id = sepay_common::transaction_id(
-        &account,
-        hook.reference_code.as_deref(),
-        direction,
-        hook.transfer_amount,
-        occurred_at_ms,
-        &hook.id.to_string(),
-    );
+    // SePay's own id: see `sepay_common::webhook_transaction_id` for why.
+    let transaction_id = sepay_common::webhook_transaction_id(hook.id);
     let mut extra = vec![("sepayId".to_string(), hook.id.to_string())];
     let mut keep = |k: &str, v: Option<String>| {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
@@ -271,7 +264,7 @@ mod tests {
     fn parses_the_documented_sample() {
         let change = parse(SAMPLE.as_bytes()).expect("sample parses");
         assert_eq!(change.provider, "sepay");
-        assert_eq!(change.transaction_id, "0123499999/MBVCB.3278907687");
+        assert_eq!(change.transaction_id, "92704", "SePay's id");
         assert_eq!(change.account, "0123499999");
         assert_eq!(change.amount, 2_277_000);
         assert_eq!(change.direction, Direction::Incoming);
@@ -290,7 +283,7 @@ mod tests {
         let out = include_str!("../../../examples/payloads/sepay-webhook-out.json");
         let change = parse(out.as_bytes()).expect("sample parses");
         assert_eq!(change.direction, Direction::Outgoing);
-        assert_eq!(change.transaction_id, "0123499999/FT23341ABCD");
+        assert_eq!(change.transaction_id, "92705");
         assert!(change.extra.contains(&("sepayId".into(), "92705".into())));
     }
 
@@ -299,8 +292,8 @@ mod tests {
         for reference in ["null", "\"\"", "\" \""] {
             let body = SAMPLE.replace("\"MBVCB.3278907687\"", reference);
             let change = parse(body.as_bytes()).expect("parses");
-            // 2023-12-07 14:15:00 in Vietnam = 1701933300 Unix seconds.
-            assert_eq!(change.transaction_id, "0123499999/in/2277000/1701933300");
+            // Still SePay's id: a reference is not what makes it unique.
+            assert_eq!(change.transaction_id, "92704");
             assert_eq!(change.reference, None);
         }
     }

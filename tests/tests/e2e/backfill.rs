@@ -1,6 +1,9 @@
-//! SePay webhooks and the SePay poller together through the real gateway:
-//! the poller fills what the webhooks missed, and each payment is delivered
-//! once however many paths saw it.
+//! SePay webhooks and the SePay poller (`mode = "backfill"`, the default)
+//! together through the real gateway: the poller reports only what the
+//! webhook failed to deliver and can no longer deliver, so each payment
+//! reaches the log once, under the webhook's key or the poller's. The retry
+//! horizon is 3 s here (`webhook_retry_horizon_mins = 0.05`) instead of 40
+//! minutes, so "40 minutes late" and "SePay gave up" take seconds.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -10,14 +13,14 @@ use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post};
 
 const TOKEN: &str = "e2e-backfill-token";
 
-fn config(api: &SepayApi, sink: &CountingSink, per_page: u32, log_keys: &str) -> String {
+fn config(api: &SepayApi, sink: &CountingSink, poll_keys: &str, extra: &str) -> String {
     format!(
         "[[connector]]\nname = \"sepay\"\nplugin = \"{webhook}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
          [[connector]]\nname = \"sepay-poll\"\nplugin = \"{poll}\"\npoll_interval_secs = 1\n\
          allowed_hosts = [\"{host}\"]\n\
-         [connector.config]\napi_token = \"{TOKEN}\"\nbase_url = \"{api}\"\nper_page = {per_page}\n\n\
+         [connector.config]\napi_token = \"{TOKEN}\"\nbase_url = \"{api}\"\nwebhook_retry_horizon_mins = 0.05\n{poll_keys}\n\n\
          {forward}\
-         {log_keys}",
+         {extra}",
         webhook = plugin("sepay_webhook").display(),
         poll = plugin("sepay_poll").display(),
         api = api.url,
@@ -26,13 +29,16 @@ fn config(api: &SepayApi, sink: &CountingSink, per_page: u32, log_keys: &str) ->
     )
 }
 
-/// Waits until `sink` has every id in `expected`, then a little longer for
-/// duplicates that should not come, and checks each arrived exactly once.
-async fn assert_each_delivered_once(
-    sink: &CountingSink,
-    expected: &BTreeSet<String>,
-    gw: &Gateway,
-) {
+/// SePay delivers `tx`'s webhook to the gateway, and then marks it so.
+async fn deliver(gw: &Gateway, api: &SepayApi, tx: &SepayTx) {
+    let r = post(&gw.url("/hooks/sepay"), &[], tx.webhook_body()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    api.set_webhook_success(&tx.id, true);
+}
+
+/// Waits until `sink` has every id in `expected`, then past two more
+/// horizons for anything that should not come, and checks each arrived once.
+async fn each_once(sink: &CountingSink, expected: &BTreeSet<String>, gw: &Gateway) {
     assert!(
         sink.wait_for(expected.len(), Duration::from_secs(60)),
         "{} of {} arrived\n{}",
@@ -40,8 +46,7 @@ async fn assert_each_delivered_once(
         expected.len(),
         gw.logs()
     );
-    // Two more poll sweeps (1 s interval) re-fetch the overlap.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let got: BTreeSet<String> = sink
         .arrivals()
         .iter()
@@ -55,91 +60,133 @@ async fn assert_each_delivered_once(
     );
 }
 
-/// The story of a shop whose internet (or gateway) was down longer than
-/// SePay retries webhooks: payments before the outage come by webhook, the
-/// ones during it only from SePay's API, the ones after by both; a late
-/// webhook retry of a backfilled payment is acknowledged and ignored.
+/// A transaction SePay records 40 minutes late (its bank time is 40
+/// minutes old) while every webhook attempt fails: the poller finds it in
+/// its window, waits out the horizon, and it is delivered once. Beside it, one
+/// whose webhook fails at first and gets through on a retry within the
+/// horizon: delivered once, by the webhook.
 #[tokio::test(flavor = "multi_thread")]
-async fn webhooks_and_the_poller_together_deliver_each_payment_once() {
+async fn a_late_transaction_whose_webhook_fails_is_delivered_once() {
     let api = SepayApi::start(TOKEN);
     let sink = CountingSink::start();
-    let mut gw = Gateway::start(&config(&api, &sink, 100, ""));
-    let mut expected = BTreeSet::new();
-    let mut pay = |n: u64, minutes_ago: u64| {
-        let tx = SepayTx::incoming(n, 10_000 * n).at(&vietnam_minutes_ago(minutes_ago));
-        expected.insert(tx.transaction_id());
-        api.add(tx.clone());
-        tx
-    };
-
-    // Before the outage: webhooks arrive.
-    for n in 1..=5 {
-        let tx = pay(n, 90 - n);
-        let r = post(&gw.url("/hooks/sepay"), &[], tx.webhook_body()).await;
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-
-    // The outage (a clean stop: a SIGKILL could make the forward sink send
-    // one payment twice, which is at-least-once delivery, not this test's
-    // subject): every webhook fails, and SePay gives up on them.
-    assert!(gw.shut_down().success());
-    let mut missed = Vec::new();
-    for n in 6..=15 {
-        let tx = pay(n, 80 - n);
-        let sent = reqwest::Client::new()
-            .post(gw.url("/hooks/sepay"))
-            .body(tx.webhook_body())
-            .send()
-            .await;
-        assert!(sent.is_err(), "the gateway is down");
-        missed.push(tx);
-    }
-
-    // Back up: the poller finds what SePay never delivered.
-    gw.start_again();
-    for n in 16..=20 {
-        let tx = pay(n, 21 - n);
-        let r = post(&gw.url("/hooks/sepay"), &[], tx.webhook_body()).await;
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-    assert_each_delivered_once(&sink, &expected, &gw).await;
-
-    // SePay's very late retry of one it had given up on: accepted, not resent.
-    let late = post(&gw.url("/hooks/sepay"), &[], missed[1].webhook_body()).await;
-    assert_eq!(late.status, 200, "{}", late.body);
-    assert_eq!(late.json(), serde_json::json!({ "success": true }));
+    let gw = Gateway::start(&config(&api, &sink, "", ""));
+    let late = SepayTx::incoming(1, 120_000).at(&vietnam_minutes_ago(40));
+    api.add(late.clone());
+    let retried = SepayTx::incoming(2, 80_000);
+    api.add(retried.clone());
+    // SePay's retry gets through.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sink.deliveries(), expected.len() as u64);
+    deliver(&gw, &api, &retried).await;
+
+    let expected = BTreeSet::from([late.poll_key(), retried.webhook_key()]);
+    each_once(&sink, &expected, &gw).await;
+    assert!(gw.logs().contains("can no longer arrive"), "{}", gw.logs());
+}
+
+/// Two distinct transfers of the same amount with the same bank reference,
+/// each delivered by webhook with its own SePay id: two payments.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_transfers_sharing_a_reference_and_amount_are_delivered_twice() {
+    let api = SepayApi::start(TOKEN);
+    let sink = CountingSink::start();
+    let gw = Gateway::start(&config(&api, &sink, "", ""));
+    let date = vietnam_minutes_ago(0);
+    let a = SepayTx::incoming(11, 50_000)
+        .at(&date)
+        .reference(Some("FT24001"));
+    let b = SepayTx::incoming(12, 50_000)
+        .at(&date)
+        .reference(Some("FT24001"));
+    // And two more of one amount in one second with no reference at all.
+    let c = SepayTx::incoming(13, 20_000).at(&date).reference(None);
+    let d = SepayTx::incoming(14, 20_000).at(&date).reference(None);
+    for tx in [&a, &b, &c, &d] {
+        api.add(tx.clone());
+        deliver(&gw, &api, tx).await;
+    }
+    let expected = [&a, &b, &c, &d].map(SepayTx::webhook_key).into();
+    each_once(&sink, &expected, &gw).await;
+}
+
+/// A payment delivered by webhook that the poller also sees (SePay lists it
+/// with `webhook_success = 1`, and without `webhook_success=0` too): once.
+/// SePay's own retry of the same webhook is acknowledged and ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_seen_by_webhook_and_poller_is_delivered_once() {
+    let api = SepayApi::start(TOKEN);
+    let sink = CountingSink::start();
+    let gw = Gateway::start(&config(&api, &sink, "", ""));
+    let tx = SepayTx::incoming(21, 75_000);
+    api.add(tx.clone());
+    deliver(&gw, &api, &tx).await;
+    let again = post(&gw.url("/hooks/sepay"), &[], tx.webhook_body()).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    let expected = BTreeSet::from([tx.webhook_key()]);
+    each_once(&sink, &expected, &gw).await;
     assert!(
-        gw.logs().contains("duplicate balance change ignored"),
-        "{}",
-        gw.logs()
+        api.queries()
+            .iter()
+            .all(|q| q.get("webhook_success").map(String::as_str) == Some("0")),
+        "backfill reads only failed webhooks"
     );
 }
 
-/// A poll whose payments the log cannot store (disk full) must not move the
-/// poller's cursor: it writes the cursor in the same call, and the gateway
-/// applies it only once the payments are stored. With two per page, a cursor
-/// that moved past page 1 would lose the newest payments for good (later
-/// sweeps start from the newest one stored, minus a few minutes).
+/// The story of a shop whose gateway was down longer than SePay retries
+/// webhooks: payments before the outage come by webhook, the ones during it
+/// only from SePay's API (after the horizon), the ones after by webhook.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_poll_the_log_cannot_store_does_not_move_the_cursor() {
+async fn an_outage_longer_than_sepays_retries_loses_nothing() {
+    let api = SepayApi::start(TOKEN);
+    let sink = CountingSink::start();
+    let mut gw = Gateway::start(&config(&api, &sink, "per_page = 5", ""));
+    let mut expected = BTreeSet::new();
+    let tx = |n: u64, minutes_ago: u64| {
+        SepayTx::incoming(n, 10_000 * n).at(&vietnam_minutes_ago(minutes_ago))
+    };
+    for n in 1..=5 {
+        let t = tx(n, 90 - n);
+        api.add(t.clone());
+        deliver(&gw, &api, &t).await;
+        expected.insert(t.webhook_key());
+    }
+    assert!(gw.shut_down().success());
+    // Every webhook attempt fails; SePay gives up (webhook_success stays 0).
+    for n in 6..=17 {
+        let t = tx(n, 80 - n);
+        api.add(t.clone());
+        expected.insert(t.poll_key());
+    }
+    gw.start_again();
+    for n in 18..=20 {
+        let t = tx(n, 21 - n);
+        api.add(t.clone());
+        deliver(&gw, &api, &t).await;
+        expected.insert(t.webhook_key());
+    }
+    each_once(&sink, &expected, &gw).await;
+}
+
+/// A poll whose payments the log cannot store (disk full) must not move the
+/// poller's state: it writes its ledger in the same call, and the gateway
+/// applies it only once the payments are stored. Were it applied anyway,
+/// the ledger would say "reported" and the payments would be lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poll_the_log_cannot_store_does_not_move_the_state() {
     let api = SepayApi::start(TOKEN);
     let sink = CountingSink::start();
     let mut expected = BTreeSet::new();
     for n in 1..=6 {
-        let tx = SepayTx::incoming(n, 10_000 * n).at(&vietnam_minutes_ago(60 * n));
-        expected.insert(tx.transaction_id());
-        api.add(tx);
+        let t = SepayTx::incoming(n, 10_000 * n).at(&vietnam_minutes_ago(60 * n));
+        expected.insert(t.poll_key());
+        api.add(t);
     }
     // Far more free space than any machine has: every append is refused.
     let mut gw = Gateway::start(&config(
         &api,
         &sink,
-        2,
-        "\n[log]\nmin_free_disk_mb = 1000000000\n",
+        "per_page = 2",
+        "\n[log]\nmin_free_disk_mb = 1000000000\ndedupe_retention_days = 3650\n",
     ));
-    // Several polls (and so several pages' worth of cursor writes) refused.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while gw.logs().matches("could not store polled changes").count() < 3 {
         assert!(std::time::Instant::now() < deadline, "{}", gw.logs());
@@ -155,5 +202,5 @@ async fn a_poll_the_log_cannot_store_does_not_move_the_cursor() {
     )
     .expect("write config");
     gw.kill_and_restart();
-    assert_each_delivered_once(&sink, &expected, &gw).await;
+    each_once(&sink, &expected, &gw).await;
 }

@@ -1031,7 +1031,7 @@ async fn lost_payments(
         let items = queue_list(gw, &lane_name(&p.hw), None);
         let item = items.iter().find(|i| i["amount"] == p.amount());
         report.push_str(&format!("payment {p:?} in its lane: {item:?}\n"));
-        let transaction = format!("{}/MBVCB.{}", p.account, p.id);
+        let transaction = format!("\"transaction_id\":\"{}\"", p.id);
         for (run, log) in runs.iter().enumerate() {
             for line in log.lines().filter(|l| l.contains(&transaction)) {
                 report.push_str(&format!("  run {run}: {line}\n"));

@@ -1,4 +1,5 @@
-//! The SePay poller through the real gateway, against a fake SePay API v2.
+//! The SePay poller alone (`mode = "all"`, a shop with no webhook) through
+//! the real gateway, against the fake SePay API v2; and a rotated API token.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -8,11 +9,11 @@ use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin};
 
 const TOKEN: &str = "e2e-sepay-token";
 
-fn config(api: &SepayApi, sink: &CountingSink) -> String {
+fn config(api: &SepayApi, sink: &CountingSink, extra: &str) -> String {
     format!(
         "[[connector]]\nname = \"sepay-poll\"\nplugin = \"{}\"\npoll_interval_secs = 1\n\
          allowed_hosts = [\"{host}\"]\n\
-         [connector.config]\napi_token = \"{TOKEN}\"\nbase_url = \"{}\"\nper_page = 100\n\n\
+         [connector.config]\napi_token = \"{TOKEN}\"\nbase_url = \"{}\"\n{extra}\n\n\
          {forward}",
         plugin("sepay_poll").display(),
         api.url,
@@ -21,87 +22,131 @@ fn config(api: &SepayApi, sink: &CountingSink) -> String {
     )
 }
 
-/// A day of payments the gateway never saw (more than a page of them) is
-/// paged through on the first polls, each delivered once, a 429 on the way
-/// included; the later sweeps' overlap finds nothing new.
+/// Waits for `expected` at `sink`, then a few more polls, and checks each
+/// arrived exactly once.
+async fn each_once(sink: &CountingSink, expected: &BTreeSet<String>, gw: &Gateway) {
+    assert!(
+        sink.wait_for(expected.len(), Duration::from_secs(60)),
+        "{} of {} arrived\n{}",
+        sink.arrivals().len(),
+        expected.len(),
+        gw.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got: BTreeSet<String> = sink
+        .arrivals()
+        .iter()
+        .map(|a| a.transaction_id.clone())
+        .collect();
+    assert_eq!(&got, expected);
+    assert_eq!(sink.deliveries(), expected.len() as u64, "each once");
+}
+
+/// A day of payments (more than a page) is read by date on the first run,
+/// then the cursor (`since_id`) follows what SePay records, across a
+/// restart, including one recorded late with an old bank time; the
+/// reconcile sweeps (every 6 s here) re-read the window and add nothing.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_poller_alone_backfills_every_transaction_once() {
-    const N: u64 = 230;
+async fn the_poller_alone_delivers_every_transaction_once_across_a_restart() {
+    const N: u64 = 150;
     let api = SepayApi::start(TOKEN);
     let mut expected = BTreeSet::new();
     for n in 1..=N {
-        // From 5 to ~20 hours ago: inside the first poll's 24 h window.
-        let tx = SepayTx::incoming(n, 1_000 * n).at(&vietnam_minutes_ago(5 * n));
-        expected.insert(tx.transaction_id());
+        // From 5 minutes to 12.5 hours ago, oldest recorded first.
+        let tx = SepayTx::incoming(n, 1_000 * n).at(&vietnam_minutes_ago(5 * (N + 1 - n)));
+        expected.insert(tx.poll_key());
         api.add(tx);
     }
-    // A recent one, so the overlap of every later sweep fetches it again.
-    let recent = SepayTx::incoming(N + 1, 777_000).at(&vietnam_minutes_ago(1));
-    expected.insert(recent.transaction_id());
-    api.add(recent);
     api.rate_limit_next(1);
 
     let sink = CountingSink::start();
-    let gw = Gateway::start(&config(&api, &sink));
-    let total = expected.len();
-    assert!(
-        sink.wait_for(total, Duration::from_secs(60)),
-        "{} of {total} arrived; {} requests\n{}",
-        sink.arrivals().len(),
-        api.requests(),
-        gw.logs()
-    );
-
-    // A few more sweeps (interval 1 s) re-fetch the overlap: no new deliveries.
-    let after_backfill = api.requests();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while api.requests() < after_backfill + 3 {
-        assert!(Instant::now() < deadline, "the poller stopped polling");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        gw.wait_for_log("duplicate balance change ignored", Duration::from_secs(5)),
-        "the overlap is re-fetched and deduped\n{}",
-        gw.logs()
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let arrivals = sink.arrivals();
-    let got: BTreeSet<String> = arrivals.iter().map(|a| a.transaction_id.clone()).collect();
-    assert_eq!(got, expected);
-    assert_eq!(sink.deliveries(), total as u64, "each delivered once");
+    let mut gw = Gateway::start(&config(&api, &sink, "mode = \"all\"\nreconcile_mins = 0.1"));
+    each_once(&sink, &expected, &gw).await;
     assert_eq!(api.rate_limited(), 1);
     assert!(gw.logs().contains("rate-limited"), "{}", gw.logs());
-
-    // It paged: one sweep asked for pages 1, 2 and 3 of 100, from 24 h ago.
     let queries = api.queries();
-    let first_sweep: Vec<&str> = queries
-        .iter()
-        .skip(1) // the 429
-        .take(3)
-        .map(|q| q.get("page").map(String::as_str).unwrap_or("?"))
-        .collect();
-    assert_eq!(first_sweep, ["1", "2", "3"], "{queries:?}");
     assert!(
-        queries
-            .iter()
-            .all(|q| q.get("per_page").map(String::as_str) == Some("100"))
+        queries.iter().any(|q| q.contains_key("since_id")
+            && q.get("transaction_date_sort").map(String::as_str) == Some("asc")),
+        "the cursor is followed: {queries:?}"
     );
-    let from = &queries[0]["transaction_date_from"];
-    assert!(
-        from.as_str() <= vietnam_minutes_ago(24 * 60 - 1).as_str()
-            && from.as_str() >= vietnam_minutes_ago(24 * 60 + 5).as_str(),
-        "first poll looks back 24 h: {from}"
-    );
-    // Later sweeps start 10 minutes (the overlap) before the newest payment.
-    let last = &queries[queries.len() - 1]["transaction_date_from"];
-    assert!(
-        last.as_str() >= vietnam_minutes_ago(12).as_str()
-            && last.as_str() <= vietnam_minutes_ago(10).as_str(),
-        "resumes with overlap: {last}"
-    );
+
+    // Off for a while: SePay records more, one of them late (bank time
+    // 3 hours ago, older than the cursor's).
+    assert!(gw.shut_down().success());
+    for n in N + 1..=N + 5 {
+        let tx = SepayTx::incoming(n, 1_000 * n).at(&vietnam_minutes_ago(1));
+        expected.insert(tx.poll_key());
+        api.add(tx);
+    }
+    let late = SepayTx::incoming(N + 6, 99_000).at(&vietnam_minutes_ago(180));
+    expected.insert(late.poll_key());
+    api.add(late);
+    gw.start_again();
+    each_once(&sink, &expected, &gw).await;
+    // Past a reconcile sweep: nothing new.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(sink.deliveries(), expected.len() as u64);
     assert!(
         !gw.logs().contains(TOKEN),
         "the API token leaked into the log"
     );
+}
+
+async fn readyz(gw: &Gateway) -> (u16, String) {
+    let r = reqwest::get(format!("http://{}/readyz", gw.admin_addr))
+        .await
+        .expect("readyz");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+async fn wait_ready(gw: &Gateway, status: u16, timeout: Duration) -> (u16, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (code, body) = readyz(gw).await;
+        if code == status || Instant::now() > deadline {
+            return (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A token rotated in SePay's dashboard: the poller keeps trying (with
+/// backoff), `/readyz` and the status API name the reason after
+/// `connector_failures` failures in a row, and all is well again once the
+/// API accepts the token, with the payment of meanwhile delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_token_shows_on_readyz_and_recovers() {
+    let api = SepayApi::start(TOKEN);
+    api.reject_token(true);
+    let sink = CountingSink::start();
+    let config = format!(
+        "[admin]\nconnector_failures = 3\n\n{}",
+        config(&api, &sink, "mode = \"all\"")
+    );
+    let gw = Gateway::start(&config);
+    let (code, body) = wait_ready(&gw, 503, Duration::from_secs(30)).await;
+    assert_eq!(code, 503, "{body}\n{}", gw.logs());
+    assert!(
+        body.contains("SePay rejected the API token (401); check api_token"),
+        "{body}"
+    );
+    let status = reqwest::get(format!("http://{}/api/status", gw.admin_addr))
+        .await
+        .expect("status")
+        .text()
+        .await
+        .expect("body");
+    assert!(status.contains("SePay rejected the API token"), "{status}");
+    assert!(!body.contains(TOKEN) && !status.contains(TOKEN));
+    let rejected = api.unauthorized();
+
+    let tx = SepayTx::incoming(1, 50_000);
+    api.add(tx.clone());
+    api.reject_token(false);
+    let (code, body) = wait_ready(&gw, 200, Duration::from_secs(30)).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(sink.wait_for(1, Duration::from_secs(10)), "{}", gw.logs());
+    assert_eq!(sink.arrivals()[0].transaction_id, tx.poll_key());
+    assert!(rejected >= 3, "kept asking: {rejected}");
 }
