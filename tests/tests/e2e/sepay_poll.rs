@@ -138,6 +138,16 @@ async fn a_rejected_token_shows_on_readyz_and_recovers() {
         .await
         .expect("body");
     assert!(status.contains("SePay rejected the API token"), "{status}");
+    let page = reqwest::get(format!("http://{}/", gw.admin_addr))
+        .await
+        .expect("status page")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        page.contains("SePay rejected the API token (401); check api_token"),
+        "the status page names it: {page}"
+    );
     assert!(!body.contains(TOKEN) && !status.contains(TOKEN));
     let rejected = api.unauthorized();
 
