@@ -160,3 +160,38 @@ async fn a_rejected_token_shows_on_readyz_and_recovers() {
     assert_eq!(sink.arrivals()[0].transaction_id, tx.poll_key());
     assert!(rejected >= 3, "kept asking: {rejected}");
 }
+
+/// The other way out of a rotated token: the shop puts the new one in the
+/// config; the reload starts the connector afresh and `/readyz` is green
+/// again once it polls.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_fixed_in_the_config_recovers_on_reload() {
+    let api = SepayApi::start(TOKEN);
+    let sink = CountingSink::start();
+    let config = format!(
+        "[admin]\nconnector_failures = 3\n\n{}",
+        config(&api, &sink, "mode = \"all\"").replace(TOKEN, "the-old-token")
+    );
+    let gw = Gateway::start(&config);
+    let (code, body) = wait_ready(&gw, 503, Duration::from_secs(30)).await;
+    assert_eq!(code, 503, "{body}\n{}", gw.logs());
+    assert!(
+        body.contains("SePay rejected the API token (401)"),
+        "{body}"
+    );
+
+    let tx = SepayTx::incoming(1, 50_000);
+    api.add(tx.clone());
+    let path = gw.config_path();
+    let text = std::fs::read_to_string(&path).expect("read config");
+    std::fs::write(&path, text.replace("the-old-token", TOKEN)).expect("write config");
+    assert!(
+        gw.wait_for_log("config reloaded", Duration::from_secs(10)),
+        "{}",
+        gw.logs()
+    );
+    let (code, body) = wait_ready(&gw, 200, Duration::from_secs(30)).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(sink.wait_for(1, Duration::from_secs(10)), "{}", gw.logs());
+    assert_eq!(sink.arrivals()[0].transaction_id, tx.poll_key());
+}
