@@ -135,6 +135,16 @@ impl Ledger {
         self.entries.retain(|_, (_, bank, _)| *bank >= window_start);
     }
 
+    /// The oldest bank time among transactions not reported yet: the
+    /// window must reach back to it until they are.
+    pub fn oldest_pending(&self) -> Option<i64> {
+        self.entries
+            .values()
+            .filter(|(_, _, reported)| !reported)
+            .map(|(_, bank, _)| *bank)
+            .min()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -47,6 +47,10 @@ pub const MAX_RETRY_AFTER_MS: u64 = 600_000;
 /// A clock before 2024-01-01 is not set yet (a Pi has no battery clock):
 /// a window from there would be meaningless.
 const CLOCK_SET_AFTER: i64 = 1_704_067_200;
+/// How far back a `backfill` sweep reaches after an outage: two weeks, well
+/// inside the gateway's default dedupe window (30 days, and the gateway
+/// refuses bank times older than that minus a day).
+pub const MAX_CATCH_UP_SECS: i64 = 14 * 24 * 3600;
 /// The gateway's limits on a change's fields (see its `validate`).
 const MAX_ACCOUNT_BYTES: usize = 64;
 const MAX_REFERENCE_BYTES: usize = 256;
@@ -85,6 +89,11 @@ pub struct State {
     /// `all`: when the last date sweep started (Unix s).
     #[serde(default)]
     pub last_sweep: i64,
+    /// When the last complete sweep started (Unix s): the next one reaches
+    /// back `lookback_hours` before it, so a gateway that was off longer
+    /// than the window still reads all it missed (up to [`MAX_CATCH_UP_SECS`]).
+    #[serde(default)]
+    pub swept_until: i64,
 }
 
 /// A re-read of the window by bank date, page by page.
@@ -97,6 +106,9 @@ pub struct Sweep {
     /// The UUID of the last item seen (the cursor after a first sweep).
     #[serde(default)]
     pub last_id: Option<String>,
+    /// When the sweep started (Unix s).
+    #[serde(default)]
+    pub started: i64,
 }
 
 /// The webhook's filters, applied by the poller too so it never reports
@@ -273,11 +285,28 @@ pub fn poll_at(now: i64) -> Result<PollOutcome, ConnectorError> {
         ));
     }
     let mut state = load::<State>(STATE_KEY).unwrap_or_default();
-    let window_start = now - settings.lookback_secs;
+    let mut ledger = match settings.mode {
+        Mode::Backfill => Some(load::<Ledger>(LEDGER_KEY).unwrap_or_default()),
+        Mode::All => None,
+    };
+    // `all`: the last `lookback_hours`. `backfill`: also back to the
+    // previous sweep's window (an outage longer than the window) and to any
+    // failed webhook still waiting out the horizon, so it is read again.
+    let mut window_start = now - settings.lookback_secs;
+    if let Some(ledger) = &ledger {
+        if state.swept_until > 0 {
+            window_start = window_start.min(state.swept_until - settings.lookback_secs);
+        }
+        if let Some(pending) = ledger.oldest_pending() {
+            window_start = window_start.min(pending);
+        }
+        window_start = window_start.max(now - MAX_CATCH_UP_SECS);
+    }
     let fresh_sweep = || Sweep {
         from: window_start,
         page: 1,
         last_id: None,
+        started: now,
     };
     let ask = match (&state.sweep, settings.mode, &state.cursor) {
         (Some(sweep), _, _) => Ask::Sweep(sweep.clone()),
@@ -309,10 +338,6 @@ pub fn poll_at(now: i64) -> Result<PollOutcome, ConnectorError> {
         ConnectorError::Transient(reason)
     })?;
 
-    let mut ledger = match settings.mode {
-        Mode::Backfill => Some(load::<Ledger>(LEDGER_KEY).unwrap_or_default()),
-        Mode::All => None,
-    };
     let mut changes = Vec::new();
     let mut last_id = None;
     for item in &page.items {
@@ -368,6 +393,11 @@ pub fn poll_at(now: i64) -> Result<PollOutcome, ConnectorError> {
         }
         Ask::Sweep(sweep) => {
             state.sweep = None;
+            state.swept_until = sweep.started;
+            if let Some(ledger) = ledger.as_mut() {
+                // Out of every later window: nothing asks about these again.
+                ledger.prune(sweep.from);
+            }
             if settings.mode == Mode::All && state.cursor.is_none() {
                 // The first sweep's last item (the newest bank date) starts
                 // the cursor; the reconcile sweeps cover the rest.
@@ -382,8 +412,7 @@ pub fn poll_at(now: i64) -> Result<PollOutcome, ConnectorError> {
             more.then_some(PAGE_DELAY_MS)
         }
     };
-    if let Some(mut ledger) = ledger {
-        ledger.prune(window_start);
+    if let Some(ledger) = ledger {
         save(LEDGER_KEY, &ledger)?;
     }
     save(STATE_KEY, &state)?;

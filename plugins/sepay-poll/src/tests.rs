@@ -240,6 +240,7 @@ fn all_mode_pages_the_cursor_when_there_is_more() {
         cursor: Some(uuid(1)),
         sweep: None,
         last_sweep: NOW,
+        ..State::default()
     };
     let host = all_mode()
         .kv(STATE_KEY, &serde_json::to_vec(&saved).expect("json"))
@@ -336,6 +337,7 @@ fn rate_limited_waits_as_told_and_keeps_the_state() {
         cursor: Some(uuid(9)),
         sweep: None,
         last_sweep: NOW,
+        ..State::default()
     };
     let host = all_mode()
         .kv(STATE_KEY, &serde_json::to_vec(&saved).expect("json"))
@@ -450,6 +452,7 @@ fn server_errors_and_network_trouble_are_transient() {
         cursor: Some(uuid(4)),
         sweep: None,
         last_sweep: NOW,
+        ..State::default()
     };
     let failures: Vec<fn() -> Result<HttpResponse, HttpError>> = vec![
         || Ok(HttpResponse::json(500, "oops")),
@@ -558,4 +561,50 @@ fn an_unexpected_body_is_transient_and_logged() {
         assert!(warned(&after, reason), "{:?}", after.logs());
         assert_eq!(state(&after), None);
     }
+}
+
+#[test]
+fn after_an_outage_longer_than_the_window_backfill_reads_all_it_missed() {
+    let hour = 3600;
+    let (_, host) = poll(host().http(|_| Ok(page(vec![], false))), NOW);
+    // Off for two days; a payment an hour after the last sweep failed.
+    let missed = item(1, &vietnam_local(NOW + hour), 90_000);
+    let host = host.http(move |_| Ok(page(vec![missed.clone()], false)));
+    let back = NOW + 48 * hour;
+    let (first, host) = poll(host, back);
+    assert!(first.changes.is_empty(), "first seen now");
+    assert_eq!(
+        param(&host.sent()[1], "transaction_date_from").as_deref(),
+        Some(vietnam_local(NOW - 24 * hour).as_str()),
+        "back to the previous sweep's window"
+    );
+    let (due, host) = poll(host, back + 40 * MIN);
+    assert_eq!(ids(&due), [format!("v2/{}", uuid(1))]);
+    assert_eq!(
+        param(&host.sent()[2], "transaction_date_from").as_deref(),
+        Some(vietnam_local(NOW + hour).as_str()),
+        "still reaching the pending one"
+    );
+    // Reported: the window moves on.
+    let (_, host) = poll(host.http(|_| Ok(page(vec![], false))), back + 41 * MIN);
+    assert_eq!(
+        param(&host.sent()[3], "transaction_date_from").as_deref(),
+        Some(vietnam_local(back + 40 * MIN - 24 * hour).as_str())
+    );
+
+    // Never further back than two weeks.
+    let old = State {
+        swept_until: NOW - 30 * 24 * hour,
+        ..State::default()
+    };
+    let (_, after) = poll(
+        self::host()
+            .kv(STATE_KEY, &serde_json::to_vec(&old).expect("json"))
+            .http(|_| Ok(page(vec![], false))),
+        NOW,
+    );
+    assert_eq!(
+        param(&after.sent()[0], "transaction_date_from").as_deref(),
+        Some(vietnam_local(NOW - MAX_CATCH_UP_SECS).as_str())
+    );
 }
