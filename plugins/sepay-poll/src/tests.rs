@@ -608,3 +608,96 @@ fn after_an_outage_longer_than_the_window_backfill_reads_all_it_missed() {
         Some(vietnam_local(NOW - MAX_CATCH_UP_SECS).as_str())
     );
 }
+
+/// One payment, through both plugins' real code: SePay records it (maybe
+/// late, with an older bank time), tries its webhook at 0, 1, 2, 4, 7, 12,
+/// 20 and 33 minutes, and one attempt gets through or none does; the poller
+/// (default `backfill` mode) polls on its own schedule against a listing
+/// that honours `webhook_success=0` and `transaction_date_from`.
+mod cross_source {
+    use super::*;
+    use proptest::prelude::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    const RETRY_MINUTES: [i64; 8] = [0, 1, 2, 4, 7, 12, 20, 33];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        #[test]
+        fn webhook_and_poller_never_both_report_one_payment(
+            webhook_id in 1..u64::MAX / 2,
+            n in any::<u32>(),
+            amount in 1..100_000_000_u64,
+            reference in proptest::option::of("[A-Z]{2}[0-9]{6}"),
+            late_secs in 0..(4 * 3600_i64),
+            delivered_at in proptest::option::of(0..RETRY_MINUTES.len()),
+            poller_starts in 0..(6 * 3600_i64),
+            gaps in proptest::collection::vec(1..900_i64, 1..40),
+        ) {
+            let recorded = NOW;
+            let mut tx = item(u64::from(n), &vietnam_local(recorded - late_secs), amount);
+            tx["reference_number"] = json!(reference);
+            let delivered = delivered_at.map(|i| recorded + RETRY_MINUTES[i] * 60);
+
+            let clock = Rc::new(Cell::new(0_i64));
+            let seen = clock.clone();
+            let listed = tx.clone();
+            let mut host = host().http(move |req| {
+                let t = seen.get();
+                let failed = delivered.is_none_or(|d| t < d);
+                let from = param(req, "transaction_date_from")
+                    .and_then(|f| time::parse_vietnam_local(&f))
+                    .unwrap_or(i64::MIN);
+                let bank = time::parse_vietnam_local(
+                    listed["transaction_date"].as_str().unwrap_or_default(),
+                )
+                .unwrap_or(0);
+                let wants_failed = param(req, "webhook_success").as_deref() == Some("0");
+                let shown = t >= recorded && bank >= from && (!wants_failed || failed);
+                let mut item = listed.clone();
+                item["webhook_success"] = json!(u8::from(!failed));
+                Ok(page(if shown { vec![item] } else { vec![] }, false))
+            });
+            let mut reported = Vec::new();
+            let mut polls = Vec::new();
+            let mut t = recorded + poller_starts;
+            for gap in gaps {
+                polls.push(t);
+                clock.set(t);
+                let (outcome, after) = host.run_and_keep(|| poll_at(t));
+                host = after;
+                let outcome = outcome.map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                reported.extend(outcome.changes.into_iter().map(|c| (t, c)));
+                t += gap;
+            }
+
+            let poll_key = format!("v2/{}", uuid(u64::from(n)));
+            match delivered {
+                Some(_) => {
+                    let body = json!({
+                        "id": webhook_id, "gateway": "Vietcombank",
+                        "transactionDate": vietnam_local(recorded - late_secs),
+                        "accountNumber": "0123499999", "code": null, "content": "don",
+                        "transferType": "in", "transferAmount": amount, "accumulated": 0,
+                        "subAccount": null, "referenceCode": reference, "description": ""
+                    });
+                    let hook = sepay_webhook::parse(body.to_string().as_bytes())
+                        .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                    prop_assert!(reported.is_empty(), "the poller reported a delivered webhook");
+                    prop_assert_ne!(&hook.transaction_id, &poll_key);
+                    prop_assert_eq!(hook.transaction_id, webhook_id.to_string());
+                }
+                None => {
+                    // Once a poll comes 40 minutes after the first saw it.
+                    let due = polls.iter().any(|p| *p >= polls[0] + 40 * 60);
+                    prop_assert_eq!(reported.len(), usize::from(due));
+                    if let Some((at, change)) = reported.first() {
+                        prop_assert!(*at >= recorded + 40 * 60, "reported at +{} s", at - recorded);
+                        prop_assert_eq!(&change.transaction_id, &poll_key);
+                    }
+                }
+            }
+        }
+    }
+}
