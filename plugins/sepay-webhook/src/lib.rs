@@ -279,7 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn the_outgoing_sample_keys_on_its_reference_too() {
+    fn the_outgoing_sample_keys_on_sepays_id_too() {
         let out = include_str!("../../../examples/payloads/sepay-webhook-out.json");
         let change = parse(out.as_bytes()).expect("sample parses");
         assert_eq!(change.direction, Direction::Outgoing);
@@ -288,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn without_a_reference_the_id_is_direction_amount_and_time() {
+    fn without_a_reference_the_key_is_still_sepays_id() {
         for reference in ["null", "\"\"", "\" \""] {
             let body = SAMPLE.replace("\"MBVCB.3278907687\"", reference);
             let change = parse(body.as_bytes()).expect("parses");
