@@ -300,6 +300,8 @@ struct Proxy {
     addr: SocketAddr,
     cut: Arc<tokio::sync::Notify>,
     refusing: Arc<AtomicBool>,
+    /// Connections open through the proxy right now.
+    live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -308,21 +310,25 @@ impl Proxy {
         let addr = listener.local_addr().expect("addr");
         let cut = Arc::new(tokio::sync::Notify::new());
         let refusing = Arc::new(AtomicBool::new(false));
-        let (cut2, refusing2) = (cut.clone(), refusing.clone());
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (cut2, refusing2, live2) = (cut.clone(), refusing.clone(), live.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if refusing2.load(Ordering::SeqCst) {
                     continue;
                 }
-                let cut = cut2.clone();
+                let (cut, live) = (cut2.clone(), live2.clone());
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(upstream).await else {
                         return;
                     };
+                    let cut = cut.notified();
+                    live.fetch_add(1, Ordering::SeqCst);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.notified() => {}
+                        _ = cut => {}
                     }
+                    live.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -330,11 +336,25 @@ impl Proxy {
             addr,
             cut,
             refusing,
+            live,
         }
     }
 
     fn cut_all(&self) {
         self.cut.notify_waiters();
+    }
+
+    /// Waits until the sink is connected through the proxy again, so a cut
+    /// hits a connection instead of a sink still in its reconnect backoff.
+    async fn wait_connected(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.live.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sink never reconnected"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -350,6 +370,7 @@ async fn a_lost_connection_resends_from_the_cursor_and_loses_nothing() {
         f.append(appended, appended + 100).await;
         appended += 100;
         tokio::time::sleep(Duration::from_millis(20 * round)).await;
+        proxy.wait_connected().await;
         proxy.cut_all();
         if round == 3 {
             // Down for a while, while payments keep coming.
