@@ -515,12 +515,22 @@ impl Reply {
     }
 }
 
-/// POSTs `body` with `headers`.
+/// POSTs `body` as JSON with `headers`.
 pub async fn post(url: &str, headers: &[(&str, &str)], body: impl Into<reqwest::Body>) -> Reply {
+    post_as(url, "application/json", headers, body).await
+}
+
+/// POSTs `body` as `content_type` with `headers`.
+pub async fn post_as(
+    url: &str,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> Reply {
     let client = reqwest::Client::new();
     let mut request = client
         .post(url)
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .body(body);
     for (k, v) in headers {
         request = request.header(*k, *v);
@@ -675,6 +685,36 @@ impl CountingSink {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Waits until every transaction id in `expected` arrived, then `settle`
+    /// longer for anything that should not come, and asserts each arrived
+    /// exactly once and nothing else did. `gw`'s log is shown on a miss.
+    pub async fn assert_each_once(
+        &self,
+        expected: &std::collections::BTreeSet<String>,
+        settle: Duration,
+        gw: &Gateway,
+    ) {
+        assert!(
+            self.wait_for(expected.len(), Duration::from_secs(60)),
+            "{} of {} arrived\n{}",
+            self.arrivals().len(),
+            expected.len(),
+            gw.logs()
+        );
+        tokio::time::sleep(settle).await;
+        let got: std::collections::BTreeSet<String> = self
+            .arrivals()
+            .iter()
+            .map(|a| a.transaction_id.clone())
+            .collect();
+        assert_eq!(&got, expected);
+        assert_eq!(
+            self.deliveries(),
+            expected.len() as u64,
+            "each payment delivered once"
+        );
     }
 }
 

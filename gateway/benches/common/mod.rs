@@ -47,7 +47,8 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        // The admin server answers only its own address as Host (DNS rebinding).
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut head = [0u8; 12];

@@ -577,12 +577,7 @@ impl Config {
         let d = PluginLimits::default();
         let l = raw.limits;
         let limits = PluginLimits {
-            memory_bytes: {
-                let span = l.memory_mb.as_ref().map_or(0..0, Spanned::span);
-                let bytes = scaled(&loc, l.memory_mb, "limits.memory_mb", 32, 1 << 20, false)?;
-                usize::try_from(bytes)
-                    .map_err(|_| loc.at(span, "limits.memory_mb", "too large for this machine"))?
-            },
+            memory_bytes: memory_size(&loc, l.memory_mb, "limits.memory_mb", 32, 1 << 20)?,
             cpu_budget: Duration::from_millis(positive(
                 &loc,
                 l.cpu_budget_ms,
@@ -602,36 +597,20 @@ impl Config {
                 100,
             )? as usize,
             max_stderr_bytes: d.max_stderr_bytes,
-            total_memory_bytes: {
-                let span = l.total_memory_mb.as_ref().map_or(0..0, Spanned::span);
-                let mb = d.total_memory_bytes as u64 >> 20;
-                let bytes = scaled(
-                    &loc,
-                    l.total_memory_mb,
-                    "limits.total_memory_mb",
-                    mb,
-                    1 << 20,
-                    false,
-                )?;
-                usize::try_from(bytes).map_err(|_| {
-                    loc.at(span, "limits.total_memory_mb", "too large for this machine")
-                })?
-            },
-            max_result_bytes: {
-                let span = l.max_result_kb.as_ref().map_or(0..0, Spanned::span);
-                let kb = d.max_result_bytes as u64 >> 10;
-                let bytes = scaled(
-                    &loc,
-                    l.max_result_kb,
-                    "limits.max_result_kb",
-                    kb,
-                    1 << 10,
-                    false,
-                )?;
-                usize::try_from(bytes).map_err(|_| {
-                    loc.at(span, "limits.max_result_kb", "too large for this machine")
-                })?
-            },
+            total_memory_bytes: memory_size(
+                &loc,
+                l.total_memory_mb,
+                "limits.total_memory_mb",
+                d.total_memory_bytes as u64 >> 20,
+                1 << 20,
+            )?,
+            max_result_bytes: memory_size(
+                &loc,
+                l.max_result_kb,
+                "limits.max_result_kb",
+                d.max_result_bytes as u64 >> 10,
+                1 << 10,
+            )?,
             kv_max_bytes: scaled(
                 &loc,
                 l.kv_max_kb,
@@ -1345,6 +1324,20 @@ fn scaled(
     };
     n.checked_mul(unit)
         .ok_or_else(|| loc.at(span, key, format!("{n} is too large")))
+}
+
+/// A positive size in `unit`s (1 << 20 for MiB), as bytes this machine can
+/// address.
+fn memory_size(
+    loc: &Locator<'_>,
+    value: Option<Spanned<u64>>,
+    key: &str,
+    default: u64,
+    unit: u64,
+) -> Result<usize, ConfigError> {
+    let span = value.as_ref().map_or(0..0, Spanned::span);
+    let bytes = scaled(loc, value, key, default, unit, false)?;
+    usize::try_from(bytes).map_err(|_| loc.at(span, key, "too large for this machine"))
 }
 
 fn positive(

@@ -36,28 +36,11 @@ async fn deliver(gw: &Gateway, api: &SepayApi, tx: &SepayTx) {
     api.set_webhook_success(&tx.id, true);
 }
 
-/// Waits until `sink` has every id in `expected`, then past two more
-/// horizons for anything that should not come, and checks each arrived once.
+/// Every id in `expected` arrived once, and nothing more within 7 s
+/// (see [`CountingSink::assert_each_once`]).
 async fn each_once(sink: &CountingSink, expected: &BTreeSet<String>, gw: &Gateway) {
-    assert!(
-        sink.wait_for(expected.len(), Duration::from_secs(60)),
-        "{} of {} arrived\n{}",
-        sink.arrivals().len(),
-        expected.len(),
-        gw.logs()
-    );
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    let got: BTreeSet<String> = sink
-        .arrivals()
-        .iter()
-        .map(|a| a.transaction_id.clone())
-        .collect();
-    assert_eq!(&got, expected);
-    assert_eq!(
-        sink.deliveries(),
-        expected.len() as u64,
-        "each payment delivered once"
-    );
+    sink.assert_each_once(expected, Duration::from_secs(7), gw)
+        .await;
 }
 
 /// A transaction SePay records 40 minutes late (its bank time is 40

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use soundbox_e2e::{CountingSink, Gateway, Reply, forward_to, plugin, post, sepay_webhook};
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post, post_as, sepay_webhook};
 
 const API_KEY: &str = "sepay-modes-e2e-key";
 const CLIENT_ID: &str = "shop-e2e";
@@ -68,21 +68,6 @@ fn multipart(fields: &[(String, String)]) -> String {
     }
     body.push_str(&format!("--{BOUNDARY}--\r\n"));
     body
-}
-
-/// POSTs with a given `Content-Type` (the shared `post` always sends JSON's).
-async fn post_as(url: &str, content_type: &str, headers: &[(&str, &str)], body: String) -> Reply {
-    let mut request = reqwest::Client::new()
-        .post(url)
-        .header("content-type", content_type)
-        .body(body);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let body = response.text().await.expect("body");
-    Reply { status, body }
 }
 
 fn logged(gw: &Gateway) -> usize {

@@ -22,24 +22,11 @@ fn config(api: &SepayApi, sink: &CountingSink, extra: &str) -> String {
     )
 }
 
-/// Waits for `expected` at `sink`, then a few more polls, and checks each
-/// arrived exactly once.
+/// Every id in `expected` arrived once, and nothing more within 3 s
+/// (see [`CountingSink::assert_each_once`]).
 async fn each_once(sink: &CountingSink, expected: &BTreeSet<String>, gw: &Gateway) {
-    assert!(
-        sink.wait_for(expected.len(), Duration::from_secs(60)),
-        "{} of {} arrived\n{}",
-        sink.arrivals().len(),
-        expected.len(),
-        gw.logs()
-    );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let got: BTreeSet<String> = sink
-        .arrivals()
-        .iter()
-        .map(|a| a.transaction_id.clone())
-        .collect();
-    assert_eq!(&got, expected);
-    assert_eq!(sink.deliveries(), expected.len() as u64, "each once");
+    sink.assert_each_once(expected, Duration::from_secs(3), gw)
+        .await;
 }
 
 /// A day of payments (more than a page) is read by date on the first run,
