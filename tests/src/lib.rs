@@ -541,6 +541,36 @@ pub async fn post_as(
     Reply { status, body }
 }
 
+/// POSTs `body` as JSON to `url` until it gets a 2xx, the way a provider
+/// retries: a 5xx or a failed request (a gateway killed mid-request, or
+/// restarting) is tried again after 20 ms; any other status fails the test,
+/// naming `what`.
+pub async fn post_until_2xx(
+    client: &reqwest::Client,
+    url: &str,
+    body: &str,
+    what: &(dyn std::fmt::Debug + Sync),
+) {
+    loop {
+        let sent = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => assert!(
+                r.status().is_server_error(),
+                "payment {what:?}: unexpected {}",
+                r.status()
+            ),
+            Err(_) => {} // killed mid-request, or restarting
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs the gateway binary with `args` to completion.
 pub fn run_cli(args: &[&str]) -> std::process::Output {
     Command::new(gateway_bin())

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::{CountingSink, Gateway, chaos_size, plugin, sepay_webhook, sepay_webhook_id};
+use soundbox_e2e::{
+    CountingSink, Gateway, chaos_size, plugin, post_until_2xx, sepay_webhook, sepay_webhook_id,
+};
 
 /// Payments per run.
 fn payments() -> u64 {
@@ -44,24 +46,7 @@ async fn post_all(url: String, workers: u64, done: Arc<AtomicBool>) -> BTreeSet<
             let mut acked = Vec::new();
             for id in (1..=payments()).filter(|i| i % workers == w) {
                 let body = sepay_webhook(id, 1_000 * id);
-                loop {
-                    let sent = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status().is_success() => break,
-                        Ok(r) => assert!(
-                            r.status().is_server_error(),
-                            "payment {id}: unexpected {}",
-                            r.status()
-                        ),
-                        Err(_) => {} // killed mid-request, or restarting
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                post_until_2xx(&client, &url, &body, &id).await;
                 acked.push(id);
                 // Pace the senders so kills land throughout the run.
                 tokio::time::sleep(Duration::from_millis(5)).await;

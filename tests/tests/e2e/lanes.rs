@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use soundbox_e2e::mqtt::Subscriber;
 use soundbox_e2e::{
-    Gateway, SpeakerApi, chaos_size, free_port, plugin, post, run_cli, sepay_webhook_to,
+    Gateway, SpeakerApi, chaos_size, free_port, plugin, post, post_until_2xx, run_cli,
+    sepay_webhook_to,
 };
 
 /// Runs `scenario(style)` once per error style, as a module of two tests.
@@ -167,6 +168,32 @@ fn one_speaker_per_account(prefix: &str, n: usize) -> Vec<(String, Vec<String>)>
     (0..n)
         .map(|i| (account(i), vec![format!("{prefix}{i}")]))
         .collect()
+}
+
+/// Ten accounts, a speaker each (`<prefix>0` …), the tenth offline in the
+/// simulator.
+struct TenSpeakers {
+    route_table: Vec<(String, Vec<String>)>,
+    speakers: Vec<String>,
+    offline: String,
+    /// The simulator's devices, `(hardware id, online)`.
+    devices: Vec<(String, bool)>,
+}
+
+fn ten_speakers_the_last_offline(prefix: &str) -> TenSpeakers {
+    let route_table = one_speaker_per_account(prefix, 10);
+    let speakers: Vec<String> = route_table.iter().map(|(_, s)| s[0].clone()).collect();
+    let offline = speakers[9].clone();
+    let devices = speakers
+        .iter()
+        .map(|hw| (hw.clone(), *hw != offline))
+        .collect();
+    TenSpeakers {
+        route_table,
+        speakers,
+        offline,
+        devices,
+    }
 }
 
 /// `per_account` payments into each account of `routes`, for its first
@@ -407,13 +434,12 @@ in_both_styles!(async ten_speakers_one_offline_then_back);
 /// payments wait in its lane (not dead letters) and are announced once when
 /// it comes back.
 async fn ten_speakers_one_offline_then_back(style: &str) {
-    let route_table = one_speaker_per_account("VNS-T", 10);
-    let speakers: Vec<String> = route_table.iter().map(|(_, s)| s[0].clone()).collect();
-    let offline = speakers[9].clone();
-    let devices: Vec<(String, bool)> = speakers
-        .iter()
-        .map(|hw| (hw.clone(), *hw != offline))
-        .collect();
+    let TenSpeakers {
+        route_table,
+        speakers,
+        offline,
+        devices,
+    } = ten_speakers_the_last_offline("VNS-T");
     let gw = Gateway::start(&in_process(style, "", "", &devices, &route_table, ""));
     let sim = gw.simulator();
     let payments = payments_for(&route_table, 4, 1);
@@ -486,13 +512,12 @@ in_both_styles!(async an_offline_speakers_payments_expire_saying_offline);
 /// (a burst of three) end expired, kept in its lane with "offline" in the
 /// reason; none is a dead letter, none is played.
 async fn an_offline_speakers_payments_expire_saying_offline(style: &str) {
-    let route_table = one_speaker_per_account("VNS-E", 10);
-    let speakers: Vec<String> = route_table.iter().map(|(_, s)| s[0].clone()).collect();
-    let offline = speakers[9].clone();
-    let devices: Vec<(String, bool)> = speakers
-        .iter()
-        .map(|hw| (hw.clone(), *hw != offline))
-        .collect();
+    let TenSpeakers {
+        route_table,
+        speakers,
+        offline,
+        devices,
+    } = ten_speakers_the_last_offline("VNS-E");
     let gw = Gateway::start(&in_process(
         style,
         "max_age_secs = 3",
@@ -980,24 +1005,7 @@ async fn post_until_acked(
         tasks.push(tokio::spawn(async move {
             for p in &mine {
                 let body = sepay_webhook_to(&p.account, p.id, p.amount());
-                loop {
-                    let sent = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status().is_success() => break,
-                        Ok(r) => assert!(
-                            r.status().is_server_error(),
-                            "payment {p:?}: unexpected {}",
-                            r.status()
-                        ),
-                        Err(_) => {} // killed mid-request, or restarting
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                post_until_2xx(&client, &url, &body, p).await;
                 tokio::time::sleep(pace).await;
             }
             mine

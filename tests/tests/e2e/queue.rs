@@ -128,16 +128,26 @@ async fn a_full_store_answers_503_and_loses_nothing() {
     assert_eq!(sink.arrivals()[0].transaction_id, sepay_transaction_id(7));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_damaged_store_is_moved_aside_and_the_gateway_keeps_serving() {
-    let sink = CountingSink::start();
+/// What [`stopped_with_a_damaged_store`] writes over sled's config file.
+const DAMAGE: &[u8] = b"\xff\xfe not a sled config";
+
+/// A gateway that stored and delivered one payment, then was killed, and
+/// whose store sled can no longer open.
+async fn stopped_with_a_damaged_store(sink: &CountingSink) -> Gateway {
     let mut gw = Gateway::start(&config(&sink.url, ""));
     let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(1, 10_000)).await;
     assert_eq!(r.status, 200);
     assert!(sink.wait_for(1, Duration::from_secs(20)));
     gw.kill();
-    let state = gw.dir.path().join("data/state");
-    std::fs::write(state.join("conf"), b"\xff\xfe not a sled config").expect("damage");
+    let conf = gw.dir.path().join("data/state/conf");
+    std::fs::write(conf, DAMAGE).expect("damage");
+    gw
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_store_is_moved_aside_and_the_gateway_keeps_serving() {
+    let sink = CountingSink::start();
+    let mut gw = stopped_with_a_damaged_store(&sink).await;
     gw.kill_and_restart();
     assert!(
         gw.wait_for_log("moving it aside", Duration::from_secs(5)),
@@ -162,14 +172,8 @@ async fn a_damaged_store_is_moved_aside_and_the_gateway_keeps_serving() {
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_status_leaves_a_damaged_store_for_run_to_recover() {
     let sink = CountingSink::start();
-    let mut gw = Gateway::start(&config(&sink.url, ""));
-    let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(1, 10_000)).await;
-    assert_eq!(r.status, 200);
-    assert!(sink.wait_for(1, Duration::from_secs(20)));
-    gw.kill();
+    let mut gw = stopped_with_a_damaged_store(&sink).await;
     let data = gw.dir.path().join("data");
-    let garbage = b"\xff\xfe not a sled config";
-    std::fs::write(data.join("state/conf"), garbage).expect("damage");
 
     let (code, _, err) = queue(&gw, &["status"]);
     assert_eq!(code, 1, "{err}");
@@ -187,7 +191,7 @@ async fn queue_status_leaves_a_damaged_store_for_run_to_recover() {
     );
     assert_eq!(
         std::fs::read(data.join("state/conf")).expect("conf"),
-        garbage,
+        DAMAGE,
         "the store is as it was"
     );
 
