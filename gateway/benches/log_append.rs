@@ -6,7 +6,7 @@
 //! - raw: one 300-byte write + `sync_data` per event, one writer (the floor).
 //! - sled+syncfs: sled `insert` + `flush` + `syncfs` per event, one writer,
 //!   no group commit (what the log would cost without it).
-//! - log x1: `SledLog::append` of one change at a time, awaited (one webhook at a time).
+//! - log x1: `Store::append` of one change at a time, awaited (one webhook at a time).
 //! - log xN: N concurrent appenders (N webhooks in flight) sharing group commits.
 
 mod common;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::quantile;
 
-use soundbox_gateway::log::{EventLog, LogOptions, SledLog};
+use soundbox_gateway::log::{LogOptions, Store};
 use soundbox_gateway::model::BalanceChange;
 
 const SEQUENTIAL: usize = 2_000;
@@ -98,13 +98,13 @@ fn log_options() -> LogOptions {
 
 fn log_sequential(rt: &tokio::runtime::Runtime) -> Row {
     let dir = scratch();
-    let log = SledLog::open(dir.path(), log_options()).expect("log");
+    let log = Store::open(dir.path(), log_options()).expect("log");
     let mut samples = Vec::with_capacity(SEQUENTIAL);
     let started = Instant::now();
     rt.block_on(async {
         for i in 0..SEQUENTIAL {
             let t = Instant::now();
-            log.append(vec![change(i)]).await.expect("append");
+            log.append_changes(vec![change(i)]).await.expect("append");
             samples.push(t.elapsed());
         }
     });
@@ -115,7 +115,7 @@ fn log_sequential(rt: &tokio::runtime::Runtime) -> Row {
 
 fn log_concurrent(rt: &tokio::runtime::Runtime, writers: usize) -> Row {
     let dir = scratch();
-    let log = SledLog::open(dir.path(), log_options()).expect("log");
+    let log = Store::open(dir.path(), log_options()).expect("log");
     let per_writer = CONCURRENT_TOTAL / writers;
     let started = Instant::now();
     let samples = rt.block_on(async {
@@ -126,7 +126,7 @@ fn log_concurrent(rt: &tokio::runtime::Runtime, writers: usize) -> Row {
                 let mut samples = Vec::with_capacity(per_writer);
                 for i in 0..per_writer {
                     let t = Instant::now();
-                    log.append(vec![change(w * per_writer + i)])
+                    log.append_changes(vec![change(w * per_writer + i)])
                         .await
                         .expect("append");
                     samples.push(t.elapsed());

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use soundbox_gateway::config::{MqttBroker, MqttConfig};
-use soundbox_gateway::log::{EventLog, LogOptions, SledLog};
+use soundbox_gateway::log::{LogOptions, Store};
 use soundbox_gateway::model::BalanceChange;
 use soundbox_gateway::sinks::event::EventJson;
 use soundbox_gateway::sinks::mqtt::{MqttSink, SINK_NAME, broker};
@@ -40,9 +40,9 @@ fn change(i: usize) -> BalanceChange {
 }
 
 /// A log in a temp dir under target/ (a real disk) holding `EVENTS` payments.
-async fn filled_log() -> (tempfile::TempDir, SledLog) {
+async fn filled_log() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let log = SledLog::open(
+    let log = Store::open(
         dir.path(),
         LogOptions {
             min_free_disk_bytes: 0,
@@ -50,9 +50,9 @@ async fn filled_log() -> (tempfile::TempDir, SledLog) {
         },
     )
     .expect("open log");
-    log.cursor(SINK_NAME).expect("cursor");
+    log.register(SINK_NAME, None).await.expect("register");
     for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(500) {
-        log.append(chunk.iter().map(|&i| change(i)).collect())
+        log.append_changes(chunk.iter().map(|&i| change(i)).collect())
             .await
             .expect("append");
     }
@@ -89,7 +89,7 @@ async fn sink_rate(broker_addr: SocketAddr, window: usize) -> f64 {
         },
         tokio::sync::broadcast::channel(1).1,
     ));
-    while log.cursor(SINK_NAME).expect("cursor") < EVENTS as u64 {
+    while log.cursor_now(SINK_NAME).expect("cursor") < EVENTS as u64 {
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     let rate = EVENTS as f64 / started.elapsed().as_secs_f64();

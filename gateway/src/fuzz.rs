@@ -20,7 +20,7 @@ use crate::config::{Config, ConfigError, ConnectorConfig, PluginLimits};
 use crate::connectors::{Connectors, Plugin, Runtime};
 use crate::ingress::Ingress;
 use crate::log::record::{self, DecodeError, LogEntry, SCHEMA_VERSION};
-use crate::log::{AppendFuture, Appended, EventLog, LogError, Settlement};
+use crate::log::{Appended, Committed, EventLog, KvBatch, LogFuture, Settlement};
 use crate::model::{BalanceChange, Direction};
 
 /// The path configs are parsed as. Relative plugin paths resolve under
@@ -345,7 +345,7 @@ struct SepayHarness {
     /// One call at a time: the log's record is per call.
     serial: Mutex<()>,
     /// The plugin KV store (the plugin keeps none; it must exist).
-    _kv: sled::Db,
+    _kv: (tempfile::TempDir, crate::log::Store),
 }
 
 fn sepay_harness() -> &'static SepayHarness {
@@ -358,17 +358,23 @@ fn sepay_harness() -> &'static SepayHarness {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let kv = sled::Config::new()
-            .temporary(true)
-            .open()
-            .expect("temporary sled");
+        let kv = tempfile::tempdir().expect("tempdir");
+        let store = crate::log::Store::open(
+            kv.path(),
+            crate::log::LogOptions {
+                min_free_disk_bytes: 0,
+                wal_bytes: 1 << 20,
+                ..crate::log::LogOptions::default()
+            },
+        )
+        .expect("scratch store for the plugin's KV");
         let mut settings = toml::Table::new();
         settings.insert("api_key".into(), SEPAY_KEY.into());
         let mut connector = ConnectorConfig::ad_hoc(wasm, settings);
         connector.name = "sepay".into();
         let engine = Arc::new(Runtime::new(PluginLimits::default(), None).expect("wasm engine"));
         let plugin = runtime
-            .block_on(Plugin::load(engine, &connector, &kv))
+            .block_on(Plugin::load(engine, &connector, &store))
             .expect("load the SePay plugin");
         let log = Arc::new(RecordingLog::default());
         let ingress = Arc::new(Ingress {
@@ -389,7 +395,7 @@ fn sepay_harness() -> &'static SepayHarness {
             router: ingress.router(),
             log,
             serial: Mutex::new(()),
-            _kv: kv,
+            _kv: (kv, store),
         }
     })
 }
@@ -420,47 +426,41 @@ impl RecordingLog {
 }
 
 impl EventLog for RecordingLog {
-    fn append(&self, changes: Vec<BalanceChange>) -> AppendFuture {
-        let seqs = changes
+    fn append(&self, changes: Vec<BalanceChange>, _kv: Option<KvBatch>) -> LogFuture<Committed> {
+        let appended = changes
             .iter()
             .map(|_| Appended::New(self.next.fetch_add(1, Ordering::Relaxed)))
             .collect();
         self.appended().extend(changes);
         self.seq.send_replace(self.next.load(Ordering::Relaxed));
-        Box::pin(std::future::ready(Ok(seqs)))
+        Box::pin(std::future::ready(Ok(Committed {
+            appended,
+            kv: Ok(()),
+        })))
     }
 
     fn watch(&self) -> watch::Receiver<u64> {
         self.seq.subscribe()
     }
 
-    fn read(&self, _from: u64, _limit: usize) -> Result<Vec<LogEntry>, LogError> {
-        Ok(Vec::new())
+    fn read(&self, _from: u64, _limit: usize) -> LogFuture<Vec<LogEntry>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
-    fn cursor(&self, _sink: &str) -> Result<u64, LogError> {
-        Ok(self.next.load(Ordering::Relaxed))
+    fn cursor(&self, _sink: &str) -> LogFuture<u64> {
+        Box::pin(std::future::ready(Ok(self.next.load(Ordering::Relaxed))))
     }
 
-    fn requeued(&self, _sink: &str, _limit: usize) -> Result<Vec<LogEntry>, LogError> {
-        Ok(Vec::new())
+    fn requeued(&self, _sink: &str, _limit: usize) -> LogFuture<Vec<LogEntry>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
-    fn settle(&self, _sink: &str, _seq: u64, _settlement: &Settlement) -> Result<(), LogError> {
-        Ok(())
+    fn settle(&self, _sink: &str, _seqs: Vec<u64>, _settlement: Settlement) -> LogFuture<()> {
+        Box::pin(std::future::ready(Ok(())))
     }
 
-    fn settle_many(
-        &self,
-        _sink: &str,
-        _seqs: &[u64],
-        _settlement: &Settlement,
-    ) -> Result<(), LogError> {
-        Ok(())
-    }
-
-    fn pass(&self, _sink: &str, _through: u64) -> Result<(), LogError> {
-        Ok(())
+    fn pass(&self, _sink: &str, _through: u64) -> LogFuture<()> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub queue_oldest_pending_seconds: IntGaugeVec,
     pub queue_dead_letters: IntGaugeVec,
     pub log_degraded: IntGauge,
+    pub gc_runs: prometheus::IntCounter,
     pub connector_consecutive_failures: IntGaugeVec,
     pub ready: IntGauge,
     /// Per routed speaker, from `pair/check`: 1, 0, or -1 before the first answer.
@@ -163,6 +164,11 @@ impl Metrics {
                 r,
                 "log_degraded",
                 "1 when the event log reports damage or its last commit failed.",
+            ),
+            gc_runs: register(
+                r,
+                prometheus::IntCounter::new("log_gc_runs_total", "Store GC passes run.")
+                    .expect("valid counter"),
             ),
             connector_consecutive_failures: gauge(
                 r,

@@ -1,7 +1,7 @@
 //! Helpers the benches share (`mod common;` in each): paths and ports,
-//! a tiny HTTP status getter, memory of a process, percentiles, the raw
-//! `fdatasync` floor, the plugin-call measurement and the startup
-//! measurement. Not a bench itself: a subdirectory is not auto-discovered.
+//! a tiny HTTP status getter, disk writes of a process, percentiles, goal
+//! verdicts, the raw `fdatasync` floor, the plugin-call measurement and the
+//! startup measurement. Not a bench itself: a subdirectory is not auto-discovered.
 #![allow(dead_code)]
 
 use std::fs::OpenOptions;
@@ -56,6 +56,21 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
+/// Bytes process `pid` has caused to be written to storage so far: the
+/// `write_bytes` of `/proc/<pid>/io`, counted as it dirties page-cache pages
+/// (4 KiB each, again each time a page synced clean is written to). 0 once
+/// the process is gone.
+pub fn write_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// p50, p99 and mean of a set of samples.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {
@@ -96,6 +111,27 @@ pub fn ms(d: Duration) -> f64 {
 
 pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// A goal's verdict line: `value` against `limit`, lower is better unless
+/// `at_least`.
+pub fn goal(name: &str, value: f64, limit: f64, unit: &str, at_least: bool) -> bool {
+    let met = if at_least {
+        value >= limit
+    } else {
+        value <= limit
+    };
+    let by = if at_least {
+        format!("{:.2}x the floor", value / limit)
+    } else {
+        format!("{:.0}% of the limit", value / limit * 100.0)
+    };
+    println!(
+        "  [{}] {name}: {value:.2} {unit} (limit {} {limit} {unit}; {by})",
+        if met { " met  " } else { "NOT met" },
+        if at_least { ">=" } else { "<=" },
+    );
+    met
 }
 
 /// The physical limit of durable appends on the disk holding `dir`: `count`
@@ -145,16 +181,20 @@ pub fn plugin_call_samples(
         .build()
         .expect("tokio");
     let scratch = tempfile::tempdir().expect("tempdir");
-    let db = sled::Config::new()
-        .path(scratch.path())
-        .open()
-        .expect("sled");
+    let store = soundbox_gateway::log::Store::open(
+        scratch.path(),
+        soundbox_gateway::log::LogOptions {
+            min_free_disk_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .expect("store");
     let mut settings = toml::Table::new();
     settings.insert("api_key".into(), "k".into());
     let config = ConnectorConfig::ad_hoc(sepay_plugin(), settings);
     let runtime = Arc::new(Runtime::new(PluginLimits::default(), None).expect("runtime"));
     let plugin = rt
-        .block_on(Plugin::load(runtime, &config, &db))
+        .block_on(Plugin::load(runtime, &config, &store))
         .expect("load plugin");
     let request = IncomingRequest {
         method: "POST".into(),

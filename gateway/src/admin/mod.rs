@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http_server;
 
-use crate::log::{EventLog, LogEntry, LogError, LogHealth, QueueItem, SinkStatus, SledLog};
+use crate::log::{LogEntry, LogError, LogHealth, QueueItem, SinkStatus, Store};
 use crate::sinks::speaker::{Routing, lane_speaker};
 pub use guard::guarded;
 pub use status::Live;
@@ -57,7 +57,7 @@ pub struct QueueReport {
 /// What a queue command needs, whether it talks to the store or the API.
 #[derive(Debug, Clone)]
 pub struct QueueView {
-    pub log: SledLog,
+    pub log: Store,
     /// The sinks the config names, in config order.
     pub sinks: Vec<String>,
     /// Which payments each speaker lane takes.
@@ -65,16 +65,30 @@ pub struct QueueView {
 }
 
 impl QueueView {
+    /// Every registered sink's queue: those the config names first, then
+    /// any the store still keeps entries for (until `queue forget`). Reads
+    /// the store: call it off the async workers.
     pub fn report(&self) -> Result<QueueReport, LogError> {
-        let mut names = self.sinks.clone();
-        for known in self.log.known_sinks() {
+        let registered = self.log.known_sinks()?;
+        let mut names: Vec<String> = self
+            .sinks
+            .iter()
+            .filter(|s| registered.contains(s))
+            .cloned()
+            .collect();
+        for known in registered {
             if !names.contains(&known) {
                 names.push(known);
             }
         }
         let sinks = names
             .iter()
-            .map(|s| self.status(s))
+            .map(|s| {
+                self.status(s).map(|mut status| {
+                    status.configured = self.sinks.contains(s);
+                    status
+                })
+            })
             .collect::<Result<_, _>>()?;
         Ok(QueueReport {
             sinks,
@@ -110,9 +124,9 @@ impl QueueView {
     /// lane's: routed to it), looking at most a few thousand entries ahead.
     pub fn waiting(&self, sink: &str, n: usize) -> Result<Vec<LogEntry>, LogError> {
         const LOOK_AHEAD: usize = 4096;
-        let cursor = self.log.cursor(sink)?;
+        let cursor = self.log.cursor_now(sink)?;
         let mut out = Vec::new();
-        for entry in self.log.read(cursor, LOOK_AHEAD)? {
+        for entry in self.log.read_now(cursor, LOOK_AHEAD)? {
             if out.len() >= n {
                 break;
             }
@@ -174,24 +188,61 @@ impl status::Live {
     fn queue_view(&self) -> QueueView {
         QueueView {
             log: self.log.clone(),
-            sinks: self.sinks.load().iter().map(|(n, _)| n.clone()).collect(),
+            sinks: crate::sinks::sink_names(&self.config.load()),
             routing: Routing::of(&self.config.load()),
         }
     }
 }
 
-async fn queue_report(State(live): State<Arc<Live>>) -> Response {
-    match live.queue_view().report() {
-        Ok(report) => axum::Json(report).into_response(),
-        Err(e) => storage_error(e),
+/// Why a queue request failed, turned into a reply at the handler.
+enum QueueError {
+    UnknownSink(String),
+    Store(LogError),
+}
+
+impl From<LogError> for QueueError {
+    fn from(e: LogError) -> Self {
+        QueueError::Store(e)
     }
 }
 
-/// A 404 for a sink neither the config nor the store knows.
-fn unknown_sink(view: &QueueView, sink: &str) -> Option<Response> {
-    let known =
-        view.sinks.iter().any(|s| s == sink) || view.log.known_sinks().iter().any(|s| s == sink);
-    (!known).then(|| error(StatusCode::NOT_FOUND, format!("no sink named `{sink}`")))
+impl QueueError {
+    fn reply(self) -> Response {
+        match self {
+            QueueError::UnknownSink(sink) => {
+                error(StatusCode::NOT_FOUND, format!("no sink named `{sink}`"))
+            }
+            QueueError::Store(e) => storage_error(e),
+        }
+    }
+}
+
+/// Runs `f` on the queue view off the async workers (it reads the store).
+async fn with_view<T: Send + 'static>(
+    live: Arc<Live>,
+    f: impl FnOnce(&QueueView) -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(move || f(&live.queue_view())).await {
+        Ok(result) => result.map_err(QueueError::reply),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+    }
+}
+
+async fn queue_report(State(live): State<Arc<Live>>) -> Response {
+    match with_view(live, |view| Ok(view.report()?)).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Refuses a sink neither the config nor the store knows.
+fn known_sink(view: &QueueView, sink: &str) -> Result<(), QueueError> {
+    let registered = view.log.known_sinks()?;
+    if view.sinks.iter().any(|s| s == sink) || registered.iter().any(|s| s == sink) {
+        Ok(())
+    } else {
+        Err(QueueError::UnknownSink(sink.to_string()))
+    }
 }
 
 async fn queue_list(
@@ -199,13 +250,14 @@ async fn queue_list(
     Path(sink): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let view = live.queue_view();
-    if let Some(r) = unknown_sink(&view, &sink) {
-        return r;
-    }
-    match view.list(&sink, q.state.as_deref(), q.limit.unwrap_or(50).min(10_000)) {
+    let listed = with_view(live, move |view| {
+        known_sink(view, &sink)?;
+        Ok(view.list(&sink, q.state.as_deref(), q.limit.unwrap_or(50).min(10_000))?)
+    })
+    .await;
+    match listed {
         Ok(items) => axum::Json::<Vec<QueueItem>>(items).into_response(),
-        Err(e) => storage_error(e),
+        Err(r) => r,
     }
 }
 
@@ -214,17 +266,42 @@ async fn queue_retry(
     Path(sink): Path<String>,
     Query(q): Query<RetryQuery>,
 ) -> Response {
-    let view = live.queue_view();
-    if let Some(r) = unknown_sink(&view, &sink) {
-        return r;
-    }
     let which = match (q.seq, q.dead) {
         (Some(seq), false) => Some(seq),
         (None, true) => None,
         _ => return error(StatusCode::BAD_REQUEST, "give either seq=N or dead=true"),
     };
-    match view.log.requeue(&sink, which) {
+    let store = live.log.clone();
+    let checked = {
+        let sink = sink.clone();
+        with_view(live, move |view| known_sink(view, &sink)).await
+    };
+    if let Err(r) = checked {
+        return r;
+    }
+    match store.requeue(&sink, which).await {
         Ok(n) => axum::Json(serde_json::json!({ "requeued": n })).into_response(),
+        Err(e) => storage_error(e),
+    }
+}
+
+/// Lets go of a sink the config no longer names: GC stops keeping its
+/// backlog. A configured sink is refused (it would register again).
+async fn queue_forget(State(live): State<Arc<Live>>, Path(sink): Path<String>) -> Response {
+    if live.queue_view().sinks.contains(&sink) {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "sink `{sink}` is in the config; remove it from the config (and reload) before forgetting it"
+            ),
+        );
+    }
+    match live.log.forget(&sink).await {
+        Ok(true) => axum::Json(serde_json::json!({ "forgotten": sink })).into_response(),
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            format!("no registered sink named `{sink}`"),
+        ),
         Err(e) => storage_error(e),
     }
 }
@@ -298,6 +375,7 @@ pub fn router(live: Arc<Live>) -> Router {
         .route("/api/queue", get(queue_report))
         .route("/api/queue/{sink}", get(queue_list))
         .route("/api/queue/{sink}/retry", post(queue_retry))
+        .route("/api/queue/{sink}/forget", post(queue_forget))
         .with_state(live)
 }
 

@@ -13,7 +13,7 @@ use super::QueueView;
 use crate::config::Config;
 use crate::connectors::{Connectors, HealthReport};
 use crate::log::LogError;
-use crate::log::{LogHealth, QueueItem, SinkStatus, SledLog};
+use crate::log::{LogHealth, QueueItem, SinkStatus, Store};
 use crate::metrics::metrics;
 use crate::model::now_ms;
 use crate::sinks::SinkStats;
@@ -28,7 +28,7 @@ const RECENT: usize = 20;
 /// The running parts, as the admin server sees them; a reload swaps them.
 #[derive(Debug)]
 pub struct Live {
-    pub log: SledLog,
+    pub log: Store,
     pub config: ArcSwap<Config>,
     pub connectors: Arc<ArcSwap<Connectors>>,
     /// Each running sink and its counters, in config order.
@@ -183,7 +183,7 @@ impl Live {
         let sinks = self.sinks.load();
         let view = QueueView {
             log: self.log.clone(),
-            sinks: sinks.iter().map(|(name, _)| name.clone()).collect(),
+            sinks: crate::sinks::sink_names(&config),
             routing: Routing::of(&config),
         };
         let mut problems = Vec::new();

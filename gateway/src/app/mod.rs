@@ -33,16 +33,16 @@ use crate::admin::{self, Live, status::SpeakerBoard};
 use crate::config::{Config, ForwardConfig, MqttBroker, MqttConfig, RouteConfig, SpeakerConfig};
 use crate::connectors::{Connectors, Plugin, Runtime};
 use crate::ingress::{Ingress, StaleRule, poll};
-use crate::log::{EventLog, LogOptions, SledLog};
+use crate::log::{EventLog, LogOptions, Store};
 use crate::metrics::metrics;
 use crate::sinks::event::AnnouncementJson;
 use crate::sinks::http::HttpSink;
 use crate::sinks::mqtt::{ANNOUNCEMENT_BUFFER, MqttSink, SINK_NAME as MQTT_SINK, broker};
 use crate::sinks::speaker::{
-    LEGACY_SINK_NAME, SpeakerHealth, SpeakerLane, SpeakerService, lane_name, lane_speaker,
-    routed_speakers, routes_of,
+    LEGACY_SINK_NAME, SpeakerHealth, SpeakerLane, SpeakerService, lane_speaker, routed_speakers,
+    routes_of,
 };
-use crate::sinks::{Shutdown, SinkStats, run_sink};
+use crate::sinks::{Shutdown, SinkStats, run_sink, sink_names};
 use crate::speaker_api::client::{SpeakerClient, SpeakerCredentials};
 use crate::speaker_api::sim::{SimConfig, Simulator};
 
@@ -52,9 +52,9 @@ pub const SIMULATOR_PATH: &str = "/speaker-sim";
 /// How often settled entries and old dedupe keys are collected.
 const GC_EVERY: Duration = Duration::from_secs(600);
 
-/// Opens the event log (and with it the state store) under `data_dir`.
-pub fn open_log(data_dir: &Path, options: LogOptions) -> anyhow::Result<SledLog> {
-    SledLog::open(data_dir, options)
+/// Opens the store (events, sinks' state, plugin KV) under `data_dir`.
+pub fn open_log(data_dir: &Path, options: LogOptions) -> anyhow::Result<Store> {
+    Store::open(data_dir, options)
         .with_context(|| format!("cannot open the event log in {}", data_dir.display()))
 }
 
@@ -66,30 +66,12 @@ fn runtime(config: &Config) -> anyhow::Result<Arc<Runtime>> {
 }
 
 /// Builds the runtime and loads every connector.
-pub async fn load_connectors(config: &Config, db: &sled::Db) -> anyhow::Result<Arc<Connectors>> {
+pub async fn load_connectors(config: &Config, store: &Store) -> anyhow::Result<Arc<Connectors>> {
     let runtime = runtime(config)?;
-    let connectors = Connectors::load_all(&runtime, &config.connectors, db)
+    let connectors = Connectors::load_all(&runtime, &config.connectors, store)
         .await
         .map_err(|(name, e)| anyhow::anyhow!("connector `{name}`: {e}"))?;
     Ok(Arc::new(connectors))
-}
-
-/// The names of every configured sink, in config order: one speaker lane
-/// per routed speaker, MQTT, the forwards.
-pub fn sink_names(config: &Config) -> Vec<String> {
-    let lanes: Vec<String> = match &config.speaker {
-        Some(_) => routed_speakers(&config.routes)
-            .iter()
-            .map(|hw| lane_name(hw))
-            .collect(),
-        None => Vec::new(),
-    };
-    let mqtt = config.mqtt.as_ref().map(|_| MQTT_SINK.to_string());
-    lanes
-        .into_iter()
-        .chain(mqtt)
-        .chain(config.forwards.iter().map(|f| f.name.clone()))
-        .collect()
 }
 
 /// What one sink runs with: a reload restarts a sink only when this changed
@@ -149,7 +131,7 @@ struct RunningSink {
 /// Every stage that is running, and the config it runs with.
 struct Gateway {
     config: Config,
-    log: SledLog,
+    log: Store,
     shared_log: Arc<dyn EventLog>,
     runtime: Arc<Runtime>,
     connectors: Arc<ArcSwap<Connectors>>,
@@ -177,7 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let log = open_log(&config.gateway.data_dir, config.log.clone())?;
     let shared_log: Arc<dyn EventLog> = Arc::new(log.clone());
     let runtime = runtime(&config)?;
-    let connectors = Connectors::load_all(&runtime, &config.connectors, log.db())
+    let connectors = Connectors::load_all(&runtime, &config.connectors, &log)
         .await
         .map_err(|(name, e)| anyhow::anyhow!("connector `{name}`: {e}"))?;
     let connectors = Arc::new(ArcSwap::from_pointee(connectors));
@@ -234,11 +216,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let background_stop = CancellationToken::new();
     let background = TaskTracker::new();
-    background.spawn(collect_garbage(
-        log.clone(),
-        live.clone(),
-        background_stop.clone(),
-    ));
+    background.spawn(collect_garbage(log.clone(), background_stop.clone()));
     background.spawn(admin::serve(
         live.clone(),
         extra_admin_routes,
@@ -291,7 +269,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     serving.await.context("ingress task")?.context("ingress")?;
     tracing::info!("ingress stopped; syncing the event log");
-    log.sync().context("syncing the event log")?;
+    log.checkpoint().await.context("syncing the event log")?;
     let grace = gateway.config.gateway.shutdown_grace;
     tracing::info!(grace_secs = grace.as_secs(), "stopping sinks");
     // Workers stop within the grace period on their own; the extra second is
@@ -306,7 +284,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     background_stop.cancel();
     background.wait().await;
     drop(gateway);
-    log.close().context("closing the event log")?;
+    tokio::task::spawn_blocking(move || log.close())
+        .await
+        .context("closing the event log")?
+        .context("closing the event log")?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -346,7 +327,7 @@ impl Gateway {
                 Some(_) => replaced.push(c.name.clone()),
                 None => added.push(c.name.clone()),
             }
-            match Plugin::load(self.runtime.clone(), c, self.log.db()).await {
+            match Plugin::load(self.runtime.clone(), c, &self.log).await {
                 Ok(plugin) => plugins.push(Arc::new(plugin)),
                 Err(error) => {
                     metrics().reloads.with_label_values(&["rejected"]).inc();
@@ -511,15 +492,13 @@ impl Gateway {
             if self.sinks.contains_key(name) {
                 continue;
             }
-            // The cursor exists before the sink runs: a sink seen for the
-            // first time starts at the log's end, and one that registered
-            // late (MQTT does on its first connect) would skip payments.
-            let registered = match (lane_speaker(name), handover) {
-                (Some(_), Some(start)) => self.log.register_at(name, start),
-                _ => self.log.cursor(name),
-            };
+            // Registered before the sink runs: a sink seen for the first time
+            // starts at the log's end, and one that registered late (MQTT
+            // connects later) would skip payments.
+            let start = lane_speaker(name).and(handover);
+            let registered = self.log.register(name, start).await;
             let started = registered
-                .with_context(|| format!("reading the cursor of sink `{name}`"))
+                .with_context(|| format!("registering sink `{name}` in the store"))
                 .and_then(|_| self.start_sink(config, name));
             match started {
                 Ok(sink) => {
@@ -534,6 +513,7 @@ impl Gateway {
         if handover.is_some() && wanted.iter().any(|n| lane_speaker(n).is_some()) {
             self.log
                 .retire(LEGACY_SINK_NAME)
+                .await
                 .context("handing the speaker sink's cursor over to its lanes")?;
             tracing::info!(
                 cursor = handover,
@@ -674,19 +654,30 @@ fn prune_plugin_cache(runtime: &Runtime, connectors: &Connectors) {
     }
 }
 
-/// Runs GC now and then, off the async threads, for the sinks running then.
-async fn collect_garbage(log: SledLog, live: Arc<Live>, stop: CancellationToken) {
+/// Runs GC now and then, off the async threads. The store keeps whatever
+/// any registered sink still needs, running or not.
+async fn collect_garbage(log: Store, stop: CancellationToken) {
+    let every = gc_interval();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(GC_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
         }
-        let sinks: Vec<String> = live.sinks.load().iter().map(|(n, _)| n.clone()).collect();
         let log = log.clone();
-        match tokio::task::spawn_blocking(move || log.gc(&sinks)).await {
+        match tokio::task::spawn_blocking(move || log.gc()).await {
             Ok(Ok(report)) => tracing::debug!(?report, "event log GC"),
             Ok(Err(error)) => tracing::error!(%error, "event log GC failed"),
             Err(error) => tracing::error!(%error, "event log GC panicked"),
         }
+        metrics().gc_runs.inc();
     }
+}
+
+/// [`GC_EVERY`], or what the `SOUNDBOX_TEST_GC_EVERY_MS` test knob says (e2e
+/// tests that must see GC run within seconds).
+fn gc_interval() -> Duration {
+    std::env::var("SOUNDBOX_TEST_GC_EVERY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(GC_EVERY, Duration::from_millis)
 }

@@ -112,7 +112,7 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     // running gateway's state.
     let scratch = tempfile::tempdir()?;
     let log = crate::app::open_log(scratch.path(), config.log.clone())?;
-    let connectors = crate::app::load_connectors(&config, log.db()).await?;
+    let connectors = crate::app::load_connectors(&config, &log).await?;
     println!("{}: ok", path.display());
     for plugin in connectors.iter() {
         println!("  connector {:<20} {:?}", plugin.name(), plugin.world());

@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::config::{ConnectorConfig, PluginLimits};
 use crate::connectors::{IncomingRequest, Plugin, Runtime};
+use crate::log::{EventLog, LogOptions, Store};
 
 #[derive(Debug, Args)]
 pub struct PluginTest {
@@ -53,17 +54,24 @@ impl PluginTest {
             .map(|h| h.to_ascii_lowercase())
             .collect();
         // The plugin's KV lives in a throwaway store.
-        let db = sled::Config::new()
-            .temporary(true)
-            .cache_capacity(1 << 20)
-            .open()?;
+        let scratch = tempfile::tempdir()?;
+        let store = Store::open(
+            scratch.path(),
+            LogOptions {
+                min_free_disk_bytes: 0,
+                wal_bytes: 1 << 20,
+                ..LogOptions::default()
+            },
+        )?;
         let runtime = Arc::new(Runtime::new(PluginLimits::default(), None)?);
-        let plugin = Plugin::load(runtime, &connector, &db).await?;
+        let plugin = Plugin::load(runtime, &connector, &store).await?;
 
         let started = std::time::Instant::now();
         let output = if self.poll {
             let result = plugin.poll().await?;
-            plugin.commit_kv(result.kv_writes);
+            if let Some(kv) = plugin.kv_batch(result.kv_writes) {
+                store.append(Vec::new(), Some(kv)).await?;
+            }
             serde_json::json!({
                 "world": plugin.world(),
                 "changes": result.changes,
@@ -94,7 +102,9 @@ impl PluginTest {
                 body,
             };
             let result = plugin.handle(request).await?;
-            plugin.commit_kv(result.kv_writes);
+            if let Some(kv) = plugin.kv_batch(result.kv_writes) {
+                store.append(Vec::new(), Some(kv)).await?;
+            }
             serde_json::json!({
                 "world": plugin.world(),
                 "changes": result.changes,

@@ -1,4 +1,4 @@
-//! `queue status|list|retry`: the same answers whether the gateway is running
+//! `queue status|list|retry|forget`: the same answers whether the gateway is running
 //! (the store is locked: ask its admin API on loopback) or stopped (open the
 //! store directly).
 
@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use crate::admin::{QueueReport, QueueView};
 use crate::config::Config;
-use crate::log::{LogError, QueueItem, SledLog};
+use crate::log::{LogError, QueueItem, Store};
 use crate::sinks::speaker::Routing;
 
 #[derive(Debug, Args)]
@@ -50,6 +50,12 @@ enum QueueCommand {
         #[arg(long, conflicts_with = "seq")]
         dead: bool,
     },
+    /// Let go of a sink the config no longer names: the store stops keeping
+    /// its backlog (GC may then remove it). Shown in `status` until then.
+    Forget {
+        /// The sink, as `status` names it.
+        sink: String,
+    },
 }
 
 /// Where the answers come from.
@@ -63,8 +69,8 @@ enum Backend {
 
 impl Backend {
     fn connect(config: &Config) -> anyhow::Result<Backend> {
-        let sinks = crate::app::sink_names(config);
-        match SledLog::open_as_is(&config.gateway.data_dir, config.log.clone()) {
+        let sinks = crate::sinks::sink_names(config);
+        match Store::open_as_is(&config.gateway.data_dir, config.log.clone()) {
             Ok(log) => Ok(Backend::Store(Box::new(QueueView {
                 log,
                 sinks,
@@ -114,7 +120,7 @@ impl Backend {
 
     async fn report(&self) -> anyhow::Result<QueueReport> {
         match self {
-            Backend::Store(view) => Ok(view.report()?),
+            Backend::Store(view) => Ok(blocking(view, |view| view.report())?),
             Backend::Api { base, client } => Self::api(client.get(base), base).await,
         }
     }
@@ -126,7 +132,7 @@ impl Backend {
         limit: usize,
     ) -> anyhow::Result<Vec<QueueItem>> {
         match self {
-            Backend::Store(view) => Ok(view.list(sink, state, limit)?),
+            Backend::Store(view) => Ok(blocking(view, |view| view.list(sink, state, limit))?),
             Backend::Api { base, client } => {
                 let mut query = vec![("limit", limit.to_string())];
                 if let Some(state) = state {
@@ -140,7 +146,7 @@ impl Backend {
 
     async fn retry(&self, sink: &str, seq: Option<u64>) -> anyhow::Result<usize> {
         match self {
-            Backend::Store(view) => Ok(view.log.requeue(sink, seq)?),
+            Backend::Store(view) => Ok(view.log.requeue(sink, seq).await?),
             Backend::Api { base, client } => {
                 let query = match seq {
                     Some(seq) => vec![("seq", seq.to_string())],
@@ -153,13 +159,44 @@ impl Backend {
         }
     }
 
+    async fn forget(&self, sink: &str) -> anyhow::Result<bool> {
+        match self {
+            Backend::Store(view) => {
+                if view.sinks.iter().any(|s| s == sink) {
+                    bail!(
+                        "sink `{sink}` is in the config; remove it from the config before forgetting it"
+                    );
+                }
+                Ok(view.log.forget(sink).await?)
+            }
+            Backend::Api { base, client } => {
+                let request = client.post(format!("{base}/{sink}/forget"));
+                match Self::api::<serde_json::Value>(request, base).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.to_string().contains("no registered sink") => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
     async fn close(self) {
         if let Backend::Store(view) = self
-            && let Err(e) = view.log.close()
+            && let Err(e) = tokio::task::spawn_blocking(move || view.log.close())
+                .await
+                .unwrap_or(Err(LogError::Closed))
         {
             tracing::warn!(error = %e, "closing the event log");
         }
     }
+}
+
+/// Runs a store read off the async workers (it may wait on the disk).
+fn blocking<T>(
+    view: &QueueView,
+    read: impl FnOnce(&QueueView) -> Result<T, LogError>,
+) -> Result<T, LogError> {
+    tokio::task::block_in_place(|| read(view))
 }
 
 /// The sink to act on: the one given, or the only one there is.
@@ -224,13 +261,18 @@ impl QueueCommand {
                 );
                 for s in &report.sinks {
                     println!(
-                        "{:<w$} {:>8} {:>8} {:>6} {:>10} {:>8}",
+                        "{:<w$} {:>8} {:>8} {:>6} {:>10} {:>8}{}",
                         s.sink,
                         s.pending,
                         s.oldest_pending_age_ms.map_or("-".to_string(), age),
                         s.dead_letters,
                         s.delivered,
-                        s.expired
+                        s.expired,
+                        if s.configured {
+                            ""
+                        } else {
+                            "  (not in the config: kept until `queue forget`)"
+                        }
                     );
                 }
                 let h = &report.health;
@@ -272,6 +314,15 @@ impl QueueCommand {
                     );
                 }
                 Ok(ExitCode::SUCCESS)
+            }
+            QueueCommand::Forget { sink } => {
+                if backend.forget(&sink).await? {
+                    println!("forgot `{sink}`: its backlog is no longer kept");
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    eprintln!("no registered sink named `{sink}`");
+                    Ok(ExitCode::FAILURE)
+                }
             }
             QueueCommand::Retry { sink, seq, dead } => {
                 let sink = pick_sink(&backend.report().await?, sink)?;

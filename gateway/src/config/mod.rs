@@ -672,6 +672,7 @@ impl Config {
                 1 << 20,
                 true,
             )?,
+            wal_bytes: dl.wal_bytes,
         };
 
         let mut names = BTreeSet::new();

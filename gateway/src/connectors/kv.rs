@@ -1,7 +1,7 @@
-//! The `kv` import: a small persistent map per connector (poll cursors), one
-//! sled tree each, so connectors cannot see each other's keys. A call's
-//! writes are staged in [`KvWrites`] and applied only once the gateway has
-//! stored the changes that call returned.
+//! The `kv` import: a small persistent map per connector (poll cursors), kept
+//! in the store, one namespace each, so connectors cannot see each other's
+//! keys. A call's writes are staged in [`KvWrites`] and committed in the same
+//! store commit as the changes that call returned ([`PluginKv::batch`]).
 //!
 //! Quotas are counted, never scanned: each connector's keys and bytes (key
 //! plus value) are counted once when its tree is opened and kept up to date
@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use crate::log::{EventLog, KvBatch, KvOp, KvQuota, LogError, Store};
 
 const MAX_KEY_BYTES: usize = 256;
 const MAX_VALUE_BYTES: usize = 64 << 10;
@@ -59,17 +59,16 @@ impl KvQuotas {
         })
     }
 
-    /// Opens `connector`'s tree. Its keys and bytes are counted here, once
-    /// per process (a reloaded connector keeps its count).
-    pub fn open(self: &Arc<Self>, db: &sled::Db, connector: &str) -> sled::Result<PluginKv> {
-        let tree = db.open_tree(format!("kv/{connector}"))?;
+    /// Opens `connector`'s KV. Its keys and bytes are counted here, once
+    /// per process (a reloaded connector keeps its count). Reads the store:
+    /// call it off the async workers.
+    pub fn open(self: &Arc<Self>, store: &Store, connector: &str) -> Result<PluginKv, LogError> {
         let mut ledger = self.lock();
         if !ledger.connectors.contains_key(connector) {
             let mut usage = KvUsage::default();
-            for entry in tree.iter() {
-                let (key, value) = entry?;
+            for (key, value) in store.kv_sizes(connector)? {
                 usage.keys += 1;
-                usage.bytes += (key.len() + value.len()) as u64;
+                usage.bytes += (key + value) as u64;
             }
             if usage.bytes > self.max_bytes || usage.keys > MAX_ENTRIES {
                 tracing::warn!(
@@ -83,7 +82,7 @@ impl KvQuotas {
             ledger.connectors.insert(connector.to_string(), usage);
         }
         Ok(PluginKv {
-            tree,
+            store: store.clone(),
             connector: connector.to_string(),
             quotas: self.clone(),
         })
@@ -110,7 +109,7 @@ impl KvQuotas {
 
     /// Refuses a connector whose keys and bytes would be `usage` moved by
     /// `delta`, when that grows past a quota.
-    fn check(&self, ledger: &Ledger, connector: &str, delta: Delta) -> Result<(), String> {
+    fn check_with(&self, ledger: &Ledger, connector: &str, delta: Delta) -> Result<(), String> {
         let usage = ledger
             .connectors
             .get(connector)
@@ -136,6 +135,20 @@ impl KvQuotas {
             ));
         }
         Ok(())
+    }
+}
+
+impl KvQuota for KvQuotas {
+    fn check(&self, connector: &str, keys: i64, bytes: i64) -> Result<(), String> {
+        self.check_with(&self.lock(), connector, Delta { keys, bytes })
+    }
+
+    fn applied(&self, connector: &str, keys: i64, bytes: i64) {
+        let mut ledger = self.lock();
+        let usage = ledger.connectors.entry(connector.to_string()).or_default();
+        usage.keys = usage.keys.saturating_add_signed(keys);
+        usage.bytes = usage.bytes.saturating_add_signed(bytes);
+        ledger.total_bytes = ledger.total_bytes.saturating_add_signed(bytes);
     }
 }
 
@@ -166,23 +179,28 @@ impl Delta {
 
 #[derive(Debug, Clone)]
 pub struct PluginKv {
-    tree: sled::Tree,
+    store: Store,
     connector: String,
     quotas: Arc<KvQuotas>,
 }
 
 impl PluginKv {
+    /// The committed value of `key`. A point read of a small tree sled keeps
+    /// in its cache; a storage error reads as absent (the plugin sees no
+    /// cursor and starts over, and dedupe absorbs what it fetches again).
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.tree.get(key).ok().flatten().map(|v| v.to_vec())
+        match self.store.kv_get(&self.connector, key) {
+            Ok(value) => value,
+            Err(error) => {
+                tracing::warn!(connector = %self.connector, %error, "plugin KV read failed");
+                None
+            }
+        }
     }
 
     /// The committed entry's size (key plus value), a point lookup.
     fn entry_size(&self, key: &str) -> Option<usize> {
-        self.tree
-            .get(key)
-            .ok()
-            .flatten()
-            .map(|v| key.len() + v.len())
+        self.get(key).map(|v| key.len() + v.len())
     }
 
     /// What this connector keeps, as counted.
@@ -190,67 +208,34 @@ impl PluginKv {
         self.quotas.usage(&self.connector)
     }
 
-    /// Applies one call's writes atomically and makes them reach the disk.
-    ///
-    /// The writes are replayed in order, so a compare-and-swap is checked
-    /// against the store as it is now: if another call changed the key in the
-    /// meantime, nothing of this call is applied and the plugin finds the
-    /// current value on its next call. The quotas are checked again against
-    /// what the store holds now; over them, nothing is applied either.
-    pub fn commit(&self, writes: KvWrites) -> Result<(), KvCommitError> {
+    /// One call's writes, to commit with the changes it returned. The store
+    /// replays them in order at commit time, so a compare-and-swap is checked
+    /// against the store as it is then: if another call changed the key in
+    /// the meantime, nothing of this call is applied and the plugin finds the
+    /// current value on its next call. The quotas are checked again then too.
+    pub fn batch(&self, writes: KvWrites) -> Option<KvBatch> {
         if writes.ops.is_empty() {
+            return None;
+        }
+        Some(KvBatch {
+            connector: self.connector.clone(),
+            ops: writes.ops,
+            quota: self.quotas.clone(),
+        })
+    }
+
+    /// Commits one call's writes on their own (a call that returned no
+    /// changes), durably.
+    pub async fn commit(&self, writes: KvWrites) -> Result<(), KvCommitError> {
+        let Some(batch) = self.batch(writes) else {
             return Ok(());
-        }
-        {
-            let mut ledger = self.quotas.lock();
-            let result = self.tree.transaction(|tx| {
-                let mut delta = Delta::default();
-                for op in &writes.ops {
-                    let (key, value) = match op {
-                        KvOp::Set(key, value) => (key, Some(value)),
-                        KvOp::Delete(key) => (key, None),
-                        KvOp::Swap { key, expected, new } => {
-                            let current = tx.get(key.as_bytes())?;
-                            if current.as_deref() != expected.as_deref() {
-                                return Err(ConflictableTransactionError::Abort(
-                                    KvCommitError::Conflict(key.clone()),
-                                ));
-                            }
-                            (key, Some(new))
-                        }
-                    };
-                    let before = match value {
-                        Some(value) => tx.insert(key.as_bytes(), value.as_slice())?,
-                        None => tx.remove(key.as_bytes())?,
-                    };
-                    delta = delta.add(Delta::of(
-                        before.map(|v| key.len() + v.len()),
-                        value.map(|v| key.len() + v.len()),
-                    ));
-                }
-                self.quotas
-                    .check(&ledger, &self.connector, delta)
-                    .map_err(|e| ConflictableTransactionError::Abort(KvCommitError::Quota(e)))?;
-                Ok(delta)
-            });
-            let delta = match result {
-                Ok(delta) => delta,
-                Err(TransactionError::Abort(e)) => return Err(e),
-                Err(TransactionError::Storage(e)) => {
-                    return Err(KvCommitError::Storage(e.to_string()));
-                }
-            };
-            let usage = ledger.connectors.entry(self.connector.clone()).or_default();
-            usage.keys = usage.keys.saturating_add_signed(delta.keys);
-            usage.bytes = usage.bytes.saturating_add_signed(delta.bytes);
-            ledger.total_bytes = ledger.total_bytes.saturating_add_signed(delta.bytes);
-        }
-        // Cursor writes are rare; making each one reach the disk keeps a
-        // poller from re-fetching after a restart (dedupe would absorb it).
-        self.tree
-            .flush()
-            .map(|_| ())
-            .map_err(|e| KvCommitError::Storage(e.to_string()))
+        };
+        let committed = self
+            .store
+            .append(Vec::new(), Some(batch))
+            .await
+            .map_err(|e| KvCommitError::Storage(e.to_string()))?;
+        committed.kv.map_err(KvCommitError::Refused)
     }
 }
 
@@ -264,23 +249,11 @@ fn check_key(key: &str) -> Result<(), String> {
 /// Why a call's KV writes were not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum KvCommitError {
-    #[error("compare-and-swap on `{0}` no longer holds (changed by another call)")]
-    Conflict(String),
+    /// A compare-and-swap that no longer holds, or a quota.
     #[error("{0}")]
-    Quota(String),
+    Refused(String),
     #[error("storage: {0}")]
     Storage(String),
-}
-
-#[derive(Debug, Clone)]
-enum KvOp {
-    Set(String, Vec<u8>),
-    Delete(String),
-    Swap {
-        key: String,
-        expected: Option<Vec<u8>>,
-        new: Vec<u8>,
-    },
 }
 
 /// The KV writes of one plugin call, held back until the gateway has stored
@@ -353,7 +326,8 @@ impl KvWrites {
         let delta = self.delta.add(write);
         // A write that frees space is always let through.
         if write.keys > 0 || write.bytes > 0 {
-            kv.quotas.check(&kv.quotas.lock(), &kv.connector, delta)?;
+            kv.quotas
+                .check_with(&kv.quotas.lock(), &kv.connector, delta)?;
         }
         self.committed.entry(key.to_string()).or_insert(committed);
         self.staged_bytes = staged;
@@ -402,14 +376,32 @@ impl KvWrites {
 mod tests {
     use super::*;
 
-    /// No background flusher: its thread can still hold the store's lock
-    /// for a moment after the `Db` is dropped, failing the reopen below.
-    fn open(path: &std::path::Path) -> sled::Db {
-        sled::Config::new()
-            .path(path)
-            .flush_every_ms(None)
-            .open()
-            .expect("open")
+    /// A store in `path`; the same path opened again after the first one is
+    /// closed sees what it committed.
+    fn open(path: &std::path::Path) -> Store {
+        let options = crate::log::LogOptions {
+            min_free_disk_bytes: 0,
+            wal_bytes: 1 << 20,
+            ..crate::log::LogOptions::default()
+        };
+        for _ in 0..200 {
+            match Store::open(path, options.clone()) {
+                Err(LogError::Locked(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other.expect("open"),
+            }
+        }
+        panic!("store still locked");
+    }
+
+    /// Commits a call's writes the way ingress does, and waits.
+    fn commit(kv: &PluginKv, writes: KvWrites) -> Result<(), KvCommitError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(kv.commit(writes))
     }
 
     fn quotas() -> Arc<KvQuotas> {
@@ -438,11 +430,12 @@ mod tests {
             );
             assert!(call.set(&a, "", b"x").is_err());
             assert!(call.set(&a, "k", &vec![0; MAX_VALUE_BYTES + 1]).is_err());
-            a.commit(call).expect("commit");
+            commit(&a, call).expect("commit");
             assert_eq!(b.get("cursor"), None);
             let mut call = KvWrites::default();
             assert!(call.compare_and_swap(&b, "new", None, b"x").expect("cas"));
-            b.commit(call).expect("commit");
+            commit(&b, call).expect("commit");
+            db.close().expect("close");
         }
         let db = open(dir.path());
         let q = quotas();
@@ -452,7 +445,7 @@ mod tests {
         call.delete(&a, "cursor").expect("delete");
         assert_eq!(call.get(&a, "cursor"), None);
         assert_eq!(a.get("cursor").as_deref(), Some(&b"2"[..]), "not yet");
-        a.commit(call).expect("commit");
+        commit(&a, call).expect("commit");
         assert_eq!(a.get("cursor"), None);
     }
 
@@ -481,8 +474,11 @@ mod tests {
         // A concurrent call gets there first.
         let mut second = KvWrites::default();
         assert!(second.compare_and_swap(&kv, "n", None, b"9").expect("cas"));
-        kv.commit(second).expect("commit");
-        assert!(matches!(kv.commit(first), Err(KvCommitError::Conflict(k)) if k == "n"));
+        commit(&kv, second).expect("commit");
+        assert!(
+            matches!(commit(&kv, first), Err(KvCommitError::Refused(r)) if r.contains("`n`")),
+            "the swap on `n` no longer holds"
+        );
         assert_eq!(kv.get("n").as_deref(), Some(&b"9"[..]));
         assert_eq!(kv.get("other"), None, "all or nothing");
     }
@@ -531,7 +527,7 @@ mod tests {
             call.set(&kv, "k0", b"small").expect("shrinks");
             call.delete(&kv, "k1").expect("frees");
             call.set(&kv, "k2", &value).expect("fits again");
-            kv.commit(call).expect("commit");
+            commit(&kv, call).expect("commit");
             let usage = kv.usage();
             assert_eq!(usage.keys, 2);
             assert_eq!(usage.bytes, (2 + 5) + entry as u64);
@@ -540,6 +536,7 @@ mod tests {
             let mut call = KvWrites::default();
             call.set(&kv, "k3", &value).expect("fits");
             assert!(call.set(&kv, "k4", &value).is_err());
+            db.close().expect("close");
         }
         let db = open(dir.path());
         let q = KvQuotas::new(150 << 10, 16 << 20);
@@ -562,7 +559,7 @@ mod tests {
                 call.set(&kv, &format!("k{i}"), b"v").expect("set");
                 i += 1;
             }
-            kv.commit(call).expect("commit");
+            commit(&kv, call).expect("commit");
         }
         let mut call = KvWrites::default();
         let refused = (0..20)
@@ -588,7 +585,7 @@ mod tests {
                     break;
                 }
             }
-            kv.commit(call).expect("commit what was admitted");
+            commit(&kv, call).expect("commit what was admitted");
         }
         let refused = refused.expect("the third connector runs into the total");
         assert!(refused.contains("all connectors"), "{refused}");
@@ -607,8 +604,10 @@ mod tests {
         first.set(&kv, "a", &value).expect("fits");
         let mut second = KvWrites::default();
         second.set(&kv, "b", &value).expect("fits");
-        kv.commit(first).expect("commit");
-        assert!(matches!(kv.commit(second), Err(KvCommitError::Quota(_))));
+        commit(&kv, first).expect("commit");
+        assert!(
+            matches!(commit(&kv, second), Err(KvCommitError::Refused(r)) if r.contains("KV quota"))
+        );
         assert_eq!(kv.get("b"), None);
         assert_eq!(kv.usage().keys, 1);
     }

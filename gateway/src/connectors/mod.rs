@@ -31,6 +31,7 @@ use wasmtime::component::{Instance, InstancePre};
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::config::{ConnectorConfig, PluginLimits};
+use crate::log::{KvBatch, Store as EventStore};
 use crate::model::{self, BalanceChange, Direction, InvalidChange};
 use bindings::types as wit;
 pub use health::{ConnectorHealth, HealthReport};
@@ -162,7 +163,7 @@ pub struct Reply {
 pub struct WebhookResult {
     pub changes: Vec<BalanceChange>,
     pub reply: Option<Reply>,
-    /// Apply with [`Plugin::commit_kv`] once `changes` are stored.
+    /// Committed with `changes` ([`Plugin::kv_batch`]).
     pub kv_writes: KvWrites,
 }
 
@@ -170,7 +171,7 @@ pub struct WebhookResult {
 pub struct PollResult {
     pub changes: Vec<BalanceChange>,
     pub next_poll: Option<Duration>,
-    /// Apply with [`Plugin::commit_kv`] once `changes` are stored.
+    /// Committed with `changes` ([`Plugin::kv_batch`]).
     pub kv_writes: KvWrites,
 }
 
@@ -209,7 +210,7 @@ impl Plugin {
     pub async fn load(
         runtime: Arc<Runtime>,
         config: &ConnectorConfig,
-        db: &sled::Db,
+        store: &EventStore,
     ) -> Result<Plugin, LoadError> {
         let path = config.plugin.clone();
         let compiling = runtime.clone();
@@ -237,10 +238,13 @@ impl Plugin {
             allow_private_addresses: config.allow_private_addresses,
         })
         .map_err(|e| LoadError::Engine(format!("http client: {e}")))?;
-        let kv = runtime
-            .kv
-            .open(db, &config.name)
-            .map_err(|e| LoadError::Store(e.to_string()))?;
+        let kv = {
+            let (quotas, store, name) = (runtime.kv.clone(), store.clone(), config.name.clone());
+            tokio::task::spawn_blocking(move || quotas.open(&store, &name))
+                .await
+                .map_err(|e| LoadError::Engine(format!("KV task: {e}")))?
+                .map_err(|e| LoadError::Store(e.to_string()))?
+        };
         let context = Arc::new(ConnectorContext {
             name: config.name.clone(),
             settings: host::settings_for_plugin(&config.settings),
@@ -389,10 +393,9 @@ impl Plugin {
     /// stored. A failure is logged, not returned: the changes are safe, and
     /// the plugin's next call sees its old state and repeats the work (the
     /// dedupe key absorbs what it finds again).
-    pub fn commit_kv(&self, writes: KvWrites) {
-        if let Err(error) = self.context.kv.commit(writes) {
-            tracing::warn!(connector = %self.config.name, %error, "plugin KV writes not applied");
-        }
+    /// A call's KV writes, to commit with the changes it returned.
+    pub fn kv_batch(&self, writes: KvWrites) -> Option<KvBatch> {
+        self.context.kv.batch(writes)
     }
 
     /// Runs `f` against a fresh instance under every cap, and turns a trap
@@ -577,11 +580,11 @@ impl Connectors {
     pub async fn load_all(
         runtime: &Arc<Runtime>,
         configs: &[ConnectorConfig],
-        db: &sled::Db,
+        store: &EventStore,
     ) -> Result<Connectors, (String, LoadError)> {
         let mut by_name = BTreeMap::new();
         for config in configs {
-            let plugin = Plugin::load(runtime.clone(), config, db)
+            let plugin = Plugin::load(runtime.clone(), config, store)
                 .await
                 .map_err(|e| (config.name.clone(), e))?;
             tracing::info!(connector = %config.name, world = ?plugin.world(), plugin = %config.plugin.display(), "connector loaded");

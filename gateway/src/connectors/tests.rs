@@ -22,15 +22,26 @@ fn fixture() -> PathBuf {
 struct Hostile {
     plugin: Plugin,
     runtime: Arc<Runtime>,
-    _db: sled::Db,
+    store: crate::log::Store,
+    _dir: tempfile::TempDir,
+}
+
+impl Hostile {
+    /// Commits a call's KV writes as ingress would (with no changes).
+    async fn commit_kv(&self, writes: kv::KvWrites) {
+        use crate::log::EventLog;
+        if let Some(batch) = self.plugin.kv_batch(writes) {
+            self.store
+                .append(Vec::new(), Some(batch))
+                .await
+                .expect("commit");
+        }
+    }
 }
 
 async fn hostile(attack: &str, limits: PluginLimits, extra: &[(&str, &str)]) -> Hostile {
     let runtime = Arc::new(Runtime::new(limits, None).expect("engine"));
-    let db = sled::Config::new()
-        .temporary(true)
-        .open()
-        .expect("temporary sled");
+    let (dir, store) = crate::log::scratch_log(&[]);
     let mut settings = toml::Table::new();
     settings.insert("attack".into(), attack.into());
     for (k, v) in extra {
@@ -38,13 +49,14 @@ async fn hostile(attack: &str, limits: PluginLimits, extra: &[(&str, &str)]) -> 
     }
     let mut config = ConnectorConfig::ad_hoc(fixture(), settings);
     config.name = format!("hostile-{attack}");
-    let plugin = Plugin::load(runtime.clone(), &config, &db)
+    let plugin = Plugin::load(runtime.clone(), &config, &store)
         .await
         .expect("load the hostile fixture");
     Hostile {
         plugin,
         runtime,
-        _db: db,
+        store,
+        _dir: dir,
     }
 }
 
@@ -141,7 +153,7 @@ async fn kv_flood_is_refused_per_call_and_per_connector() {
         "{said}: 256 KiB per call holds three 64 KiB values"
     );
     assert!(same.kv_writes.len() <= kv::MAX_WRITES_PER_CALL);
-    h.plugin.commit_kv(same.kv_writes);
+    h.commit_kv(same.kv_writes).await;
     // New keys, call after call: the connector's quota, counted.
     let mut refusals = Vec::new();
     for call in 0..6 {
@@ -156,7 +168,7 @@ async fn kv_flood_is_refused_per_call_and_per_connector() {
                 .unwrap_or_default()
                 .to_string(),
         );
-        h.plugin.commit_kv(result.kv_writes);
+        h.commit_kv(result.kv_writes).await;
     }
     assert!(
         refusals.iter().any(|r| r.contains("KV quota")),

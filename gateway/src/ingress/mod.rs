@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connectors::{CallError, Connectors, IncomingRequest, Plugin, Rejection};
 use crate::http_server;
-use crate::log::{Appended, EventLog, LogError};
+use crate::log::{Appended, EventLog, KvBatch, LogError};
 use crate::metrics::metrics;
 use crate::model::{self, BalanceChange};
 
@@ -281,10 +281,10 @@ async fn handle(
     if stale > 0 && changes.is_empty() {
         return stale_refused();
     }
-    if let Err(error) = store(&*ingress.log, name, changes).await {
+    let kv = plugin.kv_batch(result.kv_writes);
+    if let Err(error) = store(&*ingress.log, name, changes, kv).await {
         return not_stored(name, &error);
     }
-    plugin.commit_kv(result.kv_writes);
     match result.reply {
         Some(reply) => plugin_reply(name, reply),
         None => (
@@ -295,23 +295,28 @@ async fn handle(
     }
 }
 
-/// Appends `changes` durably and logs what became of each: new, or a
-/// duplicate of a payment already seen (a provider's retry, or a poller and a
-/// webhook connector that both saw it).
+/// Appends `changes` durably, with the plugin's KV writes from the same
+/// call, and logs what became of each: new, or a duplicate of a payment
+/// already seen (a provider's retry, or a poller and a webhook connector that
+/// both saw it).
 pub async fn store(
     log: &dyn EventLog,
     connector: &str,
     changes: Vec<BalanceChange>,
+    kv: Option<KvBatch>,
 ) -> Result<(), LogError> {
-    if changes.is_empty() {
+    if changes.is_empty() && kv.is_none() {
         return Ok(());
     }
     let keys: Vec<(String, String, u64)> = changes
         .iter()
         .map(|c| (c.provider.clone(), c.transaction_id.clone(), c.amount))
         .collect();
-    let appended = log.append(changes).await?;
-    for ((provider, transaction_id, amount), outcome) in keys.iter().zip(appended) {
+    let committed = log.append(changes, kv).await?;
+    if let Err(reason) = &committed.kv {
+        tracing::warn!(%connector, %reason, "plugin KV writes not applied");
+    }
+    for ((provider, transaction_id, amount), outcome) in keys.iter().zip(committed.appended) {
         match outcome {
             Appended::New(seq) => tracing::info!(
                 %connector, %provider, %transaction_id, amount, seq,

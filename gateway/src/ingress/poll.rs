@@ -88,14 +88,14 @@ async fn poll_once(
     };
     let found = result.changes.len();
     let (changes, _) = stale.sift(name, result.changes, model::now_ms());
-    if let Err(error) = super::store(log, name, changes).await {
+    let kv = plugin.kv_batch(result.kv_writes);
+    if let Err(error) = super::store(log, name, changes, kv).await {
         tracing::error!(
             connector = %name, %error, found,
             "could not store polled changes; the next poll fetches them again"
         );
         return Err(());
     }
-    plugin.commit_kv(result.kv_writes);
     tracing::debug!(connector = %name, found, "poll done");
     Ok(result.next_poll)
 }

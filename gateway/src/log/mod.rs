@@ -1,24 +1,36 @@
-//! The durable event log: the single source of truth between the connectors
-//! and the sinks.
+//! The store: everything durable, and the rules that keep "acknowledged
+//! means announced" true, in one place.
 //!
-//! - [`EventLog::append`] resolves only after the changes are on disk in a way
-//!   that survives a power cut (sled `flush()` followed by `fdatasync` of
-//!   sled's data file), group-committed so concurrent appends share one sync. Ingress
-//!   answers the sender 2xx only after that.
+//! - [`EventLog::append`] resolves only after the changes (and the plugin
+//!   KV writes of the call that returned them) would survive a power cut:
+//!   one write-ahead record and one `fdatasync`, group-committed so
+//!   concurrent appends share it ([`wal`], [`committer`]).
 //! - A dedupe index on `(provider, transaction id)` makes a repeated payment a
 //!   no-op that is still acknowledged.
-//! - Each sink keeps its own cursor and per-entry outcomes in the same store,
-//!   so one sink being down never holds back another.
+//! - A persisted registry of sinks. Each registered sink acknowledges entries
+//!   in any order; the store works out its cursor (the first entry still
+//!   open), with outcome, cursor and counters changed in one write. GC keeps
+//!   whatever a registered sink still needs, running or not; only
+//!   [`Store::forget`] lets go of a sink.
+//! - Writes go through one committer thread; reads run on tokio's blocking
+//!   pool. No disk call runs on an async worker.
+//! - After a failure (a really full disk) the committer reopens sled in place
+//!   and replays the write-ahead file: no restart needed.
 //!
-//! [`SledLog`] is the one backend; the trait is what the rest of the flow sees.
+//! sled is the engine ([`engine`] lays the data out in it); [`disk`] is the
+//! seam tests use to make the disk slow or failing.
 
 mod committer;
+pub mod disk;
+mod engine;
 mod open;
 pub mod record;
-mod sled_log;
+mod store;
+mod wal;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -27,7 +39,7 @@ use tokio::sync::watch;
 use crate::model::BalanceChange;
 
 pub use record::{DecodeError, LogEntry};
-pub use sled_log::{GcReport, SledLog};
+pub use store::Store;
 
 /// Why the log could not do what was asked. Ingress answers 503 to every one
 /// of these, so the sender retries and nothing acknowledged is lost.
@@ -45,6 +57,8 @@ pub enum LogError {
     NewerSchema { found: u8, supported: u8 },
     #[error("the event log is shut down")]
     Closed,
+    #[error("sink `{0}` is not registered in the store (forgotten, or never configured)")]
+    NotRegistered(String),
     #[error(
         "the event log store {path} cannot be opened ({reason}); it is left as it is. \
          Only `soundbox-gateway run` recovers a damaged store (it moves it aside and \
@@ -66,6 +80,48 @@ pub enum Appended {
     New(u64),
     /// Already in the log (same provider and transaction id) at this sequence number.
     Duplicate(u64),
+}
+
+/// What one [`EventLog::append`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// One per change, in order.
+    pub appended: Vec<Appended>,
+    /// Whether the plugin's KV writes went in with them, or why not
+    /// (a compare-and-swap that no longer holds, a quota).
+    pub kv: Result<(), String>,
+}
+
+/// One plugin KV write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvOp {
+    Set(String, Vec<u8>),
+    Delete(String),
+    /// Set `key` to `new` only if it still holds `expected` (None: absent).
+    Swap {
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    },
+}
+
+/// What the store asks of whoever keeps the KV quotas.
+pub trait KvQuota: Send + Sync + std::fmt::Debug {
+    /// Whether `connector` may grow by `keys` keys and `bytes` bytes.
+    fn check(&self, connector: &str, keys: i64, bytes: i64) -> Result<(), String>;
+    /// The writes that passed [`KvQuota::check`] are durable.
+    fn applied(&self, connector: &str, keys: i64, bytes: i64);
+}
+
+/// The KV writes of one plugin call, committed with the changes it returned:
+/// a poller's cursor and the payments before it move together. Checked
+/// against the store as it is at commit time; if a check fails none of them
+/// is applied (the changes still are).
+#[derive(Debug, Clone)]
+pub struct KvBatch {
+    pub connector: String,
+    pub ops: Vec<KvOp>,
+    pub quota: Arc<dyn KvQuota>,
 }
 
 /// How a sink finished with an entry.
@@ -113,6 +169,9 @@ pub struct LogOptions {
     pub max_disk_bytes: u64,
     /// Refuse appends once the filesystem has less than this free.
     pub min_free_disk_bytes: u64,
+    /// Size of the write-ahead file (written once, then reused); a
+    /// checkpoint runs when half of it is used.
+    pub wal_bytes: u64,
 }
 
 impl Default for LogOptions {
@@ -123,49 +182,49 @@ impl Default for LogOptions {
             keep_settled: Duration::from_secs(24 * 3600),
             max_disk_bytes: 1 << 30,
             min_free_disk_bytes: 64 << 20,
+            wal_bytes: 4 << 20,
         }
     }
 }
 
-/// The future [`EventLog::append`] returns.
-pub type AppendFuture = Pin<Box<dyn Future<Output = Result<Vec<Appended>, LogError>> + Send>>;
+/// What the store's async calls return.
+pub type LogFuture<T> = Pin<Box<dyn Future<Output = Result<T, LogError>> + Send>>;
 
-/// What ingress and the sinks need from the log, and nothing more.
+/// What ingress and the sinks need from the store, and nothing more.
 pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
-    /// Makes `changes` durable; resolves with one [`Appended`] per change, in
-    /// order, only once they would survive a power cut.
-    fn append(&self, changes: Vec<BalanceChange>) -> AppendFuture;
+    /// Makes `changes` (and `kv`, the plugin's writes from the same call)
+    /// durable; resolves only once they would survive a power cut.
+    fn append(&self, changes: Vec<BalanceChange>, kv: Option<KvBatch>) -> LogFuture<Committed>;
 
     /// The next sequence number to be assigned; changes after every commit.
     fn watch(&self) -> watch::Receiver<u64>;
 
     /// Up to `limit` entries with `seq >= from`, in order. Entries that fail
     /// their checksum are quarantined and skipped, never returned.
-    fn read(&self, from: u64, limit: usize) -> Result<Vec<LogEntry>, LogError>;
+    fn read(&self, from: u64, limit: usize) -> LogFuture<Vec<LogEntry>>;
 
-    /// The first sequence number `sink` has not settled yet. A sink seen for
-    /// the first time starts at the end of the log (it does not replay history).
-    fn cursor(&self, sink: &str) -> Result<u64, LogError>;
+    /// The first entry registered `sink` has not settled or passed. Only
+    /// reads: registering is [`Store::register`].
+    fn cursor(&self, sink: &str) -> LogFuture<u64>;
 
     /// Dead letters of `sink` that an operator asked to send again, oldest first.
-    fn requeued(&self, sink: &str, limit: usize) -> Result<Vec<LogEntry>, LogError>;
+    fn requeued(&self, sink: &str, limit: usize) -> LogFuture<Vec<LogEntry>>;
 
-    /// Records how `sink` finished with `seq` and moves its cursor past it.
-    fn settle(&self, sink: &str, seq: u64, settlement: &Settlement) -> Result<(), LogError>;
+    /// Records how `sink` finished with `seqs`, in any order; the store moves
+    /// the cursor over every entry settled so far without a gap.
+    fn settle(&self, sink: &str, seqs: Vec<u64>, settlement: Settlement) -> LogFuture<()>;
 
-    /// [`EventLog::settle`] for many entries in one write (a sink that
-    /// delivers a window at a time); the cursor moves past the highest.
-    fn settle_many(
-        &self,
-        sink: &str,
-        seqs: &[u64],
-        settlement: &Settlement,
-    ) -> Result<(), LogError>;
+    /// Marks the entries up to `through` as not for `sink` (a speaker lane
+    /// passes the payments routed to other speakers): no outcome, the cursor
+    /// moves past them. Never moves a cursor back.
+    fn pass(&self, sink: &str, through: u64) -> LogFuture<()>;
+}
 
-    /// Moves `sink`'s cursor past `through` without recording an outcome:
-    /// the entries up to it are not for this sink (a speaker lane passes
-    /// the payments routed to other speakers). Never moves a cursor back.
-    fn pass(&self, sink: &str, through: u64) -> Result<(), LogError>;
+/// What one GC pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcReport {
+    pub events_removed: u64,
+    pub dedupe_removed: u64,
 }
 
 /// The state of one sink's queue, for `queue status` and the status page.
@@ -180,6 +239,14 @@ pub struct SinkStatus {
     pub dead_letters: u64,
     pub delivered: u64,
     pub expired: u64,
+    /// Whether the config names this sink. One that is registered but not
+    /// configured still holds its backlog until `queue forget`.
+    #[serde(default = "configured_by_default")]
+    pub configured: bool,
+}
+
+fn configured_by_default() -> bool {
+    true
 }
 
 /// One entry as `queue list` shows it.
@@ -217,18 +284,37 @@ impl LogHealth {
     }
 }
 
-/// A fresh log in a temp dir for tests, each given sink starting at its
-/// beginning; no free-space floor (a test machine's disk may be nearly full).
+/// A fresh store in a temp dir for tests, each given sink registered at
+/// its beginning; no free-space floor (a test machine's disk may be nearly
+/// full).
 #[cfg(test)]
-pub(crate) fn scratch_log(sinks: &[&str]) -> (tempfile::TempDir, SledLog) {
+pub(crate) fn scratch_log(sinks: &[&str]) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = LogOptions {
         min_free_disk_bytes: 0,
+        wal_bytes: 1 << 20,
         ..LogOptions::default()
     };
-    let log = SledLog::open(dir.path(), options).expect("open scratch log");
+    let log = Store::open(dir.path(), options).expect("open scratch log");
     for sink in sinks {
-        log.cursor(sink).expect("cursor");
+        block_on(log.register(sink, Some(0))).expect("register");
     }
     (dir, log)
+}
+
+/// Waits for a store future from synchronous code (tests, GC's thread), on
+/// a thread of its own so it works inside or outside a runtime.
+pub fn block_on<T: Send>(future: LogFuture<T>) -> Result<T, LogError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| LogError::Storage(format!("runtime: {e}")))?
+                    .block_on(future)
+            })
+            .join()
+            .map_err(|_| LogError::Storage("store call panicked".into()))?
+    })
 }

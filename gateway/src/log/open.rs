@@ -13,12 +13,16 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use super::record;
+use super::wal::{Op, Wal};
 use super::{LogError, LogHealth, LogOptions};
 use crate::model::now_ms;
 
 pub(super) struct Opened {
     pub db: sled::Db,
     pub health: LogHealth,
+    /// Records of a moved-aside store's write-ahead file, to apply to the
+    /// fresh one after the salvaged trees (they are newer).
+    pub replay: Vec<Vec<Op>>,
 }
 
 /// Creates `dir` (and its parents) readable by this user only, and takes
@@ -71,6 +75,7 @@ pub(super) fn open_or_recover(
         Ok(db) => Ok(Opened {
             db,
             health: LogHealth::default(),
+            replay: Vec::new(),
         }),
         Err(Failed::Damaged(reason)) if recovery == Recovery::Refuse => Err(LogError::Damaged {
             path: path.display().to_string(),
@@ -96,6 +101,12 @@ pub(super) fn open_or_recover(
             })?;
             let salvaged = salvage(&aside, &db, options);
             tracing::warn!(salvaged, "entries salvaged from the damaged store");
+            // The damaged store's last commits may be only in its write-ahead
+            // file; read it where it lies (the file is not changed).
+            let replay = match std::fs::read(aside.join("wal")) {
+                Ok(bytes) => Wal::records_in(&bytes),
+                Err(_) => Vec::new(),
+            };
             Ok(Opened {
                 db,
                 health: LogHealth {
@@ -103,9 +114,19 @@ pub(super) fn open_or_recover(
                     salvaged,
                     ..LogHealth::default()
                 },
+                replay,
             })
         }
     }
+}
+
+/// Opens the store at `path` again in this process, after a failure (a
+/// full disk): no recovery, no move aside; any failure is an error.
+pub(super) fn reopen(path: &Path, options: &LogOptions) -> Result<sled::Db, LogError> {
+    try_open(path, options).map_err(|failed| match failed {
+        Failed::Damaged(reason) => LogError::Storage(reason),
+        Failed::Environment(error) => error,
+    })
 }
 
 /// Why sled would not open a store.

@@ -149,6 +149,24 @@ impl SinkStats {
 /// Entries read from the log per batch; keeps memory flat with a large backlog.
 const READ_BATCH: usize = 64;
 
+/// The names of every configured sink, in config order: one speaker lane
+/// per routed speaker, MQTT, the forwards.
+pub fn sink_names(config: &crate::config::Config) -> Vec<String> {
+    let lanes: Vec<String> = match &config.speaker {
+        Some(_) => speaker::routed_speakers(&config.routes)
+            .iter()
+            .map(|hw| speaker::lane_name(hw))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mqtt = config.mqtt.as_ref().map(|_| mqtt::SINK_NAME.to_string());
+    lanes
+        .into_iter()
+        .chain(mqtt)
+        .chain(config.forwards.iter().map(|f| f.name.clone()))
+        .collect()
+}
+
 /// How a worker stops.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
@@ -176,14 +194,7 @@ pub async fn run_sink<S: Sink>(
         // lands after the read still wakes the wait below.
         changes.borrow_and_update();
         // Requeued dead letters first, then the log from the cursor.
-        let batch = log.requeued(&name, READ_BATCH).and_then(|requeued| {
-            if !requeued.is_empty() {
-                return Ok((requeued, true));
-            }
-            log.cursor(&name)
-                .and_then(|c| log.read(c, READ_BATCH))
-                .map(|read| (read, false))
-        });
+        let batch = next_batch(&*log, &name).await;
         let (batch, requeued) = match batch {
             Ok(batch) => batch,
             Err(error) => {
@@ -202,16 +213,20 @@ pub async fn run_sink<S: Sink>(
             continue;
         }
         // Requeued dead letters are delivered whatever `wants` says: an
-        // operator asked for them.
-        // A settlement moves the cursor past the entries passed before it,
-        // so only a batch that ends with passed entries needs its own write.
+        // operator asked for them. Entries not for this sink are passed in
+        // runs, each run recorded before the next delivery (the store moves
+        // the cursor only over entries settled or passed).
         let mut passed: Option<u64> = None;
         for entry in batch {
             if !requeued && !sink.wants(&entry) {
                 passed = Some(entry.seq);
                 continue;
             }
-            passed = None;
+            if let Some(through) = passed.take()
+                && !pass(&*log, &name, through, &shutdown.stop).await
+            {
+                break;
+            }
             if !deliver_one(sink.as_ref(), &*log, &stats, &shutdown, &entry).await {
                 tracing::info!(sink = %name, "sink stopped");
                 return;
@@ -224,11 +239,21 @@ pub async fn run_sink<S: Sink>(
     tracing::info!(sink = %name, "sink stopped");
 }
 
+/// Requeued dead letters first (flagged `true`), else the log from the cursor.
+async fn next_batch(log: &dyn EventLog, sink: &str) -> Result<(Vec<LogEntry>, bool), LogError> {
+    let requeued = log.requeued(sink, READ_BATCH).await?;
+    if !requeued.is_empty() {
+        return Ok((requeued, true));
+    }
+    let cursor = log.cursor(sink).await?;
+    Ok((log.read(cursor, READ_BATCH).await?, false))
+}
+
 /// Moves `sink`'s cursor past entries that are not for it; a storage error
 /// is retried like a settlement. False if the gateway is stopping.
 async fn pass(log: &dyn EventLog, sink: &str, through: u64, stop: &CancellationToken) -> bool {
     loop {
-        match log.pass(sink, through) {
+        match log.pass(sink, through).await {
             Ok(()) => return true,
             Err(LogError::Closed) => return false,
             Err(error) => {
@@ -372,7 +397,7 @@ async fn settle(
     stop: &CancellationToken,
 ) -> bool {
     loop {
-        match log.settle(sink, entry.seq, settlement) {
+        match log.settle(sink, vec![entry.seq], settlement.clone()).await {
             Ok(()) => return true,
             Err(LogError::Closed) => return false,
             Err(error) => {

@@ -3,7 +3,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::*;
-use crate::log::{SledLog, scratch_log};
+use crate::log::{Store, scratch_log};
 use crate::model::BalanceChange;
 
 /// A sink that records what it was given and fails as scripted.
@@ -75,7 +75,7 @@ fn change(txid: &str, occurred_at_ms: Option<i64>) -> BalanceChange {
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    log: SledLog,
+    log: Store,
     stop: CancellationToken,
 }
 
@@ -105,7 +105,7 @@ impl Fixture {
 
     async fn append(&self, txids: &[&str]) {
         self.log
-            .append(txids.iter().map(|t| change(t, None)).collect())
+            .append_changes(txids.iter().map(|t| change(t, None)).collect())
             .await
             .expect("append");
     }
@@ -113,14 +113,14 @@ impl Fixture {
     /// Waits until `sink`'s cursor reaches `seq` (a few seconds at most).
     async fn settled_through(&self, sink: &str, seq: u64) {
         for _ in 0..500 {
-            if self.log.cursor(sink).expect("cursor") >= seq {
+            if self.log.cursor_now(sink).expect("cursor") >= seq {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!(
             "{sink} stuck at cursor {}",
-            self.log.cursor(sink).expect("cursor")
+            self.log.cursor_now(sink).expect("cursor")
         );
     }
 }
@@ -177,7 +177,7 @@ async fn permanent_failures_become_dead_letters_with_their_reason() {
     assert_eq!(dead[0].transaction_id, "1");
     assert_eq!(dead[0].reason.as_deref(), Some("HTTP 422: bad"));
     // Requeued from the CLI, it goes out again.
-    assert_eq!(f.log.requeue("pos", None).expect("requeue"), 1);
+    assert_eq!(f.log.requeue("pos", None).await.expect("requeue"), 1);
     for _ in 0..300 {
         if sink.delivered().len() == 2 {
             break;
@@ -195,7 +195,7 @@ async fn entries_older_than_max_age_are_expired_not_delivered() {
     let f = fixture(&["speaker"]);
     let an_hour_ago = now_ms() - 3_600_000;
     f.log
-        .append(vec![change("old", Some(an_hour_ago)), change("new", None)])
+        .append_changes(vec![change("old", Some(an_hour_ago)), change("new", None)])
         .await
         .expect("append");
     let sink = Arc::new(ScriptedSink {
@@ -228,7 +228,7 @@ async fn a_sink_that_is_down_does_not_hold_back_another() {
     f.settled_through("up", 3).await;
     assert_eq!(up.delivered(), ["1", "2", "3"]);
     assert!(down.delivered().is_empty());
-    assert_eq!(f.log.cursor("down").expect("cursor"), 0);
+    assert_eq!(f.log.cursor_now("down").expect("cursor"), 0);
     f.stop.cancel();
     h1.await.expect("join");
     h2.await.expect("join");

@@ -1,7 +1,9 @@
 //! The durability rule checked on the real binary's system calls: every
-//! webhook answered 200 is preceded by an `fdatasync` (or `fsync`/`syncfs`)
-//! that completed after the previous answer. sled's own `flush()` is only
-//! `sync_file_range`, which a power cut can undo, so it does not count.
+//! webhook answered 200 for a new payment is preceded by an `fdatasync` (or
+//! `fsync`/`syncfs`) that completed after the previous answer. sled's own
+//! `flush()` is only `sync_file_range`, which a power cut can undo, so it
+//! does not count. A repeat of a payment writes nothing: its 200 rests on the
+//! sync that preceded the first one's.
 
 use soundbox_e2e::{Gateway, plugin, post, sepay_webhook};
 
@@ -46,7 +48,7 @@ async fn every_acknowledged_webhook_was_synced_to_disk_first() {
     );
     let url = gw.url("/hooks/sepay");
     for id in 1..=WEBHOOKS {
-        // The last one twice: a duplicate is acknowledged after a sync too.
+        // The last one twice: the repeat is acknowledged without a write.
         let body = sepay_webhook(id.min(WEBHOOKS - 1), 10_000 * id);
         let r = post(&url, &[], body).await;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -72,8 +74,9 @@ async fn every_acknowledged_webhook_was_synced_to_disk_first() {
             syncs += 1;
         }
         if line.contains("\"HTTP/1.1 200") {
+            let repeat = acks == WEBHOOKS - 1;
             assert!(
-                synced,
+                synced || repeat,
                 "a 200 went out with no completed sync since the previous one:\n{line}"
             );
             synced = false;
@@ -81,5 +84,5 @@ async fn every_acknowledged_webhook_was_synced_to_disk_first() {
         }
     }
     assert_eq!(acks, WEBHOOKS, "every 200 seen in the trace");
-    assert!(syncs >= acks, "{syncs} syncs for {acks} acks");
+    assert!(syncs >= acks - 1, "{syncs} syncs for {acks} acks");
 }

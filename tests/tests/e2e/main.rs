@@ -28,6 +28,7 @@ mod sepay_modes;
 mod sepay_poll;
 mod speaker;
 mod stale;
+mod store;
 mod vnpay_ipn;
 mod webhooks;
 mod zalopay_callback;

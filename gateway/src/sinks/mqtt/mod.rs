@@ -309,7 +309,7 @@ impl MqttSink {
         {
             return SessionEnd::Lost("event loop stopped".into());
         }
-        let mut next = match log.cursor(SINK_NAME) {
+        let mut next = match log.cursor(SINK_NAME).await {
             Ok(cursor) => cursor,
             Err(error) => return SessionEnd::Lost(format!("cannot read the event log: {error}")),
         };
@@ -332,7 +332,7 @@ impl MqttSink {
             changes.borrow_and_update();
             let room = self.config.window.saturating_sub(flight.events.len());
             if room > 0 {
-                let batch = match log.read(next, room) {
+                let batch = match log.read(next, room).await {
                     Ok(batch) => batch,
                     Err(error) => {
                         return SessionEnd::Lost(format!("cannot read the event log: {error}"));
@@ -369,7 +369,7 @@ impl MqttSink {
                     // run of PubAcks (a write per ack caps the rate at the
                     // disk's flush rate).
                     let (acked, lost) = connection.take_ready(event, &mut flight);
-                    settle(log, stats, &acked);
+                    settle(log, stats, acked).await;
                     if let Some(reason) = lost {
                         return SessionEnd::Lost(reason);
                     }
@@ -429,7 +429,7 @@ impl MqttSink {
             while sent.is_ok() && !flight.is_empty() {
                 let event = connection.events.recv().await;
                 let (acked, lost) = connection.take_ready(event, flight);
-                settle(log, stats, &acked);
+                settle(log, stats, acked).await;
                 if lost.is_some() {
                     break;
                 }
@@ -464,22 +464,16 @@ fn in_flight_limit(window: usize) -> u16 {
 }
 
 /// Records delivered entries (one write for the whole run of them).
-fn settle(log: &dyn EventLog, stats: &SinkStats, acked: &[u64]) {
+async fn settle(log: &dyn EventLog, stats: &SinkStats, acked: Vec<u64>) {
     if acked.is_empty() {
         return;
     }
-    match log.settle_many(SINK_NAME, acked, &Settlement::Delivered) {
+    let (first, count) = (acked[0], acked.len());
+    match log.settle(SINK_NAME, acked, Settlement::Delivered).await {
         Ok(()) => {
-            stats
-                .delivered
-                .fetch_add(acked.len() as u64, Ordering::Relaxed);
-            super::count(SINK_NAME, "delivered", acked.len() as u64);
-            tracing::debug!(
-                sink = SINK_NAME,
-                first = acked[0],
-                count = acked.len(),
-                "delivered"
-            );
+            stats.delivered.fetch_add(count as u64, Ordering::Relaxed);
+            super::count(SINK_NAME, "delivered", count as u64);
+            tracing::debug!(sink = SINK_NAME, first, count, "delivered");
         }
         // They stay pending in the store: sent again after a restart, which
         // consumers dedupe by id.

@@ -7,7 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::log::{SledLog, scratch_log};
+use crate::log::{Store, scratch_log};
 use crate::model::BalanceChange;
 use crate::sinks::RetryPolicy;
 
@@ -143,7 +143,7 @@ impl Subscriber {
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    log: SledLog,
+    log: Store,
     stop: CancellationToken,
 }
 
@@ -161,7 +161,7 @@ impl Fixture {
         let changes = (from..to)
             .map(|i| BalanceChange::example(&format!("tx-{i}"), 1_000 + i as u64))
             .collect();
-        self.log.append(changes).await.expect("append");
+        self.log.append_changes(changes).await.expect("append");
     }
 
     fn start(
@@ -196,14 +196,14 @@ impl Fixture {
 
     async fn cursor_reaches(&self, seq: u64) {
         for _ in 0..1000 {
-            if self.log.cursor(SINK_NAME).expect("cursor") >= seq {
+            if self.log.cursor_now(SINK_NAME).expect("cursor") >= seq {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!(
             "cursor stuck at {}",
-            self.log.cursor(SINK_NAME).expect("cursor")
+            self.log.cursor_now(SINK_NAME).expect("cursor")
         );
     }
 }
@@ -262,7 +262,7 @@ async fn nothing_is_settled_without_a_broker_and_everything_goes_once_it_is_up()
     f.append(0, 20).await;
     let (stats, _handle) = f.start(config(broker_addr, 4), no_announcements());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(f.log.cursor(SINK_NAME).expect("cursor"), 0);
+    assert_eq!(f.log.cursor_now(SINK_NAME).expect("cursor"), 0);
     assert!(stats.retries.load(Ordering::Relaxed) >= 2, "it kept trying");
 
     broker::start(broker_addr, test_access()).expect("broker");

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::confirm::ConfirmPolicy;
 use super::*;
 use crate::config::Secret;
-use crate::log::{EventLog, SledLog, scratch_log};
+use crate::log::{EventLog, Store, scratch_log};
 use crate::model::{BalanceChange, now_ms};
 use crate::sinks::event::AnnouncementJson;
 use crate::sinks::{RetryPolicy, Shutdown, SinkStats, run_sink};
@@ -143,7 +143,7 @@ fn routes_incoming_vnd_to_the_accounts_speakers() {
 /// Every lane of `routes`, running against `sim`.
 struct Run {
     _dir: tempfile::TempDir,
-    log: SledLog,
+    log: Store,
     stop: CancellationToken,
     workers: Vec<tokio::task::JoinHandle<()>>,
     announcements: broadcast::Receiver<AnnouncementJson>,
@@ -206,11 +206,11 @@ impl Run {
     async fn lane_at(&self, hardware_id: &str, n: u64, within: Duration) {
         let lane = lane_name(hardware_id);
         let deadline = tokio::time::Instant::now() + within;
-        while self.log.cursor(&lane).expect("cursor") < n {
+        while self.log.cursor_now(&lane).expect("cursor") < n {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "lane {lane} at {} of {n}",
-                self.log.cursor(&lane).expect("cursor")
+                self.log.cursor_now(&lane).expect("cursor")
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -283,7 +283,7 @@ async fn an_offline_speaker_holds_only_its_own_lane() {
         )
         .await;
         run.log
-            .append(vec![
+            .append_changes(vec![
                 change("1", "111", 10_000, Direction::In),
                 change("2", "222", 20_000, Direction::In),
                 change("3", "222", 30_000, Direction::In),
@@ -306,7 +306,10 @@ async fn an_offline_speaker_holds_only_its_own_lane() {
         );
         assert!(played.contains(&("VNS-BOTH".into(), 10_000)), "{played:?}");
         assert!(!played.iter().any(|(hw, _)| hw == "VNS-OFF"));
-        assert_eq!(run.log.cursor(&lane_name("VNS-OFF")).expect("cursor"), 0);
+        assert_eq!(
+            run.log.cursor_now(&lane_name("VNS-OFF")).expect("cursor"),
+            0
+        );
         let status = run.log.status(&lane_name("VNS-OFF")).expect("status");
         assert_eq!(
             status.dead_letters, 0,
@@ -351,7 +354,7 @@ async fn a_speaker_that_is_not_paired_expires_at_once_with_the_reason() {
         )
         .await;
         run.log
-            .append(vec![change("1", "111", 20_000, Direction::In)])
+            .append_changes(vec![change("1", "111", 20_000, Direction::In)])
             .await
             .expect("append");
         run.lane_at("VNS-NEW", 1, Duration::from_secs(10)).await;
@@ -362,7 +365,9 @@ async fn a_speaker_that_is_not_paired_expires_at_once_with_the_reason() {
         assert_eq!(expired.len(), 1, "{style:?}");
         let reason = expired[0].reason.clone().unwrap_or_default();
         assert!(reason.contains("not paired"), "{style:?}: {reason}");
-        let announced = run.announced();
+        let announced = run
+            .announced_until(Duration::from_secs(5), |a| !a.is_empty())
+            .await;
         assert_eq!(announced.len(), 1);
         assert_eq!(announced[0].result, "expired");
         assert_eq!(
@@ -384,7 +389,7 @@ async fn an_unknown_speaker_is_a_dead_letter_with_sepays_message() {
         )
         .await;
         run.log
-            .append(vec![change("1", "111", 20_000, Direction::In)])
+            .append_changes(vec![change("1", "111", 20_000, Direction::In)])
             .await
             .expect("append");
         run.lane_at("VNS-GONE", 1, Duration::from_secs(10)).await;
@@ -398,7 +403,9 @@ async fn an_unknown_speaker_is_a_dead_letter_with_sepays_message() {
             reason.contains("VNS-GONE") && reason.contains("does not know the speaker"),
             "{style:?}: {reason}"
         );
-        let announced = run.announced();
+        let announced = run
+            .announced_until(Duration::from_secs(5), |a| !a.is_empty())
+            .await;
         assert_eq!(announced.len(), 1);
         assert_eq!(announced[0].result, "refused");
         assert_eq!(announced[0].detail.as_deref(), Some(reason.as_str()));
@@ -416,7 +423,7 @@ async fn an_offline_speakers_payments_expire_after_max_age_with_the_reason() {
     )
     .await;
     run.log
-        .append(vec![
+        .append_changes(vec![
             change("1", "111", 20_000, Direction::In),
             change("2", "111", 30_000, Direction::In),
         ])
@@ -437,8 +444,12 @@ async fn an_offline_speakers_payments_expire_after_max_age_with_the_reason() {
         "{reason}"
     );
     // Kept, not deleted: still in the log for MQTT and the status page.
-    assert_eq!(run.log.read(0, 10).expect("read").len(), 2);
-    let announced = run.announced();
+    assert_eq!(run.log.read_now(0, 10).expect("read").len(), 2);
+    // Announced once the lane has heard its settlement is stored: a moment
+    // after the cursor moved.
+    let announced = run
+        .announced_until(Duration::from_secs(5), |a| a.len() >= 2)
+        .await;
     let results: Vec<(&str, &str)> = announced
         .iter()
         .map(|a| (a.hardware_id.as_str(), a.result.as_str()))
@@ -462,7 +473,7 @@ async fn failed_plays_get_one_new_notify_and_silent_speakers_are_unconfirmed() {
     )
     .await;
     run.log
-        .append(vec![change("1", "111", 20_000, Direction::In)])
+        .append_changes(vec![change("1", "111", 20_000, Direction::In)])
         .await
         .expect("append");
     let announced = run
@@ -492,7 +503,7 @@ async fn failed_plays_get_one_new_notify_and_silent_speakers_are_unconfirmed() {
         ..Faults::default()
     });
     run.log
-        .append(vec![
+        .append_changes(vec![
             change("2", "111", 30_000, Direction::In),
             change("3", "111", 40_000, Direction::In),
         ])
@@ -550,7 +561,7 @@ async fn five_hundred_payments_through_5xx_429_and_short_tokens_are_each_announc
             let hw = if c.account == "111" { "VNS-1" } else { "VNS-2" };
             expected.insert(request_id(&c.dedupe_key(), hw));
         }
-        run.log.append(changes).await.expect("append");
+        run.log.append_changes(changes).await.expect("append");
         // Spread over more than one token lifetime.
         tokio::time::sleep(Duration::from_millis(700)).await;
     }

@@ -1,0 +1,190 @@
+//! sled, as the store lays its data out in it.
+//!
+//! Trees:
+//! - `events`: seq (u64 BE) → record ([`super::record`]).
+//! - `dedupe`: `provider\x1ftransaction id` → seq BE ++ appended-at BE.
+//! - `meta`: `schema`; `next_seq` (written by GC before it removes entries,
+//!   so sequence numbers never repeat even when every entry was collected);
+//!   `registry` once the sink registry exists.
+//! - `quarantine`: seq BE → the bytes that failed their checksum.
+//! - `sinks`: the registry, sink name → registered-at ms BE. GC keeps what
+//!   any sink in it still needs, running or not.
+//! - `sink/<name>`: `c` → cursor BE (the first entry not settled or passed);
+//!   `a`+seq → () for entries acknowledged above the cursor (out of order);
+//!   `o`+seq → settlement JSON; `d`+seq → () (dead letters); `r`+seq → ()
+//!   (requeued); `n/<state>` → count BE; `handed-over` → () once its cursor
+//!   went to other sinks (speaker lanes).
+//! - `kv/<connector>`: the plugin's own keys.
+
+use std::path::Path;
+
+use super::LogError;
+use super::wal::Op;
+
+pub const NEXT_SEQ: &[u8] = b"next_seq";
+pub const SCHEMA: &[u8] = b"schema";
+/// In `meta` once every sink with a cursor was put in the registry.
+pub const REGISTRY_MADE: &[u8] = b"registry";
+pub const CURSOR: &[u8] = b"c";
+pub const ACKED: u8 = b'a';
+pub const OUTCOME: u8 = b'o';
+pub const DEAD: u8 = b'd';
+pub const REQUEUED: u8 = b'r';
+/// A sink whose cursor was handed over to others. Its first byte must be
+/// none of the per-entry prefixes above, which are scanned by prefix.
+pub const RETIRED: &[u8] = b"handed-over";
+
+pub const EVENTS: &str = "events";
+pub const DEDUPE: &str = "dedupe";
+pub const META: &str = "meta";
+pub const QUARANTINE: &str = "quarantine";
+pub const REGISTRY: &str = "sinks";
+
+pub fn sink_tree(sink: &str) -> String {
+    format!("sink/{sink}")
+}
+
+pub fn kv_tree(connector: &str) -> String {
+    format!("kv/{connector}")
+}
+
+pub fn count_key(state: &str) -> Vec<u8> {
+    format!("n/{state}").into_bytes()
+}
+
+/// The big-endian u64 at the start of `bytes` (sequence numbers, counters,
+/// timestamps are all stored this way, so keys sort in numeric order).
+pub fn be(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(s) = bytes.get(..8) {
+        b.copy_from_slice(s);
+    }
+    u64::from_be_bytes(b)
+}
+
+pub fn keyed(prefix: u8, seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// An open sled database and the trees every call needs.
+pub struct Engine {
+    pub db: sled::Db,
+    pub events: sled::Tree,
+    pub dedupe: sled::Tree,
+    pub meta: sled::Tree,
+    pub quarantine: sled::Tree,
+    pub registry: sled::Tree,
+}
+
+impl Engine {
+    pub fn new(db: sled::Db) -> Result<Engine, LogError> {
+        let tree = |name: &str| db.open_tree(name);
+        Ok(Engine {
+            events: tree(EVENTS)?,
+            dedupe: tree(DEDUPE)?,
+            meta: tree(META)?,
+            quarantine: tree(QUARANTINE)?,
+            registry: tree(REGISTRY)?,
+            db,
+        })
+    }
+
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, LogError> {
+        Ok(match name {
+            EVENTS => self.events.clone(),
+            DEDUPE => self.dedupe.clone(),
+            META => self.meta.clone(),
+            QUARANTINE => self.quarantine.clone(),
+            REGISTRY => self.registry.clone(),
+            other => self.db.open_tree(other)?,
+        })
+    }
+
+    /// Applies `ops`, one sled batch per tree, in the order the trees first
+    /// appear. Not atomic across trees by itself: the write-ahead record
+    /// that holds the same ops is what makes a commit all or nothing.
+    pub fn apply(&self, ops: &[Op]) -> Result<(), LogError> {
+        let mut batches: Vec<(&str, sled::Batch)> = Vec::new();
+        for op in ops {
+            let index = match batches.iter().position(|(t, _)| *t == op.tree) {
+                Some(i) => i,
+                None => {
+                    batches.push((&op.tree, sled::Batch::default()));
+                    batches.len() - 1
+                }
+            };
+            let batch = &mut batches[index].1;
+            match &op.value {
+                Some(value) => batch.insert(op.key.as_slice(), value.as_slice()),
+                None => batch.remove(op.key.as_slice()),
+            }
+        }
+        for (tree, batch) in batches {
+            self.tree(tree)?.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// The next sequence number, from what the store holds.
+    pub fn stored_next_seq(&self) -> Result<u64, LogError> {
+        let stored = self.meta.get(NEXT_SEQ)?.map_or(0, |v| be(&v));
+        let after_last = self.events.last()?.map_or(0, |(k, _)| be(&k) + 1);
+        Ok(stored.max(after_last))
+    }
+
+    /// Registers every sink that has a cursor and was not handed over, once:
+    /// stores from before the registry had only their sink trees.
+    pub fn make_registry(&self, now_ms: i64) -> Result<(), LogError> {
+        if self.meta.contains_key(REGISTRY_MADE)? {
+            return Ok(());
+        }
+        for name in self.db.tree_names() {
+            let Some(sink) = std::str::from_utf8(&name)
+                .ok()
+                .and_then(|n| n.strip_prefix("sink/"))
+            else {
+                continue;
+            };
+            let tree = self.db.open_tree(&name)?;
+            if tree.contains_key(CURSOR)? && !tree.contains_key(RETIRED)? {
+                self.registry.insert(sink, &now_ms.to_be_bytes())?;
+            }
+        }
+        self.meta.insert(REGISTRY_MADE, &[1])?;
+        Ok(())
+    }
+
+    /// Registered sinks, by name.
+    pub fn registered(&self) -> Result<Vec<String>, LogError> {
+        let mut out = Vec::new();
+        for key in self.registry.iter().keys() {
+            if let Ok(name) = String::from_utf8(key?.to_vec()) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `flush()` then `fdatasync` of sled's data file: everything applied so
+    /// far survives a power cut.
+    pub fn flush_and_sync(
+        &self,
+        data_file: &std::fs::File,
+        disk: &dyn super::disk::Disk,
+    ) -> Result<(), LogError> {
+        self.db.flush()?;
+        let started = std::time::Instant::now();
+        let synced = disk.sync_data(data_file);
+        super::committer::observe_sync("fdatasync", started);
+        synced.map_err(|e| LogError::Storage(format!("fdatasync of the store: {e}")))
+    }
+}
+
+/// sled's data file, `state/db`, which holds every segment of its log.
+pub fn open_data_file(state: &Path) -> Result<std::fs::File, LogError> {
+    std::fs::File::open(state.join("db"))
+        .map_err(|e| LogError::Storage(format!("open state/db: {e}")))
+}
