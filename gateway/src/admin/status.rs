@@ -226,7 +226,21 @@ impl Live {
                     let stats = sinks.iter().find(|(n, _)| *n == queue.sink).map(|(_, s)| s);
                     let failing_since_ms = stats.and_then(|s| s.failing_since());
                     let last_error = stats.and_then(|s| s.last_error());
-                    if speaker_down(&queue.sink) {
+                    if !queue.configured {
+                        if queue.pending > 0 {
+                            warnings.push(format!(
+                                "sink `{}` is no longer in the config and keeps {} payment(s) from GC; `queue forget {}` lets them go",
+                                queue.sink, queue.pending, queue.sink
+                            ));
+                        }
+                    } else if stats.is_none() {
+                        // A warning, not a problem: a reload restarting the
+                        // sink passes through this state for a moment.
+                        warnings.push(format!(
+                            "sink `{}` is configured but not running (it failed to start; see the log); its {} pending payment(s) are kept",
+                            queue.sink, queue.pending
+                        ));
+                    } else if speaker_down(&queue.sink) {
                         // Named below, with its speaker.
                     } else if let Some(since) = failing_since_ms.filter(|&t| now - t > stall_ms) {
                         problems.push(format!(

@@ -255,6 +255,8 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// Queues `message` for the committer now; the future only waits for
+    /// the answer (dropping it does not withdraw the write).
     fn ask<T: Send + 'static>(
         &self,
         message: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> Message,

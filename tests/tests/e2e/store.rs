@@ -1,6 +1,7 @@
-//! The event log's garbage collection with the real binary: a configured
-//! sink that failed to start at a reload keeps its backlog through GC passes
-//! and, once it starts again, gets every payment it missed.
+//! The store's sink registry with the real binary: a configured sink that
+//! failed to start at a reload keeps its backlog through GC passes and, once
+//! it starts again, gets every payment it missed; a sink removed from the
+//! config keeps its backlog, shown in `queue status`, until `queue forget`.
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
@@ -199,4 +200,74 @@ async fn a_sink_that_failed_to_start_keeps_its_backlog_through_gc() {
         "the gateway panicked:\n{}",
         gw.logs()
     );
+}
+
+/// `queue status --json` through the CLI (the running gateway answers it).
+fn queue_status(gw: &Gateway) -> serde_json::Value {
+    let config = gw.config_path().display().to_string();
+    let out = soundbox_e2e::run_cli(&["queue", "--config", &config, "status", "--json"]);
+    assert!(
+        out.status.success(),
+        "queue status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("queue status JSON")
+}
+
+fn sink_status<'a>(report: &'a serde_json::Value, sink: &str) -> Option<&'a serde_json::Value> {
+    report["sinks"]
+        .as_array()
+        .and_then(|sinks| sinks.iter().find(|s| s["sink"] == sink))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_removed_from_the_config_keeps_its_backlog_until_forgotten() {
+    let sink = CountingSink::start();
+    // A second forward to a port nothing listens on: its payments wait.
+    let down = format!(
+        "[[forward]]\nname = \"old\"\nurl = \"http://127.0.0.1:{}/\"\nretry_initial_ms = 50\nretry_max_ms = 200\n",
+        free_port()
+    );
+    let sepay = format!(
+        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n",
+        plugin("sepay_webhook").display()
+    );
+    let gw = Gateway::start(&format!("{sepay}{}{down}", forward_to(&sink.url)));
+    post_payments(&gw, 1..=3).await;
+    assert!(
+        wait_until(Duration::from_secs(30), || sink.arrivals().len() == 3).await,
+        "{}",
+        gw.logs()
+    );
+
+    // Removed from the config: still listed, with its backlog, as not configured.
+    reload(&gw, &down, "").await;
+    let report = queue_status(&gw);
+    let old = sink_status(&report, "old").expect("`old` still in queue status");
+    assert_eq!(old["pending"], 3, "{report}");
+    assert_eq!(old["configured"], false, "{report}");
+    assert_eq!(
+        sink_status(&report, "pos").expect("pos")["configured"],
+        true
+    );
+
+    // A configured sink cannot be forgotten; a removed one can, once.
+    let config = gw.config_path().display().to_string();
+    let forget =
+        |sink: &str| soundbox_e2e::run_cli(&["queue", "--config", &config, "forget", sink]);
+    let refused = forget("pos");
+    assert!(!refused.status.success(), "forgetting a configured sink");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("in the config"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let forgot = forget("old");
+    assert!(
+        forgot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forgot.stderr)
+    );
+    assert!(sink_status(&queue_status(&gw), "old").is_none());
+    assert!(!forget("old").status.success(), "already forgotten");
 }

@@ -369,7 +369,7 @@ impl MqttSink {
                     // run of PubAcks (a write per ack caps the rate at the
                     // disk's flush rate).
                     let (acked, lost) = connection.take_ready(event, &mut flight);
-                    settle(log, stats, acked).await;
+                    settle(log, stats, acked);
                     if let Some(reason) = lost {
                         return SessionEnd::Lost(reason);
                     }
@@ -429,7 +429,7 @@ impl MqttSink {
             while sent.is_ok() && !flight.is_empty() {
                 let event = connection.events.recv().await;
                 let (acked, lost) = connection.take_ready(event, flight);
-                settle(log, stats, acked).await;
+                settle(log, stats, acked);
                 if lost.is_some() {
                     break;
                 }
@@ -463,24 +463,27 @@ fn in_flight_limit(window: usize) -> u16 {
     u16::try_from(window + EXTRA_IN_FLIGHT).unwrap_or(u16::MAX)
 }
 
-/// Records delivered entries (one write for the whole run of them).
-async fn settle(log: &dyn EventLog, stats: &SinkStats, acked: Vec<u64>) {
+/// Records delivered entries (one write for the whole run of them) without
+/// waiting for the store: it takes acknowledgements in any order, and the
+/// session keeps draining the broker's acks and the announcements meanwhile
+/// (waiting here, behind another commit's sync, made the announcement channel
+/// overflow under load). The write is queued when this returns.
+fn settle(log: &dyn EventLog, stats: &SinkStats, acked: Vec<u64>) {
     if acked.is_empty() {
         return;
     }
     let (first, count) = (acked[0], acked.len());
-    match log.settle(SINK_NAME, acked, Settlement::Delivered).await {
-        Ok(()) => {
-            stats.delivered.fetch_add(count as u64, Ordering::Relaxed);
-            super::count(SINK_NAME, "delivered", count as u64);
-            tracing::debug!(sink = SINK_NAME, first, count, "delivered");
-        }
+    stats.delivered.fetch_add(count as u64, Ordering::Relaxed);
+    super::count(SINK_NAME, "delivered", count as u64);
+    tracing::debug!(sink = SINK_NAME, first, count, "delivered");
+    let recorded = log.settle(SINK_NAME, acked, Settlement::Delivered);
+    tokio::spawn(async move {
         // They stay pending in the store: sent again after a restart, which
         // consumers dedupe by id.
-        Err(error) => {
+        if let Err(error) = recorded.await {
             tracing::error!(sink = SINK_NAME, %error, "cannot record MQTT deliveries");
         }
-    }
+    });
 }
 
 /// The rumqttc event loop on its own task, its events on a channel, so the
