@@ -455,6 +455,10 @@ impl EventLog for RecordingLog {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
+    fn next_batch(&self, _sink: &str, _limit: usize) -> LogFuture<(Vec<LogEntry>, bool)> {
+        Box::pin(std::future::ready(Ok((Vec::new(), false))))
+    }
+
     fn settle(&self, _sink: &str, _seqs: Vec<u64>, _settlement: Settlement) -> LogFuture<()> {
         Box::pin(std::future::ready(Ok(())))
     }

@@ -728,6 +728,14 @@ impl EventLog for Store {
     }
 
     fn requeued(&self, sink: &str, limit: usize) -> LogFuture<Vec<LogEntry>> {
+        let batch = self.next_batch(sink, limit);
+        Box::pin(async move {
+            let (entries, requeued) = batch.await?;
+            Ok(if requeued { entries } else { Vec::new() })
+        })
+    }
+
+    fn next_batch(&self, sink: &str, limit: usize) -> LogFuture<(Vec<LogEntry>, bool)> {
         let name = sink.to_string();
         let found = self.look(move |store, engine| {
             let tree = engine.db.open_tree(engine::sink_tree(&name))?;
@@ -739,12 +747,16 @@ impl EventLog for Store {
                     None => gone.push(seq),
                 }
             }
-            Ok((entries, gone))
+            if !entries.is_empty() || !gone.is_empty() {
+                return Ok((entries, true, gone));
+            }
+            let cursor = store.cursor_in(engine, &name)?;
+            Ok((store.read_in(engine, cursor, limit)?, false, gone))
         });
         let store = self.clone();
         let sink = sink.to_string();
         Box::pin(async move {
-            let (entries, gone) = found.await?;
+            let (entries, requeued, gone) = found.await?;
             if !gone.is_empty() {
                 // Quarantined since: nothing left to send.
                 let reason = "the entry is no longer in the log (damaged record)".to_string();
@@ -752,7 +764,7 @@ impl EventLog for Store {
                     .settle(&sink, gone, Settlement::Dead { reason })
                     .await?;
             }
-            Ok(entries)
+            Ok((entries, requeued))
         })
     }
 

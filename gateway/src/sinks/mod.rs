@@ -194,7 +194,7 @@ pub async fn run_sink<S: Sink>(
         // lands after the read still wakes the wait below.
         changes.borrow_and_update();
         // Requeued dead letters first, then the log from the cursor.
-        let batch = next_batch(&*log, &name).await;
+        let batch = log.next_batch(&name, READ_BATCH).await;
         let (batch, requeued) = match batch {
             Ok(batch) => batch,
             Err(error) => {
@@ -237,16 +237,6 @@ pub async fn run_sink<S: Sink>(
         }
     }
     tracing::info!(sink = %name, "sink stopped");
-}
-
-/// Requeued dead letters first (flagged `true`), else the log from the cursor.
-async fn next_batch(log: &dyn EventLog, sink: &str) -> Result<(Vec<LogEntry>, bool), LogError> {
-    let requeued = log.requeued(sink, READ_BATCH).await?;
-    if !requeued.is_empty() {
-        return Ok((requeued, true));
-    }
-    let cursor = log.cursor(sink).await?;
-    Ok((log.read(cursor, READ_BATCH).await?, false))
 }
 
 /// Moves `sink`'s cursor past entries that are not for it; a storage error

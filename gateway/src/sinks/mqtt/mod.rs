@@ -329,9 +329,12 @@ impl MqttSink {
         loop {
             // Mark the log end as seen before reading, so a commit after the
             // read still wakes the wait below.
-            changes.borrow_and_update();
+            let end = *changes.borrow_and_update();
             let room = self.config.window.saturating_sub(flight.events.len());
-            if room > 0 {
+            // Only when there is something new: this loop turns on every
+            // PubAck and announcement, and a read is a trip to the blocking
+            // pool.
+            if room > 0 && next < end {
                 let batch = match log.read(next, room).await {
                     Ok(batch) => batch,
                     Err(error) => {
