@@ -359,7 +359,7 @@ impl Committer {
             engine.apply(ops)?;
             return engine.flush_and_sync(&self.data_file, &*self.shared.disk);
         }
-        self.wal.append(ops);
+        self.wal.append(ops)?;
         if needs_sync {
             self.wal.sync()?;
             self.unsynced_since = None;

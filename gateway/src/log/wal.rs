@@ -54,10 +54,6 @@ pub struct Wal {
     /// Everything before this is durable.
     synced: u64,
     capacity: u64,
-    /// Records from `synced` to `end`, not yet written: the next sync
-    /// writes them with one `pwrite`. Lazily durable records wait here, so
-    /// they do not dirty a page the next commit's sync would write again.
-    unwritten: Vec<u8>,
 }
 
 impl std::fmt::Debug for Wal {
@@ -113,7 +109,6 @@ impl Wal {
             end: HEADER_BYTES,
             synced: HEADER_BYTES,
             capacity,
-            unwritten: Vec::new(),
         };
         if len < capacity {
             // Zeros up to the capacity, once; later writes only overwrite.
@@ -176,36 +171,35 @@ impl Wal {
         (self.end - HEADER_BYTES, self.capacity - HEADER_BYTES)
     }
 
-    /// Adds a record of `ops`; it reaches the file, durably, with the next
-    /// [`Wal::sync`]. The caller checked [`Wal::fits`].
-    pub fn append(&mut self, ops: &[Op]) {
-        let start = self.unwritten.len();
-        self.unwritten.extend_from_slice(&[0u8; 8]);
-        self.unwritten.extend_from_slice(&self.epoch.to_le_bytes());
-        encode(ops, &mut self.unwritten);
-        let record = &mut self.unwritten[start..];
+    /// Writes a record of `ops`: in the file at once (a killed process
+    /// loses nothing written), durable with the next [`Wal::sync`]. The
+    /// caller checked [`Wal::fits`].
+    pub fn append(&mut self, ops: &[Op]) -> Result<(), LogError> {
+        let mut record = Vec::with_capacity(RECORD_HEADER + encoded_len(ops));
+        record.extend_from_slice(&[0u8; 8]);
+        record.extend_from_slice(&self.epoch.to_le_bytes());
+        encode(ops, &mut record);
         let len = (record.len() - RECORD_HEADER) as u32;
         let crc = crc32fast::hash(&record[8..]);
         record[0..4].copy_from_slice(&len.to_le_bytes());
         record[4..8].copy_from_slice(&crc.to_le_bytes());
+        self.disk
+            .write_at(&self.file, &record, self.end)
+            .map_err(|e| LogError::Storage(format!("write-ahead write: {e}")))?;
         self.end += record.len() as u64;
+        Ok(())
     }
 
-    /// Whether records were added since the last sync.
+    /// Whether records were written since the last sync.
     pub fn has_unsynced(&self) -> bool {
         self.end > self.synced
     }
 
-    /// Writes every record added so far and makes them durable: one
-    /// `pwrite`, one `fdatasync`.
+    /// Makes every record written so far durable: one `fdatasync`.
     pub fn sync(&mut self) -> Result<(), LogError> {
         if !self.has_unsynced() {
             return Ok(());
         }
-        self.disk
-            .write_at(&self.file, &self.unwritten, self.synced)
-            .map_err(|e| LogError::Storage(format!("write-ahead write: {e}")))?;
-        self.unwritten.clear();
         let started = std::time::Instant::now();
         let result = self.disk.sync_data(&self.file);
         super::committer::observe_sync("fdatasync", started);
@@ -217,7 +211,6 @@ impl Wal {
     /// Retires every record (they are all in sled's synced files now) and
     /// starts the file over.
     pub fn reset(&mut self) -> Result<(), LogError> {
-        self.unwritten.clear();
         self.epoch += 1;
         self.write_header()?;
         self.disk
@@ -355,14 +348,14 @@ mod tests {
         assert!(replay.is_empty());
         let first = vec![op("events", "1", Some("a")), op("dedupe", "k", None)];
         let second = vec![op("sink/x", "c", Some(""))];
-        wal.append(&first);
-        wal.append(&second);
+        wal.append(&first).expect("append");
+        wal.append(&second).expect("append");
         wal.sync().expect("sync");
         drop(wal);
         let (mut wal, replay) = Wal::open(&path, 1 << 16, os_disk()).expect("reopen");
         assert_eq!(replay, vec![first.clone(), second]);
         wal.reset().expect("reset");
-        wal.append(&first);
+        wal.append(&first).expect("append");
         wal.sync().expect("sync");
         drop(wal);
         let (_, replay) = Wal::open(&path, 1 << 16, os_disk()).expect("reopen");
@@ -374,10 +367,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("wal");
         let (mut wal, _) = Wal::open(&path, 1 << 16, os_disk()).expect("open");
-        wal.append(&[op("t", "a", Some("1"))]);
+        wal.append(&[op("t", "a", Some("1"))]).expect("append");
         let torn_at = wal.end + RECORD_HEADER as u64 + 3;
-        wal.append(&[op("t", "b", Some("2"))]);
-        wal.append(&[op("t", "c", Some("3"))]);
+        wal.append(&[op("t", "b", Some("2"))]).expect("append");
+        wal.append(&[op("t", "c", Some("3"))]).expect("append");
         wal.sync().expect("sync");
         drop(wal);
         let file = OpenOptions::new().write(true).open(&path).expect("open");
