@@ -448,11 +448,11 @@ impl Committer {
         self.unsynced_since = None;
         self.last_checkpoint = Instant::now();
         self.space = None;
-        self.next = self.next.max(engine.stored_next_seq()?);
         let durable_next = engine.stored_next_seq()?;
+        self.next = self.next.max(durable_next);
         self.shared.install_engine(engine);
-        self.shared
-            .advance(durable_next.max(self.shared.next_seq.load(Ordering::Acquire)));
+        // Never moves back: `advance` keeps the larger.
+        self.shared.advance(durable_next);
         Ok(())
     }
 

@@ -136,20 +136,28 @@ impl Engine {
         if self.meta.contains_key(REGISTRY_MADE)? {
             return Ok(());
         }
-        for name in self.db.tree_names() {
-            let Some(sink) = std::str::from_utf8(&name)
-                .ok()
-                .and_then(|n| n.strip_prefix("sink/"))
-            else {
-                continue;
-            };
-            let tree = self.db.open_tree(&name)?;
+        for (sink, tree) in self.sink_trees()? {
             if tree.contains_key(CURSOR)? && !tree.contains_key(RETIRED)? {
                 self.registry.insert(sink, &now_ms.to_be_bytes())?;
             }
         }
         self.meta.insert(REGISTRY_MADE, &[1])?;
         Ok(())
+    }
+
+    /// Every sink tree there is (registered, retired or left over), with
+    /// the sink's name.
+    pub fn sink_trees(&self) -> Result<Vec<(String, sled::Tree)>, LogError> {
+        let mut out = Vec::new();
+        for name in self.db.tree_names() {
+            if let Some(sink) = std::str::from_utf8(&name)
+                .ok()
+                .and_then(|n| n.strip_prefix("sink/"))
+            {
+                out.push((sink.to_string(), self.db.open_tree(&name)?));
+            }
+        }
+        Ok(out)
     }
 
     /// Registered sinks, by name.

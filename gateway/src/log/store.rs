@@ -668,18 +668,11 @@ impl Store {
             removed.push(seq);
         }
         // Outcomes of removed entries, in every sink tree (retired ones too).
-        for name in engine.db.tree_names() {
-            let Some(tree_name) = std::str::from_utf8(&name)
-                .ok()
-                .filter(|n| n.starts_with("sink/"))
-            else {
-                continue;
-            };
-            let tree = engine.db.open_tree(&name)?;
+        for (sink, tree) in engine.sink_trees()? {
             for seq in &removed {
                 if tree.contains_key(keyed(OUTCOME, *seq))? {
                     ops.push(Op {
-                        tree: tree_name.to_string(),
+                        tree: engine::sink_tree(&sink),
                         key: keyed(OUTCOME, *seq).to_vec(),
                         value: None,
                     });
@@ -701,6 +694,40 @@ impl Store {
             }
         }
         Ok((report, ops))
+    }
+
+    /// Up to `limit` requeued dead letters of `sink`, oldest first, and the
+    /// numbers of those no longer in the log.
+    fn requeued_in(
+        &self,
+        engine: &Engine,
+        sink: &str,
+        limit: usize,
+    ) -> Result<(Vec<LogEntry>, Vec<u64>), LogError> {
+        let tree = engine.db.open_tree(engine::sink_tree(sink))?;
+        let (mut entries, mut gone) = (Vec::new(), Vec::new());
+        for key in tree.scan_prefix([REQUEUED]).keys().take(limit) {
+            let seq = be(&key?[1..]);
+            match self.entry_in(engine, seq)? {
+                Some(entry) => entries.push(entry),
+                None => gone.push(seq),
+            }
+        }
+        Ok((entries, gone))
+    }
+
+    /// Settles requeued entries that were quarantined since (nothing left to
+    /// send) and passes the found ones on.
+    async fn settle_gone(
+        &self,
+        sink: &str,
+        (entries, gone): (Vec<LogEntry>, Vec<u64>),
+    ) -> Result<Vec<LogEntry>, LogError> {
+        if !gone.is_empty() {
+            let reason = "the entry is no longer in the log (damaged record)".to_string();
+            self.settle(sink, gone, Settlement::Dead { reason }).await?;
+        }
+        Ok(entries)
     }
 
     /// Appends changes alone (no plugin KV).
@@ -728,43 +755,26 @@ impl EventLog for Store {
     }
 
     fn requeued(&self, sink: &str, limit: usize) -> LogFuture<Vec<LogEntry>> {
-        let batch = self.next_batch(sink, limit);
-        Box::pin(async move {
-            let (entries, requeued) = batch.await?;
-            Ok(if requeued { entries } else { Vec::new() })
-        })
+        let name = sink.to_string();
+        let found = self.look(move |store, engine| store.requeued_in(engine, &name, limit));
+        let (store, sink) = (self.clone(), sink.to_string());
+        Box::pin(async move { store.settle_gone(&sink, found.await?).await })
     }
 
     fn next_batch(&self, sink: &str, limit: usize) -> LogFuture<(Vec<LogEntry>, bool)> {
         let name = sink.to_string();
         let found = self.look(move |store, engine| {
-            let tree = engine.db.open_tree(engine::sink_tree(&name))?;
-            let (mut entries, mut gone) = (Vec::new(), Vec::new());
-            for key in tree.scan_prefix([REQUEUED]).keys().take(limit) {
-                let seq = be(&key?[1..]);
-                match store.entry_in(engine, seq)? {
-                    Some(entry) => entries.push(entry),
-                    None => gone.push(seq),
-                }
-            }
-            if !entries.is_empty() || !gone.is_empty() {
-                return Ok((entries, true, gone));
+            let requeued = store.requeued_in(engine, &name, limit)?;
+            if !requeued.0.is_empty() || !requeued.1.is_empty() {
+                return Ok((requeued, true));
             }
             let cursor = store.cursor_in(engine, &name)?;
-            Ok((store.read_in(engine, cursor, limit)?, false, gone))
+            Ok(((store.read_in(engine, cursor, limit)?, Vec::new()), false))
         });
-        let store = self.clone();
-        let sink = sink.to_string();
+        let (store, sink) = (self.clone(), sink.to_string());
         Box::pin(async move {
-            let (entries, requeued, gone) = found.await?;
-            if !gone.is_empty() {
-                // Quarantined since: nothing left to send.
-                let reason = "the entry is no longer in the log (damaged record)".to_string();
-                store
-                    .settle(&sink, gone, Settlement::Dead { reason })
-                    .await?;
-            }
-            Ok((entries, requeued))
+            let (found, requeued) = found.await?;
+            Ok((store.settle_gone(&sink, found).await?, requeued))
         })
     }
 

@@ -604,6 +604,39 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Sends `refused` again every 200 ms until each is answered 200 (added
+/// to `acked`) or `within` is over; returns those still refused. Anything
+/// but 200 or 503 fails the test.
+fn resend_until_taken(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    url: &str,
+    gw: &Gateway,
+    refused: &BTreeSet<u64>,
+    acked: &mut BTreeSet<u64>,
+    within: Duration,
+) -> Vec<u64> {
+    let deadline = Instant::now() + within;
+    let mut waiting: Vec<u64> = refused.iter().copied().collect();
+    while !waiting.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for &id in &waiting {
+            match rt.block_on(post_once(client, url, id)) {
+                Ok(200) => {
+                    acked.insert(id);
+                }
+                Ok(503) => still.push(id),
+                reply => panic!("payment {id}: {reply:?}\n{}", gw.logs()),
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    waiting
+}
+
 #[test]
 fn a_full_disk_answers_503_and_loses_nothing() {
     let Some(fs) = Tmpfs::mount(16) else { return };
@@ -680,24 +713,15 @@ fn a_full_disk_answers_503_and_loses_nothing() {
     // sled in place, and every refused payment's retry is taken, with no
     // restart and nothing but 200 or 503 in between.
     fs.resize(64);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut waiting: Vec<u64> = refused.iter().copied().collect();
-    while !waiting.is_empty() && Instant::now() < deadline {
-        let mut still = Vec::new();
-        for &id in &waiting {
-            match rt.block_on(post_once(&client, &url, id)) {
-                Ok(200) => {
-                    acked.insert(id);
-                }
-                Ok(503) => still.push(id),
-                reply => panic!("payment {id} once space is back: {reply:?}\n{}", gw.logs()),
-            }
-        }
-        waiting = still;
-        if !waiting.is_empty() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    let waiting = resend_until_taken(
+        &rt,
+        &client,
+        &url,
+        &gw,
+        &refused,
+        &mut acked,
+        Duration::from_secs(30),
+    );
     let recovered_in_place = waiting.is_empty();
     eprintln!("disk full: recovered in place: {recovered_in_place}");
     assert!(
@@ -740,30 +764,21 @@ fn a_full_disk_answers_503_and_loses_nothing() {
 
     // After the restart every payment is still there (the repeats are
     // acknowledged as duplicates), and new payments go in.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut waiting: Vec<u64> = refused.iter().copied().collect();
-    while !waiting.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "still refused after space came back: {} payments\n{}",
-            waiting.len(),
-            gw.logs()
-        );
-        let mut still = Vec::new();
-        for &id in &waiting {
-            match rt.block_on(post_once(&client, &url, id)) {
-                Ok(200) => {
-                    acked.insert(id);
-                }
-                Ok(503) => still.push(id),
-                reply => panic!("payment {id}: {reply:?}\n{}", gw.logs()),
-            }
-        }
-        waiting = still;
-        if !waiting.is_empty() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    let waiting = resend_until_taken(
+        &rt,
+        &client,
+        &url,
+        &gw,
+        &refused,
+        &mut acked,
+        Duration::from_secs(60),
+    );
+    assert!(
+        waiting.is_empty(),
+        "still refused after space came back: {} payments\n{}",
+        waiting.len(),
+        gw.logs()
+    );
     for id in id + 1..=id + 10 {
         assert_eq!(rt.block_on(post_once(&client, &url, id)), Ok(200));
         acked.insert(id);
