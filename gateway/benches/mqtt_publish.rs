@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
-use soundbox_gateway::config::{MqttBroker, MqttConfig};
+use soundbox_gateway::config::{Endpoint, MqttBroker, MqttConfig};
 use soundbox_gateway::log::{LogOptions, Store};
 use soundbox_gateway::model::BalanceChange;
 use soundbox_gateway::sinks::event::EventJson;
@@ -63,11 +63,12 @@ async fn filled_log() -> (tempfile::TempDir, Store) {
 async fn sink_rate(broker_addr: SocketAddr, window: usize) -> f64 {
     let (_dir, log) = filled_log().await;
     let config = MqttConfig {
-        broker: MqttBroker::External {
+        name: None,
+        broker: MqttBroker::External(Endpoint {
             host: broker_addr.ip().to_string(),
             port: broker_addr.port(),
             tls: None,
-        },
+        }),
         topic_prefix: "bench".into(),
         client_id: format!("bench-sink-{window}-{}", broker_addr.port()),
         username: None,
@@ -76,6 +77,8 @@ async fn sink_rate(broker_addr: SocketAddr, window: usize) -> f64 {
         keep_alive: Duration::from_secs(30),
         window,
         retry: RetryPolicy::default(),
+        relay: None,
+        health_every: Duration::from_secs(60),
     };
     let sink = Arc::new(MqttSink::new(config, "shop").expect("sink"));
     let stop = CancellationToken::new();

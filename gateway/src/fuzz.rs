@@ -165,8 +165,10 @@ fn check_config(text: &str, config: &Config) {
             c.plugin.display()
         );
     }
-    if let Some(mqtt) = &config.mqtt {
+    let mut sink_names = std::collections::BTreeSet::new();
+    for mqtt in &config.mqtt {
         assert!(mqtt.window >= 1 && mqtt.window <= 1000);
+        assert!(sink_names.insert(mqtt.sink_name()), "duplicate MQTT sink");
     }
 }
 

@@ -18,6 +18,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connectors;
+pub mod fleet;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
 pub mod http_server;
@@ -25,5 +26,6 @@ pub mod ingress;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod mqtt_link;
 pub mod sinks;
 pub mod speaker_api;

@@ -10,8 +10,9 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::QueueView;
-use crate::config::Config;
+use crate::config::{Config, SubscriptionConfig};
 use crate::connectors::{Connectors, HealthReport};
+use crate::ingress::mqtt::{SubscriptionReport, SubscriptionStats};
 use crate::log::LogError;
 use crate::log::{LogHealth, QueueItem, SinkStatus, Store};
 use crate::metrics::metrics;
@@ -36,6 +37,8 @@ pub struct Live {
     pub speakers: Arc<SpeakerBoard>,
     /// Each routed speaker's health (pair/check), written by the lanes.
     pub speaker_health: Arc<SpeakerHealth>,
+    /// Each connector's MQTT subscription, if it has one.
+    pub subscriptions: ArcSwap<Vec<(String, SubscriptionConfig, Arc<SubscriptionStats>)>>,
     pub started: Instant,
 }
 
@@ -81,6 +84,8 @@ pub struct StatusReport {
     pub sinks: Vec<SinkReport>,
     pub connectors: Vec<ConnectorReport>,
     pub speakers: Vec<SpeakerReport>,
+    /// Connectors' MQTT subscriptions.
+    pub subscriptions: Vec<SubscriptionReport>,
     /// The latest payments, newest first, with the speaker sink's state of each.
     pub recent: Vec<QueueItem>,
 }
@@ -298,6 +303,29 @@ impl Live {
             })
             .collect();
 
+        let subscriptions: Vec<SubscriptionReport> = self
+            .subscriptions
+            .load()
+            .iter()
+            .map(|(name, config, stats)| stats.report(name, config))
+            .collect();
+        for s in subscriptions.iter().filter(|s| !s.connected) {
+            let down_ms = s.since_ms.map_or(0, |t| (now - t).max(0));
+            let message = format!(
+                "connector `{}`: not subscribed to {} on {} for {} s: {}",
+                s.connector,
+                s.topic,
+                s.broker,
+                down_ms / 1000,
+                s.last_error.as_deref().unwrap_or("connecting")
+            );
+            if down_ms > stall_ms {
+                problems.push(message);
+            } else {
+                warnings.push(message);
+            }
+        }
+
         let speaker_ids = if config.speaker.is_some() {
             routed_speakers(&config.routes)
         } else {
@@ -360,6 +388,7 @@ impl Live {
             sinks: sink_reports,
             connectors,
             speakers,
+            subscriptions,
             recent,
         }
     }

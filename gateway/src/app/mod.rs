@@ -30,14 +30,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Live, status::SpeakerBoard};
-use crate::config::{Config, ForwardConfig, MqttBroker, MqttConfig, RouteConfig, SpeakerConfig};
+use crate::config::{
+    Config, ForwardConfig, MqttBroker, MqttConfig, RouteConfig, SpeakerConfig, SubscriptionConfig,
+};
 use crate::connectors::{Connectors, Plugin, Runtime};
+use crate::fleet::{self, HealthFeed};
+use crate::ingress::mqtt::{Subscription, SubscriptionStats};
 use crate::ingress::{Ingress, StaleRule, poll};
 use crate::log::{EventLog, LogOptions, Store};
 use crate::metrics::metrics;
 use crate::sinks::event::AnnouncementJson;
 use crate::sinks::http::HttpSink;
-use crate::sinks::mqtt::{ANNOUNCEMENT_BUFFER, MqttSink, SINK_NAME as MQTT_SINK, broker};
+use crate::sinks::mqtt::{ANNOUNCEMENT_BUFFER, MqttSink, broker};
 use crate::sinks::speaker::{
     LEGACY_SINK_NAME, SpeakerHealth, SpeakerLane, SpeakerService, lane_speaker, routed_speakers,
     routes_of,
@@ -92,18 +96,15 @@ fn sink_settings(config: &Config, name: &str) -> Option<SinkSettings> {
             .filter(|_| !routes.is_empty())
             .map(|s| SinkSettings::SpeakerLane(s, hw.to_string(), routes));
     }
-    match name {
-        MQTT_SINK => config
-            .mqtt
-            .clone()
-            .map(|m| SinkSettings::Mqtt(m, config.gateway.id.clone())),
-        _ => config
-            .forwards
-            .iter()
-            .find(|f| f.name == name)
-            .cloned()
-            .map(SinkSettings::Forward),
+    if let Some(mqtt) = config.mqtt.iter().find(|m| m.sink_name() == name) {
+        return Some(SinkSettings::Mqtt(mqtt.clone(), config.gateway.id.clone()));
     }
+    config
+        .forwards
+        .iter()
+        .find(|f| f.name == name)
+        .cloned()
+        .map(SinkSettings::Forward)
 }
 
 /// A task with its own stop signal.
@@ -145,6 +146,10 @@ struct Gateway {
     simulator_url: Option<String>,
     /// The embedded MQTT broker, once started (it cannot stop).
     embedded_broker: Option<broker::EmbeddedBroker>,
+    /// Connectors' MQTT subscriptions, each with the settings it runs with.
+    subscriptions: BTreeMap<String, (SubscriptionConfig, Arc<SubscriptionStats>, Task)>,
+    /// The fleet health document the MQTT sinks keep retained.
+    health: HealthFeed,
     live: Arc<Live>,
 }
 
@@ -180,8 +185,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         sinks: ArcSwap::from_pointee(Vec::new()),
         speakers,
         speaker_health: Arc::new(SpeakerHealth::default()),
+        subscriptions: ArcSwap::from_pointee(Vec::new()),
         started,
     });
+    let (health_feed, health) = tokio::sync::watch::channel(None);
 
     let mut extra_admin_routes = axum::Router::new();
     let mut simulator_url = None;
@@ -209,6 +216,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         speaker_service: None,
         simulator_url,
         embedded_broker: None,
+        subscriptions: BTreeMap::new(),
+        health,
         live: live.clone(),
     };
     // Sinks first, so the backlog starts draining while ingress comes up.
@@ -217,6 +226,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let background_stop = CancellationToken::new();
     let background = TaskTracker::new();
     background.spawn(collect_garbage(log.clone(), background_stop.clone()));
+    background.spawn(fleet::keep_fresh(
+        live.clone(),
+        health_feed,
+        background_stop.clone(),
+    ));
     background.spawn(admin::serve(
         live.clone(),
         extra_admin_routes,
@@ -234,6 +248,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     let serving = tokio::spawn(ingress.serve(listener, ingress_stop.clone()));
     gateway.update_pollers(&BTreeMap::new());
+    gateway.update_subscriptions();
     let mut reloads = watch::Watcher::start(&config);
     tracing::info!(
         %addr,
@@ -266,6 +281,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     for poller in pollers {
         poller.stop(poll_wait).await;
+    }
+    // A message in hand is dropped unacknowledged: the broker sends it again.
+    for (_, _, subscription) in std::mem::take(&mut gateway.subscriptions).into_values() {
+        subscription.stop(Duration::from_secs(1)).await;
     }
     serving.await.context("ingress task")?.context("ingress")?;
     tracing::info!("ingress stopped; syncing the event log");
@@ -350,6 +369,8 @@ impl Gateway {
                 .map(|p| (p.name().to_string(), p.clone()))
                 .collect(),
         );
+        self.config.connectors = new.connectors.clone();
+        self.update_subscriptions();
         if let Err(error) = self.update_sinks(&new).await {
             // Only a sink that cannot be built (a bad CA file, say) gets here;
             // the others run with the new settings.
@@ -394,12 +415,13 @@ impl Gateway {
             kept.push("speaker.simulator");
         }
         let running = self.embedded_broker.as_ref().map(|b| b.listen());
-        if let (Some(running), Some(mqtt)) = (running, &mut new.mqtt)
-            && let MqttBroker::Embedded { listen } = &mut mqtt.broker
-            && *listen != running
-        {
-            *listen = running;
-            kept.push("mqtt.embedded_listen");
+        for mqtt in &mut new.mqtt {
+            if let (Some(running), MqttBroker::Embedded { listen }) = (running, &mut mqtt.broker)
+                && *listen != running
+            {
+                *listen = running;
+                kept.push("mqtt.embedded_listen");
+            }
         }
         for key in kept {
             tracing::warn!(
@@ -458,6 +480,64 @@ impl Gateway {
             self.pollers
                 .insert(plugin.name().to_string(), Task { stop, handle });
         }
+    }
+
+    /// Makes the running MQTT subscriptions match the connectors in
+    /// `self.config`: stops those that went or changed, starts new ones. A
+    /// subscription looks its plugin up per message, so a new plugin alone
+    /// does not restart it.
+    fn update_subscriptions(&mut self) {
+        let wanted: BTreeMap<&str, &SubscriptionConfig> = self
+            .config
+            .connectors
+            .iter()
+            .filter_map(|c| Some((c.name.as_str(), c.subscription.as_ref()?)))
+            .collect();
+        let running: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for name in running {
+            let same = matches!(
+                (wanted.get(name.as_str()), self.subscriptions.get(&name)),
+                (Some(new), Some((old, _, _))) if *new == old
+            );
+            if !same && let Some((_, _, task)) = self.subscriptions.remove(&name) {
+                // Dropped between messages or in the middle of one: the
+                // broker sends an unacknowledged message again.
+                task.stop.cancel();
+                task.handle.abort();
+            }
+        }
+        for (name, config) in wanted {
+            if self.subscriptions.contains_key(name) {
+                continue;
+            }
+            let stats = Arc::new(SubscriptionStats::default());
+            let subscription = Subscription::new(
+                name,
+                config.clone(),
+                self.connectors.clone(),
+                self.shared_log.clone(),
+                stale_rule(&self.config),
+                stats.clone(),
+            );
+            match subscription {
+                Ok(subscription) => {
+                    let stop = CancellationToken::new();
+                    let handle = tokio::spawn(subscription.run(stop.clone()));
+                    let task = Task { stop, handle };
+                    self.subscriptions
+                        .insert(name.to_string(), (config.clone(), stats, task));
+                }
+                Err(error) => {
+                    tracing::error!(connector = %name, %error, "MQTT subscription not started");
+                }
+            }
+        }
+        let live = self
+            .subscriptions
+            .iter()
+            .map(|(name, (config, stats, _))| (name.clone(), config.clone(), stats.clone()))
+            .collect();
+        self.live.subscriptions.store(Arc::new(live));
     }
 
     /// Makes the running sinks match `config`: stops those that went or
@@ -553,11 +633,12 @@ impl Gateway {
                         embedded.set_access(access);
                         Some(self.embedded_broker.insert(embedded).clone())
                     }
-                    MqttBroker::External { .. } => None,
+                    MqttBroker::External(_) => None,
                 };
                 let mut sink = MqttSink::new(mqtt, &gateway_id)
-                    .context("[mqtt]")?
-                    .with_speakers(self.live.speaker_health.clone());
+                    .with_context(|| format!("sink `{name}`"))?
+                    .with_speakers(self.live.speaker_health.clone())
+                    .with_health(self.health.clone());
                 if let Some(embedded) = &embedded {
                     sink = sink.with_embedded(embedded);
                 }

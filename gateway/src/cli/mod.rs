@@ -51,11 +51,22 @@ enum Command {
     Speaker(speaker::Speaker),
     /// Run the Speaker API simulator on its own.
     SpeakerSim(speaker::SpeakerSim),
+    /// A chain's gateways, from their retained health on the chain's broker.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Work with plugin files.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// List every gateway publishing under a prefix: online, ready, queues, speakers.
+    Status(crate::fleet::status::FleetStatus),
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +111,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Queue(queue) => queue.run().await,
         Command::Speaker(speaker) => speaker.run().await,
         Command::SpeakerSim(sim) => sim.run().await,
+        Command::Fleet {
+            command: FleetCommand::Status(args),
+        } => args.run().await,
         Command::Plugin {
             command: PluginCommand::Test(args),
         } => args.run().await,

@@ -5,6 +5,7 @@
 //! reading it is a shop owner with a text editor.
 
 mod env;
+mod mqtt;
 mod secret;
 
 use std::collections::BTreeSet;
@@ -21,6 +22,10 @@ use crate::sinks::RetryPolicy;
 use crate::speaker_api::client::DEFAULT_BASE_URL;
 use crate::speaker_api::sim::{Faults, SimConfig, SimDevice};
 
+pub use mqtt::{
+    ClientIdentity, Endpoint, MqttBroker, MqttConfig, MqttTls, MqttUser, RelayConfig,
+    SubscriptionConfig, UNNAMED_SINK as UNNAMED_MQTT_SINK,
+};
 pub use secret::Secret;
 
 /// A config problem, located.
@@ -55,8 +60,8 @@ pub struct Config {
     /// The speaker sink; None when `[speaker]` is absent.
     pub speaker: Option<SpeakerConfig>,
     pub routes: Vec<RouteConfig>,
-    /// The MQTT sink; None when `[mqtt]` is absent.
-    pub mqtt: Option<MqttConfig>,
+    /// The MQTT sinks (`[[mqtt]]`, or the single `[mqtt]` of earlier versions).
+    pub mqtt: Vec<MqttConfig>,
     pub admin: AdminConfig,
 }
 
@@ -80,55 +85,6 @@ impl Default for AdminConfig {
             connector_failures: 5,
         }
     }
-}
-
-/// `[mqtt]`: every payment published on the shop's MQTT broker.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MqttConfig {
-    pub broker: MqttBroker,
-    /// Topics are `<topic_prefix>/<gateway.id>/{events,status,announcements}`.
-    pub topic_prefix: String,
-    pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    /// Accounts for the embedded broker's clients (POS screens); none lets
-    /// anyone on a loopback `embedded_listen` read.
-    pub embedded_users: Vec<MqttUser>,
-    pub keep_alive: Duration,
-    /// Publishes sent and not yet acknowledged, at most.
-    pub window: usize,
-    /// Reconnect backoff.
-    pub retry: RetryPolicy,
-}
-
-/// Which broker the MQTT sink talks to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MqttBroker {
-    /// A broker inside the gateway (rumqttd) behind a guard listening here:
-    /// clients read, only the gateway publishes under `topic_prefix`; off
-    /// loopback, clients need an account (`embedded_users`).
-    Embedded { listen: SocketAddr },
-    /// A broker elsewhere: `mqtt://host:port` or `mqtts://host:port`.
-    External {
-        host: String,
-        port: u16,
-        /// `mqtts://`: TLS (rustls); these roots, or the built-in web roots.
-        tls: Option<MqttTls>,
-    },
-}
-
-/// One `[[mqtt.embedded_users]]` account: a client of the embedded broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttUser {
-    pub username: String,
-    pub password: Secret,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttTls {
-    /// A PEM file of CA certificates to trust instead of the built-in roots
-    /// (a chain's own CA, or a self-signed broker).
-    pub ca_file: Option<PathBuf>,
 }
 
 /// `[speaker]`: the SePay Speaker API and how payments are announced.
@@ -280,6 +236,8 @@ pub struct ConnectorConfig {
     pub allow_private_addresses: bool,
     /// The plugin's own table, `${ENV}` expanded; served through `config.get`.
     pub settings: toml::Table,
+    /// `[connector.mqtt]`: messages from a broker subscription, beside webhooks.
+    pub subscription: Option<SubscriptionConfig>,
 }
 
 /// The key in `[connector.config]` that lets a connector that can verify
@@ -298,6 +256,7 @@ impl std::fmt::Debug for ConnectorConfig {
             .field("allowed_hosts", &self.allowed_hosts)
             .field("allow_private_addresses", &self.allow_private_addresses)
             .field("settings", &RedactedTable(&self.settings))
+            .field("subscription", &self.subscription)
             .finish()
     }
 }
@@ -328,6 +287,7 @@ impl ConnectorConfig {
             allowed_hosts: Vec::new(),
             allow_private_addresses: false,
             settings,
+            subscription: None,
         }
     }
 }
@@ -348,7 +308,7 @@ struct RawConfig {
     speaker: Option<Spanned<RawSpeaker>>,
     #[serde(default)]
     route: Vec<RawRoute>,
-    mqtt: Option<Spanned<RawMqtt>>,
+    mqtt: Option<Spanned<mqtt::RawMqttSections>>,
     #[serde(default)]
     admin: RawAdmin,
 }
@@ -359,30 +319,6 @@ struct RawAdmin {
     token: Option<Spanned<String>>,
     stall_after_secs: Option<Spanned<u64>>,
     connector_failures: Option<Spanned<u64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMqtt {
-    broker: Option<Spanned<String>>,
-    embedded_listen: Option<Spanned<String>>,
-    topic_prefix: Option<Spanned<String>>,
-    client_id: Option<Spanned<String>>,
-    username: Option<Spanned<String>>,
-    password: Option<Spanned<String>>,
-    embedded_users: Option<Spanned<Vec<RawMqttUser>>>,
-    ca_file: Option<Spanned<String>>,
-    keep_alive_secs: Option<Spanned<u64>>,
-    window: Option<Spanned<u64>>,
-    retry_initial_ms: Option<Spanned<u64>>,
-    retry_max_ms: Option<Spanned<u64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMqttUser {
-    username: Spanned<String>,
-    password: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -476,6 +412,7 @@ struct RawConnector {
     allow_private_addresses: bool,
     #[serde(default)]
     config: Option<Spanned<toml::Table>>,
+    mqtt: Option<Spanned<mqtt::RawSubscription>>,
 }
 
 /// Where each part of the document is, for error messages.
@@ -675,17 +612,17 @@ impl Config {
             wal_bytes: dl.wal_bytes,
         };
 
+        let mqtt = match raw.mqtt {
+            Some(m) => mqtt::parse_sections(&loc, m, &id, &resolve)?,
+            None => Vec::new(),
+        };
+
         let mut names = BTreeSet::new();
-        let mut connectors = Vec::new();
+        let mut connectors: Vec<ConnectorConfig> = Vec::new();
         for (i, c) in raw.connector.into_iter().enumerate() {
             let key = |k: &str| format!("connector[{i}].{k}");
             let name = c.name.get_ref();
-            let valid = !name.is_empty()
-                && name.len() <= 64
-                && name.chars().all(|ch| {
-                    ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_'
-                });
-            if !valid {
+            if !mqtt::is_name(name) {
                 return Err(loc.at(c.name.span(), &key("name"), "use 1-64 lower-case letters, digits, `-` or `_` (it becomes the webhook path /hooks/<name>)"));
             }
             if !names.insert(name.clone()) {
@@ -771,6 +708,18 @@ impl Config {
                     _ => return Err(at("expected true or false")),
                 }
             }
+            let subscription = match c.mqtt {
+                Some(raw) => {
+                    let at = raw.span();
+                    let s = mqtt::parse_subscription(&loc, &key("mqtt"), raw, &id, name, &resolve)?;
+                    let earlier = connectors.iter().filter_map(|c| c.subscription.as_ref());
+                    if let Err(why) = mqtt::check_client_id(&mqtt, earlier, &s) {
+                        return Err(loc.at(at, &key("mqtt.client_id"), why));
+                    }
+                    Some(s)
+                }
+                None => None,
+            };
             connectors.push(ConnectorConfig {
                 name: c.name.into_inner(),
                 plugin,
@@ -778,6 +727,7 @@ impl Config {
                 allowed_hosts,
                 allow_private_addresses: c.allow_private_addresses,
                 settings,
+                subscription,
             });
         }
 
@@ -815,10 +765,6 @@ impl Config {
             });
         }
 
-        let mqtt = raw
-            .mqtt
-            .map(|m| parse_mqtt(&loc, m, &id, &resolve))
-            .transpose()?;
         let admin = parse_admin(&loc, raw.admin)?;
 
         Ok(Config {
@@ -841,245 +787,6 @@ impl Config {
             admin,
         })
     }
-}
-
-/// The most publishes in flight `[mqtt] window` allows.
-const MAX_MQTT_WINDOW: u64 = 1000;
-
-fn parse_mqtt(
-    loc: &Locator<'_>,
-    raw: Spanned<RawMqtt>,
-    gateway_id: &str,
-    resolve: &dyn Fn(&str) -> PathBuf,
-) -> Result<MqttConfig, ConfigError> {
-    let span = raw.span();
-    let m = raw.into_inner();
-    let expanded = |v: &Spanned<String>, key: &str| expand_env(loc, v, &format!("mqtt.{key}"));
-    let broker_text = match &m.broker {
-        Some(b) => expanded(b, "broker")?,
-        None => "embedded".to_string(),
-    };
-    let broker_span = m.broker.as_ref().map_or(span.clone(), |b| b.span());
-    let broker = if broker_text == "embedded" {
-        let listen = address(
-            loc,
-            m.embedded_listen.as_ref(),
-            "mqtt.embedded_listen",
-            1883,
-        )?;
-        if m.username.is_some() || m.password.is_some() || m.ca_file.is_some() {
-            let key = if m.ca_file.is_some() {
-                "ca_file"
-            } else {
-                "username"
-            };
-            return Err(loc.at(
-                broker_span,
-                &format!("mqtt.{key}"),
-                "the embedded broker has no TLS, and the gateway logs into it with a password of its own; \
-                 give POS screens accounts in mqtt.embedded_users, or set broker to an mqtt:// or mqtts:// URL",
-            ));
-        }
-        MqttBroker::Embedded { listen }
-    } else {
-        if let Some(l) = &m.embedded_listen {
-            return Err(loc.at(
-                l.span(),
-                "mqtt.embedded_listen",
-                "only used with broker = \"embedded\"",
-            ));
-        }
-        if let Some(u) = &m.embedded_users {
-            return Err(loc.at(
-                u.span(),
-                "mqtt.embedded_users",
-                "only used with broker = \"embedded\" (an external broker has accounts of its own)",
-            ));
-        }
-        let bad = |why: &str| {
-            loc.at(
-                broker_span.clone(),
-                "mqtt.broker",
-                format!("`{broker_text}`: {why}; expected \"embedded\", mqtt://host:1883 or mqtts://host:8883"),
-            )
-        };
-        let url = reqwest::Url::parse(&broker_text).map_err(|e| bad(&e.to_string()))?;
-        let tls = match url.scheme() {
-            "mqtt" | "tcp" => None,
-            "mqtts" | "ssl" => Some(MqttTls {
-                ca_file: m.ca_file.as_ref().map(|f| resolve(f.get_ref())),
-            }),
-            other => return Err(bad(&format!("unknown scheme {other}"))),
-        };
-        if tls.is_none()
-            && let Some(f) = &m.ca_file
-        {
-            return Err(loc.at(
-                f.span(),
-                "mqtt.ca_file",
-                "only used with an mqtts:// broker",
-            ));
-        }
-        if let Some(MqttTls { ca_file: Some(f) }) = &tls
-            && !f.is_file()
-        {
-            let s = m.ca_file.as_ref().map_or(span.clone(), |f| f.span());
-            return Err(loc.at(s, "mqtt.ca_file", format!("no file at {}", f.display())));
-        }
-        if url.path().len() > 1 || url.query().is_some() || !url.username().is_empty() {
-            return Err(bad(
-                "give only the host and port (username and password have their own keys)",
-            ));
-        }
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| bad("no host"))?
-            .trim_matches(|c| c == '[' || c == ']')
-            .to_string();
-        let port = url
-            .port()
-            .unwrap_or(if tls.is_some() { 8883 } else { 1883 });
-        MqttBroker::External { host, port, tls }
-    };
-    let topic_prefix = match &m.topic_prefix {
-        Some(p) => {
-            let t = p.get_ref();
-            let valid = !t.is_empty()
-                && !t.starts_with('/')
-                && !t.ends_with('/')
-                && !t.contains("//")
-                && !t.contains(['+', '#', '\0']);
-            if !valid {
-                return Err(loc.at(
-                    p.span(),
-                    "mqtt.topic_prefix",
-                    "use topic levels like soundbox or chain/hanoi (no +, #, leading or trailing /)",
-                ));
-            }
-            t.clone()
-        }
-        None => "soundbox".to_string(),
-    };
-    let client_id = match &m.client_id {
-        Some(c) if c.get_ref().is_empty() || c.get_ref().len() > 128 => {
-            return Err(loc.at(c.span(), "mqtt.client_id", "use 1-128 characters"));
-        }
-        Some(c) => c.get_ref().clone(),
-        None => format!("soundbox-{gateway_id}"),
-    };
-    let username = m
-        .username
-        .as_ref()
-        .map(|u| expanded(u, "username"))
-        .transpose()?;
-    let password = m
-        .password
-        .as_ref()
-        .map(|p| expanded(p, "password").map(Secret::new))
-        .transpose()?;
-    if password.is_some() && username.is_none() {
-        let s = m.password.as_ref().map_or(span.clone(), |p| p.span());
-        return Err(loc.at(s, "mqtt.password", "a password needs a username"));
-    }
-    let embedded_users = parse_embedded_users(loc, &m, &broker, span.clone())?;
-    let window_span = m.window.as_ref().map_or(span.clone(), |w| w.span());
-    let window = positive(loc, m.window, "mqtt.window", 64)?;
-    if window > MAX_MQTT_WINDOW {
-        return Err(loc.at(
-            window_span,
-            "mqtt.window",
-            format!("at most {MAX_MQTT_WINDOW}"),
-        ));
-    }
-    let d = RetryPolicy::default();
-    let ms = |v, k: &str, default| millis(loc, v, &format!("mqtt.{k}"), default);
-    Ok(MqttConfig {
-        broker,
-        topic_prefix,
-        client_id,
-        username,
-        password,
-        embedded_users,
-        keep_alive: Duration::from_secs(positive(
-            loc,
-            m.keep_alive_secs,
-            "mqtt.keep_alive_secs",
-            30,
-        )?),
-        window: window as usize,
-        retry: RetryPolicy {
-            initial: ms(
-                m.retry_initial_ms,
-                "retry_initial_ms",
-                Duration::from_millis(500),
-            )?,
-            max: ms(m.retry_max_ms, "retry_max_ms", Duration::from_secs(30))?,
-            max_retry_after: d.max_retry_after,
-        },
-    })
-}
-
-/// Shortest password `[[mqtt.embedded_users]]` accepts: the broker may be
-/// on the shop's Wi-Fi.
-const MIN_MQTT_PASSWORD: usize = 8;
-
-/// `mqtt.embedded_users`, checked; and an embedded broker reachable from
-/// the network must have some, or anyone there could read every payment.
-fn parse_embedded_users(
-    loc: &Locator<'_>,
-    m: &RawMqtt,
-    broker: &MqttBroker,
-    span: std::ops::Range<usize>,
-) -> Result<Vec<MqttUser>, ConfigError> {
-    let mut users: Vec<MqttUser> = Vec::new();
-    for (i, u) in m
-        .embedded_users
-        .iter()
-        .flat_map(|u| u.get_ref())
-        .enumerate()
-    {
-        let key = |k: &str| format!("mqtt.embedded_users[{i}].{k}");
-        let username = expand_env(loc, &u.username, &key("username"))?;
-        if username.is_empty() || username.len() > 128 || username.chars().any(char::is_control) {
-            return Err(loc.at(u.username.span(), &key("username"), "use 1-128 characters"));
-        }
-        if users.iter().any(|v| v.username == username) {
-            return Err(loc.at(
-                u.username.span(),
-                &key("username"),
-                format!("`{username}` is listed twice"),
-            ));
-        }
-        let password = expand_env(loc, &u.password, &key("password"))?;
-        if password.chars().count() < MIN_MQTT_PASSWORD || password.len() > 1024 {
-            return Err(loc.at(
-                u.password.span(),
-                &key("password"),
-                format!("use {MIN_MQTT_PASSWORD}-1024 characters, e.g. \"${{POS_MQTT_PASSWORD}}\" from the environment file"),
-            ));
-        }
-        users.push(MqttUser {
-            username,
-            password: Secret::new(password),
-        });
-    }
-    if let MqttBroker::Embedded { listen } = broker
-        && !listen.ip().is_loopback()
-        && users.is_empty()
-    {
-        let at = m.embedded_listen.as_ref().map_or(span, |l| l.span());
-        return Err(loc.at(
-            at,
-            "mqtt.embedded_listen",
-            format!(
-                "{listen} is reachable from the network, so the embedded broker needs accounts: \
-                 add [[mqtt.embedded_users]] with a username and password for the POS screens, \
-                 or listen on 127.0.0.1"
-            ),
-        ));
-    }
-    Ok(users)
 }
 
 fn parse_speaker(
@@ -1168,12 +875,7 @@ fn parse_forwards(
     for (i, f) in raw.into_iter().enumerate() {
         let key = |k: &str| format!("forward[{i}].{k}");
         let name = f.name.get_ref();
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '_');
-        if !valid {
+        if !mqtt::is_name(name) {
             return Err(loc.at(
                 f.name.span(),
                 &key("name"),

@@ -290,7 +290,7 @@ fn speaker_credentials_come_from_the_environment_and_stay_secret() {
 #[test]
 fn mqtt_defaults_to_the_embedded_broker_on_loopback() {
     let config = parse("[gateway]\nid = \"shop-9\"\n[mqtt]\n").expect("valid");
-    let mqtt = config.mqtt.expect("mqtt");
+    let mqtt = config.mqtt.into_iter().next().expect("mqtt");
     assert_eq!(
         mqtt.broker,
         MqttBroker::Embedded {
@@ -300,7 +300,7 @@ fn mqtt_defaults_to_the_embedded_broker_on_loopback() {
     assert_eq!(mqtt.topic_prefix, "soundbox");
     assert_eq!(mqtt.client_id, "soundbox-shop-9");
     assert_eq!(mqtt.window, 64);
-    assert!(parse("").expect("valid").mqtt.is_none());
+    assert!(parse("").expect("valid").mqtt.is_empty());
 }
 
 #[test]
@@ -312,14 +312,14 @@ fn mqtt_external_broker_with_tls_and_credentials() {
     )
     .expect("valid");
     let path = std::env::var("PATH").expect("PATH");
-    let mqtt = config.mqtt.expect("mqtt");
+    let mqtt = config.mqtt.into_iter().next().expect("mqtt");
     assert_eq!(
         mqtt.broker,
-        MqttBroker::External {
+        MqttBroker::External(Endpoint {
             host: "mqtt.chain.vn".into(),
             port: 8883,
-            tls: Some(MqttTls { ca_file: None })
-        }
+            tls: Some(MqttTls::default())
+        })
     );
     assert_eq!(
         mqtt.password.as_ref().map(Secret::expose),
@@ -328,12 +328,12 @@ fn mqtt_external_broker_with_tls_and_credentials() {
     assert!(!format!("{mqtt:?}").contains(&path));
     let plain = parse("[mqtt]\nbroker = \"mqtt://10.0.0.5\"\n").expect("valid");
     assert!(matches!(
-        plain.mqtt.expect("mqtt").broker,
-        MqttBroker::External {
+        plain.mqtt.into_iter().next().expect("mqtt").broker,
+        MqttBroker::External(Endpoint {
             port: 1883,
             tls: None,
             ..
-        }
+        })
     ));
 }
 
@@ -466,7 +466,7 @@ fn an_embedded_broker_off_loopback_needs_accounts() {
          embedded_users = [{ username = \"pos\", password = \"${PATH}\" }]\n",
     )
     .expect("valid");
-    let mqtt = config.mqtt.expect("mqtt");
+    let mqtt = config.mqtt.into_iter().next().expect("mqtt");
     assert_eq!(mqtt.embedded_users.len(), 1);
     assert_eq!(mqtt.embedded_users[0].username, "pos");
     let path = std::env::var("PATH").expect("PATH");

@@ -35,6 +35,7 @@ use crate::log::{Appended, EventLog, KvBatch, LogError};
 use crate::metrics::metrics;
 use crate::model::{self, BalanceChange};
 
+pub mod mqtt;
 pub mod poll;
 
 /// Webhook connections open at once, at most. Far above what a shop's

@@ -150,7 +150,7 @@ impl SinkStats {
 const READ_BATCH: usize = 64;
 
 /// The names of every configured sink, in config order: one speaker lane
-/// per routed speaker, MQTT, the forwards.
+/// per routed speaker, the MQTT sinks, the forwards.
 pub fn sink_names(config: &crate::config::Config) -> Vec<String> {
     let lanes: Vec<String> = match &config.speaker {
         Some(_) => speaker::routed_speakers(&config.routes)
@@ -159,7 +159,7 @@ pub fn sink_names(config: &crate::config::Config) -> Vec<String> {
             .collect(),
         None => Vec::new(),
     };
-    let mqtt = config.mqtt.as_ref().map(|_| mqtt::SINK_NAME.to_string());
+    let mqtt = config.mqtt.iter().map(|m| m.sink_name());
     lanes
         .into_iter()
         .chain(mqtt)

@@ -10,12 +10,19 @@
 //! exponential, full jitter). At most `window` event publishes are
 //! unacknowledged at once; the cursor moves over the acknowledged prefix.
 //!
+//! A gateway may have several MQTT sinks (`[[mqtt]]`): the shop's own
+//! broker and the chain's cluster side by side, each with its own cursor.
+//!
 //! Topics under `<prefix>/<gateway-id>/`:
 //! - `events`: one [`EventJson`] per payment, QoS 1, in log order. At least
 //!   once: after a reconnect the unacknowledged tail is sent again, so
 //!   consumers dedupe by `id`. Payments too old to announce are published too.
+//!   A relay (`[mqtt.relay]`) publishes each payment on its shop's topic
+//!   instead; one for an account no shop owns becomes a dead letter.
 //! - `status`: retained `online` on connect; `offline` as the last will (the
 //!   broker publishes it when the gateway dies) and on a clean stop.
+//! - `health`: the retained fleet health document ([`crate::fleet`]), on
+//!   every change and every `health_every_secs`.
 //! - `announcements`: [`AnnouncementJson`] from the speaker sink, QoS 1, best
 //!   effort: the last [`ANNOUNCEMENT_BUFFER`] wait in memory while the broker
 //!   is away; they are not in the log.
@@ -31,21 +38,23 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
-    QoS, TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    TlsConfiguration, Transport,
 };
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use tokio::sync::{broadcast, mpsc};
 
 use super::event::{AnnouncementJson, EventJson};
 use super::speaker::{SpeakerHealth, SpeakerState};
 use super::{Shutdown, SinkStats, pause};
-use crate::config::{MqttBroker, MqttConfig, MqttTls};
-use crate::log::{EventLog, Settlement};
+use crate::config::{MqttBroker, MqttConfig};
+use crate::fleet::HealthFeed;
+use crate::log::{EventLog, LogEntry, Settlement};
+pub use crate::mqtt_link::MqttError;
+use crate::mqtt_link::{Connection, tls_config};
 
-/// The sink's name in the log (its cursor).
-pub const SINK_NAME: &str = "mqtt";
+/// The name of the `[[mqtt]]` sink without a name (and of the single
+/// `[mqtt]` of earlier versions).
+pub const SINK_NAME: &str = crate::config::UNNAMED_MQTT_SINK;
 
 /// Announcements kept in memory while the broker is unreachable.
 pub const ANNOUNCEMENT_BUFFER: usize = 256;
@@ -60,21 +69,14 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Largest packet accepted from the broker or sent to it.
 const MAX_PACKET_BYTES: usize = 256 << 10;
 
-/// Why the MQTT sink cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum MqttError {
-    #[error("mqtt.ca_file {path}: {reason}")]
-    CaFile { path: String, reason: String },
-    #[error("TLS setup: {0}")]
-    Tls(#[from] rustls::Error),
-}
-
 /// The three topics of one gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     pub events: String,
     pub status: String,
     pub announcements: String,
+    /// Retained fleet health document.
+    pub health: String,
     /// Followed by `/<hardware id>`.
     pub speakers: String,
 }
@@ -86,6 +88,7 @@ impl Topics {
             events: format!("{base}/events"),
             status: format!("{base}/status"),
             announcements: format!("{base}/announcements"),
+            health: format!("{base}/health"),
             speakers: format!("{base}/speakers"),
         }
     }
@@ -108,6 +111,8 @@ async fn next_speaker_change(
 
 #[derive(Debug)]
 pub struct MqttSink {
+    /// Its name in the store (`mqtt` or `mqtt:<name>`).
+    name: String,
     config: MqttConfig,
     topics: Topics,
     /// Built once at start, so a bad CA file stops the gateway with a clear error.
@@ -117,6 +122,8 @@ pub struct MqttSink {
     /// With the embedded broker: rumqttd itself (behind the guard clients
     /// use) and the gateway's login to it.
     embedded: Option<(std::net::SocketAddr, guard::Login)>,
+    /// The fleet health document to keep retained, if the app publishes one.
+    health: Option<HealthFeed>,
 }
 
 /// What a publish was, to know what its PubAck means.
@@ -155,6 +162,72 @@ impl MqttSink {
             .await
     }
 
+    /// Publishes the latest health document, retained, if it changed in
+    /// what matters or `health_every` passed since the last one
+    /// (`last`: when, and its fingerprint; None forces it).
+    async fn publish_health(
+        &self,
+        client: &AsyncClient,
+        flight: &mut InFlight,
+        feed: &mut HealthFeed,
+        last: &mut Option<(Instant, u64)>,
+    ) -> Result<(), rumqttc::ClientError> {
+        let Some(doc) = feed.borrow_and_update().clone() else {
+            return Ok(());
+        };
+        let due = match last {
+            None => true,
+            Some((at, fingerprint)) => {
+                *fingerprint != doc.fingerprint || at.elapsed() >= self.config.health_every
+            }
+        };
+        if !due {
+            return Ok(());
+        }
+        *last = Some((Instant::now(), doc.fingerprint));
+        let topic = &self.topics.health;
+        flight
+            .publish(client, Tag::Announcement, topic, true, doc.json.clone())
+            .await
+    }
+
+    /// Publishes one payment on `events`, or, for a relay, on its shop's
+    /// topic; a relay's payment to an account no shop owns becomes a dead
+    /// letter with the reason (requeued once the table has it).
+    async fn publish_event(
+        &self,
+        client: &AsyncClient,
+        flight: &mut InFlight,
+        log: &dyn EventLog,
+        entry: &LogEntry,
+    ) -> Result<(), Publish> {
+        let topic = match &self.config.relay {
+            None => self.topics.events.clone(),
+            Some(relay) => match relay.topic_for(&entry.change.account) {
+                Some(topic) => topic,
+                None => {
+                    let reason = format!(
+                        "no shop for account {} in [mqtt.relay.shops]",
+                        entry.change.account
+                    );
+                    tracing::warn!(sink = %self.name, seq = entry.seq, %reason, "payment not relayed");
+                    super::count(&self.name, "dead", 1);
+                    let dead = Settlement::Dead { reason };
+                    return log
+                        .settle(&self.name, vec![entry.seq], dead)
+                        .await
+                        .map_err(|e| Publish::Lost(format!("cannot record a dead letter: {e}")));
+                }
+            },
+        };
+        let payload = serde_json::to_vec(&EventJson::from_entry(entry))
+            .map_err(|e| Publish::Lost(format!("cannot encode an event: {e}")))?;
+        flight
+            .publish(client, Tag::Event(entry.seq), &topic, false, payload)
+            .await
+            .map_err(|_| Publish::Stopped)
+    }
+
     /// Publishes through `broker` directly, not through its guard (which
     /// refuses the gateway's client id and topics to everyone else).
     pub fn with_embedded(mut self, broker: &broker::EmbeddedBroker) -> Self {
@@ -164,16 +237,28 @@ impl MqttSink {
 
     pub fn new(config: MqttConfig, gateway_id: &str) -> Result<Self, MqttError> {
         let tls = match &config.broker {
-            MqttBroker::External { tls: Some(tls), .. } => Some(tls_config(tls)?),
-            _ => None,
+            MqttBroker::External(endpoint) => endpoint.tls.as_ref().map(tls_config).transpose()?,
+            MqttBroker::Embedded { .. } => None,
         };
         Ok(MqttSink {
+            name: config.sink_name(),
             topics: Topics::new(&config.topic_prefix, gateway_id),
             config,
             tls,
             speakers: None,
             embedded: None,
+            health: None,
         })
+    }
+
+    /// Keeps `feed`'s latest document retained on `health`.
+    pub fn with_health(mut self, feed: HealthFeed) -> Self {
+        self.health = Some(feed);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn topics(&self) -> &Topics {
@@ -193,7 +278,7 @@ impl MqttSink {
                 };
                 (ip.to_string(), listen.port())
             }
-            (MqttBroker::External { host, port, .. }, _) => (host.clone(), *port),
+            (MqttBroker::External(endpoint), _) => (endpoint.host.clone(), endpoint.port),
         };
         let mut options = MqttOptions::new(&self.config.client_id, host, port);
         options
@@ -227,10 +312,7 @@ impl MqttSink {
     fn broker_name(&self) -> String {
         match &self.config.broker {
             MqttBroker::Embedded { listen } => format!("embedded broker on {listen}"),
-            MqttBroker::External { host, port, tls } => {
-                let scheme = if tls.is_some() { "mqtts" } else { "mqtt" };
-                format!("{scheme}://{host}:{port}")
-            }
+            MqttBroker::External(endpoint) => endpoint.to_string(),
         }
     }
 
@@ -244,7 +326,7 @@ impl MqttSink {
         mut announcements: broadcast::Receiver<AnnouncementJson>,
     ) {
         let broker = self.broker_name();
-        tracing::info!(sink = SINK_NAME, %broker, topic = %self.topics.events, "sink started");
+        tracing::info!(sink = %self.name, %broker, topic = %self.topics.events, "sink started");
         let mut attempt: u32 = 0;
         loop {
             let started = Instant::now();
@@ -263,15 +345,15 @@ impl MqttSink {
             }
             stats.retries.fetch_add(1, Ordering::Relaxed);
             stats.failed(&reason);
-            super::count(SINK_NAME, "retry", 1);
+            super::count(&self.name, "retry", 1);
             let delay = self.config.retry.delay(attempt, None);
             attempt = attempt.saturating_add(1);
-            tracing::warn!(sink = SINK_NAME, %broker, %reason, attempt, delay_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
+            tracing::warn!(sink = %self.name, %broker, %reason, attempt, delay_ms = delay.as_millis() as u64, "MQTT connection failed; reconnecting");
             if pause(&shutdown.stop, delay).await {
                 break;
             }
         }
-        tracing::info!(sink = SINK_NAME, "sink stopped");
+        tracing::info!(sink = %self.name, "sink stopped");
     }
 
     /// One connection: connect, publish `online`, then the log from the
@@ -298,7 +380,7 @@ impl MqttSink {
             Some(Err(error)) => return SessionEnd::Lost(error.to_string()),
             other => return SessionEnd::Lost(format!("unexpected first packet: {other:?}")),
         }
-        tracing::info!(sink = SINK_NAME, broker = %self.broker_name(), "connected to the MQTT broker");
+        tracing::info!(sink = %self.name, broker = %self.broker_name(), "connected to the MQTT broker");
         stats.recovered();
 
         let mut flight = InFlight::default();
@@ -309,7 +391,7 @@ impl MqttSink {
         {
             return SessionEnd::Lost("event loop stopped".into());
         }
-        let mut next = match log.cursor(SINK_NAME).await {
+        let mut next = match log.cursor(&self.name).await {
             Ok(cursor) => cursor,
             Err(error) => return SessionEnd::Lost(format!("cannot read the event log: {error}")),
         };
@@ -326,38 +408,61 @@ impl MqttSink {
                 return SessionEnd::Lost("event loop stopped".into());
             }
         }
+        let mut health = self.health.clone();
+        let mut health_sent = None;
+        if let Some(feed) = &mut health
+            && self
+                .publish_health(&client, &mut flight, feed, &mut health_sent)
+                .await
+                .is_err()
+        {
+            return SessionEnd::Lost("event loop stopped".into());
+        }
+        // A relay's dead letters (accounts no shop owned) can be requeued;
+        // looked for after every commit or requeue, not on every PubAck.
+        let mut look_for_requeued = self.config.relay.is_some();
         loop {
             // Mark the log end as seen before reading, so a commit after the
             // read still wakes the wait below.
             let end = *changes.borrow_and_update();
             let room = self.config.window.saturating_sub(flight.events.len());
-            // Only when there is something new: this loop turns on every
-            // PubAck and announcement, and a read is a trip to the blocking
-            // pool.
-            if room > 0 && next < end {
-                let batch = match log.read(next, room).await {
-                    Ok(batch) => batch,
+            let mut batch = Vec::new();
+            if room > 0 && look_for_requeued {
+                look_for_requeued = false;
+                match log.requeued(&self.name, room).await {
+                    Ok(requeued) => batch.extend(
+                        requeued
+                            .into_iter()
+                            .filter(|e| !flight.events.iter().any(|(s, _)| *s == e.seq)),
+                    ),
                     Err(error) => {
                         return SessionEnd::Lost(format!("cannot read the event log: {error}"));
                     }
-                };
-                for entry in batch {
-                    next = entry.seq + 1;
-                    let payload = match serde_json::to_vec(&EventJson::from_entry(&entry)) {
-                        Ok(payload) => payload,
-                        Err(error) => {
-                            return SessionEnd::Lost(format!("cannot encode an event: {error}"));
+                }
+            }
+            // Only when there is something new: this loop turns on every
+            // PubAck and announcement, and a read is a trip to the blocking
+            // pool.
+            let room = room.saturating_sub(batch.len());
+            if room > 0 && next < end {
+                match log.read(next, room).await {
+                    Ok(entries) => {
+                        if let Some(last) = entries.last() {
+                            next = last.seq + 1;
                         }
-                    };
-                    let tag = Tag::Event(entry.seq);
-                    if flight
-                        .publish(&client, tag, &self.topics.events, false, payload)
-                        .await
-                        .is_err()
-                    {
-                        // The event loop stopped; its error is in the channel.
-                        break;
+                        batch.extend(entries);
                     }
+                    Err(error) => {
+                        return SessionEnd::Lost(format!("cannot read the event log: {error}"));
+                    }
+                }
+            }
+            for entry in batch {
+                match self.publish_event(&client, &mut flight, log, &entry).await {
+                    Ok(()) => {}
+                    Err(Publish::Lost(reason)) => return SessionEnd::Lost(reason),
+                    // The event loop stopped; its error is in the channel.
+                    Err(Publish::Stopped) => break,
                 }
             }
             let window_full = flight.events.len() >= self.config.window;
@@ -371,8 +476,8 @@ impl MqttSink {
                     // Everything already waiting too, so one write records a
                     // run of PubAcks (a write per ack caps the rate at the
                     // disk's flush rate).
-                    let (acked, lost) = connection.take_ready(event, &mut flight);
-                    settle(log, stats, acked);
+                    let (acked, lost) = take_ready(&mut connection, event, &mut flight);
+                    settle(&self.name, log, stats, acked);
                     if let Some(reason) = lost {
                         return SessionEnd::Lost(reason);
                     }
@@ -380,6 +485,16 @@ impl MqttSink {
                 changed = changes.changed(), if !window_full => {
                     if changed.is_err() {
                         return SessionEnd::Stopped;
+                    }
+                    look_for_requeued = self.config.relay.is_some();
+                }
+                changed = next_health(&mut health) => {
+                    if let (Ok(()), Some(feed)) = (changed, &mut health) {
+                        if self.publish_health(&client, &mut flight, feed, &mut health_sent).await.is_err() {
+                            continue;
+                        }
+                    } else {
+                        health = None;
                     }
                 }
                 announcement = announcements.recv(), if announcing => match announcement {
@@ -391,7 +506,7 @@ impl MqttSink {
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(sink = SINK_NAME, missed, "announcements dropped while the broker was away");
+                        tracing::warn!(sink = %self.name, missed, "announcements dropped while the broker was away");
                     }
                     Err(broadcast::error::RecvError::Closed) => announcing = false,
                 },
@@ -431,8 +546,8 @@ impl MqttSink {
         let drained = tokio::time::timeout(grace, async {
             while sent.is_ok() && !flight.is_empty() {
                 let event = connection.events.recv().await;
-                let (acked, lost) = connection.take_ready(event, flight);
-                settle(log, stats, acked);
+                let (acked, lost) = take_ready(connection, event, flight);
+                settle(&self.name, log, stats, acked);
                 if lost.is_some() {
                     break;
                 }
@@ -441,7 +556,7 @@ impl MqttSink {
         .await;
         if drained.is_err() {
             tracing::warn!(
-                sink = SINK_NAME,
+                sink = %self.name,
                 in_flight = flight.events.len(),
                 "stopping with publishes unacknowledged; they are sent again on the next start"
             );
@@ -471,77 +586,64 @@ fn in_flight_limit(window: usize) -> u16 {
 /// session keeps draining the broker's acks and the announcements meanwhile
 /// (waiting here, behind another commit's sync, made the announcement channel
 /// overflow under load). The write is queued when this returns.
-fn settle(log: &dyn EventLog, stats: &SinkStats, acked: Vec<u64>) {
+fn settle(name: &str, log: &dyn EventLog, stats: &SinkStats, acked: Vec<u64>) {
     if acked.is_empty() {
         return;
     }
     let (first, count) = (acked[0], acked.len());
     stats.delivered.fetch_add(count as u64, Ordering::Relaxed);
-    super::count(SINK_NAME, "delivered", count as u64);
-    tracing::debug!(sink = SINK_NAME, first, count, "delivered");
-    let recorded = log.settle(SINK_NAME, acked, Settlement::Delivered);
+    super::count(name, "delivered", count as u64);
+    tracing::debug!(sink = %name, first, count, "delivered");
+    let recorded = log.settle(name, acked, Settlement::Delivered);
+    let name = name.to_string();
     tokio::spawn(async move {
         // They stay pending in the store: sent again after a restart, which
         // consumers dedupe by id.
         if let Err(error) = recorded.await {
-            tracing::error!(sink = SINK_NAME, %error, "cannot record MQTT deliveries");
+            tracing::error!(sink = %name, %error, "cannot record MQTT deliveries");
         }
     });
 }
 
-/// The rumqttc event loop on its own task, its events on a channel, so the
-/// sink never cancels a `poll` half way through a packet.
-struct Connection {
-    events: mpsc::UnboundedReceiver<Result<Event, rumqttc::ConnectionError>>,
-    driver: tokio::task::JoinHandle<()>,
-}
-
-impl Connection {
-    fn drive(mut eventloop: EventLoop) -> Self {
-        let (tx, events) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(async move {
-            loop {
-                let event = eventloop.poll().await;
-                let failed = event.is_err();
-                // Stop at the first error: the next connection is a fresh
-                // event loop, so rumqttc never resends on its own.
-                if tx.send(event).is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Connection { events, driver }
+/// The next change of the health document, or never without a feed.
+async fn next_health(
+    feed: &mut Option<HealthFeed>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match feed {
+        Some(feed) => feed.changed().await,
+        None => std::future::pending().await,
     }
 }
 
-impl Connection {
-    /// Takes in `first` and every event already queued behind it; returns
-    /// the entries they acknowledged, and why the connection ended if it did.
-    fn take_ready(
-        &mut self,
-        first: Option<Result<Event, rumqttc::ConnectionError>>,
-        flight: &mut InFlight,
-    ) -> (Vec<u64>, Option<String>) {
-        let mut acked = Vec::new();
-        let mut next = first;
-        loop {
-            match next {
-                Some(Ok(event)) => acked.extend(flight.on_event(&event)),
-                Some(Err(error)) => return (acked, Some(error.to_string())),
-                None => return (acked, Some("event loop stopped".into())),
-            }
-            next = match self.events.try_recv() {
-                Ok(event) => Some(event),
-                Err(mpsc::error::TryRecvError::Empty) => return (acked, None),
-                Err(mpsc::error::TryRecvError::Disconnected) => None,
-            };
+/// Why an event was not published.
+enum Publish {
+    /// The event loop stopped (the connection's error follows).
+    Stopped,
+    /// The session cannot go on.
+    Lost(String),
+}
+
+/// Takes in `first` and every event already queued behind it on
+/// `connection`; returns the entries they acknowledged, and why the
+/// connection ended if it did.
+fn take_ready(
+    connection: &mut Connection,
+    first: Option<Result<Event, rumqttc::ConnectionError>>,
+    flight: &mut InFlight,
+) -> (Vec<u64>, Option<String>) {
+    let mut acked = Vec::new();
+    let mut next = first;
+    loop {
+        match next {
+            Some(Ok(event)) => acked.extend(flight.on_event(&event)),
+            Some(Err(error)) => return (acked, Some(error.to_string())),
+            None => return (acked, Some("event loop stopped".into())),
         }
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.driver.abort();
+        next = match connection.events.try_recv() {
+            Ok(event) => Some(event),
+            Err(mpsc::error::TryRecvError::Empty) => return (acked, None),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        };
     }
 }
 
@@ -611,37 +713,6 @@ impl InFlight {
             _ => Vec::new(),
         }
     }
-}
-
-/// rustls with the `ring` provider and either the chain's own CA file or the
-/// built-in web roots.
-fn tls_config(tls: &MqttTls) -> Result<Arc<rustls::ClientConfig>, MqttError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca_file {
-        Some(path) => {
-            let ca_error = |reason: String| MqttError::CaFile {
-                path: path.display().to_string(),
-                reason,
-            };
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| ca_error(e.to_string()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ca_error(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(ca_error("no PEM certificates in it".into()));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

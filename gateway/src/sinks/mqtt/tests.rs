@@ -7,6 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::config::{Endpoint, MqttTls};
 use crate::log::{Store, scratch_log};
 use crate::model::BalanceChange;
 use crate::sinks::RetryPolicy;
@@ -44,11 +45,12 @@ fn embedded_broker() -> SocketAddr {
 
 fn config(broker_addr: SocketAddr, window: usize) -> MqttConfig {
     MqttConfig {
-        broker: MqttBroker::External {
+        name: None,
+        broker: MqttBroker::External(Endpoint {
             host: broker_addr.ip().to_string(),
             port: broker_addr.port(),
             tls: None,
-        },
+        }),
         topic_prefix: "soundbox".into(),
         client_id: format!("test-{}", fastrand::u64(..)),
         username: None,
@@ -61,6 +63,8 @@ fn config(broker_addr: SocketAddr, window: usize) -> MqttConfig {
             max: Duration::from_millis(200),
             max_retry_after: Duration::from_secs(1),
         },
+        relay: None,
+        health_every: Duration::from_secs(60),
     }
 }
 
@@ -486,6 +490,7 @@ fn a_ca_file_without_certificates_is_a_clear_error() {
     std::fs::write(&path, "not a certificate").expect("write");
     let error = tls_config(&MqttTls {
         ca_file: Some(path),
+        identity: None,
     })
     .expect_err("no certs");
     assert!(error.to_string().contains("no PEM certificates"), "{error}");
