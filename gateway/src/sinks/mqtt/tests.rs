@@ -633,3 +633,161 @@ async fn the_internal_broker_lets_in_only_its_own_logins() {
         "{anonymous:?}"
     );
 }
+
+fn relay_config(broker_addr: SocketAddr, shops: &[(&str, &str)]) -> MqttConfig {
+    MqttConfig {
+        relay: Some(crate::config::RelayConfig {
+            topic: "soundbox/{shop}/payments".into(),
+            shops: shops
+                .iter()
+                .map(|(a, s)| (a.to_string(), s.to_string()))
+                .collect(),
+        }),
+        ..config(broker_addr, 8)
+    }
+}
+
+#[tokio::test]
+async fn a_relay_publishes_each_payment_on_its_shops_topic_and_holds_unknown_accounts() {
+    let broker_addr = embedded_broker();
+    let subscriber = Subscriber::connect(broker_addr).await;
+    let f = fixture();
+    let change = |i: usize, account: &str| BalanceChange {
+        account: account.into(),
+        ..BalanceChange::example(&format!("tx-{i}"), 1_000 + i as u64)
+    };
+    let accounts = ["A1", "B2", "A1", "ZZ", "B2", "A1"];
+    let changes = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| change(i, a))
+        .collect();
+    f.log.append_changes(changes).await.expect("append");
+    let shops = [("A1", "shop-a"), ("B2", "shop-b")];
+    let (_, handle) = f.start(relay_config(broker_addr, &shops), no_announcements());
+
+    let a = subscriber
+        .wait_for_events("soundbox/shop-a/payments", 3)
+        .await;
+    let b = subscriber
+        .wait_for_events("soundbox/shop-b/payments", 2)
+        .await;
+    let seqs = |events: &[serde_json::Value]| -> Vec<u64> {
+        events.iter().filter_map(|e| e["seq"].as_u64()).collect()
+    };
+    assert_eq!(seqs(&a), vec![0, 2, 5], "shop A's, in log order");
+    assert_eq!(seqs(&b), vec![1, 4]);
+    // Every entry is settled: the unknown account as a dead letter.
+    f.cursor_reaches(6).await;
+    assert!(
+        subscriber.on(EVENTS).is_empty(),
+        "a relay has no events topic"
+    );
+    let status = f.log.status_where(SINK_NAME, None).expect("status");
+    assert_eq!(status.dead_letters, 1, "{status:?}");
+    let dead = f
+        .log
+        .list_where(SINK_NAME, Some("dead"), 10, None)
+        .expect("list");
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("no shop for account ZZ"),
+        "{dead:?}"
+    );
+
+    // The operator adds the shop and requeues: it goes to its topic.
+    f.stop.cancel();
+    handle.await.expect("sink task");
+    let f2 = Fixture {
+        _dir: tempfile::tempdir().expect("tempdir"),
+        log: f.log.clone(),
+        stop: CancellationToken::new(),
+    };
+    let shops = [("A1", "shop-a"), ("B2", "shop-b"), ("ZZ", "shop-z")];
+    let (_, _handle) = f2.start(relay_config(broker_addr, &shops), no_announcements());
+    assert_eq!(f2.log.requeue(SINK_NAME, None).await.expect("requeue"), 1);
+    let z = subscriber
+        .wait_for_events("soundbox/shop-z/payments", 1)
+        .await;
+    assert_eq!(seqs(&z), vec![3]);
+    for _ in 0..500 {
+        if f2
+            .log
+            .status_where(SINK_NAME, None)
+            .expect("status")
+            .dead_letters
+            == 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = f2.log.status_where(SINK_NAME, None).expect("status");
+    assert_eq!((status.dead_letters, status.pending), (0, 0), "{status:?}");
+    f2.stop.cancel();
+}
+
+#[tokio::test]
+async fn the_health_document_is_retained_and_republished_on_change_only() {
+    use crate::fleet::HealthSnapshot;
+    let broker_addr = embedded_broker();
+    let subscriber = Subscriber::connect(broker_addr).await;
+    let f = fixture();
+    let snapshot = |fingerprint: u64, text: &str| {
+        Some(Arc::new(HealthSnapshot {
+            fingerprint,
+            json: text.as_bytes().to_vec(),
+        }))
+    };
+    let (feed, health) = tokio::sync::watch::channel(snapshot(1, "{\"n\":1}"));
+    let sink = MqttSink::new(config(broker_addr, 8), "shop-1")
+        .expect("sink")
+        .with_health(health);
+    let (_, _handle) = f.start_sink(sink, no_announcements());
+    const HEALTH: &str = "soundbox/shop-1/health";
+    let texts = || -> Vec<String> {
+        subscriber
+            .on(HEALTH)
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect()
+    };
+    for _ in 0..500 {
+        if !texts().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(texts(), vec!["{\"n\":1}"]);
+    // Same fingerprint within health_every: not published again.
+    feed.send_replace(snapshot(1, "{\"n\":2}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(texts(), vec!["{\"n\":1}"]);
+    // A changed fingerprint: at once.
+    feed.send_replace(snapshot(2, "{\"n\":3}"));
+    for _ in 0..500 {
+        if texts().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(texts(), vec!["{\"n\":1}", "{\"n\":3}"]);
+    // Retained: a late subscriber gets the latest.
+    let late = Subscriber::connect(broker_addr).await;
+    for _ in 0..500 {
+        if !late.on(HEALTH).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let latest = late.on(HEALTH);
+    assert_eq!(
+        latest.last().map(|p| &p.payload[..]),
+        Some(&b"{\"n\":3}"[..])
+    );
+    f.stop.cancel();
+}
