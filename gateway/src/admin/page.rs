@@ -185,6 +185,30 @@ pub fn render(report: &StatusReport) -> String {
                             }
                         }
                     }
+                    @if !report.subscriptions.is_empty() {
+                        section id="subscriptions" {
+                            h2 { "Subscriptions" }
+                            table {
+                                tr { th { "Connector" } th { "Broker and topic" } th { "State" } th class="num" { "Stored" } th class="num" { "Dropped" } th { "Last problem" } }
+                                @for s in &report.subscriptions {
+                                    tr {
+                                        td { (s.connector) }
+                                        td { (s.broker) br; span class="muted" { (s.topic) } }
+                                        td {
+                                            @if s.connected {
+                                                span class="tag good" { "subscribed" }
+                                            } @else {
+                                                span class="tag fail" { "not connected" }
+                                            }
+                                        }
+                                        td class="num" { (s.stored) }
+                                        td class="num" { (s.dropped) }
+                                        td class="muted" { (s.last_error.clone().unwrap_or_default()) }
+                                    }
+                                }
+                            }
+                        }
+                    }
                     section id="queues" {
                         h2 { "Delivery queues" }
                         table {

@@ -482,7 +482,7 @@ pub(super) fn parse_subscription(
         loc,
         &s.client_id,
         &k("client_id"),
-        format!("soundbox-{gateway_id}-{connector}"),
+        format!("soundbox-{gateway_id}-in-{connector}"),
     )?;
     let (username, password) = credentials(loc, key, &s.username, &s.password, span)?;
     Ok(SubscriptionConfig {

@@ -610,7 +610,7 @@ fn a_connector_may_take_its_input_from_an_mqtt_subscription() {
         .expect("subscription");
     assert_eq!(s.broker.to_string(), "mqtt://nats:1883");
     assert_eq!(s.topic, "chain/shop-1/payments");
-    assert_eq!(s.client_id, "soundbox-shop-1-chain");
+    assert_eq!(s.client_id, "soundbox-shop-1-in-chain");
     let cases = [
         (
             "topic = \"x\"\n",
