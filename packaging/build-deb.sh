@@ -16,7 +16,7 @@ CARGO=${CARGO:-cargo}
 
 command -v cargo-deb >/dev/null || $CARGO install cargo-deb --locked
 
-for plugin in sepay_webhook sepay_poll casso_webhook momo_ipn zalopay_callback vnpay_ipn generic_webhook demo_bank; do
+for plugin in sepay_webhook sepay_poll casso_webhook momo_ipn zalopay_callback vnpay_ipn generic_webhook demo_bank chain_relay; do
   [ -f plugins/target/wasm32-wasip2/release/$plugin.wasm ] || { echo "missing plugins/target/wasm32-wasip2/release/$plugin.wasm: run make plugins" >&2; exit 1; }
 done
 
