@@ -209,3 +209,108 @@ fn disk_free(dir: &Path) -> Option<u64> {
     let stat = rustix::fs::statvfs(dir).ok()?;
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> HealthDoc {
+        HealthDoc {
+            schema: HEALTH_SCHEMA,
+            gateway: "shop-1".into(),
+            version: "0.1.0".into(),
+            at: "2026-12-03T00:00:00.000Z".into(),
+            uptime_secs: 10,
+            ready: true,
+            problems: Vec::new(),
+            sinks: vec![SinkHealth {
+                name: "speaker:SB-1".into(),
+                pending: 1,
+                oldest_pending_secs: Some(2),
+                dead_letters: 0,
+                failing: false,
+            }],
+            speakers: SpeakersHealth {
+                online: 1,
+                total: 1,
+            },
+            connectors: ConnectorsHealth {
+                ok: 1,
+                failing: Vec::new(),
+            },
+            subscriptions: vec![SubscriptionHealth {
+                connector: "chain".into(),
+                connected: true,
+            }],
+            disk_free_bytes: Some(1 << 30),
+        }
+    }
+
+    #[test]
+    fn counts_and_ages_do_not_count_as_a_change_states_do() {
+        let base = doc();
+        let mut busier = doc();
+        busier.uptime_secs = 99;
+        busier.at = "2026-12-03T00:01:00.000Z".into();
+        busier.sinks[0].pending = 7;
+        busier.sinks[0].oldest_pending_secs = Some(30);
+        busier.disk_free_bytes = Some(1 << 29);
+        assert_eq!(base.fingerprint(), busier.fingerprint());
+
+        let changes: [fn(&mut HealthDoc); 6] = [
+            |d| d.ready = false,
+            |d| d.sinks[0].failing = true,
+            |d| d.sinks[0].pending = 0,
+            |d| d.speakers.online = 0,
+            |d| d.connectors.failing = vec!["sepay".into()],
+            |d| d.subscriptions[0].connected = false,
+        ];
+        for change in changes {
+            let mut changed = doc();
+            change(&mut changed);
+            assert_ne!(base.fingerprint(), changed.fingerprint(), "{changed:?}");
+        }
+    }
+
+    #[test]
+    fn the_document_reads_back_and_the_table_names_every_gateway() {
+        let json = serde_json::to_string(&doc()).expect("json");
+        let back: HealthDoc = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, doc());
+        let mut not_ready = doc();
+        not_ready.gateway = "shop-2".into();
+        not_ready.ready = false;
+        not_ready.problems = vec!["Speaker SB-2 is offline".into()];
+        let table = status::table(&[
+            status::GatewayView {
+                id: "shop-1".into(),
+                status: Some("online".into()),
+                health: Some(doc()),
+            },
+            status::GatewayView {
+                id: "shop-2".into(),
+                status: Some("offline".into()),
+                health: Some(not_ready),
+            },
+            status::GatewayView {
+                id: "shop-3".into(),
+                status: None,
+                health: None,
+            },
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[1].starts_with("shop-1") && lines[1].contains("online"),
+            "{table}"
+        );
+        assert!(
+            lines[2].starts_with("shop-2") && lines[2].contains("offline"),
+            "{table}"
+        );
+        assert!(lines[3].contains("! Speaker SB-2 is offline"), "{table}");
+        assert!(
+            lines[4].starts_with("shop-3") && lines[4].contains("no health document"),
+            "{table}"
+        );
+    }
+}
