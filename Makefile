@@ -67,6 +67,8 @@ test-tools:
 	command -v strace >/dev/null || missing="$$missing strace"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \

@@ -4,7 +4,9 @@
 //! The binary and the plugins must be built first; `make test` does both.
 
 pub mod mqtt;
+pub mod nats;
 pub mod sepay_api;
+pub mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -8,6 +8,7 @@ mod broker_guard;
 mod casso_webhook;
 mod chaos;
 mod cli;
+mod cluster_harness;
 mod crash;
 mod demo_bank;
 mod durability;
