@@ -151,8 +151,17 @@ impl Gateway {
         } else {
             "\n[log]\ndedupe_retention_days = 3650\n"
         };
+        // `id = "e2e"` unless the test names the gateway itself.
+        let id = if gateway_keys
+            .lines()
+            .any(|l| l.trim_start().starts_with("id "))
+        {
+            ""
+        } else {
+            "id = \"e2e\"\n"
+        };
         let config = format!(
-            "[gateway]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"{admin_addr}\"\ndata_dir = \"data\"\nid = \"e2e\"\n{gateway_keys}\n{config}{log}",
+            "[gateway]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"{admin_addr}\"\ndata_dir = \"data\"\n{id}{gateway_keys}\n{config}{log}",
             free_port()
         );
         std::fs::write(dir.path().join("config.toml"), config).expect("write config");

@@ -12,6 +12,7 @@ mod cluster_harness;
 mod crash;
 mod demo_bank;
 mod durability;
+mod fleet;
 mod generic_webhook;
 mod hello_connector;
 mod hostile_plugin;
