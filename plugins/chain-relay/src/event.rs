@@ -114,12 +114,14 @@ pub fn parse(body: &[u8]) -> Result<BalanceChange, ConnectorError> {
 
     let occurred_at_ms = match optional_text(&event, "occurred_at", usize::MAX)? {
         None => None,
-        Some(text) => Some(crate::rfc3339::parse(&text).ok_or_else(|| {
-            bad(format!(
-                "`occurred_at` `{}` is not an RFC 3339 time",
-                shown(&text)
-            ))
-        })?),
+        Some(text) => Some(
+            soundbox_plugin_sdk::time::parse_rfc3339(&text).ok_or_else(|| {
+                bad(format!(
+                    "`occurred_at` `{}` is not an RFC 3339 time",
+                    shown(&text)
+                ))
+            })?,
+        ),
     };
 
     let mut extra = Vec::new();

@@ -11,7 +11,6 @@
 //! once. See README.md.
 
 pub mod event;
-pub mod rfc3339;
 pub mod settings;
 
 use soundbox_plugin_sdk::{

@@ -279,53 +279,6 @@ pub fn parse_time(text: &str, format: TimeFormat) -> Option<i64> {
         TimeFormat::UnixMillis => text.parse().ok(),
         TimeFormat::VietnamLocal => time::parse_vietnam_local(text),
         TimeFormat::VietnamCompact => time::parse_vietnam_compact(text),
-        TimeFormat::Rfc3339 => parse_rfc3339(text),
+        TimeFormat::Rfc3339 => time::parse_rfc3339(text),
     }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` → Unix milliseconds.
-pub fn parse_rfc3339(text: &str) -> Option<i64> {
-    let civil = text.get(..19)?;
-    let rest = text.get(19..)?;
-    // The SDK reads a zone-less date as UTC+7; add that back for UTC+0.
-    let as_utc = time::parse_vietnam_local(civil)? + time::VIETNAM_OFFSET_SECS * 1000;
-    let (fraction, zone) = match rest.strip_prefix('.') {
-        Some(r) => {
-            let digits = r.bytes().take_while(u8::is_ascii_digit).count();
-            if digits == 0 {
-                return None;
-            }
-            let (f, z) = r.split_at(digits);
-            (f, z)
-        }
-        None => ("", rest),
-    };
-    let millis: i64 = if fraction.is_empty() {
-        0
-    } else {
-        format!("{:0<3}", &fraction[..fraction.len().min(3)])
-            .parse()
-            .ok()?
-    };
-    let offset_secs: i64 = match zone {
-        "Z" | "z" => 0,
-        _ => {
-            let b = zone.as_bytes();
-            if b.len() != 6 || b[3] != b':' {
-                return None;
-            }
-            let sign = match b[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let hours: i64 = zone.get(1..3)?.parse().ok()?;
-            let minutes: i64 = zone.get(4..6)?.parse().ok()?;
-            if hours > 23 || minutes > 59 {
-                return None;
-            }
-            sign * (hours * 3600 + minutes * 60)
-        }
-    };
-    Some(as_utc + millis - offset_secs * 1000)
 }
