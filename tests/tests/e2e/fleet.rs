@@ -320,7 +320,8 @@ async fn mosquitto_with_client_certificates() {
         &format!(
             "[[connector]]\nname = \"chain\"\nplugin = \"{}\"\n[connector.config]\naccounts = \"{acct}\"\n\
              [connector.mqtt]\nbroker = \"{url}\"\ntopic = \"chain/shop-1/payments\"\n{}retry_max_ms = 500\n\n\
-             [speaker]\n{}client_secret = \"sim-secret\"\n\n[[route]]\naccount = \"{acct}\"\nspeakers = [\"SB-1\"]\n",
+             [speaker]\n{}client_secret = \"sim-secret\"\n\n[[route]]\naccount = \"{acct}\"\nspeakers = [\"SB-1\"]\n\n\
+             [admin]\nstall_after_secs = 2\n",
             plugin("chain_relay").display(),
             tls(&shop_cert, &shop_key),
             api.speaker_keys(),
@@ -403,4 +404,34 @@ async fn mosquitto_with_client_certificates() {
     let plays = api.plays().await;
     let amounts: Vec<u64> = plays.iter().filter_map(|p| p["amount"].as_u64()).collect();
     assert_eq!(amounts, vec![amount(3)], "{plays:?}");
+
+    // The broker goes away: past `stall_after_secs`, /readyz names the
+    // subscription; back once the broker is.
+    let readyz = || async {
+        let r = client
+            .get(format!("http://{}/readyz", shop.admin_addr))
+            .send()
+            .await
+            .expect("readyz");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    assert_eq!(readyz().await.0, 200);
+    let mut broker = broker;
+    blocking(|| broker.stop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (code, body) = loop {
+        let (code, body) = readyz().await;
+        if code != 200 || Instant::now() > deadline {
+            break (code, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("connector `chain`: not subscribed"), "{body}");
+    blocking(|| broker.restart());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readyz().await.0 != 200 {
+        assert!(Instant::now() < deadline, "still unready: {}", readyz().await.1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
