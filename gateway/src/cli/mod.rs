@@ -71,7 +71,8 @@ enum FleetCommand {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
-    /// Run a plugin once and print what it found as JSON.
+    /// Run a plugin once: print what it found as JSON and the HTTP status the
+    /// sender would get (exit 1 unless 2xx).
     Test(plugin_test::PluginTest),
 }
 

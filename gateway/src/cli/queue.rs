@@ -230,9 +230,16 @@ fn age(ms: i64) -> String {
     }
 }
 
+/// The config as `queue` needs it: the store, the sinks and the admin API's
+/// address and token. Secrets it never sends (a connector's `${ENV}` keys,
+/// the speaker's, forwards', MQTT's) need not be set in this shell.
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load_read_only(path)?)
+}
+
 impl Queue {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let config = Config::load(&self.config)?;
+        let config = load_config(&self.config)?;
         let backend = Backend::connect(&config)?;
         let result = self.command.run(&backend).await;
         backend.close().await;
@@ -339,5 +346,73 @@ impl QueueCommand {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UNSET: &str = "SOUNDBOX_TEST_QUEUE_SURELY_UNSET_SECRET";
+
+    fn config_file(dir: &tempfile::TempDir, extra: &str) -> PathBuf {
+        std::fs::write(dir.path().join("p.wasm"), b"").expect("plugin file");
+        let path = dir.path().join("config.toml");
+        let text = format!(
+            "[gateway]\nadmin_listen = \"127.0.0.1:18081\"\n\
+             [[connector]]\nname = \"bank\"\nplugin = \"p.wasm\"\n\
+             [connector.config]\nsecret = \"${{{UNSET}}}\"\n{extra}"
+        );
+        std::fs::write(&path, text).expect("config");
+        path
+    }
+
+    #[test]
+    fn an_unset_connector_secret_still_gives_the_admin_address() {
+        assert!(std::env::var(UNSET).is_err(), "{UNSET} is set");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = config_file(&dir, "");
+        // `run` and `check` refuse it…
+        let strict = Config::load(&path).expect_err("the secret is unset");
+        assert!(strict.to_string().contains(UNSET), "{strict}");
+        // …`queue` only needs the admin API and the store.
+        let config = load_config(&path).expect("queue reads it");
+        assert_eq!(
+            config.gateway.admin_listen,
+            "127.0.0.1:18081".parse().expect("address")
+        );
+        assert_eq!(config.gateway.data_dir, dir.path().join("data"));
+    }
+
+    #[test]
+    fn speaker_and_forward_secrets_are_not_needed_either() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = config_file(
+            &dir,
+            &format!(
+                "[speaker]\nclient_id = \"${{{UNSET}}}\"\nclient_secret = \"${{{UNSET}}}\"\n\
+                 [[route]]\naccount = \"*\"\nspeakers = [\"VNS-1\"]\n\
+                 [[forward]]\nname = \"pos\"\nurl = \"https://pos.example/hook\"\n\
+                 [forward.headers]\nAuthorization = \"Bearer ${{{UNSET}}}\"\n"
+            ),
+        );
+        let config = load_config(&path).expect("queue reads it");
+        assert_eq!(
+            crate::sinks::sink_names(&config),
+            ["speaker:VNS-1", "pos"],
+            "the sinks are all there"
+        );
+    }
+
+    #[test]
+    fn the_admin_token_it_sends_must_be_set() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = config_file(&dir, &format!("[admin]\ntoken = \"${{{UNSET}}}\"\n"));
+        let error = load_config(&path).expect_err("the token is unset");
+        let text = format!("{error:#}");
+        assert!(
+            text.contains("admin.token") && text.contains(UNSET),
+            "{text}"
+        );
     }
 }

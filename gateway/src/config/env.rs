@@ -1,24 +1,41 @@
 //! `${NAME}` in config strings is replaced by the environment variable NAME,
 //! so secrets stay out of the file. `$${` writes a literal `${`.
 
-/// Expands every string in `table`, recursively.
-pub fn expand_table(table: toml::Table) -> Result<toml::Table, String> {
+/// A variable from the environment; unset is `None` (an error).
+pub fn from_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A variable from the environment; unset stays the literal `${NAME}`. For
+/// commands that read the config but never use these values (`queue`).
+pub fn from_env_or_kept(name: &str) -> Option<String> {
+    Some(std::env::var(name).unwrap_or_else(|_| format!("${{{name}}}")))
+}
+
+/// Expands every string in `table`, recursively, with `lookup`.
+pub fn expand_table(
+    table: toml::Table,
+    lookup: fn(&str) -> Option<String>,
+) -> Result<toml::Table, String> {
     table
         .into_iter()
-        .map(|(k, v)| Ok((k, expand_value(v)?)))
+        .map(|(k, v)| Ok((k, expand_value(v, lookup)?)))
         .collect()
 }
 
-fn expand_value(value: toml::Value) -> Result<toml::Value, String> {
+fn expand_value(
+    value: toml::Value,
+    lookup: fn(&str) -> Option<String>,
+) -> Result<toml::Value, String> {
     Ok(match value {
-        toml::Value::String(s) => toml::Value::String(expand(&s, |name| std::env::var(name).ok())?),
+        toml::Value::String(s) => toml::Value::String(expand(&s, lookup)?),
         toml::Value::Array(items) => toml::Value::Array(
             items
                 .into_iter()
-                .map(expand_value)
+                .map(|v| expand_value(v, lookup))
                 .collect::<Result<_, _>>()?,
         ),
-        toml::Value::Table(t) => toml::Value::Table(expand_table(t)?),
+        toml::Value::Table(t) => toml::Value::Table(expand_table(t, lookup)?),
         other => other,
     })
 }

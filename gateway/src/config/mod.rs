@@ -419,6 +419,8 @@ struct RawConnector {
 struct Locator<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Where `${NAME}` comes from.
+    env: fn(&str) -> Option<String>,
 }
 
 impl Locator<'_> {
@@ -460,9 +462,30 @@ impl Config {
         Self::parse(path, &text)
     }
 
+    /// Reads and validates `path` for a command that only inspects
+    /// (`queue`): a `${NAME}` that is not set stays the literal text instead
+    /// of failing, since such commands never use connector, speaker,
+    /// forward or MQTT secrets. `admin.token` must still be set: it is
+    /// what the admin API asks for. Never run a gateway on this config.
+    pub fn load_read_only(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse_with(path, &text, env::from_env_or_kept)
+    }
+
     /// Parses `text` as if read from `path` (relative paths resolve against its folder).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let loc = Locator { path, text };
+        Self::parse_with(path, text, env::from_env)
+    }
+
+    fn parse_with(
+        path: &Path,
+        text: &str,
+        env: fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let loc = Locator { path, text, env };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             loc.at(
@@ -665,7 +688,7 @@ impl Config {
             let settings = match c.config {
                 Some(table) => {
                     let span = table.span();
-                    env::expand_table(table.into_inner())
+                    env::expand_table(table.into_inner(), loc.env)
                         .map_err(|e| loc.at(span, &key("config"), e))?
                 }
                 None => toml::Table::new(),
@@ -903,7 +926,7 @@ fn parse_forwards(
         let mut headers = Vec::new();
         if let Some(table) = f.headers {
             let span = table.span();
-            let expanded = env::expand_table(table.into_inner())
+            let expanded = env::expand_table(table.into_inner(), loc.env)
                 .map_err(|e| loc.at(span.clone(), &key("headers"), e))?;
             for (name, value) in expanded {
                 let Some(value) = value.as_str() else {
@@ -960,7 +983,9 @@ fn parse_admin(loc: &Locator<'_>, raw: RawAdmin) -> Result<AdminConfig, ConfigEr
     let d = AdminConfig::default();
     let token = match raw.token {
         Some(t) => {
-            let token = expand_env(loc, &t, "admin.token")?;
+            // Set even for read-only commands: `queue` sends it.
+            let token = env::expand(t.get_ref(), env::from_env)
+                .map_err(|e| loc.at(t.span(), "admin.token", e))?;
             if token.len() < 16 {
                 return Err(loc.at(
                     t.span(),
@@ -994,8 +1019,7 @@ fn expand_env(
     value: &Spanned<String>,
     key: &str,
 ) -> Result<String, ConfigError> {
-    env::expand(value.get_ref(), |n| std::env::var(n).ok())
-        .map_err(|e| loc.at(value.span(), key, e))
+    env::expand(value.get_ref(), loc.env).map_err(|e| loc.at(value.span(), key, e))
 }
 
 /// A positive number of milliseconds at `key`, `default` if absent.

@@ -272,7 +272,7 @@ async fn handle(
     };
     let result = match plugin.handle(request).await {
         Ok(result) => result,
-        Err(error) => return call_failed(name, error),
+        Err(error) => return answer(name, Err(error)),
     };
     // Only stale changes: refused (4xx, so the sender does not retry into
     // acceptance) and nothing, KV writes included, kept. Mixed: the fresh ones
@@ -286,9 +286,20 @@ async fn handle(
     if let Err(error) = store(&*ingress.log, name, changes, kv).await {
         return not_stored(name, &error);
     }
-    match result.reply {
-        Some(reply) => plugin_reply(name, reply),
-        None => (
+    answer(name, Ok(result.reply))
+}
+
+/// What the sender is told once the plugin has answered (and its changes
+/// are stored): a failed call's status and generic reason, the plugin's
+/// reply, or `200 {"ok":true}`. `plugin test` prints the same.
+pub(crate) fn answer(
+    name: &str,
+    result: Result<Option<crate::connectors::Reply>, CallError>,
+) -> Response {
+    match result {
+        Err(error) => call_failed(name, error),
+        Ok(Some(reply)) => plugin_reply(name, reply),
+        Ok(None) => (
             StatusCode::OK,
             axum::Json(serde_json::json!({ "ok": true })),
         )
@@ -333,7 +344,7 @@ pub async fn store(
 }
 
 /// A webhook whose every change is older than the dedupe window.
-fn stale_refused() -> Response {
+pub(crate) fn stale_refused() -> Response {
     reason(
         StatusCode::BAD_REQUEST,
         "stale",
