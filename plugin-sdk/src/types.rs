@@ -69,16 +69,59 @@ impl HttpResponse {
 }
 
 impl BalanceChange {
-    /// Incoming money in VND with every optional field empty; set the rest
-    /// with struct update syntax or the `with_*` helpers.
+    /// Incoming money in VND with every optional field empty. Set the rest
+    /// with struct update syntax:
+    ///
+    /// ```
+    /// use soundbox_plugin_sdk::BalanceChange;
+    ///
+    /// let change = BalanceChange {
+    ///     content: Some("DH1234 thanh toan".into()),
+    ///     occurred_at_ms: Some(1_700_000_000_000),
+    ///     ..BalanceChange::incoming("hello", "42", "0001", 150_000)
+    /// };
+    /// assert_eq!(change.amount, 150_000);
+    /// ```
+    ///
+    /// The speaker announces incoming changes only; see [`outgoing`](Self::outgoing).
     pub fn incoming(provider: &str, transaction_id: &str, account: &str, amount: u64) -> Self {
+        Self::new(
+            Direction::Incoming,
+            provider,
+            transaction_id,
+            account,
+            amount,
+        )
+    }
+
+    /// Outgoing money (a transfer out of `account`) in VND with every
+    /// optional field empty, like [`incoming`](Self::incoming). The gateway
+    /// stores and forwards it; the speaker stays silent unless the shop's
+    /// config asks to announce outgoing payments.
+    pub fn outgoing(provider: &str, transaction_id: &str, account: &str, amount: u64) -> Self {
+        Self::new(
+            Direction::Outgoing,
+            provider,
+            transaction_id,
+            account,
+            amount,
+        )
+    }
+
+    fn new(
+        direction: Direction,
+        provider: &str,
+        transaction_id: &str,
+        account: &str,
+        amount: u64,
+    ) -> Self {
         BalanceChange {
             provider: provider.into(),
             transaction_id: transaction_id.into(),
             account: account.into(),
             amount,
             currency: "VND".into(),
-            direction: Direction::Incoming,
+            direction,
             reference: None,
             counterparty: None,
             content: None,
@@ -97,5 +140,47 @@ impl ConnectorError {
             | ConnectorError::Transient(r)
             | ConnectorError::Fatal(r) => r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outgoing_mirrors_incoming_but_for_the_direction() {
+        let out = BalanceChange::outgoing("sepay", "92704", "0123499999", 2_277_000);
+        assert_eq!(out.direction, Direction::Outgoing);
+        assert_eq!(out.provider, "sepay");
+        assert_eq!(out.transaction_id, "92704");
+        assert_eq!(out.account, "0123499999");
+        assert_eq!(out.amount, 2_277_000);
+        assert_eq!(out.currency, "VND");
+        assert_eq!(
+            (&out.reference, &out.counterparty, &out.content),
+            (&None, &None, &None)
+        );
+        assert_eq!(out.occurred_at_ms, None);
+        assert!(out.extra.is_empty());
+
+        let incoming = BalanceChange::incoming("sepay", "92704", "0123499999", 2_277_000);
+        assert_eq!(incoming.direction, Direction::Incoming);
+        assert_eq!(
+            BalanceChange {
+                direction: Direction::Incoming,
+                ..out
+            },
+            incoming
+        );
+    }
+
+    #[test]
+    fn optional_fields_by_struct_update() {
+        let out = BalanceChange {
+            counterparty: Some("NGUYEN VAN A".into()),
+            ..BalanceChange::outgoing("hello", "7", "0001", 10_000)
+        };
+        assert_eq!(out.counterparty.as_deref(), Some("NGUYEN VAN A"));
+        assert_eq!(out.direction, Direction::Outgoing);
     }
 }
