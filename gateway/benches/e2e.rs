@@ -39,7 +39,9 @@
 //! (the gateway's next request waits for the previous one's event and
 //! voice), then `SENDERS` concurrent senders in a closed loop. Then ten
 //! speakers on ten accounts, all online, one offline and against a flaky
-//! API ([`lanes`]). Also: warm startup to `/readyz` against `--version`, one
+//! API ([`lanes`]); then the chain path, a relay gateway and ten shops over
+//! a three-node NATS cluster, against those ten speakers on one gateway
+//! ([`chain`]). Also: warm startup to `/readyz` against `--version`, one
 //! plugin call against the same parsing compiled natively, and the issue
 //! goals computed from all this. Every payment must be published on
 //! `events` once, announced `sent` once with one final result, and played
@@ -60,6 +62,8 @@
 
 mod common;
 // Beside this file, not in `benches/` itself: cargo would take it for a bench.
+#[path = "e2e/chain.rs"]
+mod chain;
 #[path = "e2e/lanes.rs"]
 mod lanes;
 
@@ -405,6 +409,8 @@ struct Subscriber {
 const QUIET: Duration = Duration::from_secs(15);
 
 impl Subscriber {
+    /// To `<prefix>/events` and `<prefix>/announcements`; `prefix` may hold
+    /// `+` levels (`chain/+`: every gateway of a chain).
     fn connect(port: u16, prefix: &str) -> Subscriber {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -543,10 +549,10 @@ async fn subscribe(
                 let amount = json.as_ref().and_then(|j| j["amount"].as_u64());
                 let mut s = lock(&seen);
                 match (amount, json) {
-                    (Some(a), _) if p.topic == topics[0] => {
+                    (Some(a), _) if topic_matches(&topics[0], &p.topic) => {
                         s.events.entry(a).or_default().push(now)
                     }
-                    (Some(a), Some(j)) if p.topic == topics[1] => {
+                    (Some(a), Some(j)) if topic_matches(&topics[1], &p.topic) => {
                         let text = |k: &str| j[k].as_str().unwrap_or_default().to_string();
                         let heard = Heard {
                             arrived: now,
@@ -573,6 +579,19 @@ async fn subscribe(
         }
     }
     let _ = client.disconnect().await;
+}
+
+/// Whether MQTT topic filter `filter` (with `+` levels, no `#`) matches `topic`.
+fn topic_matches(filter: &str, topic: &str) -> bool {
+    let (mut f, mut t) = (filter.split('/'), topic.split('/'));
+    loop {
+        match (f.next(), t.next()) {
+            (None, None) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
 }
 
 /// When each payment's notify was accepted (amount → the gateway's clock):
@@ -988,6 +1007,8 @@ struct GatewayProcess {
     pid: u32,
     /// `POST` webhooks here.
     url: String,
+    /// Its admin API's address.
+    admin: String,
     mqtt_port: u16,
     log_path: std::path::PathBuf,
 }
@@ -999,6 +1020,12 @@ impl GatewayProcess {
     fn start(dir: &Path, sim: &SpeakerSim, routes: &str) -> GatewayProcess {
         std::fs::create_dir_all(dir).expect("gateway dir");
         let (listen, admin, mqtt_port) = gateway_config(dir, sim, routes);
+        GatewayProcess::launch(dir, &listen, &admin, mqtt_port)
+    }
+
+    /// On `dir/config.toml` as written, which listens on `listen` (webhooks),
+    /// `admin` and, if it has the embedded broker, `mqtt_port`.
+    fn launch(dir: &Path, listen: &str, admin: &str, mqtt_port: u16) -> GatewayProcess {
         let log_path = dir.join("gateway.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_soundbox-gateway"))
             .args(["--log-format", "json", "run", "--config"])
@@ -1008,7 +1035,7 @@ impl GatewayProcess {
             .stderr(File::create(&log_path).expect("gateway log file"))
             .spawn()
             .expect("start the gateway");
-        if !common::wait_ready(&admin, Instant::now(), Duration::from_secs(60)) {
+        if !common::wait_ready(admin, Instant::now(), Duration::from_secs(60)) {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -1020,6 +1047,7 @@ impl GatewayProcess {
             pid: child.id(),
             child: Some(child),
             url: format!("http://{listen}/hooks/sepay"),
+            admin: admin.to_string(),
             mqtt_port,
             log_path,
         }
@@ -1392,6 +1420,7 @@ fn main() {
     let raw = stats(raw_samples);
     let gw = run_gateway(&rt, scratch.path());
     let lanes = lanes::run(&rt, &scratch.path().join("lanes"));
+    let chain = chain::run(&rt, &scratch.path().join("chain"));
     let elapsed = started.elapsed();
 
     println!(
@@ -1510,6 +1539,13 @@ fn main() {
     println!();
     lanes.print();
     println!();
+    match &chain {
+        Some(chain) => chain.print(&lanes.online),
+        None => {
+            println!("chain: skipped, nats-server is not installed (`make test-tools` installs it)")
+        }
+    }
+    println!();
     println!("goals (computed from the figures above):");
     goal("#2 plugin call p99", micros(wasm.p99), 100.0, "µs", false);
     goal(
@@ -1559,6 +1595,9 @@ fn main() {
         if exact == 0 { " met  " } else { "NOT met" }
     );
     lanes.goals();
+    if let Some(chain) = &chain {
+        chain.goals();
+    }
     println!();
     println!("bench ran {:.0} s", elapsed.as_secs_f64());
 }

@@ -33,7 +33,7 @@ use soundbox_e2e::sepay_webhook_to;
 use super::*;
 
 /// Speakers, one per account.
-const SPEAKERS: u64 = 10;
+pub(super) const SPEAKERS: u64 = 10;
 /// The speaker (`id % SPEAKERS`) that goes offline in the second scenario.
 const OFFLINE: u64 = SPEAKERS - 1;
 const WARM_UP: u64 = 50;
@@ -54,7 +54,7 @@ const VOICE_LIMIT: Duration = Duration::from_secs(30);
 const LANES_DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 /// The speaker of payment `id`.
-fn speaker_of(id: u64) -> u64 {
+pub(super) fn speaker_of(id: u64) -> u64 {
     id % SPEAKERS
 }
 
@@ -67,20 +67,20 @@ fn offline(id: u64) -> bool {
     !online(id)
 }
 
-fn all(_: u64) -> bool {
+pub(super) fn all(_: u64) -> bool {
     true
 }
 
-fn hardware_id(speaker: u64) -> String {
+pub(super) fn hardware_id(speaker: u64) -> String {
     format!("VNS-LANE-{:02}", speaker + 1)
 }
 
-fn account(speaker: u64) -> String {
+pub(super) fn account(speaker: u64) -> String {
     format!("01234000{:02}", speaker + 1)
 }
 
 /// The SePay webhook of payment `id`, into its speaker's account.
-fn body(id: u64) -> String {
+pub(super) fn body(id: u64) -> String {
     sepay_webhook_to(&account(speaker_of(id)), id, amount(id))
 }
 
@@ -103,7 +103,7 @@ pub(super) struct Scenario {
 
 impl Scenario {
     /// From the shots of both levels, counting only payments `measured(id)`.
-    fn of(
+    pub(super) fn of(
         seq: &[Shot],
         load: &[Shot],
         voiced: &HashMap<u64, SystemTime>,
@@ -154,7 +154,7 @@ pub(super) struct LanesRun {
 /// Senders that each post a webhook and, if `waits(id)`, wait until its
 /// notify was accepted (its `sent` on MQTT) before the next. `queues`: the
 /// ids in order, and how many senders share them.
-async fn voice_loop(
+pub(super) async fn voice_loop(
     client: &reqwest::Client,
     url: &str,
     queues: Vec<(Vec<u64>, usize)>,
@@ -213,14 +213,14 @@ fn by_speaker(ids: std::ops::Range<u64>, senders: usize) -> Vec<(Vec<u64>, usize
 }
 
 /// The next `n` payment ids.
-fn take(next: &mut u64, n: u64) -> std::ops::Range<u64> {
+pub(super) fn take(next: &mut u64, n: u64) -> std::ops::Range<u64> {
     let ids = *next..*next + n;
     *next += n;
     ids
 }
 
 /// Acknowledged payments among `shots` that `counted(id)`.
-fn acked(shots: &[Shot], counted: fn(u64) -> bool) -> u64 {
+pub(super) fn acked(shots: &[Shot], counted: fn(u64) -> bool) -> u64 {
     shots.iter().filter(|s| s.ok() && counted(s.id)).count() as u64
 }
 

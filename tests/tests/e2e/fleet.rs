@@ -431,7 +431,11 @@ async fn mosquitto_with_client_certificates() {
     blocking(|| broker.restart());
     let deadline = Instant::now() + Duration::from_secs(30);
     while readyz().await.0 != 200 {
-        assert!(Instant::now() < deadline, "still unready: {}", readyz().await.1);
+        assert!(
+            Instant::now() < deadline,
+            "still unready: {}",
+            readyz().await.1
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
