@@ -72,7 +72,7 @@ enum FleetCommand {
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
     /// Run a plugin once: print what it found as JSON and the HTTP status the
-    /// sender would get (exit 1 unless 2xx).
+    /// sender would get (exit 1 when the plugin fails the call).
     Test(plugin_test::PluginTest),
 }
 
