@@ -94,15 +94,13 @@ fn plugin_test_prints_the_changes() {
         "plugin",
         "test",
         wasm.to_str().expect("utf-8 path"),
-        "--webhook",
+        "--body",
         "{}",
         "--set",
         "api_key=k",
     ]);
     assert_eq!(denied.status.code(), Some(1));
-    assert!(
-        text(&denied.stderr).contains("unauthorized"),
-        "{}",
-        text(&denied.stderr)
-    );
+    let stderr = text(&denied.stderr);
+    assert!(stderr.contains("unauthorized"), "{stderr}");
+    assert!(stderr.contains("sender gets HTTP 401"), "{stderr}");
 }
