@@ -18,6 +18,7 @@ pub mod kv;
 pub mod runtime;
 #[cfg(test)]
 mod tests;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::future::Future;
