@@ -20,6 +20,9 @@ for plugin in sepay_webhook sepay_poll casso_webhook momo_ipn zalopay_callback v
   [ -f plugins/target/wasm32-wasip2/release/$plugin.wasm ] || { echo "missing plugins/target/wasm32-wasip2/release/$plugin.wasm: run make plugins" >&2; exit 1; }
 done
 
+# Each shipped plugin's manifest and signature, and the key that signed them.
+CARGO="$CARGO" sh packaging/sign-plugins.sh
+
 # Cargo decides what is stale; nothing is rebuilt when it is up to date.
 sh packaging/cross-build.sh "$@"
 

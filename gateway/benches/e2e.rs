@@ -83,6 +83,9 @@ use serde::Deserialize;
 use common::{Stats, goal, micros, ms, stats};
 use soundbox_e2e::sepay_webhook;
 
+/// The plugins of `make plugins` are unsigned: the gateways here run them
+/// as on a developer's machine.
+const UNSIGNED_PLUGINS: &str = "[plugins]\nunsigned = \"allowed for local development\"\n";
 /// Raw `fdatasync` appends (the physical limit) and their record size.
 const RAW_SYNCS: usize = 3_000;
 const RECORD_BYTES: usize = 200;
@@ -1087,7 +1090,7 @@ fn gateway_config(dir: &Path, sim: &SpeakerSim, routes: &str) -> (String, String
          [speaker]\nbase_url = \"{base}\"\nclient_id = \"sim-client\"\nclient_secret = \"sim-secret\"\n\
          max_age_secs = 86400\n\n\
          {routes}\n\
-         [mqtt]\nbroker = \"embedded\"\nembedded_listen = \"127.0.0.1:{mqtt}\"\n",
+         [mqtt]\nbroker = \"embedded\"\nembedded_listen = \"127.0.0.1:{mqtt}\"\n\n{UNSIGNED_PLUGINS}",
         plugin = common::sepay_plugin().display(),
         base = sim.url("/devices/v1"),
     );

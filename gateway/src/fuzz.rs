@@ -376,7 +376,12 @@ fn sepay_harness() -> &'static SepayHarness {
         connector.name = "sepay".into();
         let engine = Arc::new(Runtime::new(PluginLimits::default(), None).expect("wasm engine"));
         let plugin = runtime
-            .block_on(Plugin::load(engine, &connector, &store))
+            .block_on(Plugin::load(
+                engine,
+                &connector,
+                &crate::config::PluginTrustConfig::run_any(),
+                &store,
+            ))
             .expect("load the SePay plugin");
         let log = Arc::new(RecordingLog::default());
         let ingress = Arc::new(Ingress {

@@ -151,6 +151,14 @@ impl Gateway {
         } else {
             "\n[log]\ndedupe_retention_days = 3650\n"
         };
+        // The plugins built from `plugins/` are unsigned: they run as on a
+        // developer's machine, unless the test says whose plugins run
+        // (signed_plugins.rs).
+        let plugins = if config.contains("[plugins]") {
+            ""
+        } else {
+            "[plugins]\nunsigned = \"allowed for local development\"\n\n"
+        };
         // `id = "e2e"` unless the test names the gateway itself.
         let id = if gateway_keys
             .lines()
@@ -161,7 +169,7 @@ impl Gateway {
             "id = \"e2e\"\n"
         };
         let config = format!(
-            "[gateway]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"{admin_addr}\"\ndata_dir = \"data\"\n{id}{gateway_keys}\n{config}{log}",
+            "[gateway]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"{admin_addr}\"\ndata_dir = \"data\"\n{id}{gateway_keys}\n{plugins}{config}{log}",
             free_port()
         );
         std::fs::write(dir.path().join("config.toml"), config).expect("write config");

@@ -194,7 +194,12 @@ pub fn plugin_call_samples(
     let config = ConnectorConfig::ad_hoc(sepay_plugin(), settings);
     let runtime = Arc::new(Runtime::new(PluginLimits::default(), None).expect("runtime"));
     let plugin = rt
-        .block_on(Plugin::load(runtime, &config, &store))
+        .block_on(Plugin::load(
+            runtime,
+            &config,
+            &soundbox_gateway::config::PluginTrustConfig::run_any(),
+            &store,
+        ))
         .expect("load plugin");
     let request = IncomingRequest {
         method: "POST".into(),

@@ -58,7 +58,7 @@ fn gateway_table(id: &str) -> (String, String, String) {
         format!("127.0.0.1:{}", common::free_port()),
     );
     let table = format!(
-        "[gateway]\nid = \"{id}\"\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"data\"\n\n"
+        "[gateway]\nid = \"{id}\"\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"data\"\n\n{UNSIGNED_PLUGINS}\n"
     );
     (table, listen, admin)
 }

@@ -168,7 +168,11 @@ pub fn render(report: &StatusReport) -> String {
                             tr { th { "Connector" } th { "Kind" } th { "State" } th class="num" { "Calls" } th { "Last problem" } }
                             @for c in &report.connectors {
                                 tr {
-                                    td { (c.name) br; span class="muted" { (c.plugin) } }
+                                    td {
+                                        (c.name) br;
+                                        span class="muted" { (c.plugin) @if let Some(v) = &c.version { " · " (v) } } br;
+                                        span class="muted" { (c.signature) }
+                                    }
                                     td { (c.kind) }
                                     td {
                                         @if c.health.consecutive_failures > 0 {

@@ -39,6 +39,10 @@ pub struct Live {
     pub speaker_health: Arc<SpeakerHealth>,
     /// Each connector's MQTT subscription, if it has one.
     pub subscriptions: ArcSwap<Vec<(String, SubscriptionConfig, Arc<SubscriptionStats>)>>,
+    /// Why the last config change was refused (a bad line, or a plugin
+    /// that would not load, such as an upgrade asking for a host the
+    /// config does not grant); None once a change is applied.
+    pub refused_change: ArcSwap<Option<String>>,
     pub started: Instant,
 }
 
@@ -105,6 +109,10 @@ pub struct ConnectorReport {
     /// `webhook`, `poll` or `webhook+poll`.
     pub kind: &'static str,
     pub plugin: String,
+    /// Signed (by whom), unsigned, ... as checked when it was loaded.
+    pub signature: String,
+    /// The signed manifest's name and version, if it has one.
+    pub version: Option<String>,
     #[serde(flatten)]
     pub health: HealthReport,
 }
@@ -193,6 +201,11 @@ impl Live {
         };
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
+        if let Some(why) = self.refused_change.load().as_ref() {
+            warnings.push(format!(
+                "a config change was refused; still running the previous config: {why}"
+            ));
+        }
         let speaker_health = self.speaker_health.all();
         // A lane whose speaker is down is reported once, as the speaker.
         let speaker_down = |sink: &str| {
@@ -298,6 +311,8 @@ impl Live {
                         .file_name()
                         .map(|f| f.to_string_lossy().into_owned())
                         .unwrap_or_default(),
+                    signature: p.signature().to_string(),
+                    version: p.manifest().map(|m| format!("{} {}", m.name, m.version)),
                     health,
                 }
             })

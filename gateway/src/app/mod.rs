@@ -72,7 +72,7 @@ fn runtime(config: &Config) -> anyhow::Result<Arc<Runtime>> {
 /// Builds the runtime and loads every connector.
 pub async fn load_connectors(config: &Config, store: &Store) -> anyhow::Result<Arc<Connectors>> {
     let runtime = runtime(config)?;
-    let connectors = Connectors::load_all(&runtime, &config.connectors, store)
+    let connectors = Connectors::load_all(&runtime, &config.connectors, &config.plugins, store)
         .await
         .map_err(|(name, e)| anyhow::anyhow!("connector `{name}`: {e}"))?;
     Ok(Arc::new(connectors))
@@ -164,7 +164,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let log = open_log(&config.gateway.data_dir, config.log.clone())?;
     let shared_log: Arc<dyn EventLog> = Arc::new(log.clone());
     let runtime = runtime(&config)?;
-    let connectors = Connectors::load_all(&runtime, &config.connectors, &log)
+    let connectors = Connectors::load_all(&runtime, &config.connectors, &config.plugins, &log)
         .await
         .map_err(|(name, e)| anyhow::anyhow!("connector `{name}`: {e}"))?;
     let connectors = Arc::new(ArcSwap::from_pointee(connectors));
@@ -186,6 +186,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         speakers,
         speaker_health: Arc::new(SpeakerHealth::default()),
         subscriptions: ArcSwap::from_pointee(Vec::new()),
+        refused_change: ArcSwap::from_pointee(None),
         started,
     });
     let (health_feed, health) = tokio::sync::watch::channel(None);
@@ -321,17 +322,25 @@ impl Gateway {
             Err(error) => {
                 metrics().reloads.with_label_values(&["rejected"]).inc();
                 tracing::error!(%error, "config change refused; still running the previous config");
+                self.live
+                    .refused_change
+                    .store(Arc::new(Some(error.to_string())));
                 return;
             }
         };
         let previous = self.connectors.load_full();
-        let unchanged_plugins = new.connectors.len() == previous.len()
+        // Other trusted keys: every plugin is checked again.
+        let same_trust = new.plugins == self.config.plugins;
+        let unchanged_plugins = same_trust
+            && new.connectors.len() == previous.len()
             && new
                 .connectors
                 .iter()
                 .all(|c| previous.get(&c.name).is_some_and(|p| p.is_current(c)));
         if new == self.config && unchanged_plugins {
             tracing::debug!("config and plugins unchanged");
+            // Back to what runs: an earlier refusal no longer stands.
+            self.live.refused_change.store(Arc::new(None));
             return;
         }
         // Everything new is loaded before anything running is touched.
@@ -339,18 +348,21 @@ impl Gateway {
         let (mut added, mut replaced) = (Vec::new(), Vec::new());
         for c in &new.connectors {
             match previous.get(&c.name) {
-                Some(p) if p.is_current(c) => {
+                Some(p) if same_trust && p.is_current(c) => {
                     plugins.push(p.clone());
                     continue;
                 }
                 Some(_) => replaced.push(c.name.clone()),
                 None => added.push(c.name.clone()),
             }
-            match Plugin::load(self.runtime.clone(), c, &self.log).await {
+            match Plugin::load(self.runtime.clone(), c, &new.plugins, &self.log).await {
                 Ok(plugin) => plugins.push(Arc::new(plugin)),
                 Err(error) => {
                     metrics().reloads.with_label_values(&["rejected"]).inc();
                     tracing::error!(connector = %c.name, %error, "config change refused: a plugin would not load; still running the previous config");
+                    self.live
+                        .refused_change
+                        .store(Arc::new(Some(format!("connector `{}`: {error}", c.name))));
                     return;
                 }
             }
@@ -378,6 +390,7 @@ impl Gateway {
         }
         self.config = new;
         self.live.config.store(Arc::new(self.config.clone()));
+        self.live.refused_change.store(Arc::new(None));
         metrics().reloads.with_label_values(&["applied"]).inc();
         tracing::info!(
             ?added,

@@ -14,6 +14,7 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::connectors::trust;
 
 /// How long the files must be quiet before a reload starts.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -70,8 +71,17 @@ impl Watcher {
 
     /// Watches exactly the files `config` names (after a reload they change).
     pub fn watch(&mut self, config: &Config) {
+        // A plugin's manifest and signature too: a new signature (a new
+        // version) is a change.
+        let plugin_files = config.connectors.iter().flat_map(|c| {
+            [
+                c.plugin.clone(),
+                trust::manifest_path(&c.plugin),
+                trust::signature_path(&c.plugin),
+            ]
+        });
         let files: BTreeSet<PathBuf> = std::iter::once(config.source.clone())
-            .chain(config.connectors.iter().map(|c| c.plugin.clone()))
+            .chain(plugin_files)
             .map(|f| absolute(&f))
             .collect();
         let folders: BTreeSet<PathBuf> = files

@@ -1,6 +1,7 @@
 //! The `soundbox-gateway` command line.
 
 mod log_fields;
+mod plugin_sign;
 mod plugin_test;
 mod queue;
 mod speaker;
@@ -74,6 +75,25 @@ enum PluginCommand {
     /// Run a plugin once: print what it found as JSON and the HTTP status the
     /// sender would get (exit 1 when the plugin fails the call).
     Test(plugin_test::PluginTest),
+    /// Make a minisign key pair for signing plugins: <OUT>.key (secret,
+    /// unencrypted, mode 0600) and <OUT>.pub.
+    Keygen {
+        /// Path prefix of the two files, e.g. keys/acme.
+        out: PathBuf,
+    },
+    /// Write a plugin's manifest (its sha256, the hosts it needs, KV use,
+    /// memory) beside it and sign it with a minisign key.
+    Sign(plugin_sign::SignArgs),
+    /// Show a plugin's manifest and whether it is signed by a trusted key
+    /// (exit 1 unless it is).
+    Inspect {
+        /// The plugin (`.wasm` component).
+        wasm: PathBuf,
+        /// A trusted publisher key: the `RW…` public key line or a `.pub`
+        /// file (repeatable).
+        #[arg(long = "trust", value_name = "KEY")]
+        trusted: Vec<String>,
+    },
 }
 
 /// Parses the command line, runs the command, prints the whole error chain.
@@ -118,6 +138,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugin {
             command: PluginCommand::Test(args),
         } => args.run().await,
+        Command::Plugin {
+            command: PluginCommand::Keygen { out },
+        } => plugin_sign::keygen(&out).map(|()| ExitCode::SUCCESS),
+        Command::Plugin {
+            command: PluginCommand::Sign(args),
+        } => plugin_sign::sign(&args).map(|()| ExitCode::SUCCESS),
+        Command::Plugin {
+            command: PluginCommand::Inspect { wasm, trusted },
+        } => plugin_sign::inspect(&wasm, &trusted),
     }
 }
 
@@ -130,7 +159,12 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     let connectors = crate::app::load_connectors(&config, &log).await?;
     println!("{}: ok", path.display());
     for plugin in connectors.iter() {
-        println!("  connector {:<20} {:?}", plugin.name(), plugin.world());
+        println!(
+            "  connector {:<20} {:?}, {}",
+            plugin.name(),
+            plugin.world(),
+            plugin.signature()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

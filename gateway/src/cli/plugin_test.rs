@@ -8,10 +8,13 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use base64::Engine;
 use clap::Args;
-use sha2::digest::core_api::BlockSizeUser;
-use sha2::{Digest, Sha256, Sha512};
+use hmac::digest::KeyInit;
+use hmac::digest::core_api::BlockSizeUser;
+use hmac::{Mac, SimpleHmac};
+use sha2::Digest;
+use sha2::{Sha256, Sha512};
 
-use crate::config::{ConnectorConfig, PluginLimits};
+use crate::config::{ConnectorConfig, PluginLimits, PluginTrustConfig};
 use crate::connectors::{IncomingRequest, Plugin, Runtime};
 use crate::ingress::{self, StaleRule};
 use crate::log::{EventLog, LogOptions, Store};
@@ -113,7 +116,8 @@ impl PluginTest {
         let stale = StaleRule::new(log_options.dedupe_retention);
         let store = Store::open(scratch.path(), log_options)?;
         let runtime = Arc::new(Runtime::new(PluginLimits::default(), None)?);
-        let plugin = Plugin::load(runtime, &connector, &store).await?;
+        let plugin =
+            Plugin::load(runtime, &connector, &PluginTrustConfig::run_any(), &store).await?;
 
         let started = std::time::Instant::now();
         let Some(request) = webhook else {
@@ -123,6 +127,8 @@ impl PluginTest {
             }
             let output = serde_json::json!({
                 "world": plugin.world(),
+                "signature": plugin.signature().to_string(),
+                "manifest": plugin.manifest(),
                 "changes": result.changes,
                 "next_poll_ms": result.next_poll.map(|d| d.as_millis() as u64),
             });
@@ -158,6 +164,8 @@ impl PluginTest {
             .context("reading the gateway's answer")?;
         let output = serde_json::json!({
             "world": plugin.world(),
+            "signature": plugin.signature().to_string(),
+            "manifest": plugin.manifest(),
             "changes": changes,
             "reply": reply.map(|r| serde_json::json!({
                 "status": r.status,
@@ -428,25 +436,13 @@ impl Signer {
     }
 }
 
-/// HMAC (RFC 2104) over a SHA-2 hash (the gateway has no `hmac` crate;
-/// tested against RFC 4231 and the SDK's).
+/// HMAC of `message` under `key` with SHA-256 or SHA-512.
 fn hmac<D: Digest + BlockSizeUser>(key: &[u8], message: &[u8]) -> Vec<u8> {
-    let block = D::block_size();
-    let mut k = if key.len() > block {
-        D::digest(key).to_vec()
-    } else {
-        key.to_vec()
-    };
-    k.resize(block, 0);
-    let pad = |byte: u8| k.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let mut inner = D::new();
-    inner.update(pad(0x36));
-    inner.update(message);
-    let inner = inner.finalize();
-    let mut outer = D::new();
-    outer.update(pad(0x5c));
-    outer.update(inner);
-    outer.finalize().to_vec()
+    // Any key length is valid for HMAC: `new_from_slice` cannot fail here.
+    let mut mac =
+        <SimpleHmac<D> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 mod env;
 mod mqtt;
+mod plugins;
 mod secret;
 
 use std::collections::BTreeSet;
@@ -26,6 +27,7 @@ pub use mqtt::{
     ClientIdentity, Endpoint, MqttBroker, MqttConfig, MqttTls, MqttUser, RelayConfig,
     SubscriptionConfig, UNNAMED_SINK as UNNAMED_MQTT_SINK,
 };
+pub use plugins::{ALLOW_UNSIGNED_WORDS, PluginTrustConfig};
 pub use secret::Secret;
 
 /// A config problem, located.
@@ -63,6 +65,8 @@ pub struct Config {
     /// The MQTT sinks (`[[mqtt]]`, or the single `[mqtt]` of earlier versions).
     pub mqtt: Vec<MqttConfig>,
     pub admin: AdminConfig,
+    /// `[plugins]`: whose plugins run.
+    pub plugins: PluginTrustConfig,
 }
 
 /// `[admin]`: who may use the admin API, and when `/readyz` says unready.
@@ -311,6 +315,8 @@ struct RawConfig {
     mqtt: Option<Spanned<mqtt::RawMqttSections>>,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    plugins: plugins::RawPlugins,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -635,6 +641,8 @@ impl Config {
             wal_bytes: dl.wal_bytes,
         };
 
+        let plugin_trust = plugins::parse(&loc, raw.plugins, &resolve)?;
+
         let mqtt = match raw.mqtt {
             Some(m) => mqtt::parse_sections(&loc, m, &id, &resolve)?,
             None => Vec::new(),
@@ -808,6 +816,7 @@ impl Config {
             routes,
             mqtt,
             admin,
+            plugins: plugin_trust,
         })
     }
 }

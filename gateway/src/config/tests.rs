@@ -634,3 +634,52 @@ fn a_connector_may_take_its_input_from_an_mqtt_subscription() {
         assert!(e.contains(expected), "{extra}\n{e}");
     }
 }
+
+#[test]
+fn plugins_trust_no_key_and_refuse_unsigned_by_default() {
+    let config = parse("").expect("valid");
+    assert!(config.plugins.trusted_keys.is_empty());
+    assert!(!config.plugins.allow_unsigned);
+    let config = parse("[plugins]\nunsigned = \"allowed for local development\"\n").expect("valid");
+    assert!(config.plugins.allow_unsigned);
+}
+
+#[test]
+fn plugins_unsigned_takes_only_the_exact_words() {
+    for words in ["\"yes\"", "\"Allowed for local development\"", "\"\""] {
+        let e = error(&format!("[plugins]\nunsigned = {words}\n"));
+        assert!(e.starts_with("shop.toml:2:12: plugins.unsigned:"), "{e}");
+        assert!(e.contains("allowed for local development"), "{e}");
+    }
+    let e = error("[plugins]\nunsigned = true\n");
+    assert!(e.starts_with("shop.toml:2:"), "{e}");
+}
+
+#[test]
+fn plugins_trusted_keys_are_key_lines_or_pub_files_beside_the_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = crate::connectors::trust::keygen(dir.path(), "acme").expect("keygen");
+    std::fs::copy(&keys.public_key, dir.path().join("acme-copy.pub")).expect("copy");
+    let text = format!(
+        "[plugins]\ntrusted_keys = [\"{}\", \"acme-copy.pub\"]\n",
+        keys.public_key_line
+    );
+    let config = Config::parse(&dir.path().join("shop.toml"), &text).expect("valid");
+    assert_eq!(config.plugins.trusted_keys.len(), 2);
+    assert_eq!(
+        config.plugins.trusted_keys[0],
+        config.plugins.trusted_keys[1]
+    );
+
+    let e = error("[plugins]\ntrusted_keys = [\"missing.pub\"]\n");
+    assert!(
+        e.starts_with("shop.toml:2:17: plugins.trusted_keys[0]:"),
+        "{e}"
+    );
+    let e = error("[plugins]\ntrusted_keys = [\"RWQnot-a-key\"]\n");
+    assert!(
+        e.starts_with("shop.toml:2:17: plugins.trusted_keys[0]:"),
+        "{e}"
+    );
+    assert!(e.contains("not a minisign public key"), "{e}");
+}

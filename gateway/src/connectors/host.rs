@@ -27,6 +27,8 @@ pub struct ConnectorContext {
     /// `[connector.config]`, strings raw and everything else as JSON.
     pub settings: Vec<(String, String)>,
     pub kv: PluginKv,
+    /// False for a signed plugin whose manifest does not declare KV.
+    pub kv_allowed: bool,
     pub http: PluginHttp,
 }
 
@@ -289,16 +291,28 @@ impl config::Host for CallState {
     }
 }
 
+/// What a signed plugin that did not declare KV gets from a KV write.
+const KV_NOT_DECLARED: &str = "this plugin's signed manifest does not declare kv = true";
+
 impl kv::Host for CallState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        if !self.connector.kv_allowed {
+            return Ok(None);
+        }
         Ok(self.kv_writes.get(&self.connector.kv, &key))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        if !self.connector.kv_allowed {
+            return Ok(Err(KV_NOT_DECLARED.into()));
+        }
         Ok(self.kv_writes.set(&self.connector.kv, &key, &value))
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
+        if !self.connector.kv_allowed {
+            return Ok(Err(KV_NOT_DECLARED.into()));
+        }
         Ok(self.kv_writes.delete(&self.connector.kv, &key))
     }
 
@@ -308,6 +322,9 @@ impl kv::Host for CallState {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> wasmtime::Result<Result<bool, String>> {
+        if !self.connector.kv_allowed {
+            return Ok(Err(KV_NOT_DECLARED.into()));
+        }
         Ok(self
             .kv_writes
             .compare_and_swap(&self.connector.kv, &key, expected.as_deref(), &new))

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Instance, InstancePre};
 use wasmtime::{Store, UpdateDeadline};
 
-use crate::config::{ConnectorConfig, PluginLimits};
+use crate::config::{ConnectorConfig, PluginLimits, PluginTrustConfig};
 use crate::log::{KvBatch, Store as EventStore};
 use crate::model::{self, BalanceChange, Direction, InvalidChange};
 use bindings::types as wit;
@@ -60,6 +60,19 @@ pub enum LoadError {
     NoConnectorExport { path: PathBuf },
     #[error("connector state store: {0}")]
     Store(String),
+    /// Unsigned (and the config does not allow it), signed by a key the
+    /// config does not trust, or changed since it was signed.
+    #[error(
+        "{reason} ([plugins] in the config says whose plugins run; docs/security.md#signed-plugins)"
+    )]
+    Untrusted { reason: String },
+    /// Its manifest asks for more than the connector's config grants: the
+    /// version running (if any) keeps serving.
+    #[error("{path}: {source}; grant them in the connector's allowed_hosts to run this version")]
+    NotGranted {
+        path: PathBuf,
+        source: trust::NotGranted,
+    },
 }
 
 /// Which of the contract's worlds a plugin implements, found by looking at
@@ -190,6 +203,12 @@ pub struct Plugin {
     context: Arc<ConnectorContext>,
     limits: PluginLimits,
     digest: [u8; 32],
+    /// Whether, and by whom, it is signed; its manifest if it is.
+    signature: trust::Signature,
+    manifest: Option<trust::Manifest>,
+    /// Its manifest and signature files as loaded: a new signature is a
+    /// new plugin for a reload.
+    sidecars: Option<[u8; 32]>,
     health: ConnectorHealth,
     /// Keeps the engine's epoch ticker alive as long as the plugin can be
     /// called; holds the process-wide memory budget.
@@ -211,13 +230,55 @@ impl Plugin {
     pub async fn load(
         runtime: Arc<Runtime>,
         config: &ConnectorConfig,
+        trusted: &PluginTrustConfig,
         store: &EventStore,
     ) -> Result<Plugin, LoadError> {
         let path = config.plugin.clone();
         let compiling = runtime.clone();
-        let (component, digest) = tokio::task::spawn_blocking(move || compiling.compile(&path))
-            .await
-            .map_err(|e| LoadError::Engine(format!("compile task: {e}")))??;
+        let (trust_config, connector) = (trusted.clone(), config.clone());
+        let (component, digest, admitted, sidecars) = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).map_err(|e| LoadError::Read {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            // Checked before it is compiled: a changed file is "modified",
+            // whatever the change did to the wasm.
+            let sidecars = trust::sidecar_digest(&path);
+            let verdict = trust::verify(&path, &bytes, &trust_config.trusted_keys);
+            let admitted = admit(
+                verdict,
+                &trust_config,
+                &connector,
+                compiling.limits.memory_bytes,
+            )?;
+            let (component, digest) = compiling.compile_read(&path, &bytes)?;
+            Ok::<_, LoadError>((component, digest, admitted, sidecars))
+        })
+        .await
+        .map_err(|e| LoadError::Engine(format!("compile task: {e}")))??;
+        let Admitted {
+            signature,
+            manifest,
+            granted,
+        } = admitted;
+        if signature == trust::Signature::Unsigned && !trusted.run_any {
+            tracing::warn!(
+                connector = %config.name,
+                plugin = %config.plugin.display(),
+                "running an unsigned plugin: nobody vouches for what it does ([plugins] unsigned = \"{}\")",
+                crate::config::ALLOW_UNSIGNED_WORDS
+            );
+        }
+        // Signed: what the manifest asks within what the config grants.
+        // Unsigned (allowed): what the config grants.
+        let (allowed_hosts, memory_bytes, kv_allowed) = match &granted {
+            Some(g) => (g.allowed_hosts.clone(), g.memory_bytes, g.kv),
+            None => (
+                config.allowed_hosts.clone(),
+                runtime.limits.memory_bytes,
+                true,
+            ),
+        };
         let path = config.plugin.clone();
         let pre = runtime
             .linker()
@@ -235,7 +296,7 @@ impl Plugin {
             (None, None) => return Err(LoadError::NoConnectorExport { path }),
         };
         let http = PluginHttp::new(HttpPolicy {
-            allowed_hosts: config.allowed_hosts.clone(),
+            allowed_hosts,
             allow_private_addresses: config.allow_private_addresses,
         })
         .map_err(|e| LoadError::Engine(format!("http client: {e}")))?;
@@ -250,8 +311,11 @@ impl Plugin {
             name: config.name.clone(),
             settings: host::settings_for_plugin(&config.settings),
             kv,
+            kv_allowed,
             http,
         });
+        let mut limits = runtime.limits.clone();
+        limits.memory_bytes = memory_bytes;
         Ok(Plugin {
             config: config.clone(),
             world,
@@ -259,8 +323,11 @@ impl Plugin {
             webhook,
             poller,
             context,
-            limits: runtime.limits.clone(),
+            limits,
             digest,
+            signature,
+            manifest,
+            sidecars,
             health: ConnectorHealth::default(),
             runtime,
         })
@@ -286,7 +353,19 @@ impl Plugin {
     /// True when `config` and the plugin file on disk are what this was
     /// loaded from: a reload keeps it (and its calls in flight) as it is.
     pub fn is_current(&self, config: &ConnectorConfig) -> bool {
-        &self.config == config && file_digest(&config.plugin).is_ok_and(|d| d == self.digest)
+        &self.config == config
+            && file_digest(&config.plugin).is_ok_and(|d| d == self.digest)
+            && trust::sidecar_digest(&config.plugin) == self.sidecars
+    }
+
+    /// Signed by whom, unsigned, ... as checked when it was loaded.
+    pub fn signature(&self) -> &trust::Signature {
+        &self.signature
+    }
+
+    /// Its signed manifest, if it has one.
+    pub fn manifest(&self) -> Option<&trust::Manifest> {
+        self.manifest.as_ref()
     }
 
     /// SHA-256 of the plugin file it was loaded from.
@@ -546,6 +625,69 @@ fn rejection(error: wit::ConnectorError) -> CallError {
 }
 
 /// SHA-256 of a plugin file.
+/// A plugin the trust config lets run, and what its manifest is granted.
+struct Admitted {
+    signature: trust::Signature,
+    manifest: Option<trust::Manifest>,
+    /// None for an unsigned plugin: it gets what the connector's config grants.
+    granted: Option<trust::Granted>,
+}
+
+/// Whether `verdict` may run under `trusted`: signed by a trusted key and
+/// asking no more than `connector` grants, or unsigned where the config
+/// allows it (or any plugin for `plugin test`).
+fn admit(
+    verdict: trust::Verdict,
+    trusted: &PluginTrustConfig,
+    connector: &ConnectorConfig,
+    memory_bytes: usize,
+) -> Result<Admitted, LoadError> {
+    let signature = verdict.signature();
+    match verdict {
+        // `plugin test`: the author's own file, with the memory and KV its
+        // manifest declares and the hosts the test allows.
+        trust::Verdict::Signed { manifest, .. } if trusted.run_any => {
+            let granted = trust::Granted {
+                allowed_hosts: connector.allowed_hosts.clone(),
+                memory_bytes: usize::try_from(manifest.needs.memory_mb.saturating_mul(1 << 20))
+                    .unwrap_or(usize::MAX)
+                    .min(memory_bytes),
+                kv: manifest.needs.kv,
+            };
+            Ok(Admitted {
+                signature,
+                manifest: Some(manifest),
+                granted: Some(granted),
+            })
+        }
+        trust::Verdict::Signed { manifest, .. } => {
+            let granted = trust::grant(&manifest.needs, &connector.allowed_hosts, memory_bytes)
+                .map_err(|source| LoadError::NotGranted {
+                    path: connector.plugin.clone(),
+                    source,
+                })?;
+            Ok(Admitted {
+                signature,
+                manifest: Some(manifest),
+                granted: Some(granted),
+            })
+        }
+        trust::Verdict::Unsigned { .. } if trusted.allow_unsigned => Ok(Admitted {
+            signature,
+            manifest: None,
+            granted: None,
+        }),
+        _ if trusted.run_any => Ok(Admitted {
+            signature,
+            manifest: None,
+            granted: None,
+        }),
+        refused => Err(LoadError::Untrusted {
+            reason: refused.to_string(),
+        }),
+    }
+}
+
 fn file_digest(path: &std::path::Path) -> Result<[u8; 32], LoadError> {
     use sha2::Digest;
     let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
@@ -581,14 +723,15 @@ impl Connectors {
     pub async fn load_all(
         runtime: &Arc<Runtime>,
         configs: &[ConnectorConfig],
+        trusted: &PluginTrustConfig,
         store: &EventStore,
     ) -> Result<Connectors, (String, LoadError)> {
         let mut by_name = BTreeMap::new();
         for config in configs {
-            let plugin = Plugin::load(runtime.clone(), config, store)
+            let plugin = Plugin::load(runtime.clone(), config, trusted, store)
                 .await
                 .map_err(|e| (config.name.clone(), e))?;
-            tracing::info!(connector = %config.name, world = ?plugin.world(), plugin = %config.plugin.display(), "connector loaded");
+            tracing::info!(connector = %config.name, world = ?plugin.world(), plugin = %config.plugin.display(), signature = %plugin.signature(), "connector loaded");
             by_name.insert(config.name.clone(), Arc::new(plugin));
         }
         Ok(Connectors { by_name })

@@ -131,14 +131,24 @@ impl Runtime {
     /// (the cache key, and how a reload tells a rebuilt plugin). Blocking:
     /// call from a blocking thread.
     pub fn compile(&self, path: &Path) -> Result<(Component, [u8; 32]), LoadError> {
-        let started = std::time::Instant::now();
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        self.compile_read(path, &bytes)
+    }
+
+    /// [`Runtime::compile`] of `bytes` already read from `path` (and
+    /// checked against its signature: the very bytes that run).
+    pub fn compile_read(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<(Component, [u8; 32]), LoadError> {
+        let started = std::time::Instant::now();
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
         let Some(cache_dir) = &self.cache_dir else {
-            return Ok((self.compile_bytes(path, &bytes)?, digest));
+            return Ok((self.compile_bytes(path, bytes)?, digest));
         };
         let cached = cache_dir.join(self.cache_key(&digest));
         if cached.is_file() {
@@ -160,13 +170,13 @@ impl Runtime {
                 }
             }
         }
-        let compiled =
-            self.engine
-                .precompile_component(&bytes)
-                .map_err(|e| LoadError::Compile {
-                    path: path.to_path_buf(),
-                    reason: format!("{e:#}"),
-                })?;
+        let compiled = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| LoadError::Compile {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?;
         if let Err(e) = write_atomically(cache_dir, &cached, &compiled) {
             tracing::warn!(dir = %cache_dir.display(), error = %e, "cannot cache compiled plugin");
         }

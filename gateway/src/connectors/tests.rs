@@ -49,9 +49,14 @@ async fn hostile(attack: &str, limits: PluginLimits, extra: &[(&str, &str)]) -> 
     }
     let mut config = ConnectorConfig::ad_hoc(fixture(), settings);
     config.name = format!("hostile-{attack}");
-    let plugin = Plugin::load(runtime.clone(), &config, &store)
-        .await
-        .expect("load the hostile fixture");
+    let plugin = Plugin::load(
+        runtime.clone(),
+        &config,
+        &PluginTrustConfig::run_any(),
+        &store,
+    )
+    .await
+    .expect("load the hostile fixture");
     Hostile {
         plugin,
         runtime,

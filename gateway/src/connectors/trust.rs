@@ -49,6 +49,24 @@ pub fn signature_path(wasm_path: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// SHA-256 over the manifest and signature files beside `wasm_path`, None
+/// when neither exists: a reload that sees it change loads the plugin again.
+pub fn sidecar_digest(wasm_path: &Path) -> Option<[u8; 32]> {
+    let files = [manifest_path(wasm_path), signature_path(wasm_path)];
+    let contents: Vec<Option<Vec<u8>>> = files.iter().map(|f| read_limited(f).ok()).collect();
+    if contents.iter().all(Option::is_none) {
+        return None;
+    }
+    let mut hash = Sha256::new();
+    for content in &contents {
+        // Length-prefixed, so moving bytes between the files changes it.
+        let content = content.as_deref().unwrap_or_default();
+        hash.update((content.len() as u64).to_le_bytes());
+        hash.update(content);
+    }
+    Some(hash.finalize().into())
+}
+
 /// What a plugin's author declares and signs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +157,13 @@ impl fmt::Debug for TrustedKey {
     }
 }
 
+/// The same key: its bytes (algorithm, key id, Ed25519 key).
+impl PartialEq for TrustedKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.key.to_bytes() == other.key.to_bytes()
+    }
+}
+
 impl TrustedKey {
     /// A minisign public key as written in config: the base64 line
     /// (`RW…`, as `minisign -G` prints it) or the path of a `.pub` file.
@@ -167,7 +192,7 @@ impl TrustedKey {
     pub fn from_file(path: &Path) -> Result<TrustedKey, TrustError> {
         let text = read_limited(path).map_err(|source| TrustError::Read {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         let text = String::from_utf8(text).map_err(|_| TrustError::Key {
             input: path.display().to_string(),
@@ -556,15 +581,17 @@ impl<'a> Pattern<'a> {
 /// Errors of the signing side and of reading keys.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    #[error("cannot read {path}: {source}")]
+    // `error`, not `source`: the message already says it, and a chain
+    // printed whole would say it twice.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} already exists: not overwriting a key")]
     Exists { path: PathBuf },
@@ -598,6 +625,10 @@ pub fn keygen(dir: &Path, name: &str) -> Result<KeyFiles, TrustError> {
             reason: "a key name is a plain file name, like `acme`".into(),
         });
     }
+    std::fs::create_dir_all(dir).map_err(|error| TrustError::Write {
+        path: dir.to_path_buf(),
+        error,
+    })?;
     let secret_path = dir.join(format!("{name}.key"));
     let public_path = dir.join(format!("{name}.pub"));
     for path in [&secret_path, &public_path] {
@@ -642,7 +673,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TrustError> {
     let _ = mode;
     let write_err = |source| TrustError::Write {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let mut file = options.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -687,7 +718,7 @@ pub fn sign(
 ) -> Result<SignedFiles, TrustError> {
     let wasm = std::fs::read(wasm_path).map_err(|source| TrustError::Read {
         path: wasm_path.to_path_buf(),
-        source,
+        error: source,
     })?;
     let bad_manifest = |reason: String| TrustError::Manifest {
         wasm: wasm_path.to_path_buf(),
@@ -767,7 +798,7 @@ pub fn sign(
 fn secret_key(path: &Path) -> Result<SecretKey, TrustError> {
     let bytes = read_limited(path).map_err(|source| TrustError::Read {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     let bad = |reason: String| TrustError::SecretKey {
         path: path.to_path_buf(),
@@ -820,7 +851,7 @@ fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), TrustError> {
     use std::io::Write;
     let write_err = |source| TrustError::Write {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

@@ -55,7 +55,8 @@ fn check_rejects_a_file_that_is_not_a_component() {
     let path = dir.path().join("c.toml");
     std::fs::write(
         &path,
-        "[[connector]]\nname = \"junk\"\nplugin = \"junk.wasm\"\n",
+        "[plugins]\nunsigned = \"allowed for local development\"\n\n\
+         [[connector]]\nname = \"junk\"\nplugin = \"junk.wasm\"\n",
     )
     .expect("write");
     let out = run_cli(&["check", "--config", path.to_str().expect("utf-8 path")]);

@@ -28,6 +28,7 @@ mod secure_defaults;
 mod security_http;
 mod sepay_modes;
 mod sepay_poll;
+mod signed_plugins;
 mod speaker;
 mod stale;
 mod store;

@@ -159,7 +159,7 @@ async fn a_webhook_cannot_forge_a_log_line() {
     let (listen, admin) = (free_port(), free_port());
     let config = format!(
         "[gateway]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-         data_dir = \"data\"\n{}",
+         data_dir = \"data\"\n\n[plugins]\nunsigned = \"allowed for local development\"\n\n{}",
         sepay_with("auth = \"none\"\nallow_unsigned = true")
     );
     let path = dir.path().join("config.toml");
