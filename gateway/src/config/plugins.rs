@@ -130,3 +130,20 @@ fn package_keys(dir: &Path) -> Vec<TrustedKey> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_package_folder_gives_its_keys_and_skips_what_is_not_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(package_keys(&dir.path().join("missing")).is_empty());
+        let keys = crate::connectors::trust::keygen(dir.path(), "project").expect("keygen");
+        std::fs::write(dir.path().join("broken.pub"), "not a key\n").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), "ignored\n").expect("write");
+        let found = package_keys(dir.path());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].key_id(), keys.key_id);
+    }
+}

@@ -332,3 +332,81 @@ fn a_fault_header_is_taken_out_of_the_reply() {
     );
     assert_eq!(super::take_fault(&mut reply), None);
 }
+
+// --- Signed plugins: the manifest's needs bound what the plugin gets -----
+
+#[tokio::test]
+async fn a_signed_plugin_gets_the_memory_and_kv_its_manifest_declares() {
+    let keys_dir = tempfile::tempdir().expect("tempdir");
+    let keys = trust::keygen(keys_dir.path(), "acme").expect("keygen");
+    let wasm = keys_dir.path().join("hostile.wasm");
+    std::fs::copy(fixture(), &wasm).expect("copy the fixture");
+    trust::sign(
+        &wasm,
+        &keys.secret_key,
+        &trust::ManifestFields {
+            name: "hostile".into(),
+            version: "1.0.0".into(),
+            publisher: "Acme".into(),
+            allowed_hosts: Vec::new(),
+            kv: false,
+            memory_mb: 16,
+        },
+    )
+    .expect("sign");
+    let trusted = PluginTrustConfig {
+        trusted_keys: vec![trust::TrustedKey::from_file(&keys.public_key).expect("key")],
+        ..PluginTrustConfig::default()
+    };
+    let runtime = Arc::new(Runtime::new(PluginLimits::default(), None).expect("engine"));
+    let (_dir, store) = crate::log::scratch_log(&[]);
+    let mut settings = toml::Table::new();
+    settings.insert("attack".into(), "kv-flood".into());
+    let config = ConnectorConfig::ad_hoc(wasm.clone(), settings);
+    let plugin = Plugin::load(runtime.clone(), &config, &trusted, &store)
+        .await
+        .expect("a plugin signed by a trusted key loads");
+    assert_eq!(
+        plugin.limits.memory_bytes,
+        16 * MIB,
+        "the manifest's 16 MB, under the limit's 32"
+    );
+    assert!(matches!(
+        plugin.signature(),
+        trust::Signature::Signed { .. }
+    ));
+
+    let result = plugin.handle(request("same")).await.expect("call");
+    let body = result.reply.as_ref().expect("a reply").body.clone();
+    let said: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(said["stored"], 0, "{said}");
+    assert!(
+        said["refusal"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not declare kv = true"),
+        "{said}"
+    );
+    assert!(result.kv_writes.is_empty());
+
+    // Not trusted without the key; unsigned refused without the words.
+    let refused = Plugin::load(
+        runtime.clone(),
+        &config,
+        &PluginTrustConfig::default(),
+        &store,
+    )
+    .await
+    .expect_err("no trusted key");
+    assert!(
+        refused
+            .to_string()
+            .contains("not one of the trusted publisher keys"),
+        "{refused}"
+    );
+    let unsigned = ConnectorConfig::ad_hoc(fixture(), toml::Table::new());
+    let refused = Plugin::load(runtime, &unsigned, &trusted, &store)
+        .await
+        .expect_err("unsigned");
+    assert!(refused.to_string().contains("is unsigned"), "{refused}");
+}
