@@ -172,6 +172,9 @@ pub fn render(report: &StatusReport) -> String {
                                         (c.name) br;
                                         span class="muted" { (c.plugin) @if let Some(v) = &c.version { " · " (v) } } br;
                                         span class="muted" { (c.signature) }
+                                        @if let Some(on_disk) = &c.on_disk {
+                                            br; span class="tag warn" { "newer file refused: " (on_disk) }
+                                        }
                                     }
                                     td { (c.kind) }
                                     td {

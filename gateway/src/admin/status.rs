@@ -42,8 +42,17 @@ pub struct Live {
     /// Why the last config change was refused (a bad line, or a plugin
     /// that would not load, such as an upgrade asking for a host the
     /// config does not grant); None once a change is applied.
-    pub refused_change: ArcSwap<Option<String>>,
+    pub refused_change: ArcSwap<Option<RefusedChange>>,
     pub started: Instant,
+}
+
+/// A config change the running gateway refused.
+#[derive(Debug, Clone)]
+pub struct RefusedChange {
+    pub reason: String,
+    /// The connector whose plugin would not load, and what is wrong with
+    /// its file on disk (`modified`, `held: …`), when that was the reason.
+    pub connector: Option<(String, String)>,
 }
 
 /// The last thing each speaker was asked to say, from the announcements.
@@ -111,6 +120,9 @@ pub struct ConnectorReport {
     pub plugin: String,
     /// Signed (by whom), unsigned, ... as checked when it was loaded.
     pub signature: String,
+    /// A newer file on disk that a reload refused (`modified`, `held: …`):
+    /// the version above keeps running.
+    pub on_disk: Option<String>,
     /// The signed manifest's name and version, if it has one.
     pub version: Option<String>,
     #[serde(flatten)]
@@ -201,9 +213,11 @@ impl Live {
         };
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
-        if let Some(why) = self.refused_change.load().as_ref() {
+        let refused = self.refused_change.load_full();
+        if let Some(refused) = refused.as_ref() {
             warnings.push(format!(
-                "a config change was refused; still running the previous config: {why}"
+                "a config change was refused; still running the previous config: {}",
+                refused.reason
             ));
         }
         let speaker_health = self.speaker_health.all();
@@ -312,6 +326,12 @@ impl Live {
                         .map(|f| f.to_string_lossy().into_owned())
                         .unwrap_or_default(),
                     signature: p.signature().to_string(),
+                    on_disk: refused
+                        .as_ref()
+                        .as_ref()
+                        .and_then(|r| r.connector.as_ref())
+                        .filter(|(name, _)| name == p.name())
+                        .map(|(_, state)| state.clone()),
                     version: p.manifest().map(|m| format!("{} {}", m.name, m.version)),
                     health,
                 }

@@ -29,7 +29,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Live, status::SpeakerBoard};
+use crate::admin::status::{RefusedChange, SpeakerBoard};
+use crate::admin::{self, Live};
 use crate::config::{
     Config, ForwardConfig, MqttBroker, MqttConfig, RouteConfig, SpeakerConfig, SubscriptionConfig,
 };
@@ -322,9 +323,10 @@ impl Gateway {
             Err(error) => {
                 metrics().reloads.with_label_values(&["rejected"]).inc();
                 tracing::error!(%error, "config change refused; still running the previous config");
-                self.live
-                    .refused_change
-                    .store(Arc::new(Some(error.to_string())));
+                self.live.refused_change.store(Arc::new(Some(RefusedChange {
+                    reason: error.to_string(),
+                    connector: None,
+                })));
                 return;
             }
         };
@@ -360,9 +362,10 @@ impl Gateway {
                 Err(error) => {
                     metrics().reloads.with_label_values(&["rejected"]).inc();
                     tracing::error!(connector = %c.name, %error, "config change refused: a plugin would not load; still running the previous config");
-                    self.live
-                        .refused_change
-                        .store(Arc::new(Some(format!("connector `{}`: {error}", c.name))));
+                    self.live.refused_change.store(Arc::new(Some(RefusedChange {
+                        reason: format!("connector `{}`: {error}", c.name),
+                        connector: error.on_disk().map(|state| (c.name.clone(), state)),
+                    })));
                     return;
                 }
             }

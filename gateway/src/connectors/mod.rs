@@ -65,7 +65,11 @@ pub enum LoadError {
     #[error(
         "{reason} ([plugins] in the config says whose plugins run; docs/security.md#signed-plugins)"
     )]
-    Untrusted { reason: String },
+    Untrusted {
+        reason: String,
+        /// Unsigned, modified, ... as the status page names it.
+        signature: trust::Signature,
+    },
     /// Its manifest asks for more than the connector's config grants: the
     /// version running (if any) keeps serving.
     #[error("{path}: {source}; grant them in the connector's allowed_hosts to run this version")]
@@ -73,6 +77,22 @@ pub enum LoadError {
         path: PathBuf,
         source: trust::NotGranted,
     },
+}
+
+impl LoadError {
+    /// For a plugin file refused for whose it is or what it asks: what the
+    /// status page says of the file on disk (`modified`, `held: asks to
+    /// reach …`); None for other failures.
+    pub fn on_disk(&self) -> Option<String> {
+        match self {
+            LoadError::Untrusted { signature, .. } => Some(signature.to_string()),
+            LoadError::NotGranted { source, .. } => Some(format!(
+                "held: asks to reach {}, not granted",
+                source.hosts.join(", ")
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Which of the contract's worlds a plugin implements, found by looking at
@@ -683,6 +703,7 @@ fn admit(
             granted: None,
         }),
         refused => Err(LoadError::Untrusted {
+            signature: refused.signature(),
             reason: refused.to_string(),
         }),
     }

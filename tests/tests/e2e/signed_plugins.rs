@@ -247,6 +247,25 @@ async fn connector_status(gw: &Gateway, name: &str) -> Option<serde_json::Value>
         .and_then(|all| all.iter().find(|c| c["name"] == name).cloned())
 }
 
+/// Waits until connector `name`'s row says `want` of a refused file on disk.
+async fn wait_for_on_disk(gw: &Gateway, name: &str, want: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = connector_status(gw, name)
+            .await
+            .expect("the connector runs");
+        if row["on_disk"].as_str() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}'s file on disk never showed as {want:?}: {row}\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `/api/status`'s warnings, as one text.
 async fn status_warnings(gw: &Gateway) -> String {
     let status: serde_json::Value = reqwest::get(format!("http://{}/api/status", gw.admin_addr))
@@ -382,6 +401,11 @@ async fn a_plugin_signed_outside_the_repo_runs_tampered_or_foreign_ones_do_not()
         warnings.contains("refused") && warnings.contains("api.hello-bank.example"),
         "the status page says why version 2 is held: {warnings}"
     );
+    let row = connector_status(&gw, "hello").await.expect("hello runs");
+    assert_eq!(
+        row["on_disk"], "held: asks to reach api.hello-bank.example, not granted",
+        "{row}"
+    );
 
     let path = gw.config_path();
     let text = std::fs::read_to_string(&path).expect("read config");
@@ -392,6 +416,21 @@ async fn a_plugin_signed_outside_the_repo_runs_tampered_or_foreign_ones_do_not()
     std::fs::write(&path, granted).expect("write config");
     wait_for_version(&gw, "hello", "hello 2.0.0").await;
     assert_eq!(signed_sample(&url).await, 200, "version 2 answers");
+    let warnings = status_warnings(&gw).await;
+    assert!(!warnings.contains("refused"), "{warnings}");
+
+    // The running file changed on disk (one byte): the reload refuses it,
+    // the connector's row says so, version 2 keeps answering; put back,
+    // the warning goes.
+    let original = std::fs::read(&rust).expect("read wasm");
+    let mut tampered = original.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    std::fs::write(&rust, &tampered).expect("tamper");
+    wait_for_on_disk(&gw, "hello", Some("modified")).await;
+    assert_eq!(signed_sample(&url).await, 200, "version 2 still answers");
+    std::fs::write(&rust, &original).expect("put back");
+    wait_for_on_disk(&gw, "hello", None).await;
     let warnings = status_warnings(&gw).await;
     assert!(!warnings.contains("refused"), "{warnings}");
 
