@@ -234,14 +234,27 @@ async fn signed_sample(url: &str) -> u16 {
         .status
 }
 
-/// The connector's entry in `/api/status`, if it runs.
-async fn connector_status(gw: &Gateway, name: &str) -> Option<serde_json::Value> {
-    let status: serde_json::Value = reqwest::get(format!("http://{}/api/status", gw.admin_addr))
+/// `wasm` copied alone (no manifest, no signature) into `folder`.
+fn copy_into(wasm: &Path, folder: &Path) -> PathBuf {
+    std::fs::create_dir_all(folder).expect("mkdir");
+    let copy = folder.join(wasm.file_name().expect("a file name"));
+    std::fs::copy(wasm, &copy).expect("copy wasm");
+    copy
+}
+
+/// `GET /api/status`.
+async fn api_status(gw: &Gateway) -> serde_json::Value {
+    reqwest::get(format!("http://{}/api/status", gw.admin_addr))
         .await
         .expect("GET /api/status")
         .json()
         .await
-        .expect("status JSON");
+        .expect("status JSON")
+}
+
+/// The connector's entry in `/api/status`, if it runs.
+async fn connector_status(gw: &Gateway, name: &str) -> Option<serde_json::Value> {
+    let status = api_status(gw).await;
     status["connectors"]
         .as_array()
         .and_then(|all| all.iter().find(|c| c["name"] == name).cloned())
@@ -268,13 +281,7 @@ async fn wait_for_on_disk(gw: &Gateway, name: &str, want: Option<&str>) {
 
 /// `/api/status`'s warnings, as one text.
 async fn status_warnings(gw: &Gateway) -> String {
-    let status: serde_json::Value = reqwest::get(format!("http://{}/api/status", gw.admin_addr))
-        .await
-        .expect("GET /api/status")
-        .json()
-        .await
-        .expect("status JSON");
-    status["warnings"].to_string()
+    api_status(gw).await["warnings"].to_string()
 }
 
 /// The version `/api/status` shows for connector `name`.
@@ -333,8 +340,7 @@ async fn a_plugin_signed_outside_the_repo_runs_tampered_or_foreign_ones_do_not()
     assert!(inspect.contains("Hello Bank"), "{inspect}");
 
     // The same file with one byte flipped.
-    let flipped = dir.join("flipped/hello_rust.wasm");
-    std::fs::create_dir_all(flipped.parent().expect("parent")).expect("mkdir");
+    let flipped = copy_into(&rust, &dir.join("flipped"));
     let mut bytes = std::fs::read(&rust).expect("read wasm");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
@@ -358,9 +364,7 @@ async fn a_plugin_signed_outside_the_repo_runs_tampered_or_foreign_ones_do_not()
     );
 
     // Signed by a key the shop does not trust.
-    let foreign = dir.join("foreign/hello_rust.wasm");
-    std::fs::create_dir_all(foreign.parent().expect("parent")).expect("mkdir");
-    std::fs::copy(&rust, &foreign).expect("copy wasm");
+    let foreign = copy_into(&rust, &dir.join("foreign"));
     sign(&foreign, &keys.join("stranger.key"), "1.0.0", &[]);
     let refused = refused_start(dir, &config("hello", &foreign, "", &public));
     assert!(
@@ -368,9 +372,7 @@ async fn a_plugin_signed_outside_the_repo_runs_tampered_or_foreign_ones_do_not()
         "{refused}"
     );
     // Unsigned, with no word from the config.
-    let unsigned = dir.join("unsigned/hello_rust.wasm");
-    std::fs::create_dir_all(unsigned.parent().expect("parent")).expect("mkdir");
-    std::fs::copy(&rust, &unsigned).expect("copy wasm");
+    let unsigned = copy_into(&rust, &dir.join("unsigned"));
     let refused = refused_check(dir, &config("hello", &unsigned, "", &public));
     assert!(refused.contains("is unsigned"), "{refused}");
 
