@@ -501,16 +501,20 @@ mod tests {
         assert!(resolve_body(Some(Path::new("-")), Some("{}"), "", no_stdin()).is_err());
     }
 
-    #[test]
-    fn clap_takes_the_new_flags() {
+    /// `plugin test`'s arguments as clap parses them (after `plugin test`).
+    fn parse_args(args: &[&str]) -> Result<PluginTest, clap::Error> {
         use clap::Parser;
         #[derive(Debug, Parser)]
         struct Cli {
             #[command(flatten)]
             test: PluginTest,
         }
-        let cli = Cli::try_parse_from([
-            "x",
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).map(|cli| cli.test)
+    }
+
+    #[test]
+    fn clap_takes_the_new_flags() {
+        let test = parse_args(&[
             "p.wasm",
             "--webhook",
             "-",
@@ -520,11 +524,11 @@ mod tests {
             "X-VDB-Signature",
         ])
         .expect("parses");
-        assert_eq!(cli.test.webhook.as_deref(), Some(Path::new("-")));
-        assert_eq!(cli.test.sign.as_deref(), Some("hmac-sha256:s3cret"));
-        assert!(Cli::try_parse_from(["x", "p.wasm", "--webhook", "a", "--body", "{}"]).is_err());
-        assert!(Cli::try_parse_from(["x", "p.wasm", "--sign-header", "X-Sig"]).is_err());
-        assert!(Cli::try_parse_from(["x", "p.wasm", "--poll", "--body", "{}"]).is_err());
+        assert_eq!(test.webhook.as_deref(), Some(Path::new("-")));
+        assert_eq!(test.sign.as_deref(), Some("hmac-sha256:s3cret"));
+        assert!(parse_args(&["p.wasm", "--webhook", "a", "--body", "{}"]).is_err());
+        assert!(parse_args(&["p.wasm", "--sign-header", "X-Sig"]).is_err());
+        assert!(parse_args(&["p.wasm", "--poll", "--body", "{}"]).is_err());
     }
 
     /// What the ingress answers, as `run` reads and prints it.
@@ -735,14 +739,7 @@ mod tests {
 
     #[test]
     fn the_signature_replaces_a_header_given_with_h() {
-        use clap::Parser;
-        #[derive(Debug, Parser)]
-        struct Cli {
-            #[command(flatten)]
-            test: PluginTest,
-        }
-        let cli = Cli::try_parse_from([
-            "x",
+        let test = parse_args(&[
             "p.wasm",
             "--body",
             "{}",
@@ -753,8 +750,7 @@ mod tests {
         ])
         .expect("parses");
         let signer = Signer::parse("hmac-sha256:k", None, None).expect("scheme");
-        let request = cli
-            .test
+        let request = test
             .request(b"{}".to_vec(), Some(&signer))
             .expect("request");
         let signatures: Vec<_> = request

@@ -663,15 +663,15 @@ fn admit(
     memory_bytes: usize,
 ) -> Result<Admitted, LoadError> {
     let signature = verdict.signature();
+    let unsigned_allowed =
+        matches!(verdict, trust::Verdict::Unsigned { .. }) && trusted.allow_unsigned;
     match verdict {
         // `plugin test`: the author's own file, with the memory and KV its
         // manifest declares and the hosts the test allows.
         trust::Verdict::Signed { manifest, .. } if trusted.run_any => {
             let granted = trust::Granted {
                 allowed_hosts: connector.allowed_hosts.clone(),
-                memory_bytes: usize::try_from(manifest.needs.memory_mb.saturating_mul(1 << 20))
-                    .unwrap_or(usize::MAX)
-                    .min(memory_bytes),
+                memory_bytes: manifest.needs.memory_bytes(memory_bytes),
                 kv: manifest.needs.kv,
             };
             Ok(Admitted {
@@ -692,19 +692,16 @@ fn admit(
                 granted: Some(granted),
             })
         }
-        trust::Verdict::Unsigned { .. } if trusted.allow_unsigned => Ok(Admitted {
-            signature,
-            manifest: None,
-            granted: None,
-        }),
-        _ if trusted.run_any => Ok(Admitted {
+        // Unsigned where allowed (or anything for `plugin test`): what its
+        // connector's config grants.
+        _ if unsigned_allowed || trusted.run_any => Ok(Admitted {
             signature,
             manifest: None,
             granted: None,
         }),
         refused => Err(LoadError::Untrusted {
-            signature: refused.signature(),
             reason: refused.to_string(),
+            signature,
         }),
     }
 }

@@ -95,6 +95,15 @@ pub struct Needs {
     pub memory_mb: u64,
 }
 
+impl Needs {
+    /// The memory a call gets: what the manifest asks, at most `limit`.
+    pub fn memory_bytes(&self, limit: usize) -> usize {
+        usize::try_from(self.memory_mb.saturating_mul(1 << 20))
+            .unwrap_or(usize::MAX)
+            .min(limit)
+    }
+}
+
 impl Manifest {
     /// Parses a manifest's text and checks its fields; the message says
     /// what is wrong, not where the file is (the caller names it).
@@ -519,13 +528,9 @@ pub fn grant(
     if !missing.is_empty() {
         return Err(NotGranted { hosts: missing });
     }
-    let asked_bytes = needs.memory_mb.saturating_mul(1 << 20);
-    let memory_bytes = usize::try_from(asked_bytes)
-        .unwrap_or(usize::MAX)
-        .min(config_memory_bytes);
     Ok(Granted {
         allowed_hosts,
-        memory_bytes,
+        memory_bytes: needs.memory_bytes(config_memory_bytes),
         kv: needs.kv,
     })
 }
