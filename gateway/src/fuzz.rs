@@ -365,7 +365,7 @@ fn sepay_harness() -> &'static SepayHarness {
             kv.path(),
             crate::log::LogOptions {
                 min_free_disk_bytes: 0,
-                wal_bytes: 1 << 20,
+                segment_bytes: 1 << 20,
                 ..crate::log::LogOptions::default()
             },
         )

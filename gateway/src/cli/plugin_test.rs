@@ -110,7 +110,7 @@ impl PluginTest {
         let scratch = tempfile::tempdir()?;
         let log_options = LogOptions {
             min_free_disk_bytes: 0,
-            wal_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
             ..LogOptions::default()
         };
         let stale = StaleRule::new(log_options.dedupe_retention);

@@ -638,7 +638,7 @@ impl Config {
                 1 << 20,
                 true,
             )?,
-            wal_bytes: dl.wal_bytes,
+            segment_bytes: dl.segment_bytes,
         };
 
         let plugin_trust = plugins::parse(&loc, raw.plugins, &resolve)?;

@@ -381,7 +381,7 @@ mod tests {
     fn open(path: &std::path::Path) -> Store {
         let options = crate::log::LogOptions {
             min_free_disk_bytes: 0,
-            wal_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
             ..crate::log::LogOptions::default()
         };
         for _ in 0..200 {

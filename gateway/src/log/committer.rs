@@ -1,9 +1,10 @@
 //! One thread owns every write. It takes everything that queued up while
 //! the previous commit ran (appends, settlements, registrations, plugin KV,
 //! GC's removals), works out each write against the store plus what the
-//! batch already wrote, appends the lot to the write-ahead file as one
-//! record, syncs it once if anyone in the batch needs durability, applies it
-//! to sled, and only then answers each caller.
+//! batch already wrote, appends the lot to the event log's active segment
+//! as one record, syncs it once if anyone in the batch needs durability,
+//! applies it (payments to the index, the rest to sled), and only then
+//! answers each caller.
 //!
 //! Durability by kind: appends (with their plugin KV), registrations,
 //! forgetting and requeues are answered after the `fdatasync`. Settlements,
@@ -15,8 +16,9 @@
 //!
 //! When sled or the disk fails (a really full disk: sled keeps failing until
 //! reopened), the committer answers errors, and every [`RECOVER_EVERY`]
-//! reopens sled in place and replays the write-ahead file into it; once that
-//! works the store carries on with nothing lost and no restart.
+//! reopens sled in place, reads the segments again and replays the records
+//! since the last checkpoint into sled; once that works the store carries on
+//! with nothing lost and no restart.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -30,7 +32,8 @@ use tokio::sync::oneshot;
 use super::engine::{self, ACKED, CURSOR, DEAD, Engine, OUTCOME, REQUEUED, RETIRED, be, keyed};
 use super::record::{self, LogEntry};
 use super::store::Shared;
-use super::wal::{Op, Wal};
+use super::segment::{LOG, Op};
+use super::segments::{self, Segments};
 use super::{Appended, Committed, KvBatch, KvOp, LogError, Settlement};
 use crate::model::{BalanceChange, now_ms};
 
@@ -40,6 +43,9 @@ const MAX_BATCH: usize = 512;
 const LAZY_SYNC: Duration = Duration::from_millis(200);
 /// A checkpoint at least this often while there are records.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+/// A checkpoint once this many bytes of sled writes were applied since the
+/// last: bounds what sled holds dirty in memory, and the replay at open.
+const CHECKPOINT_BYTES: u64 = 1 << 20;
 /// How often a failed store is reopened.
 const RECOVER_EVERY: Duration = Duration::from_millis(500);
 /// How often the disk-space check really asks the filesystem.
@@ -87,7 +93,7 @@ pub(super) enum Message {
         ops: Vec<Op>,
         reply: Reply<()>,
     },
-    /// Flush sled and start the write-ahead file over.
+    /// Flush sled and write a checkpoint marker.
     Checkpoint {
         reply: Reply<()>,
     },
@@ -137,8 +143,10 @@ struct KvApplied {
 
 pub(super) struct Committer {
     shared: Arc<Shared>,
-    wal: Wal,
+    segments: Segments,
     data_file: File,
+    /// Bytes of sled writes applied since the last checkpoint.
+    unflushed: u64,
     /// The next sequence number to hand out. Above the durable end while a
     /// failed commit holds numbers nobody may reuse.
     next: u64,
@@ -154,11 +162,12 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    pub fn new(shared: Arc<Shared>, wal: Wal, data_file: File, next: u64) -> Committer {
+    pub fn new(shared: Arc<Shared>, segments: Segments, data_file: File, next: u64) -> Committer {
         Committer {
             shared,
-            wal,
+            segments,
             data_file,
+            unflushed: 0,
             next,
             broken: None,
             last_recovery: None,
@@ -217,11 +226,12 @@ impl Committer {
                 .unsynced_since
                 .is_some_and(|since| since.elapsed() >= LAZY_SYNC)
             {
-                self.wal.sync()?;
+                self.segments.sync()?;
                 self.unsynced_since = None;
             }
-            let (used, _) = self.wal.usage();
-            if used > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            if self.segments.end() != self.segments.checkpointed()
+                && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+            {
                 self.checkpoint()?;
             }
             Ok::<_, LogError>(())
@@ -251,7 +261,8 @@ impl Committer {
         let wants_checkpoint = batch
             .iter()
             .any(|m| matches!(m, Message::Checkpoint { .. } | Message::Forget { .. }));
-        let mut txn = Txn::new(&engine);
+        let shared = self.shared.clone();
+        let mut txn = Txn::new(&engine, &shared);
         let applied_next = self.shared.next_seq.load(Ordering::Acquire);
         let mut answers = Vec::with_capacity(batch.len());
         let mut next = self.next;
@@ -322,19 +333,25 @@ impl Committer {
         let mut ops = Vec::new();
         for seq in damaged {
             let key = seq.to_be_bytes().to_vec();
-            let Ok(Some(value)) = engine.events.get(&key) else {
-                continue;
+            let in_segment = self.shared.index().get(seq);
+            let (tree, value) = match in_segment {
+                Some(place) => (LOG, place.read().ok()),
+                None => (
+                    engine::EVENTS,
+                    engine.events.get(&key).ok().flatten().map(|v| v.to_vec()),
+                ),
             };
+            let Some(value) = value else { continue };
             if record::decode(&value).is_ok() {
                 continue;
             }
             ops.push(Op {
                 tree: engine::QUARANTINE.into(),
                 key: key.clone(),
-                value: Some(value.to_vec()),
+                value: Some(value),
             });
             ops.push(Op {
-                tree: engine::EVENTS.into(),
+                tree: tree.into(),
                 key,
                 value: None,
             });
@@ -351,25 +368,25 @@ impl Committer {
     /// Logs `ops` and applies them. Synced now if anyone needs it, else
     /// within [`LAZY_SYNC`].
     fn write(&mut self, engine: &Engine, ops: &[Op], needs_sync: bool) -> Result<(), LogError> {
-        if !self.wal.fits(ops) {
-            self.checkpoint_with(engine)?;
-        }
-        if !self.wal.fits(ops) {
-            // Larger than the whole file: straight into sled, synced there.
-            engine.apply(ops)?;
-            return engine.flush_and_sync(&self.data_file, &*self.shared.disk);
-        }
-        self.wal.append(ops)?;
+        let (segment, values) = self.segments.append(ops)?;
         if needs_sync {
-            self.wal.sync()?;
+            self.segments.sync()?;
             self.unsynced_since = None;
         } else if self.unsynced_since.is_none() {
             self.unsynced_since = Some(Instant::now());
         }
-        // The record is durable (or a lazy one is written): sled may see it.
+        // The record is durable (or a lazy one is written): readers may see it.
         engine.apply(ops)?;
-        let (used, capacity) = self.wal.usage();
-        if used > capacity / 2 {
+        let file = self.segments.active_file();
+        self.shared
+            .index_mut()
+            .apply(segment, &file, ops, &values);
+        self.unflushed += ops
+            .iter()
+            .filter(|op| op.tree != LOG)
+            .map(|op| (op.key.len() + op.value.as_ref().map_or(0, Vec::len)) as u64)
+            .sum::<u64>();
+        if self.unflushed >= CHECKPOINT_BYTES {
             self.checkpoint_with(engine)?;
         }
         Ok(())
@@ -380,11 +397,22 @@ impl Committer {
         self.checkpoint_with(&engine)
     }
 
-    /// Everything applied so far becomes durable in sled's files, and the
-    /// write-ahead file starts over.
+    /// Everything applied so far becomes durable in sled's files, a marker
+    /// says so in the log, and segments no payment is left in are collected.
     fn checkpoint_with(&mut self, engine: &Engine) -> Result<(), LogError> {
+        let at = self.segments.end();
         engine.flush_and_sync(&self.data_file, &*self.shared.disk)?;
-        self.wal.reset()?;
+        let collected = {
+            let index = self.shared.index();
+            self.segments.checkpoint(at, |id| index.live(id) == 0)?
+        };
+        if !collected.is_empty() {
+            let mut index = self.shared.index_mut();
+            for id in collected {
+                index.forget_segment(id);
+            }
+        }
+        self.unflushed = 0;
         self.unsynced_since = None;
         self.last_checkpoint = Instant::now();
         for sink in std::mem::take(&mut self.to_drop) {
@@ -429,26 +457,34 @@ impl Committer {
         }
     }
 
-    /// Drops sled, opens it again, and replays the write-ahead file.
+    /// Drops sled, opens it again, reads the segments again and replays
+    /// the records since the last checkpoint.
     fn recover(&mut self) -> Result<(), LogError> {
+        // Records whose sync failed are written again first: the kernel
+        // may have dropped them as clean.
+        self.segments.rewrite_unsynced()?;
         self.shared.close_engine();
         let engine = self.shared.reopen_engine()?;
-        let (wal, records) = Wal::open(
-            &self.shared.wal_path(),
-            self.shared.options.wal_bytes,
+        let segments::Opened {
+            segments,
+            index,
+            replay,
+            ..
+        } = Segments::open(
+            &self.shared.segments_dir(),
+            self.shared.options.segment_bytes,
             self.shared.disk.clone(),
         )?;
-        self.wal = wal;
-        for ops in &records {
+        self.segments = segments;
+        for ops in &replay {
             engine.apply(ops)?;
         }
+        *self.shared.index_mut() = index;
         self.data_file = engine::open_data_file(&self.shared.state_dir())?;
-        engine.flush_and_sync(&self.data_file, &*self.shared.disk)?;
-        self.wal.reset()?;
         self.unsynced_since = None;
-        self.last_checkpoint = Instant::now();
         self.space = None;
-        let durable_next = engine.stored_next_seq()?;
+        self.checkpoint_with(&engine)?;
+        let durable_next = engine.stored_next_seq()?.max(self.shared.index().end());
         self.next = self.next.max(durable_next);
         self.shared.install_engine(engine);
         // Never moves back: `advance` keeps the larger.
@@ -471,7 +507,7 @@ impl Committer {
 
     fn measure_space(&self, engine: &Engine) -> Result<(), LogError> {
         let options = &self.shared.options;
-        let used = engine.db.size_on_disk()?;
+        let used = engine.db.size_on_disk()? + self.segments.disk_bytes();
         if used >= options.max_disk_bytes {
             return Err(LogError::Full(format!(
                 "store is {} MiB, limit {} MiB",
@@ -523,11 +559,7 @@ impl Committer {
                         appended_at_ms: now,
                         change: change.clone(),
                     };
-                    txn.put(
-                        engine::EVENTS,
-                        seq.to_be_bytes().to_vec(),
-                        record::encode(&entry),
-                    );
+                    txn.put(LOG, seq.to_be_bytes().to_vec(), record::encode(&entry));
                     let mut value = seq.to_be_bytes().to_vec();
                     value.extend_from_slice(&now.to_be_bytes());
                     txn.put(engine::DEDUPE, key.into_bytes(), value);
@@ -739,7 +771,7 @@ fn advance_cursor(txn: &mut Txn<'_>, tree: &str, from: u64, end: u64) -> Result<
         let acked = keyed(ACKED, cursor);
         if txn.get(tree, &acked)?.is_some() {
             txn.remove(tree, acked.to_vec());
-        } else if txn.get(engine::EVENTS, &cursor.to_be_bytes())?.is_some() {
+        } else if txn.has_entry(cursor)? {
             break;
         }
         cursor += 1;
@@ -800,13 +832,17 @@ fn stage_kv(txn: &mut Txn<'_>, batch: &KvBatch) -> Result<Result<(i64, i64), Str
 /// The writes of one commit, read back by the messages after them.
 struct Txn<'e> {
     engine: &'e Engine,
+    /// The segments' index as it was before this commit (only the
+    /// committer changes it, after the commit).
+    index: std::sync::RwLockReadGuard<'e, segments::Index>,
     writes: BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
 impl<'e> Txn<'e> {
-    fn new(engine: &'e Engine) -> Txn<'e> {
+    fn new(engine: &'e Engine, shared: &'e Shared) -> Txn<'e> {
         Txn {
             engine,
+            index: shared.index(),
             writes: BTreeMap::new(),
         }
     }
@@ -816,6 +852,23 @@ impl<'e> Txn<'e> {
             return Ok(value.clone());
         }
         Ok(self.engine.tree(tree)?.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Whether entry `seq` is in the log (a segment, or sled's `events`
+    /// tree) as the store plus this commit's writes have it.
+    fn has_entry(&self, seq: u64) -> Result<bool, LogError> {
+        let key = seq.to_be_bytes();
+        if let Some(value) = self.writes.get(LOG).and_then(|t| t.get(key.as_slice())) {
+            return Ok(value.is_some());
+        }
+        if let Some(value) = self
+            .writes
+            .get(engine::EVENTS)
+            .and_then(|t| t.get(key.as_slice()))
+        {
+            return Ok(value.is_some());
+        }
+        Ok(self.index.contains(seq) || self.engine.events.contains_key(key)?)
     }
 
     fn put(&mut self, tree: &str, key: Vec<u8>, value: Vec<u8>) {

@@ -1,7 +1,9 @@
 //! sled, as the store lays its data out in it.
 //!
 //! Trees:
-//! - `events`: seq (u64 BE) → record ([`super::record`]).
+//! - `events`: seq (u64 BE) → record ([`super::record`]), for payments not
+//!   in a segment: those of stores from before the segments, and dead
+//!   letters moved out of a segment so it could be collected.
 //! - `dedupe`: `provider\x1ftransaction id` → seq BE ++ appended-at BE.
 //! - `meta`: `schema`; `next_seq` (written by GC before it removes entries,
 //!   so sequence numbers never repeat even when every entry was collected);
@@ -19,7 +21,7 @@
 use std::path::Path;
 
 use super::LogError;
-use super::wal::Op;
+use super::segment::{CHECKPOINT, LOG, Op};
 
 pub const NEXT_SEQ: &[u8] = b"next_seq";
 pub const SCHEMA: &[u8] = b"schema";
@@ -104,13 +106,14 @@ impl Engine {
     }
 
     /// Applies `ops` one key at a time. Not atomic by itself: the
-    /// write-ahead record that holds the same ops is what makes a commit all
+    /// segment record that holds the same ops is what makes a commit all
     /// or nothing. (A sled `Batch` would be atomic, but sled seals its log
     /// buffer for every batch and writes it out with a `sync_file_range`:
     /// measured, eight of them per append-and-two-settlements.)
     pub fn apply(&self, ops: &[Op]) -> Result<(), LogError> {
         let mut tree: Option<(&str, sled::Tree)> = None;
-        for op in ops {
+        // Payments stay in the segments, markers are the log's own.
+        for op in ops.iter().filter(|op| op.tree != LOG && op.tree != CHECKPOINT) {
             let current = match &tree {
                 Some((name, t)) if *name == op.tree => t,
                 _ => &tree.insert((&op.tree, self.tree(&op.tree)?)).1,

@@ -25,8 +25,9 @@ pub mod disk;
 mod engine;
 mod open;
 pub mod record;
+mod segment;
+mod segments;
 mod store;
-mod wal;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -172,9 +173,9 @@ pub struct LogOptions {
     pub max_disk_bytes: u64,
     /// Refuse appends once the filesystem has less than this free.
     pub min_free_disk_bytes: u64,
-    /// Size of the write-ahead file (written once, then reused); a
-    /// checkpoint runs when half of it is used.
-    pub wal_bytes: u64,
+    /// Size of one segment file of the event log (written once, then
+    /// reused once collected).
+    pub segment_bytes: u64,
 }
 
 impl Default for LogOptions {
@@ -185,7 +186,7 @@ impl Default for LogOptions {
             keep_settled: Duration::from_secs(24 * 3600),
             max_disk_bytes: 1 << 30,
             min_free_disk_bytes: 64 << 20,
-            wal_bytes: 4 << 20,
+            segment_bytes: 4 << 20,
         }
     }
 }
@@ -300,7 +301,7 @@ pub(crate) fn scratch_log(sinks: &[&str]) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = LogOptions {
         min_free_disk_bytes: 0,
-        wal_bytes: 1 << 20,
+        segment_bytes: 1 << 20,
         ..LogOptions::default()
     };
     let log = Store::open(dir.path(), options).expect("open scratch log");

@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use super::record;
-use super::wal::{Op, Wal};
+use super::segment::{self, Op};
 use super::{LogError, LogHealth, LogOptions};
 use crate::model::now_ms;
 
@@ -101,10 +101,11 @@ pub(super) fn open_or_recover(
             })?;
             let salvaged = salvage(&aside, &db, options);
             tracing::warn!(salvaged, "entries salvaged from the damaged store");
-            // The damaged store's last commits may be only in its write-ahead
-            // file; read it where it lies (the file is not changed).
+            // A damaged store from before the segments may hold its last
+            // commits only in its write-ahead file; read it where it lies
+            // (the file is not changed). Newer stores replay their segments.
             let replay = match std::fs::read(aside.join("wal")) {
-                Ok(bytes) => Wal::records_in(&bytes),
+                Ok(bytes) => segment::legacy_wal_records(&bytes),
                 Err(_) => Vec::new(),
             };
             Ok(Opened {

@@ -15,7 +15,8 @@ use super::disk::{Disk, os_disk};
 use super::engine::{self, CURSOR, DEAD, Engine, OUTCOME, REQUEUED, RETIRED, be, keyed};
 use super::open::Recovery;
 use super::record::{self, LogEntry};
-use super::wal::{Op, Wal};
+use super::segment::{self, LOG, Op};
+use super::segments::{self, Index, Segments};
 use super::{
     Committed, EventLog, GcReport, KvBatch, LogError, LogFuture, LogHealth, LogOptions, QueueItem,
     Settlement, SinkStatus,
@@ -28,6 +29,8 @@ const FILTERED_STATUS_SCAN: usize = 10_000;
 /// GC hands its removals to the committer this many at a time, so a large
 /// collection never holds up a webhook's commit for long.
 const GC_CHUNK: usize = 4096;
+/// Index entries taken per lock while scanning.
+const SCAN_CHUNK: usize = 256;
 
 /// What the committer and the readers share.
 pub(super) struct Shared {
@@ -43,6 +46,8 @@ pub(super) struct Shared {
     health: Mutex<LogHealth>,
     /// Records readers found damaged, for the committer to quarantine.
     damaged: Mutex<std::collections::BTreeSet<u64>>,
+    /// Where each payment lies in the segments; changed by the committer only.
+    index: RwLock<Index>,
 }
 
 impl Shared {
@@ -50,8 +55,17 @@ impl Shared {
         self.data_dir.join("state")
     }
 
-    pub fn wal_path(&self) -> PathBuf {
-        self.state_dir().join("wal")
+    /// The event log's segment files.
+    pub fn segments_dir(&self) -> PathBuf {
+        self.data_dir.join("events")
+    }
+
+    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The open engine, or an error while it is being reopened.
@@ -193,19 +207,45 @@ impl Store {
                 .insert(engine::SCHEMA, &[record::SCHEMA_VERSION])?;
         }
         let state = data_dir.join("state");
-        let (mut wal, records) = Wal::open(&state.join("wal"), options.wal_bytes, disk.clone())?;
-        for ops in opened.replay.iter().chain(&records) {
+        // A store from before the segments kept its last commits in a
+        // write-ahead file of the same record layout: replay it once.
+        let legacy_wal = state.join("wal");
+        let legacy = match std::fs::read(&legacy_wal) {
+            Ok(bytes) => segment::legacy_wal_records(&bytes),
+            Err(_) => Vec::new(),
+        };
+        for ops in opened.replay.iter().chain(&legacy) {
+            engine.apply(ops)?;
+        }
+        let segments::Opened {
+            mut segments,
+            index,
+            replay,
+            ..
+        } = Segments::open(&data_dir.join("events"), options.segment_bytes, disk.clone())?;
+        for ops in &replay {
             engine.apply(ops)?;
         }
         engine.make_registry(now_ms())?;
         let data_file = engine::open_data_file(&state)?;
         engine.flush_and_sync(&data_file, &*disk)?;
-        wal.reset()?;
+        // Replayed writes are in sled's synced files now: the next opening
+        // starts from here.
+        let at = segments.end();
+        let collected = segments.checkpoint(at, |id| index.live(id) == 0)?;
+        let mut index = index;
+        for id in collected {
+            index.forget_segment(id);
+        }
+        if legacy_wal.exists() {
+            std::fs::remove_file(&legacy_wal)
+                .map_err(|e| LogError::Storage(format!("remove {}: {e}", legacy_wal.display())))?;
+        }
         let dir_handle = File::open(data_dir)
             .map_err(|e| LogError::Storage(format!("open {}: {e}", data_dir.display())))?;
         // Once: a fresh store's files and directory entries become durable.
         committer::sync_filesystem(&dir_handle)?;
-        let next_seq = engine.stored_next_seq()?;
+        let next_seq = engine.stored_next_seq()?.max(index.end());
         let (notify, _) = watch::channel(next_seq);
         let shared = Arc::new(Shared {
             data_dir: data_dir.to_path_buf(),
@@ -217,9 +257,10 @@ impl Store {
             notify,
             health: Mutex::new(opened.health),
             damaged: Mutex::default(),
+            index: RwLock::new(index),
         });
         let (requests, receiver) = mpsc::channel();
-        let committer = Committer::new(shared.clone(), wal, data_file, next_seq);
+        let committer = Committer::new(shared.clone(), segments, data_file, next_seq);
         let committer = std::thread::Builder::new()
             .name("store-committer".into())
             .spawn(move || committer.run(receiver))
@@ -393,10 +434,12 @@ impl Store {
     }
 
     fn entry_in(&self, engine: &Engine, seq: u64) -> Result<Option<LogEntry>, LogError> {
-        Ok(engine
-            .events
-            .get(seq.to_be_bytes())?
-            .and_then(|v| self.shared.decode(seq, &v)))
+        let place = self.shared.index().get(seq);
+        let bytes = match place {
+            Some(place) => Some(place.read()?),
+            None => engine.events.get(seq.to_be_bytes())?.map(|v| v.to_vec()),
+        };
+        Ok(bytes.and_then(|v| self.shared.decode(seq, &v)))
     }
 
     fn cursor_in(&self, engine: &Engine, sink: &str) -> Result<u64, LogError> {
@@ -412,17 +455,97 @@ impl Store {
         self.look_now(|store, engine| store.cursor_in(engine, sink))
     }
 
-    fn read_in(&self, engine: &Engine, from: u64, limit: usize) -> Result<Vec<LogEntry>, LogError> {
-        let mut out = Vec::with_capacity(limit.min(256));
-        for item in engine.events.range(from.to_be_bytes()..) {
-            if out.len() >= limit {
+    /// Calls `each` with every entry's record from `from` on, in order,
+    /// until it returns false: the segments' payments merged with sled's
+    /// `events` tree (stores from before the segments, dead letters moved out
+    /// of collected segments).
+    fn scan_from(
+        &self,
+        engine: &Engine,
+        from: u64,
+        mut each: impl FnMut(u64, &[u8]) -> Result<bool, LogError>,
+    ) -> Result<(), LogError> {
+        let mut in_sled = engine.events.range(from.to_be_bytes()..).peekable();
+        let mut at = from;
+        loop {
+            let chunk = self.shared.index().from(at, SCAN_CHUNK);
+            let last_chunk = chunk.len() < SCAN_CHUNK;
+            for place in chunk {
+                while let Some(item) = in_sled.next_if(|i| !matches!(i, Ok((k, _)) if be(k) >= place.seq)) {
+                    let (key, value) = item?;
+                    if !each(be(&key), &value)? {
+                        return Ok(());
+                    }
+                }
+                // A move out of a segment cut short by a crash: the
+                // segment's copy is the one.
+                in_sled.next_if(|i| matches!(i, Ok((k, _)) if be(k) == place.seq));
+                if !each(place.seq, &place.read()?)? {
+                    return Ok(());
+                }
+                at = place.seq + 1;
+            }
+            if last_chunk {
                 break;
             }
+        }
+        for item in in_sled {
             let (key, value) = item?;
-            if let Some(entry) = self.shared.decode(be(&key), &value) {
-                out.push(entry);
+            if !each(be(&key), &value)? {
+                break;
             }
         }
+        Ok(())
+    }
+
+    /// [`Store::scan_from`] backwards, from the newest entry.
+    fn scan_back(
+        &self,
+        engine: &Engine,
+        mut each: impl FnMut(u64, &[u8]) -> Result<bool, LogError>,
+    ) -> Result<(), LogError> {
+        let mut in_sled = engine.events.iter().rev().peekable();
+        let mut before = u64::MAX;
+        loop {
+            let chunk = self.shared.index().before(before, SCAN_CHUNK);
+            let last_chunk = chunk.len() < SCAN_CHUNK;
+            for place in chunk {
+                while let Some(item) = in_sled.next_if(|i| !matches!(i, Ok((k, _)) if be(k) <= place.seq)) {
+                    let (key, value) = item?;
+                    if !each(be(&key), &value)? {
+                        return Ok(());
+                    }
+                }
+                in_sled.next_if(|i| matches!(i, Ok((k, _)) if be(k) == place.seq));
+                if !each(place.seq, &place.read()?)? {
+                    return Ok(());
+                }
+                before = place.seq;
+            }
+            if last_chunk {
+                break;
+            }
+        }
+        for item in in_sled {
+            let (key, value) = item?;
+            if !each(be(&key), &value)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_in(&self, engine: &Engine, from: u64, limit: usize) -> Result<Vec<LogEntry>, LogError> {
+        let mut out = Vec::with_capacity(limit.min(256));
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.scan_from(engine, from, |seq, bytes| {
+            if let Some(entry) = self.shared.decode(seq, bytes) {
+                out.push(entry);
+            }
+            Ok(out.len() < limit)
+        })?;
         Ok(out)
     }
 
@@ -469,34 +592,34 @@ impl Store {
             // below the lowest), so this counts without reading the backlog.
             None => {
                 pending = next_seq.saturating_sub(cursor) - acked.len() as u64;
-                for item in engine.events.range(cursor.to_be_bytes()..) {
-                    let (key, value) = item?;
-                    if acked.contains(&be(&key)) {
-                        continue;
+                self.scan_from(engine, cursor, |seq, bytes| {
+                    if acked.contains(&seq) {
+                        return Ok(true);
                     }
-                    oldest = record::decode(&value).ok().map(|e| e.appended_at_ms);
-                    break;
-                }
+                    oldest = record::decode(bytes).ok().map(|e| e.appended_at_ms);
+                    Ok(false)
+                })?;
             }
             Some(wants) => {
-                for (scanned, item) in engine.events.range(cursor.to_be_bytes()..).enumerate() {
-                    let (key, value) = item?;
-                    if scanned >= FILTERED_STATUS_SCAN {
+                let mut scanned = 0;
+                self.scan_from(engine, cursor, |seq, bytes| {
+                    scanned += 1;
+                    if scanned > FILTERED_STATUS_SCAN {
                         // Too long to read for a status: count the rest whole.
-                        pending += next_seq.saturating_sub(be(&key));
-                        break;
+                        pending += next_seq.saturating_sub(seq);
+                        return Ok(false);
                     }
-                    if acked.contains(&be(&key)) {
-                        continue;
+                    if acked.contains(&seq) {
+                        return Ok(true);
                     }
-                    let Ok(entry) = record::decode(&value) else {
-                        continue;
-                    };
-                    if wants(&entry) {
+                    if let Ok(entry) = record::decode(bytes)
+                        && wants(&entry)
+                    {
                         pending += 1;
                         oldest.get_or_insert(entry.appended_at_ms);
                     }
-                }
+                    Ok(true)
+                })?;
             }
         }
         for item in tree.scan_prefix([REQUEUED]) {
@@ -545,14 +668,12 @@ impl Store {
             let cursor = store.cursor_in(engine, sink)?;
             let tree = engine.db.open_tree(engine::sink_tree(sink))?;
             let mut items = Vec::new();
-            for item in engine.events.iter().rev() {
-                if items.len() >= limit {
-                    break;
-                }
-                let (key, value) = item?;
-                let seq = be(&key);
-                let Some(entry) = store.shared.decode(seq, &value) else {
-                    continue;
+            if limit == 0 {
+                return Ok(items);
+            }
+            store.scan_back(engine, |seq, bytes| {
+                let Some(entry) = store.shared.decode(seq, bytes) else {
+                    return Ok(true);
                 };
                 let outcome = tree.get(keyed(OUTCOME, seq))?;
                 let (item_state, reason) = if tree.contains_key(keyed(REQUEUED, seq))? {
@@ -567,16 +688,16 @@ impl Store {
                     }
                 } else if seq >= cursor {
                     if wants.is_some_and(|wants| !wants(&entry)) {
-                        continue;
+                        return Ok(true);
                     }
                     ("pending".to_string(), None)
                 } else if wants.is_some() {
-                    continue; // passed: never this sink's
+                    return Ok(true); // passed: never this sink's
                 } else {
                     ("settled".to_string(), None)
                 };
                 if state.is_some_and(|s| s != item_state) {
-                    continue;
+                    return Ok(true);
                 }
                 let c = entry.change;
                 items.push(QueueItem {
@@ -590,7 +711,8 @@ impl Store {
                     state: item_state,
                     reason,
                 });
-            }
+                Ok(items.len() < limit)
+            })?;
             Ok(items)
         })
     }
@@ -646,27 +768,62 @@ impl Store {
             }
         }
         let keep_ms = self.shared.options.keep_settled.as_millis() as i64;
-        let mut ops = Vec::new();
+        let mut removals = Vec::new();
         let mut removed = Vec::new();
-        for item in engine.events.range(..horizon.to_be_bytes()) {
-            let (key, value) = item?;
-            let seq = be(&key);
-            if keep.contains(&seq) {
-                continue;
+        self.scan_from(engine, 0, |seq, bytes| {
+            if seq >= horizon {
+                return Ok(false);
             }
-            let Ok(entry) = record::decode(&value) else {
-                continue;
+            if keep.contains(&seq) {
+                return Ok(true);
+            }
+            let Ok(entry) = record::decode(bytes) else {
+                return Ok(true);
             };
             if now - entry.appended_at_ms < keep_ms {
-                break; // appended in order: everything after is younger
+                return Ok(false); // appended in order: everything after is younger
             }
-            ops.push(Op {
-                tree: engine::EVENTS.into(),
-                key: key.to_vec(),
+            let tree = if self.shared.index().contains(seq) {
+                LOG
+            } else {
+                engine::EVENTS
+            };
+            removals.push(Op {
+                tree: tree.into(),
+                key: seq.to_be_bytes().to_vec(),
                 value: None,
             });
             removed.push(seq);
+            Ok(true)
+        })?;
+        // A segment left holding only dead letters would never be
+        // collected: they move into sled's `events` tree (each move one
+        // pair of ops, first, so no chunk below splits it).
+        let mut ops = Vec::new();
+        let gone: std::collections::BTreeSet<u64> = removed.iter().copied().collect();
+        for (_, live) in self.shared.index().live_by_segment() {
+            let held: Vec<u64> = live.iter().copied().filter(|s| !gone.contains(s)).collect();
+            if held.is_empty() || !held.iter().all(|s| keep.contains(s)) {
+                continue;
+            }
+            for seq in held {
+                let Some(place) = self.shared.index().get(seq) else {
+                    continue;
+                };
+                let key = seq.to_be_bytes().to_vec();
+                ops.push(Op {
+                    tree: engine::EVENTS.into(),
+                    key: key.clone(),
+                    value: Some(place.read()?),
+                });
+                ops.push(Op {
+                    tree: LOG.into(),
+                    key,
+                    value: None,
+                });
+            }
         }
+        ops.extend(removals);
         // Outcomes of removed entries, in every sink tree (retired ones too).
         for (sink, tree) in engine.sink_trees()? {
             for seq in &removed {
