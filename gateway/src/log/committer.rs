@@ -605,12 +605,12 @@ impl Committer {
                     }
                     *counts.entry(settlement.state()).or_default() += 1;
                     txn.put(&tree, keyed(OUTCOME, seq).to_vec(), outcome.clone());
-                    txn.remove(&tree, keyed(REQUEUED, seq).to_vec());
+                    txn.remove(&tree, keyed(REQUEUED, seq).to_vec())?;
                     match settlement {
                         Settlement::Dead { .. } => {
                             txn.put(&tree, keyed(DEAD, seq).to_vec(), Vec::new())
                         }
-                        _ => txn.remove(&tree, keyed(DEAD, seq).to_vec()),
+                        _ => txn.remove(&tree, keyed(DEAD, seq).to_vec())?,
                     }
                     if seq >= cursor {
                         txn.put(&tree, keyed(ACKED, seq).to_vec(), Vec::new());
@@ -646,7 +646,7 @@ impl Committer {
                     for key in
                         txn.keys_between(&tree, &keyed(ACKED, cursor), &keyed(ACKED, through + 1))?
                     {
-                        txn.remove(&tree, key);
+                        txn.remove(&tree, key)?;
                     }
                     advance_cursor(txn, &tree, through + 1, applied_next)?;
                 }
@@ -659,7 +659,7 @@ impl Committer {
                     _ => {
                         let start = start.unwrap_or(applied_next).min(applied_next);
                         txn.put(&tree, CURSOR.to_vec(), start.to_be_bytes().to_vec());
-                        txn.remove(&tree, RETIRED.to_vec());
+                        txn.remove(&tree, RETIRED.to_vec())?;
                         txn.put(
                             engine::REGISTRY,
                             sink.clone().into_bytes(),
@@ -672,14 +672,14 @@ impl Committer {
             }
             Message::Retire { sink, reply } => {
                 txn.put(&engine::sink_tree(&sink), RETIRED.to_vec(), Vec::new());
-                txn.remove(engine::REGISTRY, sink.into_bytes());
+                txn.remove(engine::REGISTRY, sink.into_bytes())?;
                 Ok(Some(Answer::Unit(reply)))
             }
             Message::Forget { sink, reply } => {
                 let known = txn.get(engine::REGISTRY, sink.as_bytes())?.is_some();
                 if known {
-                    txn.remove(engine::REGISTRY, sink.clone().into_bytes());
-                    txn.remove(&engine::sink_tree(&sink), CURSOR.to_vec());
+                    txn.remove(engine::REGISTRY, sink.clone().into_bytes())?;
+                    txn.remove(&engine::sink_tree(&sink), CURSOR.to_vec())?;
                     self.to_drop.push(sink);
                 }
                 Ok(Some(Answer::Flag(reply, known)))
@@ -696,7 +696,7 @@ impl Committer {
                         .collect(),
                 };
                 for seq in &dead {
-                    txn.remove(&tree, keyed(DEAD, *seq).to_vec());
+                    txn.remove(&tree, keyed(DEAD, *seq).to_vec())?;
                     txn.put(&tree, keyed(REQUEUED, *seq).to_vec(), Vec::new());
                 }
                 Ok(Some(Answer::Count(reply, dead.len())))
@@ -705,7 +705,7 @@ impl Committer {
                 for op in ops {
                     match op.value {
                         Some(value) => txn.put(&op.tree, op.key, value),
-                        None => txn.remove(&op.tree, op.key),
+                        None => txn.remove(&op.tree, op.key)?,
                     }
                 }
                 Ok(Some(Answer::Unit(reply)))
@@ -770,7 +770,7 @@ fn advance_cursor(txn: &mut Txn<'_>, tree: &str, from: u64, end: u64) -> Result<
     while cursor < end {
         let acked = keyed(ACKED, cursor);
         if txn.get(tree, &acked)?.is_some() {
-            txn.remove(tree, acked.to_vec());
+            txn.remove(tree, acked.to_vec())?;
         } else if txn.has_entry(cursor)? {
             break;
         }
@@ -823,7 +823,7 @@ fn stage_kv(txn: &mut Txn<'_>, batch: &KvBatch) -> Result<Result<(i64, i64), Str
     for (key, value) in view {
         match value {
             Some(value) => txn.put(&tree, key.as_bytes().to_vec(), value.to_vec()),
-            None => txn.remove(&tree, key.as_bytes().to_vec()),
+            None => txn.remove(&tree, key.as_bytes().to_vec())?,
         }
     }
     Ok(Ok((keys, bytes)))
@@ -878,11 +878,25 @@ impl<'e> Txn<'e> {
             .insert(key, Some(value));
     }
 
-    fn remove(&mut self, tree: &str, key: Vec<u8>) {
-        self.writes
-            .entry(tree.to_string())
-            .or_default()
-            .insert(key, None);
+    /// Removes `key`; nothing is written if it is not there (most removals
+    /// of a settlement, e.g. a requeued mark, find nothing: skipping them
+    /// keeps records small). Safe for replay: a key absent now stays absent
+    /// until a later write, which is replayed too.
+    fn remove(&mut self, tree: &str, key: Vec<u8>) -> Result<(), LogError> {
+        let in_store = if tree == LOG {
+            self.index.contains(be(&key))
+        } else {
+            self.engine.tree(tree)?.contains_key(&key)?
+        };
+        let writes = self.writes.entry(tree.to_string()).or_default();
+        if in_store {
+            writes.insert(key, None);
+        } else {
+            // Put earlier in this commit (an acknowledgement the cursor
+            // then passed), or never there: nothing to write either way.
+            writes.remove(&key);
+        }
+        Ok(())
     }
 
     /// Keys in `[from, to)` as the store plus this commit's writes have them.

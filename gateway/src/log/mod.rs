@@ -3,8 +3,9 @@
 //!
 //! - [`EventLog::append`] resolves only after the changes (and the plugin
 //!   KV writes of the call that returned them) would survive a power cut:
-//!   one write-ahead record and one `fdatasync`, group-committed so
-//!   concurrent appends share it ([`wal`], [`committer`]).
+//!   one record in the event log's segment files and one `fdatasync`,
+//!   group-committed so concurrent appends share it ([`segment`],
+//!   [`committer`]).
 //! - A dedupe index on `(provider, transaction id)` makes a repeated payment a
 //!   no-op that is still acknowledged.
 //! - A persisted registry of sinks. Each registered sink acknowledges entries
@@ -15,10 +16,13 @@
 //! - Writes go through one committer thread; reads run on tokio's blocking
 //!   pool. No disk call runs on an async worker.
 //! - After a failure (a really full disk) the committer reopens sled in place
-//!   and replays the write-ahead file: no restart needed.
+//!   and replays the records since the last checkpoint: no restart needed.
 //!
-//! sled is the engine ([`engine`] lays the data out in it); [`disk`] is the
-//! seam tests use to make the disk slow or failing.
+//! The payments stay in the segments ([`segments`]: the files and the
+//! in-memory index that finds a payment by sequence number); sled holds the
+//! rest ([`engine`] lays it out), so neither sled's memory nor its writes
+//! grow with the backlog. [`disk`] is the seam tests use to make the disk
+//! slow or failing.
 
 mod committer;
 pub mod disk;
