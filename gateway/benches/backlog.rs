@@ -134,7 +134,9 @@ fn main() {
     });
     log.close().expect("close");
     drop(log);
-    let on_disk: u64 = walk_size(&full.path().join("state"));
+    // sled's files and the event log's segments.
+    let on_disk: u64 =
+        walk_size(&full.path().join("state")) + walk_size(&full.path().join("events"));
 
     let (_, _, base_kib, _) = run_child(empty.path());
     let (n, open_kib, peak_kib, secs) = run_child(full.path());

@@ -31,9 +31,9 @@ use tokio::sync::oneshot;
 
 use super::engine::{self, ACKED, CURSOR, DEAD, Engine, OUTCOME, REQUEUED, RETIRED, be, keyed};
 use super::record::{self, LogEntry};
-use super::store::Shared;
 use super::segment::{LOG, Op};
 use super::segments::{self, Segments};
+use super::store::Shared;
 use super::{Appended, Committed, KvBatch, KvOp, LogError, Settlement};
 use crate::model::{BalanceChange, now_ms};
 
@@ -378,9 +378,7 @@ impl Committer {
         // The record is durable (or a lazy one is written): readers may see it.
         engine.apply(ops)?;
         let file = self.segments.active_file();
-        self.shared
-            .index_mut()
-            .apply(segment, &file, ops, &values);
+        self.shared.index_mut().apply(segment, &file, ops, &values);
         self.unflushed += ops
             .iter()
             .filter(|op| op.tree != LOG)

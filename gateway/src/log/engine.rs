@@ -113,7 +113,10 @@ impl Engine {
     pub fn apply(&self, ops: &[Op]) -> Result<(), LogError> {
         let mut tree: Option<(&str, sled::Tree)> = None;
         // Payments stay in the segments, markers are the log's own.
-        for op in ops.iter().filter(|op| op.tree != LOG && op.tree != CHECKPOINT) {
+        for op in ops
+            .iter()
+            .filter(|op| op.tree != LOG && op.tree != CHECKPOINT)
+        {
             let current = match &tree {
                 Some((name, t)) if *name == op.tree => t,
                 _ => &tree.insert((&op.tree, self.tree(&op.tree)?)).1,

@@ -350,7 +350,12 @@ fn next_valid(bytes: &[u8], from: usize, id: u64) -> Option<usize> {
     let id = id.to_le_bytes();
     (from..bytes.len().saturating_sub(RECORD_HEADER))
         .filter(|&at| bytes[at + 8..at + 16] == id)
-        .find(|&at| matches!(record_at(bytes, at, u64::from_le_bytes(id)), Some((_, true))))
+        .find(|&at| {
+            matches!(
+                record_at(bytes, at, u64::from_le_bytes(id)),
+                Some((_, true))
+            )
+        })
 }
 
 /// The records of `id` from the start; see [`scan`].
@@ -554,7 +559,10 @@ mod tests {
         os_disk().write_at(&file, &[0xff], torn_at).expect("damage");
         let bytes = std::fs::read(&path).expect("read");
         let scanned = scan(&bytes, false).expect("segment");
-        assert_eq!(ops_of(&scanned.records), vec![vec![op("t", "a", Some("1"))]]);
+        assert_eq!(
+            ops_of(&scanned.records),
+            vec![vec![op("t", "a", Some("1"))]]
+        );
         assert!(scanned.end < torn_at, "new records overwrite the torn one");
     }
 
@@ -577,13 +585,18 @@ mod tests {
             .expect("open");
         let mut byte = [0u8];
         file.read_exact_at(&mut byte, flip).expect("read");
-        os_disk().write_at(&file, &[byte[0] ^ 1], flip).expect("damage");
+        os_disk()
+            .write_at(&file, &[byte[0] ^ 1], flip)
+            .expect("damage");
         let bytes = std::fs::read(&path).expect("read");
         let scanned = scan(&bytes, false).expect("segment");
         assert_eq!(scanned.damaged, 1);
         assert_eq!(
             ops_of(&scanned.records),
-            vec![vec![op(LOG, "1", Some("payment"))], vec![op("t", "b", Some("2"))]],
+            vec![
+                vec![op(LOG, "1", Some("payment"))],
+                vec![op("t", "b", Some("2"))]
+            ],
             "the payment is kept, the untrusted dedupe write is not"
         );
         assert_eq!(scanned.end, segment.end().offset);
@@ -595,7 +608,9 @@ mod tests {
         let (at, len) = values[0].expect("place");
         let flip = at + u64::from(len) + 18;
         file.read_exact_at(&mut byte, flip).expect("read");
-        os_disk().write_at(&file, &[byte[0] ^ 1], flip).expect("damage");
+        os_disk()
+            .write_at(&file, &[byte[0] ^ 1], flip)
+            .expect("damage");
         let bytes = std::fs::read(&path).expect("read");
         assert!(scan(&bytes, false).expect("segment").records.is_empty());
         assert_eq!(scan(&bytes, true).expect("segment").records.len(), 1);

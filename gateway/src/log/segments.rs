@@ -524,7 +524,11 @@ mod tests {
         assert!(replay.is_empty());
         let big = "x".repeat(3000);
         for seq in 0..20 {
-            write(&mut segments, &mut index, &[put(seq, &format!("{seq}{big}"))]);
+            write(
+                &mut segments,
+                &mut index,
+                &[put(seq, &format!("{seq}{big}"))],
+            );
         }
         write(&mut segments, &mut index, &[remove(3), other("k")]);
         segments.sync().expect("sync");
@@ -564,10 +568,16 @@ mod tests {
             write(&mut segments, &mut index, &[remove(seq)]);
         }
         let at = segments.end();
-        for id in segments.checkpoint(at, |id| index.live(id) == 0).expect("checkpoint") {
+        for id in segments
+            .checkpoint(at, |id| index.live(id) == 0)
+            .expect("checkpoint")
+        {
             index.forget_segment(id);
         }
-        assert!(segments.paths.len() < first_segments, "empty ones collected");
+        assert!(
+            segments.paths.len() < first_segments,
+            "empty ones collected"
+        );
         assert_eq!(segments.spare.len().min(SPARE_FILES), segments.spare.len());
         write(&mut segments, &mut index, &[other("b")]);
         segments.sync().expect("sync");

@@ -222,7 +222,11 @@ impl Store {
             index,
             replay,
             ..
-        } = Segments::open(&data_dir.join("events"), options.segment_bytes, disk.clone())?;
+        } = Segments::open(
+            &data_dir.join("events"),
+            options.segment_bytes,
+            disk.clone(),
+        )?;
         for ops in &replay {
             engine.apply(ops)?;
         }
@@ -471,7 +475,9 @@ impl Store {
             let chunk = self.shared.index().from(at, SCAN_CHUNK);
             let last_chunk = chunk.len() < SCAN_CHUNK;
             for place in chunk {
-                while let Some(item) = in_sled.next_if(|i| !matches!(i, Ok((k, _)) if be(k) >= place.seq)) {
+                while let Some(item) =
+                    in_sled.next_if(|i| !matches!(i, Ok((k, _)) if be(k) >= place.seq))
+                {
                     let (key, value) = item?;
                     if !each(be(&key), &value)? {
                         return Ok(());
@@ -510,7 +516,9 @@ impl Store {
             let chunk = self.shared.index().before(before, SCAN_CHUNK);
             let last_chunk = chunk.len() < SCAN_CHUNK;
             for place in chunk {
-                while let Some(item) = in_sled.next_if(|i| !matches!(i, Ok((k, _)) if be(k) <= place.seq)) {
+                while let Some(item) =
+                    in_sled.next_if(|i| !matches!(i, Ok((k, _)) if be(k) <= place.seq))
+                {
                     let (key, value) = item?;
                     if !each(be(&key), &value)? {
                         return Ok(());

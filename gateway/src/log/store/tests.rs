@@ -364,7 +364,10 @@ fn damaged_records_are_quarantined_and_the_rest_is_served() {
         .map(|e| e.expect("entry").path())
         .find(|p| p.extension().is_some_and(|x| x == "seg"))
         .expect("a segment");
-    let file = std::fs::OpenOptions::new().write(true).open(segment).expect("open");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment)
+        .expect("open");
     std::os::unix::fs::FileExt::write_all_at(&file, &[byte[0] ^ 0x20], last).expect("damage");
     drop(place);
     let log = reopen(log, dir.path());
@@ -448,7 +451,10 @@ fn open_as_is_leaves_a_damaged_store_where_it_is() {
         .expect("dir")
         .map(|e| e.expect("entry").file_name())
         .collect();
-    let mut names: Vec<_> = names.iter().map(|n| n.to_string_lossy().to_string()).collect();
+    let mut names: Vec<_> = names
+        .iter()
+        .map(|n| n.to_string_lossy().to_string())
+        .collect();
     names.sort();
     assert_eq!(names, ["events", "state"], "nothing moved aside or created");
 }
@@ -867,8 +873,19 @@ fn collected_segments_go_and_a_dead_letter_in_one_outlives_it() {
     }
     let written = segment_files(dir.path());
     assert!(written > 3, "200 payments fill several 16 KiB segments");
-    settle(&log, "pos", 3, Settlement::Dead { reason: "no".into() });
-    w(log.settle("pos", (0..200).filter(|s| *s != 3).collect(), Settlement::Delivered));
+    settle(
+        &log,
+        "pos",
+        3,
+        Settlement::Dead {
+            reason: "no".into(),
+        },
+    );
+    w(log.settle(
+        "pos",
+        (0..200).filter(|s| *s != 3).collect(),
+        Settlement::Delivered,
+    ));
     log.gc().expect("gc");
     w(log.checkpoint());
     assert!(
@@ -887,5 +904,9 @@ fn collected_segments_go_and_a_dead_letter_in_one_outlives_it() {
     assert_eq!(txids(&w(log.requeued("pos", 10))), ["tx3"]);
     // The next payments go on with fresh numbers, in reused files.
     assert_eq!(append(&log, &["tx-new"]), [Appended::New(200)]);
-    assert_eq!(append(&log, &["tx5"]), [Appended::Duplicate(5)], "dedupe outlives GC");
+    assert_eq!(
+        append(&log, &["tx5"]),
+        [Appended::Duplicate(5)],
+        "dedupe outlives GC"
+    );
 }
