@@ -368,7 +368,7 @@ impl Committer {
     /// Logs `ops` and applies them. Synced now if anyone needs it, else
     /// within [`LAZY_SYNC`].
     fn write(&mut self, engine: &Engine, ops: &[Op], needs_sync: bool) -> Result<(), LogError> {
-        let (segment, values) = self.segments.append(ops)?;
+        let (segment, log) = self.segments.append(ops)?;
         if needs_sync {
             self.segments.sync()?;
             self.unsynced_since = None;
@@ -378,7 +378,7 @@ impl Committer {
         // The record is durable (or a lazy one is written): readers may see it.
         engine.apply(ops)?;
         let file = self.segments.active_file();
-        self.shared.index_mut().apply(segment, &file, ops, &values);
+        self.shared.index_mut().apply(segment, &file, &log);
         self.unflushed += ops
             .iter()
             .filter(|op| op.tree != LOG)
@@ -594,15 +594,27 @@ impl Committer {
                 let outcome = serde_json::to_vec(&settlement).unwrap_or_default();
                 let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
                 for &seq in &seqs {
-                    let before = txn.get(&tree, &keyed(OUTCOME, seq))?;
-                    if let Some(state) = before
-                        .and_then(|b| serde_json::from_slice::<Settlement>(&b).ok())
-                        .map(|s| s.state())
-                    {
+                    // Only outcomes other than delivered are kept per entry
+                    // (one key per delivered payment per sink was most of
+                    // sled's writes); an entry settled without one was
+                    // delivered.
+                    let before = match txn.get(&tree, &keyed(OUTCOME, seq))? {
+                        Some(b) => serde_json::from_slice::<Settlement>(&b)
+                            .ok()
+                            .map(|s| s.state()),
+                        None if seq < cursor || txn.get(&tree, &keyed(ACKED, seq))?.is_some() => {
+                            Some("delivered")
+                        }
+                        None => None,
+                    };
+                    if let Some(state) = before {
                         *counts.entry(state).or_default() -= 1;
                     }
                     *counts.entry(settlement.state()).or_default() += 1;
-                    txn.put(&tree, keyed(OUTCOME, seq).to_vec(), outcome.clone());
+                    match settlement {
+                        Settlement::Delivered => txn.remove(&tree, keyed(OUTCOME, seq).to_vec())?,
+                        _ => txn.put(&tree, keyed(OUTCOME, seq).to_vec(), outcome.clone()),
+                    }
                     txn.remove(&tree, keyed(REQUEUED, seq).to_vec())?;
                     match settlement {
                         Settlement::Dead { .. } => {

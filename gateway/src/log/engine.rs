@@ -13,7 +13,7 @@
 //!   any sink in it still needs, running or not.
 //! - `sink/<name>`: `c` → cursor BE (the first entry not settled or passed);
 //!   `a`+seq → () for entries acknowledged above the cursor (out of order);
-//!   `o`+seq → settlement JSON; `d`+seq → () (dead letters); `r`+seq → ()
+//!   `o`+seq → settlement JSON (expired, dead; none kept for delivered); `d`+seq → () (dead letters); `r`+seq → ()
 //!   (requeued); `n/<state>` → count BE; `handed-over` → () once its cursor
 //!   went to other sinks (speaker lanes).
 //! - `kv/<connector>`: the plugin's own keys.

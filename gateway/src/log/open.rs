@@ -104,10 +104,7 @@ pub(super) fn open_or_recover(
             // A damaged store from before the segments may hold its last
             // commits only in its write-ahead file; read it where it lies
             // (the file is not changed). Newer stores replay their segments.
-            let replay = match std::fs::read(aside.join("wal")) {
-                Ok(bytes) => segment::legacy_wal_records(&bytes),
-                Err(_) => Vec::new(),
-            };
+            let replay = segment::legacy_wal_records(&aside.join("wal"));
             Ok(Opened {
                 db,
                 health: LogHealth {

@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use super::LogError;
 use super::disk::Disk;
+use super::engine::be;
 
 const MAGIC: &[u8; 8] = b"SBXSEG01";
 /// The write-ahead file of stores before the segments; read once, to upgrade.
@@ -74,13 +75,17 @@ impl Position {
     }
 }
 
-/// One record read back: its ops, and for each op of [`LOG`] with a value,
-/// where that value lies in the file (offset, length).
+/// A payment a record writes (its place in the file: offset, length) or
+/// removes (None), by sequence number.
+pub type LogWrite = (u64, Option<(u64, u32)>);
+
+/// One record read back: its writes other than payments, and the payments
+/// it writes or removes (never copied out of the file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub at: Position,
     pub ops: Vec<Op>,
-    pub values: Vec<Option<(u64, u32)>>,
+    pub log: Vec<LogWrite>,
 }
 
 pub struct SegmentFile {
@@ -227,13 +232,13 @@ impl SegmentFile {
 
     /// Writes a record of `ops`: in the file at once (a killed process
     /// loses nothing written), durable with the next [`SegmentFile::sync`].
-    /// The caller checked [`SegmentFile::fits`]. Returns where each op's
-    /// value lies in the file, as [`Record::values`].
-    pub fn append(&mut self, ops: &[Op]) -> Result<Vec<Option<(u64, u32)>>, LogError> {
+    /// The caller checked [`SegmentFile::fits`]. Returns the payments it
+    /// writes, as [`Record::log`].
+    pub fn append(&mut self, ops: &[Op]) -> Result<Vec<LogWrite>, LogError> {
         let mut record = Vec::with_capacity(record_len(ops) as usize);
         record.extend_from_slice(&[0u8; 8]);
         record.extend_from_slice(&self.id.to_le_bytes());
-        let values = encode(ops, &mut record, self.end);
+        let log = encode(ops, &mut record, self.end);
         let len = (record.len() - RECORD_HEADER) as u32;
         let crc = crc32fast::hash(&record[8..]);
         record[0..4].copy_from_slice(&len.to_le_bytes());
@@ -242,7 +247,7 @@ impl SegmentFile {
             .write_at(&self.file, &record, self.end)
             .map_err(|e| LogError::Storage(format!("segment write: {e}")))?;
         self.end += record.len() as u64;
-        Ok(values)
+        Ok(log)
     }
 
     /// Whether records were written since the last sync.
@@ -295,21 +300,31 @@ pub struct Scanned {
     pub damaged: u64,
 }
 
-/// The records of a segment file's bytes, in order. `None` if the header
-/// is not a segment's. A record that fails its checksum ends the segment
-/// if nothing valid follows (a write torn by a crash: never acknowledged);
-/// with valid records after it, or in a sealed segment (synced whole before
-/// the next began), it is damage and the scan goes on past it.
-pub fn scan(bytes: &[u8], sealed: bool) -> Option<Scanned> {
-    let id = read_header(bytes, MAGIC)?;
-    Some(read_records(bytes, id, sealed))
+/// The records of a segment file, in order, read through a small window
+/// (the file is never in memory whole). `None` if the header is not a
+/// segment's. A record that fails its checksum ends the segment if nothing
+/// valid follows (a write torn by a crash: never acknowledged); with valid
+/// records after it, or in a sealed segment (synced whole before the next
+/// began), it is damage and the scan goes on past it.
+pub fn scan(file: &File, sealed: bool) -> std::io::Result<Option<Scanned>> {
+    let mut window = Window::new(file)?;
+    let Some(id) = window.get(0, 20).and_then(|h| read_header(h, MAGIC)) else {
+        return Ok(None);
+    };
+    Ok(Some(read_records(&mut window, id, sealed)))
 }
 
-/// The records of a write-ahead file from before the segments (the same
+/// The writes of a write-ahead file from before the segments (the same
 /// record layout, one epoch), to replay once when upgrading.
-pub fn legacy_wal_records(bytes: &[u8]) -> Vec<Vec<Op>> {
-    match read_header(bytes, LEGACY_MAGIC) {
-        Some(epoch) => read_records(bytes, epoch, false)
+pub fn legacy_wal_records(path: &Path) -> Vec<Vec<Op>> {
+    let Ok(file) = File::open(path) else {
+        return Vec::new();
+    };
+    let Ok(mut window) = Window::new(&file) else {
+        return Vec::new();
+    };
+    match window.get(0, 20).and_then(|h| read_header(h, LEGACY_MAGIC)) {
+        Some(epoch) => read_records(&mut window, epoch, false)
             .records
             .into_iter()
             .map(|r| r.ops)
@@ -319,8 +334,8 @@ pub fn legacy_wal_records(bytes: &[u8]) -> Vec<Vec<Op>> {
 }
 
 /// The id in a valid header.
-fn read_header(bytes: &[u8], magic: &[u8; 8]) -> Option<u64> {
-    let header = bytes.get(..20)?;
+fn read_header(header: &[u8], magic: &[u8; 8]) -> Option<u64> {
+    let header = header.get(..20)?;
     if &header[..8] != magic {
         return None;
     }
@@ -331,73 +346,129 @@ fn read_header(bytes: &[u8], magic: &[u8; 8]) -> Option<u64> {
     Some(u64::from_le_bytes(header[8..16].try_into().ok()?))
 }
 
-/// The length of a record of `id` at `at` whose header is sane (it fits
-/// in `bytes`), and whether its checksum holds.
-fn record_at(bytes: &[u8], at: usize, id: u64) -> Option<(usize, bool)> {
-    let head = bytes.get(at..at.checked_add(RECORD_HEADER)?)?;
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    let record_id = u64::from_le_bytes(head[8..16].try_into().ok()?);
-    if len == 0 || record_id != id {
-        return None;
-    }
-    let whole = bytes.get(at + 8..at + RECORD_HEADER + len)?;
-    Some((len, crc32fast::hash(whole) == crc))
+/// Reads a file through a 256 KiB window, so scanning a segment costs
+/// that much memory whatever its size.
+struct Window<'f> {
+    file: &'f File,
+    len: u64,
+    buf: Vec<u8>,
+    start: u64,
+    /// A read larger than the window.
+    big: Vec<u8>,
 }
 
-/// The first valid record of `id` at or after `from`.
-fn next_valid(bytes: &[u8], from: usize, id: u64) -> Option<usize> {
-    let id = id.to_le_bytes();
-    (from..bytes.len().saturating_sub(RECORD_HEADER))
-        .filter(|&at| bytes[at + 8..at + 16] == id)
-        .find(|&at| {
-            matches!(
-                record_at(bytes, at, u64::from_le_bytes(id)),
-                Some((_, true))
-            )
+const WINDOW: usize = 256 << 10;
+
+impl<'f> Window<'f> {
+    fn new(file: &'f File) -> std::io::Result<Window<'f>> {
+        Ok(Window {
+            file,
+            len: file.metadata()?.len(),
+            buf: Vec::new(),
+            start: 0,
+            big: Vec::new(),
         })
+    }
+
+    /// `n` bytes at `at`, if the file has them (and they read).
+    fn get(&mut self, at: u64, n: usize) -> Option<&[u8]> {
+        let end = at.checked_add(n as u64)?;
+        if end > self.len {
+            return None;
+        }
+        if n > WINDOW {
+            self.big.resize(n, 0);
+            self.file.read_exact_at(&mut self.big, at).ok()?;
+            return Some(&self.big);
+        }
+        if at < self.start || end > self.start + self.buf.len() as u64 {
+            let take = (self.len - at).min(WINDOW as u64) as usize;
+            self.buf.resize(take, 0);
+            self.file.read_exact_at(&mut self.buf, at).ok()?;
+            self.start = at;
+        }
+        let from = (at - self.start) as usize;
+        Some(&self.buf[from..from + n])
+    }
+
+    /// The length of a record of `id` at `at` whose header is sane (it
+    /// fits in the file), and whether its checksum holds.
+    fn record_at(&mut self, at: u64, id: u64) -> Option<(usize, bool)> {
+        let head = self.get(at, RECORD_HEADER)?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let record_id = u64::from_le_bytes(head[8..16].try_into().ok()?);
+        if len == 0 || record_id != id {
+            return None;
+        }
+        let whole = self.get(at + 8, RECORD_HEADER - 8 + len)?;
+        Some((len, crc32fast::hash(whole) == crc))
+    }
+
+    /// The first valid record of `id` at or after `from`.
+    fn next_valid(&mut self, from: u64, id: u64) -> Option<u64> {
+        let pattern = id.to_le_bytes();
+        let mut at = from;
+        while at + RECORD_HEADER as u64 <= self.len {
+            let n = (self.len - at).min(WINDOW as u64) as usize;
+            let found = self
+                .get(at, n)?
+                .windows(8)
+                .skip(8)
+                .position(|w| w == pattern);
+            match found {
+                Some(i) => {
+                    let candidate = at + i as u64;
+                    if let Some((_, true)) = self.record_at(candidate, id) {
+                        return Some(candidate);
+                    }
+                    at = candidate + 1;
+                }
+                None if n < WINDOW => return None,
+                None => at += (n - 16) as u64,
+            }
+        }
+        None
+    }
 }
 
 /// The records of `id` from the start; see [`scan`].
-fn read_records(bytes: &[u8], id: u64, sealed: bool) -> Scanned {
+fn read_records(window: &mut Window<'_>, id: u64, sealed: bool) -> Scanned {
     let mut scanned = Scanned {
         id,
         ..Scanned::default()
     };
-    let mut at = HEADER_BYTES as usize;
+    let mut at = HEADER_BYTES;
     loop {
-        let (len, intact) = match record_at(bytes, at, id) {
+        let (len, intact) = match window.record_at(at, id) {
             Some(found) => found,
-            None => match next_valid(bytes, at, id) {
+            None => match window.next_valid(at, id) {
                 // Unreadable header, valid records after it: damage.
-                Some(next) if at < bytes.len() => {
+                Some(next) => {
                     scanned.damaged += 1;
                     at = next;
                     continue;
                 }
-                _ => break,
+                None => break,
             },
         };
-        let next = at + RECORD_HEADER + len;
-        if !intact && !sealed && next_valid(bytes, next, id).is_none() {
+        let next = at + (RECORD_HEADER + len) as u64;
+        if !intact && !sealed && window.next_valid(next, id).is_none() {
             break; // torn at the end
         }
-        let payload = &bytes[at + RECORD_HEADER..next];
-        if let Some((mut ops, mut values)) = decode(payload, (at + RECORD_HEADER) as u64) {
-            if !intact {
-                let keep: Vec<bool> = ops.iter().map(|op| op.tree == LOG).collect();
-                let mut flags = keep.iter();
-                ops.retain(|_| *flags.next().unwrap_or(&false));
-                let mut flags = keep.iter();
-                values.retain(|_| *flags.next().unwrap_or(&false));
-            }
+        let payload_at = at + RECORD_HEADER as u64;
+        let decoded = window
+            .get(payload_at, len)
+            .and_then(|payload| decode(payload, payload_at));
+        if let Some((ops, log)) = decoded {
             scanned.records.push(Record {
                 at: Position {
                     segment: id,
-                    offset: at as u64,
+                    offset: at,
                 },
-                ops,
-                values,
+                // A damaged record's other writes are not trusted.
+                ops: if intact { ops } else { Vec::new() },
+                log,
             });
         }
         if !intact {
@@ -405,7 +476,7 @@ fn read_records(bytes: &[u8], id: u64, sealed: bool) -> Scanned {
         }
         at = next;
     }
-    scanned.end = at as u64;
+    scanned.end = at;
     scanned
 }
 
@@ -422,36 +493,39 @@ pub fn record_len(ops: &[Op]) -> u64 {
 }
 
 /// Appends the payload of `ops` to `out` (which will be written at
-/// `record_at`); returns where each value of [`LOG`] lies in the file.
-fn encode(ops: &[Op], out: &mut Vec<u8>, record_at: u64) -> Vec<Option<(u64, u32)>> {
+/// `record_at`); returns the payments it writes or removes.
+fn encode(ops: &[Op], out: &mut Vec<u8>, record_at: u64) -> Vec<LogWrite> {
     out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
-    let mut values = Vec::with_capacity(ops.len());
+    let mut log = Vec::new();
     for op in ops {
         out.extend_from_slice(&(op.tree.len() as u16).to_le_bytes());
         out.extend_from_slice(op.tree.as_bytes());
         out.extend_from_slice(&(op.key.len() as u32).to_le_bytes());
         out.extend_from_slice(&op.key);
-        match &op.value {
+        let place = match &op.value {
             Some(value) => {
                 out.push(1);
                 out.extend_from_slice(&(value.len() as u32).to_le_bytes());
                 let at = record_at + out.len() as u64;
                 out.extend_from_slice(value);
-                values.push((op.tree == LOG).then_some((at, value.len() as u32)));
+                Some((at, value.len() as u32))
             }
             None => {
                 out.push(0);
                 out.extend_from_slice(&0u32.to_le_bytes());
-                values.push(None);
+                None
             }
+        };
+        if op.tree == LOG {
+            log.push((be(&op.key), place));
         }
     }
-    values
+    log
 }
 
-/// The ops of a payload that lies at `payload_at` in its file.
-#[allow(clippy::type_complexity)]
-fn decode(bytes: &[u8], payload_at: u64) -> Option<(Vec<Op>, Vec<Option<(u64, u32)>>)> {
+/// The writes of a payload that lies at `payload_at` in its file: those
+/// other than payments, and the payments (not copied).
+fn decode(bytes: &[u8], payload_at: u64) -> Option<(Vec<Op>, Vec<LogWrite>)> {
     struct Reader<'a> {
         bytes: &'a [u8],
         at: usize,
@@ -468,25 +542,28 @@ fn decode(bytes: &[u8], payload_at: u64) -> Option<(Vec<Op>, Vec<Option<(u64, u3
     }
     let mut r = Reader { bytes, at: 0 };
     let count = r.u32()?;
-    let mut ops = Vec::with_capacity(count.min(1 << 16));
-    let mut values = Vec::with_capacity(count.min(1 << 16));
+    let mut ops = Vec::new();
+    let mut log = Vec::new();
     for _ in 0..count {
         let tree_len = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
-        let tree = String::from_utf8(r.take(tree_len)?.to_vec()).ok()?;
+        let tree = std::str::from_utf8(r.take(tree_len)?).ok()?;
         let key_len = r.u32()?;
-        let key = r.take(key_len)?.to_vec();
+        let key = r.take(key_len)?;
         let present = r.take(1)?[0] == 1;
         let value_len = r.u32()?;
         let value_at = payload_at + r.at as u64;
-        let value = r.take(value_len)?.to_vec();
-        values.push((present && tree == LOG).then_some((value_at, value_len as u32)));
-        ops.push(Op {
-            tree,
-            key,
-            value: present.then_some(value),
-        });
+        let value = r.take(value_len)?;
+        if tree == LOG {
+            log.push((be(key), present.then_some((value_at, value_len as u32))));
+        } else {
+            ops.push(Op {
+                tree: tree.to_string(),
+                key: key.to_vec(),
+                value: present.then(|| value.to_vec()),
+            });
+        }
     }
-    (r.at == bytes.len()).then_some((ops, values))
+    (r.at == bytes.len()).then_some((ops, log))
 }
 
 #[cfg(test)]
@@ -502,8 +579,34 @@ mod tests {
         }
     }
 
+    fn payment(seq: u64, value: &str) -> Op {
+        Op {
+            tree: LOG.into(),
+            key: seq.to_be_bytes().to_vec(),
+            value: Some(value.as_bytes().to_vec()),
+        }
+    }
+
     fn ops_of(records: &[Record]) -> Vec<Vec<Op>> {
         records.iter().map(|r| r.ops.clone()).collect()
+    }
+
+    fn scan_path(path: &Path, sealed: bool) -> Scanned {
+        let file = File::open(path).expect("open");
+        scan(&file, sealed).expect("read").expect("a segment")
+    }
+
+    fn flip_byte(path: &Path, at: u64) {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open");
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).expect("read");
+        os_disk()
+            .write_at(&file, &[byte[0] ^ 1], at)
+            .expect("damage");
     }
 
     #[test]
@@ -511,21 +614,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("seg");
         let mut segment = SegmentFile::create(&path, 7, 1 << 16, os_disk()).expect("create");
-        let first = vec![op(LOG, "1", Some("payment")), op("dedupe", "k", None)];
+        let first = vec![payment(1, "payment"), op("dedupe", "k", None)];
         let second = vec![op("sink/x", "c", Some(""))];
-        let values = segment.append(&first).expect("append");
+        let log = segment.append(&first).expect("append");
         segment.append(&second).expect("append");
         segment.sync().expect("sync");
+        let scanned = scan_path(&path, false);
+        assert_eq!((scanned.id, scanned.end), (7, segment.end().offset));
+        assert_eq!(
+            ops_of(&scanned.records),
+            vec![vec![op("dedupe", "k", None)], second]
+        );
+        assert_eq!(scanned.records[0].log, log);
+        let (at, len) = log[0].1.expect("a payment's place");
         let bytes = std::fs::read(&path).expect("read");
-        let Scanned {
-            id, records, end, ..
-        } = scan(&bytes, false).expect("a segment");
-        assert_eq!((id, end), (7, segment.end().offset));
-        assert_eq!(ops_of(&records), vec![first, second]);
-        assert_eq!(records[0].values, values);
-        let (at, len) = values[0].expect("a payment's place");
         assert_eq!(&bytes[at as usize..][..len as usize], b"payment");
-        assert_eq!(records[0].values[1], None);
     }
 
     #[test]
@@ -540,10 +643,12 @@ mod tests {
         let mut new = SegmentFile::create(&path, 2, 1 << 16, os_disk()).expect("reuse");
         new.append(&[op("t", "c", Some("3"))]).expect("append");
         new.sync().expect("sync");
-        let scanned = scan(&std::fs::read(&path).expect("read"), false).expect("segment");
-        let (id, records) = (scanned.id, scanned.records);
-        assert_eq!(id, 2);
-        assert_eq!(ops_of(&records), vec![vec![op("t", "c", Some("3"))]]);
+        let scanned = scan_path(&path, false);
+        assert_eq!(scanned.id, 2);
+        assert_eq!(
+            ops_of(&scanned.records),
+            vec![vec![op("t", "c", Some("3"))]]
+        );
     }
 
     #[test]
@@ -555,10 +660,8 @@ mod tests {
         let torn_at = segment.end().offset + RECORD_HEADER as u64 + 3;
         segment.append(&[op("t", "b", Some("2"))]).expect("append");
         segment.sync().expect("sync");
-        let file = OpenOptions::new().write(true).open(&path).expect("open");
-        os_disk().write_at(&file, &[0xff], torn_at).expect("damage");
-        let bytes = std::fs::read(&path).expect("read");
-        let scanned = scan(&bytes, false).expect("segment");
+        flip_byte(&path, torn_at);
+        let scanned = scan_path(&path, false);
         assert_eq!(
             ops_of(&scanned.records),
             vec![vec![op("t", "a", Some("1"))]]
@@ -571,49 +674,31 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("seg");
         let mut segment = SegmentFile::create(&path, 1, 1 << 16, os_disk()).expect("create");
-        let damaged = vec![op(LOG, "1", Some("payment")), op("dedupe", "k", Some("1"))];
-        let values = segment.append(&damaged).expect("append");
+        let damaged = vec![payment(1, "payment"), op("dedupe", "k", Some("1"))];
+        let log = segment.append(&damaged).expect("append");
         segment.append(&[op("t", "b", Some("2"))]).expect("append");
         segment.sync().expect("sync");
         // A bit flipped in the dedupe value: the record's checksum fails.
-        let (at, len) = values[0].expect("place");
+        let (at, len) = log[0].1.expect("place");
         let flip = at + u64::from(len) + 18;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("open");
-        let mut byte = [0u8];
-        file.read_exact_at(&mut byte, flip).expect("read");
-        os_disk()
-            .write_at(&file, &[byte[0] ^ 1], flip)
-            .expect("damage");
-        let bytes = std::fs::read(&path).expect("read");
-        let scanned = scan(&bytes, false).expect("segment");
+        flip_byte(&path, flip);
+        let scanned = scan_path(&path, false);
         assert_eq!(scanned.damaged, 1);
+        assert_eq!(scanned.records[0].log, log, "the payment is kept");
         assert_eq!(
             ops_of(&scanned.records),
-            vec![
-                vec![op(LOG, "1", Some("payment"))],
-                vec![op("t", "b", Some("2"))]
-            ],
-            "the payment is kept, the untrusted dedupe write is not"
+            vec![vec![], vec![op("t", "b", Some("2"))]],
+            "the untrusted dedupe write is not"
         );
         assert_eq!(scanned.end, segment.end().offset);
         // The same damage in the last record of a segment still being
         // written is a torn write; in a sealed one it is damage.
         let mut torn = SegmentFile::create(&path, 2, 1 << 16, os_disk()).expect("create");
-        let values = torn.append(&damaged).expect("append");
+        torn.append(&damaged).expect("append");
         torn.sync().expect("sync");
-        let (at, len) = values[0].expect("place");
-        let flip = at + u64::from(len) + 18;
-        file.read_exact_at(&mut byte, flip).expect("read");
-        os_disk()
-            .write_at(&file, &[byte[0] ^ 1], flip)
-            .expect("damage");
-        let bytes = std::fs::read(&path).expect("read");
-        assert!(scan(&bytes, false).expect("segment").records.is_empty());
-        assert_eq!(scan(&bytes, true).expect("segment").records.len(), 1);
+        flip_byte(&path, flip);
+        assert!(scan_path(&path, false).records.is_empty());
+        assert_eq!(scan_path(&path, true).records.len(), 1);
     }
 
     #[test]

@@ -19,8 +19,7 @@ use std::sync::Arc;
 
 use super::LogError;
 use super::disk::Disk;
-use super::engine::be;
-use super::segment::{self, CHECKPOINT, LOG, Op, Position, SegmentFile, io_error};
+use super::segment::{self, CHECKPOINT, LogWrite, Op, Position, SegmentFile, io_error};
 
 /// Collected segment files kept for reuse.
 const SPARE_FILES: usize = 2;
@@ -97,22 +96,11 @@ impl Index {
         }
     }
 
-    /// Applies the [`LOG`] ops of a record written in `segment`, with where
-    /// their values lie (as [`segment::Record::values`]).
-    pub fn apply(
-        &mut self,
-        segment: u64,
-        file: &Arc<File>,
-        ops: &[Op],
-        values: &[Option<(u64, u32)>],
-    ) {
-        for (op, value) in ops.iter().zip(values) {
-            if op.tree != LOG {
-                continue;
-            }
-            let seq = be(&op.key);
-            match value {
-                Some(place) => self.insert(seq, segment, file, *place),
+    /// Applies the payments a record written in `segment` writes or removes.
+    pub fn apply(&mut self, segment: u64, file: &Arc<File>, log: &[LogWrite]) {
+        for &(seq, place) in log {
+            match place {
+                Some(place) => self.insert(seq, segment, file, place),
                 None => self.remove(seq),
             }
         }
@@ -287,9 +275,10 @@ impl Segments {
         let mut last: Option<(u64, u64)> = None;
         let newest = paths.keys().next_back().copied();
         for (&id, path) in &paths.clone() {
-            let bytes = std::fs::read(path).map_err(|e| io_error("read", path, e))?;
-            let scanned = segment::scan(&bytes, Some(id) != newest).filter(|s| s.id == id);
-            drop(bytes);
+            let file = Arc::new(File::open(path).map_err(|e| io_error("open", path, e))?);
+            let scanned = segment::scan(&file, Some(id) != newest)
+                .map_err(|e| io_error("read", path, e))?
+                .filter(|s| s.id == id);
             let Some(segment::Scanned {
                 records,
                 end,
@@ -310,18 +299,15 @@ impl Segments {
                     "event log segment has damaged records; their payments are checked one by one when read"
                 );
             }
-            let file = Arc::new(File::open(path).map_err(|e| io_error("open", path, e))?);
             for record in records {
-                index.apply(id, &file, &record.ops, &record.values);
+                index.apply(id, &file, &record.log);
                 let mut writes = Vec::new();
                 for op in record.ops {
-                    if op.tree == CHECKPOINT {
-                        if let Some(at) = op.value.as_deref().and_then(Position::from_bytes) {
-                            checkpointed = at;
-                            replay.clear();
-                        }
-                    } else if op.tree != LOG {
+                    if op.tree != CHECKPOINT {
                         writes.push(op);
+                    } else if let Some(at) = op.value.as_deref().and_then(Position::from_bytes) {
+                        checkpointed = at;
+                        replay.clear();
                     }
                 }
                 if record.at >= checkpointed && !writes.is_empty() {
@@ -385,14 +371,13 @@ impl Segments {
     }
 
     /// Writes a record of `ops` (in a new segment if the active one is
-    /// full); returns its segment and where each payment's value lies.
-    #[allow(clippy::type_complexity)]
-    pub fn append(&mut self, ops: &[Op]) -> Result<(u64, Vec<Option<(u64, u32)>>), LogError> {
+    /// full); returns its segment and the payments it writes or removes.
+    pub fn append(&mut self, ops: &[Op]) -> Result<(u64, Vec<LogWrite>), LogError> {
         if !self.active.fits(ops) {
             self.roll(segment::record_len(ops))?;
         }
-        let values = self.active.append(ops)?;
-        Ok((self.active.id, values))
+        let log = self.active.append(ops)?;
+        Ok((self.active.id, log))
     }
 
     pub fn sync(&mut self) -> Result<(), LogError> {
@@ -474,6 +459,7 @@ fn sync_dir(handle: &File, dir: &Path) -> Result<(), LogError> {
 mod tests {
     use super::*;
     use crate::log::disk::os_disk;
+    use crate::log::segment::LOG;
 
     fn put(seq: u64, value: &str) -> Op {
         Op {
@@ -507,9 +493,9 @@ mod tests {
 
     /// Appends a record and indexes it, as the committer does.
     fn write(segments: &mut Segments, index: &mut Index, ops: &[Op]) {
-        let (id, values) = segments.append(ops).expect("append");
+        let (id, log) = segments.append(ops).expect("append");
         let file = segments.active_file();
-        index.apply(id, &file, ops, &values);
+        index.apply(id, &file, &log);
     }
 
     #[test]

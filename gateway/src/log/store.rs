@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::committer::{self, Committer, Message};
 use super::disk::{Disk, os_disk};
-use super::engine::{self, CURSOR, DEAD, Engine, OUTCOME, REQUEUED, RETIRED, be, keyed};
+use super::engine::{self, ACKED, CURSOR, DEAD, Engine, OUTCOME, REQUEUED, RETIRED, be, keyed};
 use super::open::Recovery;
 use super::record::{self, LogEntry};
 use super::segment::{self, LOG, Op};
@@ -210,10 +210,7 @@ impl Store {
         // A store from before the segments kept its last commits in a
         // write-ahead file of the same record layout: replay it once.
         let legacy_wal = state.join("wal");
-        let legacy = match std::fs::read(&legacy_wal) {
-            Ok(bytes) => segment::legacy_wal_records(&bytes),
-            Err(_) => Vec::new(),
-        };
+        let legacy = segment::legacy_wal_records(&legacy_wal);
         for ops in opened.replay.iter().chain(&legacy) {
             engine.apply(ops)?;
         }
@@ -684,6 +681,7 @@ impl Store {
                     return Ok(true);
                 };
                 let outcome = tree.get(keyed(OUTCOME, seq))?;
+                let wanted = wants.is_none_or(|wants| wants(&entry));
                 let (item_state, reason) = if tree.contains_key(keyed(REQUEUED, seq))? {
                     ("requeued".to_string(), None)
                 } else if let Some(o) = outcome {
@@ -694,15 +692,13 @@ impl Store {
                         ),
                         Err(_) => ("unknown".to_string(), None),
                     }
-                } else if seq >= cursor {
-                    if wants.is_some_and(|wants| !wants(&entry)) {
-                        return Ok(true);
-                    }
+                } else if !wanted {
+                    return Ok(true); // another speaker's: passed, or not yet
+                } else if seq >= cursor && !tree.contains_key(keyed(ACKED, seq))? {
                     ("pending".to_string(), None)
-                } else if wants.is_some() {
-                    return Ok(true); // passed: never this sink's
                 } else {
-                    ("settled".to_string(), None)
+                    // Settled with no outcome kept: delivered.
+                    ("delivered".to_string(), None)
                 };
                 if state.is_some_and(|s| s != item_state) {
                     return Ok(true);
