@@ -395,10 +395,12 @@ impl Committer {
         self.checkpoint_with(&engine)
     }
 
-    /// Everything applied so far becomes durable in sled's files, a marker
-    /// says so in the log, and segments no payment is left in are collected.
+    /// Everything applied so far becomes durable in sled's files, with
+    /// where in the segments that is; segments no payment is left in are
+    /// collected.
     fn checkpoint_with(&mut self, engine: &Engine) -> Result<(), LogError> {
         let at = self.segments.end();
+        engine.meta.insert(engine::CHECKPOINTED, at.to_bytes())?;
         engine.flush_and_sync(&self.data_file, &*self.shared.disk)?;
         let collected = {
             let index = self.shared.index();
@@ -472,6 +474,7 @@ impl Committer {
             &self.shared.segments_dir(),
             self.shared.options.segment_bytes,
             self.shared.disk.clone(),
+            engine.checkpointed()?,
         )?;
         self.segments = segments;
         for ops in &replay {

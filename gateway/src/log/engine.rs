@@ -7,6 +7,7 @@
 //! - `dedupe`: `provider\x1ftransaction id` → seq BE ++ appended-at BE.
 //! - `meta`: `schema`; `next_seq` (written by GC before it removes entries,
 //!   so sequence numbers never repeat even when every entry was collected);
+//!   `checkpointed` (where in the segments the replay at open starts);
 //!   `registry` once the sink registry exists.
 //! - `quarantine`: seq BE → the bytes that failed their checksum.
 //! - `sinks`: the registry, sink name → registered-at ms BE. GC keeps what
@@ -21,9 +22,12 @@
 use std::path::Path;
 
 use super::LogError;
-use super::segment::{CHECKPOINT, LOG, Op};
+use super::segment::{LOG, Op, Position};
 
 pub const NEXT_SEQ: &[u8] = b"next_seq";
+/// In `meta`: the [`Position`] in the segments before which every record's
+/// writes are in sled (stored, then flushed, at each checkpoint).
+pub const CHECKPOINTED: &[u8] = b"checkpointed";
 pub const SCHEMA: &[u8] = b"schema";
 /// In `meta` once every sink with a cursor was put in the registry.
 pub const REGISTRY_MADE: &[u8] = b"registry";
@@ -112,11 +116,8 @@ impl Engine {
     /// measured, eight of them per append-and-two-settlements.)
     pub fn apply(&self, ops: &[Op]) -> Result<(), LogError> {
         let mut tree: Option<(&str, sled::Tree)> = None;
-        // Payments stay in the segments, markers are the log's own.
-        for op in ops
-            .iter()
-            .filter(|op| op.tree != LOG && op.tree != CHECKPOINT)
-        {
+        // Payments stay in the segments.
+        for op in ops.iter().filter(|op| op.tree != LOG) {
             let current = match &tree {
                 Some((name, t)) if *name == op.tree => t,
                 _ => &tree.insert((&op.tree, self.tree(&op.tree)?)).1,
@@ -127,6 +128,15 @@ impl Engine {
             };
         }
         Ok(())
+    }
+
+    /// Where the records not yet in sled's files begin.
+    pub fn checkpointed(&self) -> Result<Position, LogError> {
+        Ok(self
+            .meta
+            .get(CHECKPOINTED)?
+            .and_then(|v| Position::from_bytes(&v))
+            .unwrap_or_default())
     }
 
     /// The next sequence number, from what the store holds.

@@ -4,10 +4,11 @@
 //! A record holds the commit's writes (puts and removes, each a key's whole
 //! new value): the payments themselves (tree [`LOG`], which stays in the
 //! segments and is found through an in-memory index) and everything else,
-//! which is applied to sled and written out at checkpoints. Replaying the
-//! records after the last checkpoint over any state sled recovered (always
-//! one it had at or after that checkpoint) gives the state after the last
-//! durable commit: they are blind writes, in order.
+//! which is applied to sled and written out at checkpoints. A checkpoint
+//! stores in sled the [`Position`] its flush covers; replaying the records
+//! after it over any state sled recovered (always one it had at or after
+//! that checkpoint) gives the state after the last durable commit: they are
+//! blind writes, in order.
 //!
 //! A segment is written full of zeros when created (or is a collected one
 //! reused) and then only rewritten in place, so an `fdatasync` never has to
@@ -40,9 +41,6 @@ pub const RECORD_HEADER: usize = 4 + 4 + 8;
 
 /// The tree of the payments themselves: in the segments, never in sled.
 pub const LOG: &str = "log";
-/// The tree of checkpoint markers: `value` is the [`Position`] up to which
-/// sled's files hold every record's writes.
-pub const CHECKPOINT: &str = "checkpoint";
 
 /// One write of a commit: `key` in `tree` becomes `value` (None: removed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,16 +300,19 @@ pub struct Scanned {
 
 /// The records of a segment file, in order, read through a small window
 /// (the file is never in memory whole). `None` if the header is not a
-/// segment's. A record that fails its checksum ends the segment if nothing
-/// valid follows (a write torn by a crash: never acknowledged); with valid
-/// records after it, or in a sealed segment (synced whole before the next
-/// began), it is damage and the scan goes on past it.
-pub fn scan(file: &File, sealed: bool) -> std::io::Result<Option<Scanned>> {
+/// segment's. A record that fails its checksum ends the segment if it may
+/// be a write torn by a crash (never acknowledged): nothing valid follows
+/// it and it lies at or after `durable`, below which the file is known to
+/// have been synced (a sealed segment: all of it; the one being written:
+/// up to the last checkpoint). Otherwise it is damage and the scan goes on.
+/// The writes other than payments are decoded only from `ops_from` on
+/// (what a replay needs); before it [`Record::ops`] is empty.
+pub fn scan(file: &File, durable: u64, ops_from: u64) -> std::io::Result<Option<Scanned>> {
     let mut window = Window::new(file)?;
     let Some(id) = window.get(0, 20).and_then(|h| read_header(h, MAGIC)) else {
         return Ok(None);
     };
-    Ok(Some(read_records(&mut window, id, sealed)))
+    Ok(Some(read_records(&mut window, id, durable, ops_from)))
 }
 
 /// The writes of a write-ahead file from before the segments (the same
@@ -324,7 +325,7 @@ pub fn legacy_wal_records(path: &Path) -> Vec<Vec<Op>> {
         return Vec::new();
     };
     match window.get(0, 20).and_then(|h| read_header(h, LEGACY_MAGIC)) {
-        Some(epoch) => read_records(&mut window, epoch, false)
+        Some(epoch) => read_records(&mut window, epoch, 0, 0)
             .records
             .into_iter()
             .map(|r| r.ops)
@@ -433,7 +434,7 @@ impl<'f> Window<'f> {
 }
 
 /// The records of `id` from the start; see [`scan`].
-fn read_records(window: &mut Window<'_>, id: u64, sealed: bool) -> Scanned {
+fn read_records(window: &mut Window<'_>, id: u64, durable: u64, ops_from: u64) -> Scanned {
     let mut scanned = Scanned {
         id,
         ..Scanned::default()
@@ -453,13 +454,13 @@ fn read_records(window: &mut Window<'_>, id: u64, sealed: bool) -> Scanned {
             },
         };
         let next = at + (RECORD_HEADER + len) as u64;
-        if !intact && !sealed && window.next_valid(next, id).is_none() {
+        if !intact && at >= durable && window.next_valid(next, id).is_none() {
             break; // torn at the end
         }
         let payload_at = at + RECORD_HEADER as u64;
         let decoded = window
             .get(payload_at, len)
-            .and_then(|payload| decode(payload, payload_at));
+            .and_then(|payload| decode(payload, payload_at, at >= ops_from));
         if let Some((ops, log)) = decoded {
             scanned.records.push(Record {
                 at: Position {
@@ -524,8 +525,8 @@ fn encode(ops: &[Op], out: &mut Vec<u8>, record_at: u64) -> Vec<LogWrite> {
 }
 
 /// The writes of a payload that lies at `payload_at` in its file: those
-/// other than payments, and the payments (not copied).
-fn decode(bytes: &[u8], payload_at: u64) -> Option<(Vec<Op>, Vec<LogWrite>)> {
+/// other than payments (if `with_ops`), and the payments (not copied).
+fn decode(bytes: &[u8], payload_at: u64, with_ops: bool) -> Option<(Vec<Op>, Vec<LogWrite>)> {
     struct Reader<'a> {
         bytes: &'a [u8],
         at: usize,
@@ -555,7 +556,7 @@ fn decode(bytes: &[u8], payload_at: u64) -> Option<(Vec<Op>, Vec<LogWrite>)> {
         let value = r.take(value_len)?;
         if tree == LOG {
             log.push((be(key), present.then_some((value_at, value_len as u32))));
-        } else {
+        } else if with_ops {
             ops.push(Op {
                 tree: tree.to_string(),
                 key: key.to_vec(),
@@ -591,9 +592,9 @@ mod tests {
         records.iter().map(|r| r.ops.clone()).collect()
     }
 
-    fn scan_path(path: &Path, sealed: bool) -> Scanned {
+    fn scan_path(path: &Path, durable: u64) -> Scanned {
         let file = File::open(path).expect("open");
-        scan(&file, sealed).expect("read").expect("a segment")
+        scan(&file, durable, 0).expect("read").expect("a segment")
     }
 
     fn flip_byte(path: &Path, at: u64) {
@@ -619,7 +620,7 @@ mod tests {
         let log = segment.append(&first).expect("append");
         segment.append(&second).expect("append");
         segment.sync().expect("sync");
-        let scanned = scan_path(&path, false);
+        let scanned = scan_path(&path, 0);
         assert_eq!((scanned.id, scanned.end), (7, segment.end().offset));
         assert_eq!(
             ops_of(&scanned.records),
@@ -643,7 +644,7 @@ mod tests {
         let mut new = SegmentFile::create(&path, 2, 1 << 16, os_disk()).expect("reuse");
         new.append(&[op("t", "c", Some("3"))]).expect("append");
         new.sync().expect("sync");
-        let scanned = scan_path(&path, false);
+        let scanned = scan_path(&path, 0);
         assert_eq!(scanned.id, 2);
         assert_eq!(
             ops_of(&scanned.records),
@@ -661,7 +662,7 @@ mod tests {
         segment.append(&[op("t", "b", Some("2"))]).expect("append");
         segment.sync().expect("sync");
         flip_byte(&path, torn_at);
-        let scanned = scan_path(&path, false);
+        let scanned = scan_path(&path, 0);
         assert_eq!(
             ops_of(&scanned.records),
             vec![vec![op("t", "a", Some("1"))]]
@@ -682,7 +683,7 @@ mod tests {
         let (at, len) = log[0].1.expect("place");
         let flip = at + u64::from(len) + 18;
         flip_byte(&path, flip);
-        let scanned = scan_path(&path, false);
+        let scanned = scan_path(&path, 0);
         assert_eq!(scanned.damaged, 1);
         assert_eq!(scanned.records[0].log, log, "the payment is kept");
         assert_eq!(
@@ -692,13 +693,14 @@ mod tests {
         );
         assert_eq!(scanned.end, segment.end().offset);
         // The same damage in the last record of a segment still being
-        // written is a torn write; in a sealed one it is damage.
+        // written is a torn write; in a sealed one (or before the last
+        // checkpoint) it is damage.
         let mut torn = SegmentFile::create(&path, 2, 1 << 16, os_disk()).expect("create");
         torn.append(&damaged).expect("append");
         torn.sync().expect("sync");
         flip_byte(&path, flip);
-        assert!(scan_path(&path, false).records.is_empty());
-        assert_eq!(scan_path(&path, true).records.len(), 1);
+        assert!(scan_path(&path, 0).records.is_empty());
+        assert_eq!(scan_path(&path, u64::MAX).records.len(), 1);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use super::LogError;
 use super::disk::Disk;
-use super::segment::{self, CHECKPOINT, LogWrite, Op, Position, SegmentFile, io_error};
+use super::segment::{self, LogWrite, Op, Position, SegmentFile, io_error};
 
 /// Collected segment files kept for reuse.
 const SPARE_FILES: usize = 2;
@@ -203,6 +203,13 @@ impl Index {
         out
     }
 
+    /// Gives back what growing the slot lists reserved.
+    pub fn shrink(&mut self) {
+        for slots in self.by_first.values_mut() {
+            slots.slots.shrink_to_fit();
+        }
+    }
+
     /// Segment `id` was collected.
     pub fn forget_segment(&mut self, id: u64) {
         if let Some(first) = self.first_of.remove(&id) {
@@ -215,8 +222,8 @@ impl Index {
 pub struct Opened {
     pub segments: Segments,
     pub index: Index,
-    /// The writes of the records after the last checkpoint marker (the
-    /// payments aside), to apply to sled in order.
+    /// The writes of the records from the checkpoint on (the payments
+    /// aside), to apply to sled in order.
     pub replay: Vec<Vec<Op>>,
 }
 
@@ -231,8 +238,8 @@ pub struct Segments {
     paths: BTreeMap<u64, PathBuf>,
     /// Collected files, to reuse for the next segments.
     spare: Vec<PathBuf>,
-    /// The last checkpoint marker written: sled's files hold every write
-    /// of the records before it.
+    /// The last checkpoint: sled's files hold every write of the records
+    /// before it.
     checkpointed: Position,
 }
 
@@ -251,8 +258,14 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 
 impl Segments {
     /// Opens `dir` (created if missing), reads every segment in order into
-    /// the index, and returns the writes after the last checkpoint.
-    pub fn open(dir: &Path, segment_bytes: u64, disk: Arc<dyn Disk>) -> Result<Opened, LogError> {
+    /// the index, and returns the writes of the records from `checkpointed`
+    /// (where sled's files end) on.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        disk: Arc<dyn Disk>,
+        checkpointed: Position,
+    ) -> Result<Opened, LogError> {
         super::open::create_private_dir(dir).map_err(|e| io_error("create", dir, e))?;
         let dir_handle = File::open(dir).map_err(|e| io_error("open", dir, e))?;
         let mut paths = BTreeMap::new();
@@ -271,12 +284,23 @@ impl Segments {
         }
         let mut index = Index::default();
         let mut replay: Vec<Vec<Op>> = Vec::new();
-        let mut checkpointed = Position::default();
         let mut last: Option<(u64, u64)> = None;
         let newest = paths.keys().next_back().copied();
         for (&id, path) in &paths.clone() {
             let file = Arc::new(File::open(path).map_err(|e| io_error("open", path, e))?);
-            let scanned = segment::scan(&file, Some(id) != newest)
+            // Sealed segments were synced whole; the newest up to the
+            // checkpoint.
+            let durable = match Some(id) == newest {
+                true if checkpointed.segment == id => checkpointed.offset,
+                true => 0,
+                false => u64::MAX,
+            };
+            let ops_from = match id.cmp(&checkpointed.segment) {
+                std::cmp::Ordering::Less => u64::MAX,
+                std::cmp::Ordering::Equal => checkpointed.offset,
+                std::cmp::Ordering::Greater => 0,
+            };
+            let scanned = segment::scan(&file, durable, ops_from)
                 .map_err(|e| io_error("read", path, e))?
                 .filter(|s| s.id == id);
             let Some(segment::Scanned {
@@ -301,21 +325,13 @@ impl Segments {
             }
             for record in records {
                 index.apply(id, &file, &record.log);
-                let mut writes = Vec::new();
-                for op in record.ops {
-                    if op.tree != CHECKPOINT {
-                        writes.push(op);
-                    } else if let Some(at) = op.value.as_deref().and_then(Position::from_bytes) {
-                        checkpointed = at;
-                        replay.clear();
-                    }
-                }
-                if record.at >= checkpointed && !writes.is_empty() {
-                    replay.push(writes);
+                if record.at >= checkpointed && !record.ops.is_empty() {
+                    replay.push(record.ops);
                 }
             }
             last = Some((id, end));
         }
+        index.shrink();
         let active = match last {
             Some((id, end)) => SegmentFile::resume(&paths[&id], id, end, disk.clone())?,
             None => {
@@ -407,22 +423,14 @@ impl Segments {
         Ok(())
     }
 
-    /// Writes a checkpoint marker (sled's files hold everything before
-    /// `at`) and syncs it; then collects the segments before `at` for which
-    /// `empty` says no payment is left in them, and returns their ids. The
-    /// caller flushed and synced sled first.
+    /// Sled's synced files hold everything before `at` (the caller stored
+    /// it there and flushed): collects the segments before `at` for which
+    /// `empty` says no payment is left in them, and returns their ids.
     pub fn checkpoint(
         &mut self,
         at: Position,
         empty: impl Fn(u64) -> bool,
     ) -> Result<Vec<u64>, LogError> {
-        let marker = [Op {
-            tree: CHECKPOINT.into(),
-            key: Vec::new(),
-            value: Some(at.to_bytes()),
-        }];
-        self.append(&marker)?;
-        self.sync()?;
         self.checkpointed = at;
         let collect: Vec<u64> = self
             .paths
@@ -506,7 +514,7 @@ mod tests {
             mut index,
             replay,
             ..
-        } = Segments::open(dir.path(), 1 << 14, os_disk()).expect("open");
+        } = Segments::open(dir.path(), 1 << 14, os_disk(), Position::default()).expect("open");
         assert!(replay.is_empty());
         let big = "x".repeat(3000);
         for seq in 0..20 {
@@ -530,7 +538,8 @@ mod tests {
             [4, 2, 1]
         );
         drop(segments);
-        let opened = Segments::open(dir.path(), 1 << 14, os_disk()).expect("reopen");
+        let opened =
+            Segments::open(dir.path(), 1 << 14, os_disk(), Position::default()).expect("reopen");
         assert_eq!(read(&opened.index, 3), None);
         assert!(read(&opened.index, 0).expect("0").starts_with("0x"));
         assert_eq!(opened.index.end(), 20);
@@ -538,13 +547,13 @@ mod tests {
     }
 
     #[test]
-    fn a_checkpoint_ends_the_replay_and_collects_empty_segments() {
+    fn a_checkpoint_collects_empty_segments_and_the_replay_starts_there() {
         let dir = tempfile::tempdir().expect("tempdir");
         let Opened {
             mut segments,
             mut index,
             ..
-        } = Segments::open(dir.path(), 1 << 14, os_disk()).expect("open");
+        } = Segments::open(dir.path(), 1 << 14, os_disk(), Position::default()).expect("open");
         let big = "x".repeat(6000);
         for seq in 0..6 {
             write(&mut segments, &mut index, &[put(seq, &big), other("a")]);
@@ -568,8 +577,12 @@ mod tests {
         write(&mut segments, &mut index, &[other("b")]);
         segments.sync().expect("sync");
         drop(segments);
-        let opened = Segments::open(dir.path(), 1 << 14, os_disk()).expect("reopen");
-        assert_eq!(opened.replay, vec![vec![other("b")]]);
+        let opened = Segments::open(dir.path(), 1 << 14, os_disk(), at).expect("reopen");
+        assert_eq!(
+            opened.replay,
+            vec![vec![other("b")]],
+            "the replay starts at the checkpoint"
+        );
         assert!(opened.index.contains(4) && opened.index.contains(5));
         assert!(!opened.index.contains(0));
         // Spare files are reused for the next segments.

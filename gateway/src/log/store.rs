@@ -223,16 +223,18 @@ impl Store {
             &data_dir.join("events"),
             options.segment_bytes,
             disk.clone(),
+            engine.checkpointed()?,
         )?;
         for ops in &replay {
             engine.apply(ops)?;
         }
         engine.make_registry(now_ms())?;
         let data_file = engine::open_data_file(&state)?;
-        engine.flush_and_sync(&data_file, &*disk)?;
         // Replayed writes are in sled's synced files now: the next opening
         // starts from here.
         let at = segments.end();
+        engine.meta.insert(engine::CHECKPOINTED, at.to_bytes())?;
+        engine.flush_and_sync(&data_file, &*disk)?;
         let collected = segments.checkpoint(at, |id| index.live(id) == 0)?;
         let mut index = index;
         for id in collected {
