@@ -43,9 +43,9 @@ const MAX_BATCH: usize = 512;
 const LAZY_SYNC: Duration = Duration::from_millis(200);
 /// A checkpoint at least this often while there are records.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
-/// A checkpoint once this many bytes of sled writes were applied since the
-/// last: bounds what sled holds dirty in memory, and the replay at open.
-const CHECKPOINT_BYTES: u64 = 1 << 20;
+/// A checkpoint once this many bytes of writes are staged in front of sled:
+/// bounds that memory, and the replay at open.
+const CHECKPOINT_BYTES: u64 = 512 << 10;
 /// How often a failed store is reopened.
 const RECOVER_EVERY: Duration = Duration::from_millis(500);
 /// How often the disk-space check really asks the filesystem.
@@ -145,8 +145,6 @@ pub(super) struct Committer {
     shared: Arc<Shared>,
     segments: Segments,
     data_file: File,
-    /// Bytes of sled writes applied since the last checkpoint.
-    unflushed: u64,
     /// The next sequence number to hand out. Above the durable end while a
     /// failed commit holds numbers nobody may reuse.
     next: u64,
@@ -167,7 +165,6 @@ impl Committer {
             shared,
             segments,
             data_file,
-            unflushed: 0,
             next,
             broken: None,
             last_recovery: None,
@@ -376,15 +373,10 @@ impl Committer {
             self.unsynced_since = Some(Instant::now());
         }
         // The record is durable (or a lazy one is written): readers may see it.
-        engine.apply(ops)?;
+        engine.stage(ops)?;
         let file = self.segments.active_file();
         self.shared.index_mut().apply(segment, &file, &log);
-        self.unflushed += ops
-            .iter()
-            .filter(|op| op.tree != LOG)
-            .map(|op| (op.key.len() + op.value.as_ref().map_or(0, Vec::len)) as u64)
-            .sum::<u64>();
-        if self.unflushed >= CHECKPOINT_BYTES {
+        if engine.staged_bytes() >= CHECKPOINT_BYTES {
             self.checkpoint_with(engine)?;
         }
         Ok(())
@@ -400,8 +392,10 @@ impl Committer {
     /// collected.
     fn checkpoint_with(&mut self, engine: &Engine) -> Result<(), LogError> {
         let at = self.segments.end();
+        engine.apply_staged()?;
         engine.meta.insert(engine::CHECKPOINTED, at.to_bytes())?;
         engine.flush_and_sync(&self.data_file, &*self.shared.disk)?;
+        engine.clear_staged();
         let collected = {
             let index = self.shared.index();
             self.segments.checkpoint(at, |id| index.live(id) == 0)?
@@ -412,7 +406,6 @@ impl Committer {
                 index.forget_segment(id);
             }
         }
-        self.unflushed = 0;
         self.unsynced_since = None;
         self.last_checkpoint = Instant::now();
         for sink in std::mem::take(&mut self.to_drop) {
@@ -864,7 +857,7 @@ impl<'e> Txn<'e> {
         if let Some(value) = self.writes.get(tree).and_then(|t| t.get(key)) {
             return Ok(value.clone());
         }
-        Ok(self.engine.tree(tree)?.get(key)?.map(|v| v.to_vec()))
+        self.engine.get(tree, key)
     }
 
     /// Whether entry `seq` is in the log (a segment, or sled's `events`
@@ -899,7 +892,7 @@ impl<'e> Txn<'e> {
         let in_store = if tree == LOG {
             self.index.contains(be(&key))
         } else {
-            self.engine.tree(tree)?.contains_key(&key)?
+            self.engine.contains(tree, &key)?
         };
         let writes = self.writes.entry(tree.to_string()).or_default();
         if in_store {
@@ -915,9 +908,10 @@ impl<'e> Txn<'e> {
     /// Keys in `[from, to)` as the store plus this commit's writes have them.
     fn keys_between(&self, tree: &str, from: &[u8], to: &[u8]) -> Result<Vec<Vec<u8>>, LogError> {
         let mut keys = std::collections::BTreeSet::new();
-        for key in self.engine.tree(tree)?.range(from..to).keys() {
-            keys.insert(key?.to_vec());
-        }
+        self.engine.for_each(tree, from, Some(to), |key, _| {
+            keys.insert(key.to_vec());
+            Ok(true)
+        })?;
         if let Some(written) = self.writes.get(tree) {
             for (key, value) in written.range(from.to_vec()..to.to_vec()) {
                 match value {

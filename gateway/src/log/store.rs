@@ -392,42 +392,27 @@ impl Store {
     /// ([`Store::retire`]); speaker lanes inherit it once.
     pub fn handover_cursor(&self, sink: &str) -> Result<Option<u64>, LogError> {
         self.look_now(|_, engine| {
-            let name = engine::sink_tree(sink);
-            if !engine
-                .db
-                .tree_names()
-                .iter()
-                .any(|n| **n == *name.as_bytes())
-            {
+            let tree = engine::sink_tree(sink);
+            if !engine.has_tree(&tree) || engine.contains(&tree, RETIRED)? {
                 return Ok(None);
             }
-            let tree = engine.db.open_tree(name)?;
-            if tree.contains_key(RETIRED)? {
-                return Ok(None);
-            }
-            Ok(tree.get(CURSOR)?.map(|c| be(&c)))
+            Ok(engine.get(&tree, CURSOR)?.map(|c| be(&c)))
         })
     }
 
     /// A plugin's KV value; sled keeps these small trees in its cache.
     pub fn kv_get(&self, connector: &str, key: &str) -> Result<Option<Vec<u8>>, LogError> {
-        self.look_now(|_, engine| {
-            Ok(engine
-                .db
-                .open_tree(engine::kv_tree(connector))?
-                .get(key)?
-                .map(|v| v.to_vec()))
-        })
+        self.look_now(|_, engine| engine.get(&engine::kv_tree(connector), key.as_bytes()))
     }
 
     /// Every key and value size of a plugin's KV (quota counting at load).
     pub fn kv_sizes(&self, connector: &str) -> Result<Vec<(usize, usize)>, LogError> {
         self.look_now(|_, engine| {
             let mut out = Vec::new();
-            for item in engine.db.open_tree(engine::kv_tree(connector))?.iter() {
-                let (key, value) = item?;
+            engine.for_each(&engine::kv_tree(connector), &[], None, |key, value| {
                 out.push((key.len(), value.len()));
-            }
+                Ok(true)
+            })?;
             Ok(out)
         })
     }
@@ -446,11 +431,12 @@ impl Store {
     }
 
     fn cursor_in(&self, engine: &Engine, sink: &str) -> Result<u64, LogError> {
-        if !engine.registry.contains_key(sink)? {
+        if !engine.contains(engine::REGISTRY, sink.as_bytes())? {
             return Err(LogError::NotRegistered(sink.to_string()));
         }
-        let tree = engine.db.open_tree(engine::sink_tree(sink))?;
-        Ok(tree.get(CURSOR)?.map_or(0, |c| be(&c)))
+        Ok(engine
+            .get(&engine::sink_tree(sink), CURSOR)?
+            .map_or(0, |c| be(&c)))
     }
 
     /// The cursor, on this thread (tests, the CLI).
@@ -583,17 +569,17 @@ impl Store {
         wants: Option<&dyn Fn(&LogEntry) -> bool>,
     ) -> Result<SinkStatus, LogError> {
         let cursor = self.cursor_in(engine, sink)?;
-        let tree = engine.db.open_tree(engine::sink_tree(sink))?;
+        let tree = engine::sink_tree(sink);
         let next_seq = self.shared.next_seq.load(Ordering::Acquire);
         let now = now_ms();
         let mut pending = 0u64;
         let mut oldest: Option<i64> = None;
         // Entries above the cursor acknowledged out of order are not pending.
-        let acked: std::collections::BTreeSet<u64> = tree
-            .scan_prefix([engine::ACKED])
-            .keys()
-            .map(|k| k.map(|k| be(&k[1..])))
-            .collect::<Result<_, _>>()?;
+        let acked: std::collections::BTreeSet<u64> = engine
+            .prefixed(&tree, &[ACKED])?
+            .iter()
+            .map(|(k, _)| be(&k[1..]))
+            .collect();
         match wants {
             // Sequence numbers are dense above every cursor (GC only removes
             // below the lowest), so this counts without reading the backlog.
@@ -629,22 +615,23 @@ impl Store {
                 })?;
             }
         }
-        for item in tree.scan_prefix([REQUEUED]) {
-            let (key, _) = item?;
+        for (key, _) in engine.prefixed(&tree, &[REQUEUED])? {
             pending += 1;
             if let Some(entry) = self.entry_in(engine, be(&key[1..]))? {
                 oldest = Some(oldest.map_or(entry.appended_at_ms, |o| o.min(entry.appended_at_ms)));
             }
         }
         let count = |state: &str| -> Result<u64, LogError> {
-            Ok(tree.get(engine::count_key(state))?.map_or(0, |v| be(&v)))
+            Ok(engine
+                .get(&tree, &engine::count_key(state))?
+                .map_or(0, |v| be(&v)))
         };
         Ok(SinkStatus {
             sink: sink.to_string(),
             cursor,
             pending,
             oldest_pending_age_ms: oldest.map(|o| (now - o).max(0)),
-            dead_letters: tree.scan_prefix([DEAD]).count() as u64,
+            dead_letters: engine.prefixed(&tree, &[DEAD])?.len() as u64,
             delivered: count("delivered")?,
             expired: count("expired")?,
             configured: true,
@@ -673,7 +660,7 @@ impl Store {
     ) -> Result<Vec<QueueItem>, LogError> {
         self.look_now(|store, engine| {
             let cursor = store.cursor_in(engine, sink)?;
-            let tree = engine.db.open_tree(engine::sink_tree(sink))?;
+            let tree = engine::sink_tree(sink);
             let mut items = Vec::new();
             if limit == 0 {
                 return Ok(items);
@@ -682,9 +669,9 @@ impl Store {
                 let Some(entry) = store.shared.decode(seq, bytes) else {
                     return Ok(true);
                 };
-                let outcome = tree.get(keyed(OUTCOME, seq))?;
+                let outcome = engine.get(&tree, &keyed(OUTCOME, seq))?;
                 let wanted = wants.is_none_or(|wants| wants(&entry));
-                let (item_state, reason) = if tree.contains_key(keyed(REQUEUED, seq))? {
+                let (item_state, reason) = if engine.contains(&tree, &keyed(REQUEUED, seq))? {
                     ("requeued".to_string(), None)
                 } else if let Some(o) = outcome {
                     match serde_json::from_slice::<Settlement>(&o) {
@@ -696,7 +683,7 @@ impl Store {
                     }
                 } else if !wanted {
                     return Ok(true); // another speaker's: passed, or not yet
-                } else if seq >= cursor && !tree.contains_key(keyed(ACKED, seq))? {
+                } else if seq >= cursor && !engine.contains(&tree, &keyed(ACKED, seq))? {
                     ("pending".to_string(), None)
                 } else {
                     // Settled with no outcome kept: delivered.
@@ -764,13 +751,13 @@ impl Store {
         let registered = engine.registered()?;
         for sink in &registered {
             horizon = horizon.min(self.cursor_in(engine, sink)?);
-            let tree = engine.db.open_tree(engine::sink_tree(sink))?;
-            for key in tree
-                .scan_prefix([DEAD])
-                .keys()
-                .chain(tree.scan_prefix([REQUEUED]).keys())
+            let tree = engine::sink_tree(sink);
+            for (key, _) in engine
+                .prefixed(&tree, &[DEAD])?
+                .into_iter()
+                .chain(engine.prefixed(&tree, &[REQUEUED])?)
             {
-                keep.insert(be(&key?[1..]));
+                keep.insert(be(&key[1..]));
             }
         }
         let keep_ms = self.shared.options.keep_settled.as_millis() as i64;
@@ -831,9 +818,10 @@ impl Store {
         }
         ops.extend(removals);
         // Outcomes of removed entries, in every sink tree (retired ones too).
-        for (sink, tree) in engine.sink_trees()? {
+        for sink in engine.sink_trees()? {
+            let tree = engine::sink_tree(&sink);
             for seq in &removed {
-                if tree.contains_key(keyed(OUTCOME, *seq))? {
+                if engine.contains(&tree, &keyed(OUTCOME, *seq))? {
                     ops.push(Op {
                         tree: engine::sink_tree(&sink),
                         key: keyed(OUTCOME, *seq).to_vec(),
@@ -844,8 +832,7 @@ impl Store {
         }
         report.events_removed = removed.len() as u64;
         let cutoff = now - self.shared.options.dedupe_retention.as_millis() as i64;
-        for item in engine.dedupe.iter() {
-            let (key, value) = item?;
+        engine.for_each(engine::DEDUPE, &[], None, |key, value| {
             let at = value.get(8..16).map_or(i64::MAX, |b| be(b) as i64);
             if at < cutoff {
                 ops.push(Op {
@@ -855,7 +842,8 @@ impl Store {
                 });
                 report.dedupe_removed += 1;
             }
-        }
+            Ok(true)
+        })?;
         Ok((report, ops))
     }
 
@@ -867,10 +855,10 @@ impl Store {
         sink: &str,
         limit: usize,
     ) -> Result<(Vec<LogEntry>, Vec<u64>), LogError> {
-        let tree = engine.db.open_tree(engine::sink_tree(sink))?;
+        let tree = engine::sink_tree(sink);
         let (mut entries, mut gone) = (Vec::new(), Vec::new());
-        for key in tree.scan_prefix([REQUEUED]).keys().take(limit) {
-            let seq = be(&key?[1..]);
+        for (key, _) in engine.prefixed(&tree, &[REQUEUED])?.into_iter().take(limit) {
+            let seq = be(&key[1..]);
             match self.entry_in(engine, seq)? {
                 Some(entry) => entries.push(entry),
                 None => gone.push(seq),
