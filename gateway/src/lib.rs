@@ -20,7 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod connectors;
 pub mod fleet;
-#[cfg(any(test, fuzzing))]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod http_server;
 pub mod ingress;
