@@ -451,7 +451,7 @@ mod tests {
         let router = Router::new()
             .route(
                 "/slow",
-                axum::routing::get(|| std::future::pending::<&'static str>()),
+                axum::routing::get(std::future::pending::<&'static str>),
             )
             .route("/fast", axum::routing::get(|| async { "ok" }));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -482,8 +482,15 @@ mod tests {
             .expect("serve");
         assert!(stopping.elapsed() >= Duration::from_millis(300));
         let n = slow.read(&mut reply).await.expect("read");
-        assert_eq!(n, 0, "the slow request's connection is closed without a reply");
-        assert!(tasks.shut_down(Duration::from_secs(1)).await, "{}", tasks.running());
+        assert_eq!(
+            n, 0,
+            "the slow request's connection is closed without a reply"
+        );
+        assert!(
+            tasks.shut_down(Duration::from_secs(1)).await,
+            "{}",
+            tasks.running()
+        );
     }
 
     #[test]
