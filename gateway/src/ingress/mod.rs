@@ -567,8 +567,12 @@ mod tests {
     #[tokio::test]
     async fn internal_failures_reach_the_sender_as_a_generic_reason() {
         let failures = [
-            CallError::Trap("wasm backtrace: 0: 0x1234 - <unknown>!core::panicking".into()),
-            CallError::Instantiate("/var/lib/soundbox-gateway/plugin-cache/x.cwasm".into()),
+            CallError::Trap(wasmtime::Error::msg(
+                "wasm backtrace: 0: 0x1234 - <unknown>!core::panicking",
+            )),
+            CallError::Instantiate(wasmtime::Error::msg(
+                "/var/lib/soundbox-gateway/plugin-cache/x.cwasm",
+            )),
             CallError::Rejected(Rejection::Fatal(
                 "GET https://api.bank.example/v1?key=s".into(),
             )),
