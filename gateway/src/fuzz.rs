@@ -2,6 +2,9 @@
 //! each taking arbitrary bytes, never panicking on its own and asserting what
 //! must hold for every input. A failed assertion is a finding.
 //!
+//! Not part of the product: compiled for the gateway's own tests and with
+//! the `fuzzing` feature, which the fuzz crate (`fuzz/Cargo.toml`) enables.
+//!
 //! The tests at the bottom run every file of `fuzz/corpus/<target>/` through
 //! its check, so the seed corpus and every crash kept there are regression
 //! tests of `cargo test`.
@@ -14,7 +17,6 @@ use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use crate::config::{Config, ConfigError, ConnectorConfig, PluginLimits};
 use crate::connectors::{Connectors, Plugin, Runtime};
@@ -265,12 +267,7 @@ pub fn sepay_webhook(data: &[u8]) {
         .body(Body::from(body.to_vec()))
         .expect("a request from valid parts");
     let (status, reply) = harness.runtime.block_on(async {
-        let response = harness
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .unwrap_or_else(|never| match never {});
+        let response = crate::http_server::call(harness.router.clone(), request).await;
         let status = response.status();
         let reply = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await

@@ -16,7 +16,9 @@
 //!   connection pushes the oldest idle one out.
 //!
 //! On shutdown the listener stops accepting, idle connections are closed and
-//! busy ones finish their request first (bounded by the limits above).
+//! busy ones finish their request first, for up to [`Limits::drain`]; what
+//! is still open then is closed, so stopping a server cannot hang on a
+//! client that reads its response slowly.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -38,7 +40,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt as _;
+
+use crate::tasks::Tasks;
 
 /// How long a client has to send a request's headers: from connecting, or
 /// from the previous response on a kept-alive connection. Webhook senders
@@ -53,6 +56,10 @@ pub const BODY_DEADLINE: Duration = Duration::from_secs(15);
 /// client's (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 
+/// How long requests in flight may take to finish once the server stops,
+/// unless the listener says otherwise ([`Limits::drain`]).
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
 /// What one listener allows.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -60,6 +67,9 @@ pub struct Limits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub body_deadline: Duration,
+    /// After shutdown, how long busy connections may take to finish their
+    /// request; then they are closed.
+    pub drain: Duration,
 }
 
 impl Limits {
@@ -69,7 +79,13 @@ impl Limits {
             max_connections,
             header_read_timeout: HEADER_READ_TIMEOUT,
             body_deadline: BODY_DEADLINE,
+            drain: DRAIN_DEADLINE,
         }
+    }
+
+    /// These limits with `drain` as the time requests in flight get at shutdown.
+    pub const fn with_drain(self, drain: Duration) -> Limits {
+        Limits { drain, ..self }
     }
 }
 
@@ -78,16 +94,21 @@ impl Limits {
 #[error("the request body did not arrive within {0:?}")]
 pub struct BodyDeadline(Duration);
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then lets
-/// requests in flight finish.
+/// Serves `router` on `listener` until `tasks` is cancelled, then lets
+/// requests in flight finish (for up to [`Limits::drain`]). Each connection
+/// is a task on `tasks`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
-    shutdown: CancellationToken,
+    tasks: Tasks,
 ) -> std::io::Result<()> {
+    let shutdown = tasks.token().clone();
     let open = Arc::new(Mutex::new(Open::default()));
-    let tasks = TaskTracker::new();
+    // This listener's connections, to wait for them alone; they run on the tree.
+    let connections = TaskTracker::new();
+    // Cancelled when the drain deadline passes: what is still open is closed.
+    let close = CancellationToken::new();
     // Refusals are logged once per run of them, not once per connection.
     let mut refusing = false;
     loop {
@@ -126,19 +147,42 @@ pub async fn serve(
             open: open.clone(),
             id,
         };
-        tasks.spawn(serve_connection(
+        let connection = serve_connection(
             stream,
             router.clone(),
             conn,
             limits,
-            shutdown.clone(),
+            Stop {
+                shutdown: shutdown.clone(),
+                close: close.clone(),
+            },
             slot,
-        ));
+        );
+        tasks.spawn("http connection", connections.track_future(connection));
     }
     drop(listener);
-    tasks.close();
-    tasks.wait().await;
+    connections.close();
+    if tokio::time::timeout(limits.drain, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            drain_ms = limits.drain.as_millis() as u64,
+            "closing connections whose requests did not finish in time"
+        );
+        close.cancel();
+        connections.wait().await;
+    }
     Ok(())
+}
+
+/// How a connection is told to stop.
+struct Stop {
+    /// The server stops: idle connections close, busy ones finish.
+    shutdown: CancellationToken,
+    /// The drain deadline passed: close now.
+    close: CancellationToken,
 }
 
 /// Errors of one client's connection, not of the listener.
@@ -216,7 +260,7 @@ async fn serve_connection(
     router: Router,
     conn: Arc<Conn>,
     limits: Limits,
-    shutdown: CancellationToken,
+    stop: Stop,
     _slot: Slot,
 ) {
     let service = {
@@ -235,12 +279,15 @@ async fn serve_connection(
         result = connection.as_mut() => result,
         // Dropping the connection closes the socket.
         () = conn.evict.cancelled() => return,
-        () = shutdown.cancelled() => {
+        () = stop.shutdown.cancelled() => {
             if conn.idle() {
                 return;
             }
             connection.as_mut().graceful_shutdown();
-            connection.await
+            tokio::select! {
+                result = connection => result,
+                () = stop.close.cancelled() => return,
+            }
         }
     };
     if let Err(e) = result {
@@ -267,10 +314,7 @@ async fn handle(
             expired: expired.clone(),
         })
     });
-    let response = match router.oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
+    let response = call(router, request).await;
     let response = if expired.load(Ordering::SeqCst) {
         body_timed_out()
     } else {
@@ -282,6 +326,24 @@ async fn handle(
             _busy: busy,
         })
     }))
+}
+
+/// What `router` answers to `request`, without a socket (axum's router is
+/// a tower service; hyper-util adapts it to hyper's, so the gateway needs
+/// no tower of its own).
+pub async fn call<B>(router: Router, request: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    use hyper::service::Service as _;
+    match hyper_util::service::TowerToHyperService::new(router)
+        .call(request)
+        .await
+    {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 /// The reply to a body that took too long, whatever the handler made of
@@ -382,6 +444,54 @@ impl http_body::Body for DeadlineBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn at_shutdown_a_request_that_outlasts_the_drain_is_cut_off() {
+        let router = Router::new()
+            .route(
+                "/slow",
+                axum::routing::get(std::future::pending::<&'static str>),
+            )
+            .route("/fast", axum::routing::get(|| async { "ok" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tasks = Tasks::new();
+        let limits = Limits::with_max_connections(8).with_drain(Duration::from_millis(300));
+        let server = tokio::spawn(serve(listener, router, limits, tasks.clone()));
+
+        let mut fast = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        fast.write_all(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut reply = [0u8; 64];
+        let n = fast.read(&mut reply).await.expect("read");
+        assert!(reply[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &reply[..n]);
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let stopping = std::time::Instant::now();
+        tasks.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the server stops after its drain deadline")
+            .expect("server task")
+            .expect("serve");
+        assert!(stopping.elapsed() >= Duration::from_millis(300));
+        let n = slow.read(&mut reply).await.expect("read");
+        assert_eq!(
+            n, 0,
+            "the slow request's connection is closed without a reply"
+        );
+        assert!(
+            tasks.shut_down(Duration::from_secs(1)).await,
+            "{}",
+            tasks.running()
+        );
+    }
 
     #[test]
     fn at_the_cap_the_oldest_idle_connection_is_evicted() {

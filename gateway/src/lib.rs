@@ -11,7 +11,8 @@
 //! - [`sinks`]: delivery from the log to each destination, with retries and TTL.
 //! - [`admin`]: the loopback API behind `queue` while the gateway runs.
 //! - [`http_server`]: the HTTP server of both listeners (timeouts, connection cap).
-//! - [`app`]: wiring and shutdown order; [`cli`]: the command line.
+//! - [`app`]: wiring and shutdown order; [`tasks`]: the task tree every
+//!   spawned task hangs under; [`cli`]: the command line.
 
 pub mod admin;
 pub mod app;
@@ -19,7 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod connectors;
 pub mod fleet;
-#[cfg(any(test, fuzzing))]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod http_server;
 pub mod ingress;
@@ -29,3 +30,4 @@ pub mod model;
 pub mod mqtt_link;
 pub mod sinks;
 pub mod speaker_api;
+pub mod tasks;

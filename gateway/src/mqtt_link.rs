@@ -11,6 +11,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::MqttTls;
+use crate::tasks::Tasks;
 
 /// Why a broker connection cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -83,16 +84,17 @@ fn file_error(key: &'static str, path: &std::path::Path) -> impl Fn(String) -> M
 
 /// The rumqttc event loop on its own task, its events on a channel, so the
 /// caller never cancels a `poll` half way through a packet. Dropping it
-/// stops the loop.
+/// stops the loop (the task ends with it).
 pub struct Connection {
     pub events: mpsc::UnboundedReceiver<Result<Event, rumqttc::ConnectionError>>,
     driver: tokio::task::JoinHandle<()>,
 }
 
 impl Connection {
-    pub fn drive(mut eventloop: EventLoop) -> Self {
+    /// Drives `eventloop` on a task of `tasks`.
+    pub fn drive(mut eventloop: EventLoop, tasks: &Tasks) -> Self {
         let (tx, events) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(async move {
+        let driver = tasks.spawn("mqtt event loop", async move {
             loop {
                 let event = eventloop.poll().await;
                 let failed = event.is_err();

@@ -38,12 +38,12 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::http_server;
 
 use crate::log::{LogEntry, LogError, LogHealth, QueueItem, SinkStatus, Store};
 use crate::sinks::speaker::{Routing, lane_speaker};
+use crate::tasks::Tasks;
 pub use guard::guarded;
 pub use status::Live;
 
@@ -222,7 +222,11 @@ async fn with_view<T: Send + 'static>(
     live: Arc<Live>,
     f: impl FnOnce(&QueueView) -> Result<T, QueueError> + Send + 'static,
 ) -> Result<T, Response> {
-    match tokio::task::spawn_blocking(move || f(&live.queue_view())).await {
+    let tasks = live.tasks.clone();
+    match tasks
+        .spawn_blocking("admin queue read", move || f(&live.queue_view()))
+        .await
+    {
         Ok(result) => result.map_err(QueueError::reply),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
     }
@@ -312,19 +316,21 @@ async fn healthz() -> Response {
 
 /// The report, built off the async threads (it reads the store).
 async fn report(live: Arc<Live>) -> Result<status::StatusReport, Response> {
-    tokio::task::spawn_blocking(move || {
-        let report = live.report();
-        live.update_metrics(&report);
-        report
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "admin API: building the status report failed");
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the status report failed",
-        )
-    })
+    let tasks = live.tasks.clone();
+    tasks
+        .spawn_blocking("admin status report", move || {
+            let report = live.report();
+            live.update_metrics(&report);
+            report
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "admin API: building the status report failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the status report failed",
+            )
+        })
 }
 
 async fn readyz(State(live): State<Arc<Live>>) -> Response {
@@ -385,16 +391,17 @@ pub fn router(live: Arc<Live>) -> Router {
 /// flood of webhook connections never silences `/healthz`.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// Serves the admin server until `shutdown` is cancelled; `extra` (the
-/// Speaker API simulator) is merged in, behind the same guard.
+/// Serves the admin server until `tasks` is cancelled; `extra` (the
+/// Speaker API simulator) is merged in, behind the same guard. Requests in
+/// flight then get [`http_server::DRAIN_DEADLINE`] to finish.
 pub async fn serve(
     live: Arc<Live>,
     extra: Router,
     listener: TcpListener,
-    shutdown: CancellationToken,
+    tasks: Tasks,
 ) -> std::io::Result<()> {
     let port = listener.local_addr()?.port();
     let app = guarded(router(live.clone()).merge(extra), live, port);
     let limits = http_server::Limits::with_max_connections(MAX_CONNECTIONS);
-    http_server::serve(listener, app, limits, shutdown).await
+    http_server::serve(listener, app, limits, tasks).await
 }

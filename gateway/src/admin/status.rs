@@ -22,6 +22,7 @@ use crate::sinks::event::AnnouncementJson;
 use crate::sinks::speaker::{
     Routing, SpeakerHealth, SpeakerState, lane_name, lane_speaker, routed_speakers,
 };
+use crate::tasks::Tasks;
 
 /// Payments the status page and `/api/status` list.
 const RECENT: usize = 20;
@@ -44,6 +45,9 @@ pub struct Live {
     /// config does not grant); None once a change is applied.
     pub refused_change: ArcSwap<Option<RefusedChange>>,
     pub started: Instant,
+    /// The admin server's part of the task tree: its reads of the store
+    /// run there, so shutdown waits for them before the store closes.
+    pub tasks: Tasks,
 }
 
 /// A config change the running gateway refused.

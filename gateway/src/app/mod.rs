@@ -2,7 +2,12 @@
 //! changes live ([`watch`] tells when), and stops the stages in flow order:
 //! ingress first (in-flight webhooks and their plugin calls finish), then the
 //! log is synced, then the sinks get a grace period to finish what they are
-//! sending, then the log is closed.
+//! sending, then the rest of the task tree (admin server, GC, ...) gets a
+//! deadline, then the log is closed.
+//!
+//! Every task hangs under one root ([`Tasks`]): each poller, subscription and
+//! sink on a child of its own, which a reload cancels to replace it; the
+//! listeners and the background work on children stopped in the order above.
 //!
 //! A reload validates the whole new config and loads every new or changed
 //! plugin before it touches anything running; if any of that fails, the
@@ -27,7 +32,6 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admin::status::{RefusedChange, SpeakerBoard};
 use crate::admin::{self, Live};
@@ -36,6 +40,7 @@ use crate::config::{
 };
 use crate::connectors::{Connectors, Plugin, Runtime};
 use crate::fleet::{self, HealthFeed};
+use crate::http_server;
 use crate::ingress::mqtt::{Subscription, SubscriptionStats};
 use crate::ingress::{Ingress, StaleRule, poll};
 use crate::log::{EventLog, LogOptions, Store};
@@ -50,12 +55,22 @@ use crate::sinks::speaker::{
 use crate::sinks::{Shutdown, SinkStats, run_sink, sink_names};
 use crate::speaker_api::client::{SpeakerClient, SpeakerCredentials};
 use crate::speaker_api::sim::{SimConfig, Simulator};
+use crate::tasks::{TaskName, Tasks};
 
 /// Where the in-process Speaker API simulator is served on the admin listener.
 pub const SIMULATOR_PATH: &str = "/speaker-sim";
 
 /// How often settled entries and old dedupe keys are collected.
 const GC_EVERY: Duration = Duration::from_secs(600);
+
+/// At shutdown, once ingress and the sinks have stopped, how long the rest
+/// of the task tree (the admin server and its requests, a GC pass, the
+/// health document, the embedded broker's guard) may take to finish.
+const TREE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long the webhooks in flight may take to finish at shutdown beyond
+/// their body's deadline and their plugin call's timeout (storing them).
+const INGRESS_DRAIN_SLACK: Duration = Duration::from_secs(5);
 
 /// Opens the store (events, sinks' state, plugin KV) under `data_dir`.
 pub fn open_log(data_dir: &Path, options: LogOptions) -> anyhow::Result<Store> {
@@ -108,13 +123,24 @@ fn sink_settings(config: &Config, name: &str) -> Option<SinkSettings> {
         .map(SinkSettings::Forward)
 }
 
-/// A task with its own stop signal.
+/// A task on a child of the task tree: its own stop signal.
 struct Task {
     stop: CancellationToken,
     handle: JoinHandle<()>,
 }
 
 impl Task {
+    /// Runs what `make` builds from a new child of `tasks` on that child.
+    fn spawn<F>(tasks: &Tasks, name: impl Into<TaskName>, make: impl FnOnce(Tasks) -> F) -> Task
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let child = tasks.child();
+        let stop = child.token().clone();
+        let handle = child.spawn(name, make(child.clone()));
+        Task { stop, handle }
+    }
+
     /// Stops it and waits up to `wait`; past that it is aborted.
     async fn stop(self, wait: Duration) {
         self.stop.cancel();
@@ -133,6 +159,8 @@ struct RunningSink {
 /// Every stage that is running, and the config it runs with.
 struct Gateway {
     config: Config,
+    /// The root of the task tree.
+    tasks: Tasks,
     log: Store,
     shared_log: Arc<dyn EventLog>,
     runtime: Arc<Runtime>,
@@ -162,6 +190,9 @@ fn stale_rule(config: &Config) -> StaleRule {
 /// Runs the gateway until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let started = Instant::now();
+    // The root of every task the gateway spawns. Not `shutdown` itself: the
+    // stages stop in flow order, each through its own child.
+    let tasks = Tasks::new();
     let log = open_log(&config.gateway.data_dir, config.log.clone())?;
     let shared_log: Arc<dyn EventLog> = Arc::new(log.clone());
     let runtime = runtime(&config)?;
@@ -178,7 +209,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // What speakers were asked to say: for MQTT and the status page.
     let (announcements, _) = broadcast::channel(ANNOUNCEMENT_BUFFER);
     let speakers = Arc::new(SpeakerBoard::default());
-    tokio::spawn(speakers.clone().follow(announcements.subscribe()));
+    let follow = speakers.clone().follow(announcements.subscribe());
+    let stop = tasks.token().clone();
+    tasks.spawn("speaker board", async move {
+        stop.run_until_cancelled(follow).await;
+    });
+    // The admin server, GC and the health document: stopped last.
+    let background = tasks.child();
     let live = Arc::new(Live {
         log: log.clone(),
         config: ArcSwap::from_pointee(config.clone()),
@@ -189,6 +226,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         subscriptions: ArcSwap::from_pointee(Vec::new()),
         refused_change: ArcSwap::from_pointee(None),
         started,
+        tasks: background.clone(),
     });
     let (health_feed, health) = tokio::sync::watch::channel(None);
 
@@ -208,6 +246,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let mut gateway = Gateway {
         config: config.clone(),
+        tasks: tasks.clone(),
         log: log.clone(),
         shared_log: shared_log.clone(),
         runtime,
@@ -225,30 +264,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Sinks first, so the backlog starts draining while ingress comes up.
     gateway.update_sinks(&config).await?;
 
-    let background_stop = CancellationToken::new();
-    let background = TaskTracker::new();
-    background.spawn(collect_garbage(log.clone(), background_stop.clone()));
-    background.spawn(fleet::keep_fresh(
-        live.clone(),
-        health_feed,
-        background_stop.clone(),
-    ));
-    background.spawn(admin::serve(
+    background.spawn(
+        "event log GC",
+        collect_garbage(log.clone(), background.clone()),
+    );
+    background.spawn(
+        "fleet health document",
+        fleet::keep_fresh(live.clone(), health_feed, background.clone()),
+    );
+    let admin = admin::serve(
         live.clone(),
         extra_admin_routes,
         admin_listener,
-        background_stop.clone(),
-    ));
-    background.close();
+        background.clone(),
+    );
+    background.spawn("admin server", async move {
+        if let Err(error) = admin.await {
+            tracing::error!(%error, "admin server stopped");
+        }
+    });
 
-    let ingress_stop = CancellationToken::new();
+    let ingress_tasks = tasks.child();
     let ingress = Arc::new(Ingress {
         connectors: connectors.clone(),
         log: shared_log.clone(),
         max_body_bytes: config.gateway.max_body_bytes,
         stale: stale_rule(&config),
     });
-    let serving = tokio::spawn(ingress.serve(listener, ingress_stop.clone()));
+    // Webhooks in flight at shutdown: their body, their plugin call, storing.
+    let drain = http_server::BODY_DEADLINE + config.limits.call_timeout + INGRESS_DRAIN_SLACK;
+    let serving = ingress_tasks.spawn(
+        "webhook ingress",
+        ingress.serve(listener, ingress_tasks.clone(), drain),
+    );
     gateway.update_pollers(&BTreeMap::new());
     gateway.update_subscriptions();
     let mut reloads = watch::Watcher::start(&config);
@@ -274,7 +322,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
 
     tracing::info!("shutting down: stopping ingress (webhooks and pollers)");
-    ingress_stop.cancel();
+    ingress_tasks.cancel();
     // Every poller is told at once; a poll in flight finishes and is stored.
     let poll_wait = gateway.config.limits.call_timeout + Duration::from_secs(1);
     let pollers: Vec<Task> = std::mem::take(&mut gateway.pollers).into_values().collect();
@@ -288,6 +336,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for (_, _, subscription) in std::mem::take(&mut gateway.subscriptions).into_values() {
         subscription.stop(Duration::from_secs(1)).await;
     }
+    // Bounded: requests still in flight after `drain` are cut off.
     serving.await.context("ingress task")?.context("ingress")?;
     tracing::info!("ingress stopped; syncing the event log");
     log.checkpoint().await.context("syncing the event log")?;
@@ -302,10 +351,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for sink in sinks {
         sink.task.stop(grace + Duration::from_secs(1)).await;
     }
-    background_stop.cancel();
-    background.wait().await;
+    // The rest (admin server, GC, health document, the embedded broker's
+    // guard); what has not finished by the deadline is logged and left.
+    tasks.shut_down(TREE_DEADLINE).await;
     drop(gateway);
-    tokio::task::spawn_blocking(move || log.close())
+    tasks
+        .spawn_blocking("closing the event log", move || log.close())
         .await
         .context("closing the event log")?
         .context("closing the event log")?;
@@ -464,37 +515,34 @@ impl Gateway {
             // A poll in flight finishes and is stored; a replacement starts
             // only then, so two pollers never share a cursor.
             let replacement = current.get(name).filter(|p| p.world().polls()).cloned();
-            let stop = CancellationToken::new();
             let log = self.shared_log.clone();
             let stale = stale_rule(&self.config);
-            let handle = tokio::spawn({
-                let stop = stop.clone();
-                async move {
-                    old.stop(wait).await;
-                    if let Some(plugin) = replacement
-                        && !stop.is_cancelled()
-                    {
-                        poll::run_poller(plugin, log, stale, stop).await;
-                    }
+            let task = Task::spawn(&self.tasks, format!("poller {name}"), |tasks| async move {
+                old.stop(wait).await;
+                if let Some(plugin) = replacement
+                    && !tasks.is_cancelled()
+                {
+                    poll::run_poller(plugin, log, stale, tasks.token().clone()).await;
                 }
             });
             if current.get(name).is_some_and(|p| p.world().polls()) {
-                self.pollers.insert(name.clone(), Task { stop, handle });
+                self.pollers.insert(name.clone(), task);
             }
         }
         for plugin in current.iter().filter(|p| p.world().polls()) {
             if self.pollers.contains_key(plugin.name()) {
                 continue;
             }
-            let stop = CancellationToken::new();
-            let handle = tokio::spawn(poll::run_poller(
-                plugin.clone(),
-                self.shared_log.clone(),
-                stale_rule(&self.config),
-                stop.clone(),
-            ));
-            self.pollers
-                .insert(plugin.name().to_string(), Task { stop, handle });
+            let run = |tasks: Tasks| {
+                poll::run_poller(
+                    plugin.clone(),
+                    self.shared_log.clone(),
+                    stale_rule(&self.config),
+                    tasks.token().clone(),
+                )
+            };
+            let task = Task::spawn(&self.tasks, format!("poller {}", plugin.name()), run);
+            self.pollers.insert(plugin.name().to_string(), task);
         }
     }
 
@@ -537,9 +585,10 @@ impl Gateway {
             );
             match subscription {
                 Ok(subscription) => {
-                    let stop = CancellationToken::new();
-                    let handle = tokio::spawn(subscription.run(stop.clone()));
-                    let task = Task { stop, handle };
+                    let task =
+                        Task::spawn(&self.tasks, format!("mqtt subscription {name}"), |tasks| {
+                            subscription.run(tasks)
+                        });
                     self.subscriptions
                         .insert(name.to_string(), (config.clone(), stats, task));
                 }
@@ -626,16 +675,22 @@ impl Gateway {
 
     fn start_sink(&mut self, config: &Config, name: &str) -> anyhow::Result<RunningSink> {
         let stats = Arc::new(SinkStats::default());
-        let stop = CancellationToken::new();
+        // The sink's own part of the tree: cancelled to stop or replace it.
+        let tasks = self.tasks.child();
+        let stop = tasks.token().clone();
         let shutdown = Shutdown {
             stop: stop.clone(),
             grace: config.gateway.shutdown_grace,
         };
         let log = self.shared_log.clone();
+        let task_name = format!("sink {name}");
         let handle = match sink_settings(config, name) {
             Some(SinkSettings::Forward(forward)) => {
                 let sink = HttpSink::new(forward).with_context(|| format!("forward `{name}`"))?;
-                tokio::spawn(run_sink(Arc::new(sink), log, stats.clone(), shutdown))
+                tasks.spawn(
+                    task_name,
+                    run_sink(Arc::new(sink), log, stats.clone(), shutdown),
+                )
             }
             Some(SinkSettings::Mqtt(mqtt, gateway_id)) => {
                 let access = broker::Access::new(&mqtt);
@@ -643,7 +698,8 @@ impl Gateway {
                     MqttBroker::Embedded { listen } => {
                         let embedded = match self.embedded_broker.take() {
                             Some(running) => running,
-                            None => broker::start(listen, access.clone())?,
+                            // On the root: it outlives the sinks.
+                            None => broker::start_on(listen, access.clone(), &self.tasks)?,
                         };
                         // Reloaded accounts, prefix and client id apply.
                         embedded.set_access(access);
@@ -654,16 +710,20 @@ impl Gateway {
                 let mut sink = MqttSink::new(mqtt, &gateway_id)
                     .with_context(|| format!("sink `{name}`"))?
                     .with_speakers(self.live.speaker_health.clone())
-                    .with_health(self.health.clone());
+                    .with_health(self.health.clone())
+                    .with_tasks(tasks.clone());
                 if let Some(embedded) = &embedded {
                     sink = sink.with_embedded(embedded);
                 }
-                tokio::spawn(Arc::new(sink).run(
-                    log,
-                    stats.clone(),
-                    shutdown,
-                    self.announcements.subscribe(),
-                ))
+                tasks.spawn(
+                    task_name,
+                    Arc::new(sink).run(
+                        log,
+                        stats.clone(),
+                        shutdown,
+                        self.announcements.subscribe(),
+                    ),
+                )
             }
             Some(SinkSettings::SpeakerLane(speaker, hardware_id, routes)) => {
                 let service = self.speaker_service(&speaker)?;
@@ -671,11 +731,15 @@ impl Gateway {
                     service,
                     &hardware_id,
                     routes,
-                    stop.clone(),
+                    tasks.clone(),
                 ));
                 let stats = stats.clone();
-                tokio::spawn(async move {
-                    let health = tokio::spawn(lane.clone().watch_health());
+                let lane_tasks = tasks.clone();
+                tasks.spawn(task_name, async move {
+                    let health = lane_tasks.spawn(
+                        format!("speaker health {hardware_id}"),
+                        lane.clone().watch_health(),
+                    );
                     run_sink(lane.clone(), log, stats, shutdown).await;
                     lane.stopped().await;
                     let _ = health.await;
@@ -751,17 +815,21 @@ fn prune_plugin_cache(runtime: &Runtime, connectors: &Connectors) {
     }
 }
 
-/// Runs GC now and then, off the async threads. The store keeps whatever
-/// any registered sink still needs, running or not.
-async fn collect_garbage(log: Store, stop: CancellationToken) {
+/// Runs GC now and then until `tasks` is cancelled, off the async threads
+/// (on `tasks`). The store keeps whatever any registered sink still needs,
+/// running or not.
+async fn collect_garbage(log: Store, tasks: Tasks) {
     let every = gc_interval();
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = tasks.token().cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
         let log = log.clone();
-        match tokio::task::spawn_blocking(move || log.gc()).await {
+        match tasks
+            .spawn_blocking("event log GC pass", move || log.gc())
+            .await
+        {
             Ok(Ok(report)) => tracing::debug!(?report, "event log GC"),
             Ok(Err(error)) => tracing::error!(%error, "event log GC failed"),
             Err(error) => tracing::error!(%error, "event log GC panicked"),

@@ -32,7 +32,7 @@ use wasmtime::component::{Instance, InstancePre};
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::config::{ConnectorConfig, PluginLimits, PluginTrustConfig};
-use crate::log::{KvBatch, Store as EventStore};
+use crate::log::{KvBatch, LogError, Store as EventStore};
 use crate::model::{self, BalanceChange, Direction, InvalidChange};
 use bindings::types as wit;
 pub use health::{ConnectorHealth, HealthReport};
@@ -44,22 +44,33 @@ pub use runtime::Runtime;
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("wasm engine: {0}")]
-    Engine(String),
-    #[error("cannot read plugin {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error("{path} is not a valid WebAssembly component: {reason}")]
-    Compile { path: PathBuf, reason: String },
+    /// The engine, or a thread, task or client loading needs, failed; the
+    /// context names which (`compile task`, `http client`, ...).
+    #[error("wasm engine: {0:#}")]
+    Engine(#[source] wasmtime::Error),
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid WebAssembly component: {source:#}")]
+    Compile {
+        path: PathBuf,
+        source: wasmtime::Error,
+    },
     #[error(
-        "{path} needs imports this gateway does not provide (built for another contract?): {reason}"
+        "{path} needs imports this gateway does not provide (built for another contract?): {source:#}"
     )]
-    Link { path: PathBuf, reason: String },
+    Link {
+        path: PathBuf,
+        source: wasmtime::Error,
+    },
     #[error(
         "{path} exports neither `webhook` nor `poller` of soundbox:connector@0.1 (built for another contract major version?)"
     )]
     NoConnectorExport { path: PathBuf },
     #[error("connector state store: {0}")]
-    Store(String),
+    Store(#[source] LogError),
     /// Unsigned (and the config does not allow it), signed by a key the
     /// config does not trust, or changed since it was signed.
     #[error(
@@ -80,6 +91,14 @@ pub enum LoadError {
 }
 
 impl LoadError {
+    /// An [`LoadError::Engine`] of `error`, in the context of `what`.
+    fn engine<E>(error: E, what: &'static str) -> LoadError
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        LoadError::Engine(wasmtime::Error::new(error).context(what))
+    }
+
     /// For a plugin file refused for whose it is or what it asks: what the
     /// status page says of the file on disk (`modified`, `held: asks to
     /// reach …`); None for other failures.
@@ -145,10 +164,12 @@ pub enum CallError {
     TooLarge(String),
     #[error("plugin call did not finish within {0:?}")]
     Timeout(Duration),
-    #[error("plugin trapped: {0}")]
-    Trap(String),
-    #[error("plugin could not be instantiated: {0}")]
-    Instantiate(String),
+    /// Shown as the trap's first line (without wasmtime's backtrace); the
+    /// whole error is its source.
+    #[error("plugin trapped: {}", trap_summary(.0))]
+    Trap(#[source] wasmtime::Error),
+    #[error("plugin could not be instantiated: {0:#}")]
+    Instantiate(#[source] wasmtime::Error),
     #[error("plugin returned {0} changes; the cap is {1}")]
     TooManyChanges(usize, usize),
     #[error("plugin returned an {0}")]
@@ -257,9 +278,9 @@ impl Plugin {
         let compiling = runtime.clone();
         let (trust_config, connector) = (trusted.clone(), config.clone());
         let (component, digest, admitted, sidecars) = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&path).map_err(|e| LoadError::Read {
+            let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
                 path: path.clone(),
-                reason: e.to_string(),
+                source,
             })?;
             // Checked before it is compiled: a changed file is "modified",
             // whatever the change did to the wasm.
@@ -275,7 +296,7 @@ impl Plugin {
             Ok::<_, LoadError>((component, digest, admitted, sidecars))
         })
         .await
-        .map_err(|e| LoadError::Engine(format!("compile task: {e}")))??;
+        .map_err(|e| LoadError::engine(e, "compile task"))??;
         let Admitted {
             signature,
             manifest,
@@ -303,9 +324,9 @@ impl Plugin {
         let pre = runtime
             .linker()
             .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link {
+            .map_err(|source| LoadError::Link {
                 path: path.clone(),
-                reason: format!("{e:#}"),
+                source,
             })?;
         let webhook = bindings::webhook::GuestIndices::new(&pre).ok();
         let poller = bindings::poller::GuestIndices::new(&pre).ok();
@@ -319,13 +340,13 @@ impl Plugin {
             allowed_hosts,
             allow_private_addresses: config.allow_private_addresses,
         })
-        .map_err(|e| LoadError::Engine(format!("http client: {e}")))?;
+        .map_err(|e| LoadError::engine(e, "http client"))?;
         let kv = {
             let (quotas, store, name) = (runtime.kv.clone(), store.clone(), config.name.clone());
             tokio::task::spawn_blocking(move || quotas.open(&store, &name))
                 .await
-                .map_err(|e| LoadError::Engine(format!("KV task: {e}")))?
-                .map_err(|e| LoadError::Store(e.to_string()))?
+                .map_err(|e| LoadError::engine(e, "KV task"))?
+                .map_err(LoadError::Store)?
         };
         let context = Arc::new(ConnectorContext {
             name: config.name.clone(),
@@ -559,14 +580,14 @@ impl Plugin {
             Ok(Err(_)) if state.limiter.exceeded == Some(MemoryExceeded::Budget) => {
                 Err(CallError::MemoryBudget(self.runtime.memory.limit()))
             }
-            Ok(Err((e, true))) => Err(CallError::Instantiate(format!("{e:#}"))),
+            Ok(Err((e, true))) => Err(CallError::Instantiate(e)),
             Ok(Err((e, false))) if is_hostcall_fuel_exhausted(&e) => {
                 Err(CallError::TooLarge(format!(
                     "more than {} bytes of strings and lists in its result or in one host call",
                     limits.max_result_bytes
                 )))
             }
-            Ok(Err((e, false))) => Err(CallError::Trap(trap_summary(&e))),
+            Ok(Err((e, false))) => Err(CallError::Trap(e)),
         }
     }
 
@@ -708,9 +729,9 @@ fn admit(
 
 fn file_digest(path: &std::path::Path) -> Result<[u8; 32], LoadError> {
     use sha2::Digest;
-    let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source,
     })?;
     Ok(sha2::Sha256::digest(&bytes).into())
 }

@@ -74,13 +74,12 @@ impl Runtime {
             config.memory_guard_size(0);
             config.memory_reservation_for_growth(0);
         }
-        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&config).map_err(LoadError::Engine)?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::Engine)?;
         ConnectorWorld::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+            .map_err(LoadError::Engine)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let stop = ticker_stop.clone();
@@ -93,7 +92,7 @@ impl Runtime {
                     ticking.increment_epoch();
                 }
             })
-            .map_err(|e| LoadError::Engine(format!("epoch thread: {e}")))?;
+            .map_err(|e| LoadError::engine(e, "epoch thread"))?;
 
         Ok(Runtime {
             engine,
@@ -131,9 +130,9 @@ impl Runtime {
     /// (the cache key, and how a reload tells a rebuilt plugin). Blocking:
     /// call from a blocking thread.
     pub fn compile(&self, path: &Path) -> Result<(Component, [u8; 32]), LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         })?;
         self.compile_read(path, &bytes)
     }
@@ -170,13 +169,13 @@ impl Runtime {
                 }
             }
         }
-        let compiled = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|e| LoadError::Compile {
-                path: path.to_path_buf(),
-                reason: format!("{e:#}"),
-            })?;
+        let compiled =
+            self.engine
+                .precompile_component(bytes)
+                .map_err(|source| LoadError::Compile {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
         if let Err(e) = write_atomically(cache_dir, &cached, &compiled) {
             tracing::warn!(dir = %cache_dir.display(), error = %e, "cannot cache compiled plugin");
         }
@@ -187,19 +186,19 @@ impl Runtime {
         // SAFETY: the bytes were produced by this engine a moment ago.
         #[allow(unsafe_code)]
         let component =
-            unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|e| {
+            unsafe { Component::deserialize(&self.engine, &compiled) }.map_err(|source| {
                 LoadError::Compile {
                     path: path.to_path_buf(),
-                    reason: format!("{e:#}"),
+                    source,
                 }
             })?;
         Ok((component, digest))
     }
 
     fn compile_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
-        Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
+        Component::new(&self.engine, bytes).map_err(|source| LoadError::Compile {
             path: path.to_path_buf(),
-            reason: format!("{e:#}"),
+            source,
         })
     }
 

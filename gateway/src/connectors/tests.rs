@@ -308,6 +308,94 @@ async fn the_context_debug_hides_setting_values() {
     assert!(!shown.contains("sk-live-123"), "{shown}");
 }
 
+// --- Errors keep their cause ---------------------------------------------
+
+/// A trap reads as its first line; the whole wasmtime error, with the trap
+/// and its backtrace, stays behind it as the source.
+#[tokio::test]
+async fn a_trap_shows_its_first_line_and_keeps_the_wasmtime_error() {
+    let wasm = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release/fixture_panicking.wasm");
+    assert!(wasm.is_file(), "build the plugins first: make plugins");
+    let runtime = Arc::new(Runtime::new(PluginLimits::default(), None).expect("engine"));
+    let (_dir, store) = crate::log::scratch_log(&[]);
+    let mut config = ConnectorConfig::ad_hoc(wasm, toml::Table::new());
+    config.name = "panicking".into();
+    let plugin = Plugin::load(runtime, &config, &PluginTrustConfig::run_any(), &store)
+        .await
+        .expect("load the panicking fixture");
+    let error = plugin
+        .handle(request("panic"))
+        .await
+        .expect_err("it panics");
+    let CallError::Trap(trap) = &error else {
+        panic!("not a trap: {error}");
+    };
+    let shown = error.to_string();
+    assert!(shown.starts_with("plugin trapped: "), "{shown}");
+    assert!(!shown.contains('\n'), "one line, no backtrace: {shown:?}");
+    assert!(trap.downcast_ref::<wasmtime::Trap>().is_some(), "{trap:?}");
+    let source = std::error::Error::source(&error).expect("the wasmtime error");
+    assert!(!source.to_string().is_empty());
+}
+
+/// A plugin file that cannot be read or compiled: the message is as before,
+/// the I/O or wasmtime error is its source.
+#[tokio::test]
+async fn load_errors_keep_the_io_or_wasmtime_error_as_their_source() {
+    let runtime = Arc::new(Runtime::new(PluginLimits::default(), None).expect("engine"));
+    let (dir, store) = crate::log::scratch_log(&[]);
+    let load = |path: PathBuf| {
+        let (runtime, store) = (runtime.clone(), store.clone());
+        async move {
+            let config = ConnectorConfig::ad_hoc(path, toml::Table::new());
+            Plugin::load(runtime, &config, &PluginTrustConfig::run_any(), &store)
+                .await
+                .expect_err("does not load")
+        }
+    };
+
+    let missing = load(dir.path().join("missing.wasm")).await;
+    assert!(
+        matches!(&missing, LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{missing:?}"
+    );
+    assert!(
+        missing.to_string().starts_with("cannot read plugin "),
+        "{missing}"
+    );
+    let source = std::error::Error::source(&missing).expect("the I/O error");
+    assert!(source.downcast_ref::<std::io::Error>().is_some());
+
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not wasm").expect("write");
+    let invalid = load(garbage).await;
+    assert!(matches!(invalid, LoadError::Compile { .. }), "{invalid:?}");
+    let shown = invalid.to_string();
+    assert!(
+        shown.contains("is not a valid WebAssembly component: "),
+        "{shown}"
+    );
+    let source = std::error::Error::source(&invalid).expect("the wasmtime error");
+    assert!(shown.contains(&source.to_string()), "{shown}");
+}
+
+#[test]
+fn an_engine_error_names_what_failed_and_keeps_it() {
+    let error = LoadError::engine(std::io::Error::other("no threads left"), "epoch thread");
+    assert_eq!(
+        error.to_string(),
+        "wasm engine: epoch thread: no threads left"
+    );
+    let mut chain = Vec::new();
+    let mut next = std::error::Error::source(&error);
+    while let Some(cause) = next {
+        chain.push(cause.to_string());
+        next = cause.source();
+    }
+    assert_eq!(chain, ["epoch thread", "no threads left"]);
+}
+
 #[test]
 fn a_fault_header_is_taken_out_of_the_reply() {
     let mut reply = Reply {

@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::admin::status::{Live, StatusReport};
 use crate::model::now_ms;
 use crate::sinks::event::rfc3339;
+use crate::tasks::Tasks;
 
 /// Bumped only on an incompatible change.
 pub const HEALTH_SCHEMA: u32 = 1;
@@ -165,25 +165,27 @@ pub struct HealthSnapshot {
 /// What the MQTT sinks follow.
 pub type HealthFeed = watch::Receiver<Option<Arc<HealthSnapshot>>>;
 
-/// Rebuilds the document every few seconds into `feed` until `stop`. Each
+/// Rebuilds the document every few seconds into `feed` until `tasks` is
+/// cancelled (the building runs on `tasks`, off the async threads). Each
 /// MQTT sink publishes it when its fingerprint changed or its own interval
 /// passed.
 pub async fn keep_fresh(
     live: Arc<Live>,
     feed: watch::Sender<Option<Arc<HealthSnapshot>>>,
-    stop: CancellationToken,
+    tasks: Tasks,
 ) {
     loop {
-        let built = tokio::task::spawn_blocking({
-            let live = live.clone();
-            move || {
-                let report = live.report();
-                let config = live.config.load();
-                let free = disk_free(&config.gateway.data_dir);
-                HealthDoc::from_report(&report, config.admin.connector_failures, free)
-            }
-        })
-        .await;
+        let built = tasks
+            .spawn_blocking("health document", {
+                let live = live.clone();
+                move || {
+                    let report = live.report();
+                    let config = live.config.load();
+                    let free = disk_free(&config.gateway.data_dir);
+                    HealthDoc::from_report(&report, config.admin.connector_failures, free)
+                }
+            })
+            .await;
         match built {
             Ok(doc) => match serde_json::to_vec(&doc) {
                 Ok(json) => {
@@ -198,7 +200,7 @@ pub async fn keep_fresh(
             Err(error) => tracing::error!(%error, "building the health document panicked"),
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = tasks.token().cancelled() => return,
             _ = tokio::time::sleep(LOOK_EVERY) => {}
         }
     }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::HealthDoc;
 use crate::config::{ClientIdentity, MqttTls};
 use crate::mqtt_link::{Connection, tls_config};
+use crate::tasks::Tasks;
 
 #[derive(Debug, clap::Args)]
 pub struct FleetStatus {
@@ -122,7 +123,9 @@ impl FleetStatus {
     /// retained messages until the broker has been quiet for a while.
     async fn collect(&self) -> anyhow::Result<Vec<GatewayView>> {
         let (client, eventloop) = AsyncClient::new(self.options()?, 16);
-        let mut connection = Connection::drive(eventloop);
+        // A one-shot command: its event loop on a tree of its own, stopped
+        // with the connection.
+        let mut connection = Connection::drive(eventloop, &Tasks::new());
         let quiet = Duration::from_secs(self.quiet_secs.max(1));
         let mut gateways: BTreeMap<String, GatewayView> = BTreeMap::new();
         let status_suffix = "/status";

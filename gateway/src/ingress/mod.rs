@@ -27,13 +27,13 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::connectors::{CallError, Connectors, IncomingRequest, Plugin, Rejection};
 use crate::http_server;
 use crate::log::{Appended, EventLog, KvBatch, LogError};
 use crate::metrics::metrics;
 use crate::model::{self, BalanceChange};
+use crate::tasks::Tasks;
 
 pub mod mqtt;
 pub mod poll;
@@ -156,14 +156,16 @@ impl Ingress {
             .with_state(self)
     }
 
-    /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
+    /// Serves until `tasks` is cancelled, then gives requests in flight up
+    /// to `drain` to finish.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
-        shutdown: CancellationToken,
+        tasks: Tasks,
+        drain: Duration,
     ) -> std::io::Result<()> {
-        let limits = http_server::Limits::with_max_connections(MAX_CONNECTIONS);
-        http_server::serve(listener, self.router(), limits, shutdown).await
+        let limits = http_server::Limits::with_max_connections(MAX_CONNECTIONS).with_drain(drain);
+        http_server::serve(listener, self.router(), limits, tasks).await
     }
 }
 
@@ -565,8 +567,12 @@ mod tests {
     #[tokio::test]
     async fn internal_failures_reach_the_sender_as_a_generic_reason() {
         let failures = [
-            CallError::Trap("wasm backtrace: 0: 0x1234 - <unknown>!core::panicking".into()),
-            CallError::Instantiate("/var/lib/soundbox-gateway/plugin-cache/x.cwasm".into()),
+            CallError::Trap(wasmtime::Error::msg(
+                "wasm backtrace: 0: 0x1234 - <unknown>!core::panicking",
+            )),
+            CallError::Instantiate(wasmtime::Error::msg(
+                "/var/lib/soundbox-gateway/plugin-cache/x.cwasm",
+            )),
             CallError::Rejected(Rejection::Fatal(
                 "GET https://api.bank.example/v1?key=s".into(),
             )),

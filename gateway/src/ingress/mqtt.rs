@@ -26,7 +26,6 @@ use rumqttc::{
     Transport,
 };
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use super::StaleRule;
 use crate::config::SubscriptionConfig;
@@ -34,6 +33,7 @@ use crate::connectors::{CallError, Connectors, IncomingRequest, Rejection};
 use crate::log::EventLog;
 use crate::model::now_ms;
 use crate::mqtt_link::{Connection, MqttError, tls_config};
+use crate::tasks::Tasks;
 
 /// A connection that lasted this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -160,8 +160,10 @@ impl Subscription {
         options
     }
 
-    /// Receives until `stop`, reconnecting with backoff.
-    pub async fn run(self, stop: CancellationToken) {
+    /// Receives until `tasks` is cancelled, reconnecting with backoff; each
+    /// connection's event loop runs on `tasks`.
+    pub async fn run(self, tasks: Tasks) {
+        let stop = tasks.token();
         let (connector, broker) = (&self.connector, self.config.broker.to_string());
         tracing::info!(%connector, %broker, topic = %self.config.topic, "MQTT subscription started");
         self.stats.set_connected(false);
@@ -170,7 +172,7 @@ impl Subscription {
             let started = Instant::now();
             let reason = tokio::select! {
                 _ = stop.cancelled() => break,
-                reason = self.session() => reason,
+                reason = self.session(&tasks) => reason,
             };
             self.stats.set_connected(false);
             self.stats.failed(&reason);
@@ -191,9 +193,9 @@ impl Subscription {
     /// One connection, until it fails; returns why. Dropped (cancelled)
     /// between messages or in the middle of one: an unacknowledged message
     /// comes again.
-    async fn session(&self) -> String {
+    async fn session(&self, tasks: &Tasks) -> String {
         let (client, eventloop) = AsyncClient::new(self.options(), 16);
-        let mut connection = Connection::drive(eventloop);
+        let mut connection = Connection::drive(eventloop, tasks);
         loop {
             let event = match connection.events.recv().await {
                 Some(Ok(event)) => event,

@@ -5,8 +5,9 @@
 //! rumqttd listens on a loopback port of its own and lets in only two
 //! logins made up at start (never written anywhere): the gateway's MQTT sink
 //! and the [`guard`](super::guard), which listens on `embedded_listen`,
-//! checks what clients send and forwards it under its own login. It lives as
-//! long as the process.
+//! checks what clients send and forwards it under its own login. rumqttd
+//! lives as long as the process; the guard as long as the task tree it is
+//! started on.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -18,6 +19,7 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 pub use super::guard::Access;
 use super::guard::{self, Guard, Login};
 use crate::config::Secret;
+use crate::tasks::Tasks;
 
 /// Why the embedded broker did not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,12 +75,23 @@ impl EmbeddedBroker {
     }
 }
 
-/// Starts rumqttd on a loopback port on threads of its own and the guard on
-/// `listen` on the current tokio runtime, and returns once rumqttd accepts
-/// connections (or after [`READY_WAIT`]): the MQTT sink connects right
-/// after, and found nothing listening on about one start in three (a
-/// `connection refused` warning, then a backoff before the first publish).
+/// [`start_on`] a task tree of its own, never stopped: the guard serves
+/// until the process ends.
 pub fn start(listen: SocketAddr, access: Access) -> Result<EmbeddedBroker, BrokerError> {
+    start_on(listen, access, &Tasks::new())
+}
+
+/// Starts rumqttd on a loopback port on threads of its own and the guard on
+/// `listen` on `tasks` (on the current tokio runtime; until `tasks` is
+/// cancelled), and returns once rumqttd accepts connections (or after
+/// [`READY_WAIT`]): the MQTT sink connects right after, and found nothing
+/// listening on about one start in three (a `connection refused` warning,
+/// then a backoff before the first publish).
+pub fn start_on(
+    listen: SocketAddr,
+    access: Access,
+    tasks: &Tasks,
+) -> Result<EmbeddedBroker, BrokerError> {
     // Bound here, before anything else, so a taken port is the error the
     // user sees; the guard then serves on this very socket.
     let public = std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Listen {
@@ -171,7 +184,7 @@ pub fn start(listen: SocketAddr, access: Access) -> Result<EmbeddedBroker, Broke
                 hint: "",
             })?
     };
-    runtime.spawn(guard.clone().serve(listener));
+    tasks.spawn("mqtt guard", guard.clone().serve(listener, tasks.clone()));
     tracing::info!(%listen, "embedded MQTT broker listening");
     Ok(EmbeddedBroker {
         listen,

@@ -30,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::{MqttConfig, MqttUser, Secret};
+use crate::tasks::Tasks;
 
 /// Largest packet a client may send (the broker's own limit before).
 pub const MAX_PACKET_BYTES: usize = 256 << 10;
@@ -366,10 +367,16 @@ impl Guard {
         self.listen.ip().is_loopback()
     }
 
-    /// Accepts clients until the process ends.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Accepts clients until `tasks` is cancelled (the gateway stops); each
+    /// client is a task on `tasks`, dropped then too.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tasks: Tasks) {
+        let stop = tasks.token().clone();
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors, most likely: let some close.
@@ -387,8 +394,9 @@ impl Guard {
                 continue;
             };
             let guard = self.clone();
-            tokio::spawn(async move {
-                guard.client(stream, peer).await;
+            let stop = stop.clone();
+            tasks.spawn("mqtt guard client", async move {
+                stop.run_until_cancelled(guard.client(stream, peer)).await;
                 drop(slot);
             });
         }

@@ -51,6 +51,7 @@ use crate::fleet::HealthFeed;
 use crate::log::{EventLog, LogEntry, Settlement};
 pub use crate::mqtt_link::MqttError;
 use crate::mqtt_link::{Connection, tls_config};
+use crate::tasks::Tasks;
 
 /// The name of the `[[mqtt]]` sink without a name (and of the single
 /// `[mqtt]` of earlier versions).
@@ -124,6 +125,9 @@ pub struct MqttSink {
     embedded: Option<(std::net::SocketAddr, guard::Login)>,
     /// The fleet health document to keep retained, if the app publishes one.
     health: Option<HealthFeed>,
+    /// Where its event loops and its waits for the store run: the gateway's
+    /// task tree ([`MqttSink::with_tasks`]), else a tree of its own.
+    tasks: Tasks,
 }
 
 /// What a publish was, to know what its PubAck means.
@@ -248,7 +252,15 @@ impl MqttSink {
             speakers: None,
             embedded: None,
             health: None,
+            tasks: Tasks::new(),
         })
+    }
+
+    /// Runs its tasks (each connection's event loop, the waits for
+    /// deliveries to be recorded) on `tasks`.
+    pub fn with_tasks(mut self, tasks: Tasks) -> Self {
+        self.tasks = tasks;
+        self
     }
 
     /// Keeps `feed`'s latest document retained on `health`.
@@ -366,7 +378,7 @@ impl MqttSink {
         announcements: &mut broadcast::Receiver<AnnouncementJson>,
     ) -> SessionEnd {
         let (client, eventloop) = AsyncClient::new(self.options(), self.config.window * 2);
-        let mut connection = Connection::drive(eventloop);
+        let mut connection = Connection::drive(eventloop, &self.tasks);
         let connack = tokio::select! {
             _ = shutdown.stop.cancelled() => return SessionEnd::Stopped,
             event = connection.events.recv() => event,
@@ -477,7 +489,7 @@ impl MqttSink {
                     // run of PubAcks (a write per ack caps the rate at the
                     // disk's flush rate).
                     let (acked, lost) = take_ready(&mut connection, event, &mut flight);
-                    settle(&self.name, log, stats, acked);
+                    self.settle(log, stats, acked);
                     if let Some(reason) = lost {
                         return SessionEnd::Lost(reason);
                     }
@@ -547,7 +559,7 @@ impl MqttSink {
             while sent.is_ok() && !flight.is_empty() {
                 let event = connection.events.recv().await;
                 let (acked, lost) = take_ready(connection, event, flight);
-                settle(&self.name, log, stats, acked);
+                self.settle(log, stats, acked);
                 if lost.is_some() {
                     break;
                 }
@@ -581,28 +593,32 @@ fn in_flight_limit(window: usize) -> u16 {
     u16::try_from(window + EXTRA_IN_FLIGHT).unwrap_or(u16::MAX)
 }
 
-/// Records delivered entries (one write for the whole run of them) without
-/// waiting for the store: it takes acknowledgements in any order, and the
-/// session keeps draining the broker's acks and the announcements meanwhile
-/// (waiting here, behind another commit's sync, made the announcement channel
-/// overflow under load). The write is queued when this returns.
-fn settle(name: &str, log: &dyn EventLog, stats: &SinkStats, acked: Vec<u64>) {
-    if acked.is_empty() {
-        return;
-    }
-    let (first, count) = (acked[0], acked.len());
-    stats.delivered.fetch_add(count as u64, Ordering::Relaxed);
-    super::count(name, "delivered", count as u64);
-    tracing::debug!(sink = %name, first, count, "delivered");
-    let recorded = log.settle(name, acked, Settlement::Delivered);
-    let name = name.to_string();
-    tokio::spawn(async move {
-        // They stay pending in the store: sent again after a restart, which
-        // consumers dedupe by id.
-        if let Err(error) = recorded.await {
-            tracing::error!(sink = %name, %error, "cannot record MQTT deliveries");
+impl MqttSink {
+    /// Records delivered entries (one write for the whole run of them)
+    /// without waiting for the store: it takes acknowledgements in any order,
+    /// and the session keeps draining the broker's acks and the announcements
+    /// meanwhile (waiting here, behind another commit's sync, made the
+    /// announcement channel overflow under load). The write is queued when
+    /// this returns; the wait for its outcome is a task of the sink's.
+    fn settle(&self, log: &dyn EventLog, stats: &SinkStats, acked: Vec<u64>) {
+        if acked.is_empty() {
+            return;
         }
-    });
+        let name = &self.name;
+        let (first, count) = (acked[0], acked.len());
+        stats.delivered.fetch_add(count as u64, Ordering::Relaxed);
+        super::count(name, "delivered", count as u64);
+        tracing::debug!(sink = %name, first, count, "delivered");
+        let recorded = log.settle(name, acked, Settlement::Delivered);
+        let name = name.clone();
+        self.tasks.spawn("mqtt delivery record", async move {
+            // They stay pending in the store: sent again after a restart,
+            // which consumers dedupe by id.
+            if let Err(error) = recorded.await {
+                tracing::error!(sink = %name, %error, "cannot record MQTT deliveries");
+            }
+        });
+    }
 }
 
 /// The next change of the health document, or never without a feed.

@@ -33,6 +33,7 @@ use crate::sinks::event::{AnnouncementJson, EVENT_SCHEMA, event_id, rfc3339};
 use crate::sinks::{RetryPolicy, Sink, SinkError, age_ms};
 use crate::speaker_api::client::{SpeakerClient, SpeakerError};
 use crate::speaker_api::words::amount_words;
+use crate::tasks::Tasks;
 
 /// How long a lane waits before trying again when the API refuses the
 /// client's credentials: every call would fail the same way until the
@@ -134,9 +135,11 @@ pub struct SpeakerLane {
     name: String,
     /// The routes that name this speaker.
     routes: Vec<RouteConfig>,
-    /// Confirmations in flight, stopped with the lane.
+    /// Confirmations in flight, stopped with the lane (they run on `tasks`).
     confirmations: TaskTracker,
     confirm_slots: Arc<Semaphore>,
+    /// The lane's part of the task tree: cancelled when the lane stops.
+    tasks: Tasks,
     stop: CancellationToken,
 }
 
@@ -145,16 +148,17 @@ impl SpeakerLane {
         service: Arc<SpeakerService>,
         hardware_id: &str,
         routes: Vec<RouteConfig>,
-        stop: CancellationToken,
+        tasks: Tasks,
     ) -> Self {
         SpeakerLane {
+            stop: tasks.token().clone(),
+            tasks,
             service,
             hardware_id: hardware_id.to_string(),
             name: lane_name(hardware_id),
             routes,
             confirmations: TaskTracker::new(),
             confirm_slots: Arc::new(Semaphore::new(MAX_CONFIRMATIONS)),
-            stop,
         }
     }
 
@@ -217,13 +221,14 @@ impl SpeakerLane {
             Ok(permit) => {
                 let service = self.service.clone();
                 let stop = self.stop.clone();
-                self.confirmations.spawn(async move {
+                let confirmation = self.confirmations.track_future(async move {
                     tokio::select! {
                         _ = stop.cancelled() => {}
                         _ = confirm(&service, Pending::new(announced)) => {}
                     }
                     drop(permit);
                 });
+                self.tasks.spawn("speaker confirmation", confirmation);
             }
             Err(_) => self.service.report(announced.json(
                 &announced.request_id,

@@ -20,6 +20,7 @@ use crate::sinks::{RetryPolicy, Shutdown, SinkStats, run_sink};
 use crate::speaker_api::client::{SpeakerClient, SpeakerCredentials};
 use crate::speaker_api::sim::testing::{device, serve_on_loopback};
 use crate::speaker_api::sim::{ErrorStyle, Faults, SimConfig, Simulator};
+use crate::tasks::Tasks;
 
 const STYLES: [ErrorStyle; 2] = [ErrorStyle::Http200, ErrorStyle::Http4xx];
 
@@ -170,14 +171,15 @@ async fn start(sim: &Simulator, max_age: Duration, routes: Vec<RouteConfig>) -> 
             polls: 20,
         }),
     );
-    let stop = CancellationToken::new();
+    let tasks = Tasks::new();
+    let stop = tasks.token().clone();
     let mut workers = Vec::new();
     for hw in &speakers {
         let lane = Arc::new(SpeakerLane::new(
             service.clone(),
             hw,
             routes_of(&routes, hw),
-            stop.clone(),
+            tasks.clone(),
         ));
         let log: Arc<dyn EventLog> = Arc::new(log.clone());
         let shutdown = Shutdown {
