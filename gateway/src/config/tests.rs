@@ -1,5 +1,7 @@
 //! What a user sees for each bad config: file, line, key and a reason.
 
+use std::time::Duration;
+
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -238,7 +240,9 @@ fn speaker_routes_forwards_and_log_are_checked() {
     )
     .expect("valid");
     let speaker = config.speaker.expect("speaker");
-    let (devices, faults) = speaker.simulator.expect("simulated");
+    let SpeakerApi::Simulator(SimulatorConfig { devices, faults }) = speaker.api.clone() else {
+        panic!("simulated");
+    };
     assert_eq!(devices[0].hardware_id, "VNS1");
     assert!(devices[0].online, "online by default");
     assert_eq!(faults.error_rate, 0.3);
@@ -284,7 +288,10 @@ fn speaker_credentials_come_from_the_environment_and_stay_secret() {
         parse("[speaker]\nclient_id = \"partner\"\nclient_secret = \"hunter2\"\n").expect("valid");
     let speaker = config.speaker.expect("speaker");
     assert!(!format!("{speaker:?}").contains("hunter2"));
-    assert_eq!(speaker.base_url, "https://speaker-api.sepay.vn/devices/v1");
+    let SpeakerApi::Remote { base_url, .. } = speaker.api else {
+        panic!("a remote Speaker API");
+    };
+    assert_eq!(base_url, "https://speaker-api.sepay.vn/devices/v1");
 }
 
 #[test]
@@ -531,7 +538,11 @@ fn several_mqtt_sinks_with_names_client_certificates_and_a_relay_table() {
     );
     assert_eq!(relay.topic_for("555"), None);
     assert_eq!(
-        crate::sinks::sink_names(&config),
+        config
+            .mqtt
+            .iter()
+            .map(MqttConfig::sink_name)
+            .collect::<Vec<_>>(),
         vec!["mqtt".to_string(), "mqtt:chain".to_string()]
     );
 }
@@ -658,7 +669,7 @@ fn plugins_unsigned_takes_only_the_exact_words() {
 #[test]
 fn plugins_trusted_keys_are_key_lines_or_pub_files_beside_the_config() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let keys = crate::connectors::trust::keygen(dir.path(), "acme").expect("keygen");
+    let keys = trusted_key::testing::write_key(dir.path(), "acme");
     std::fs::copy(&keys.public_key, dir.path().join("acme-copy.pub")).expect("copy");
     let text = format!(
         "[plugins]\ntrusted_keys = [\"{}\", \"acme-copy.pub\"]\n",
