@@ -83,9 +83,10 @@ fn top_module(relative: &str) -> String {
     first.strip_suffix(".rs").unwrap_or(first).to_string()
 }
 
-/// `text` without its comments (`//…` to the end of the line, `/* … */`),
-/// leaving string literals (raw ones too) alone.
-fn without_comments(text: &str) -> String {
+/// The code of `text`: comments (`//…` to the end of the line, `/* … */`)
+/// dropped, and string literals (raw ones too) emptied to `""`, so neither
+/// a comment nor a message that says `crate::x` counts as naming it.
+fn code_of(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < text.len() {
@@ -106,9 +107,17 @@ fn without_comments(text: &str) -> String {
             } else {
                 raw_string_len(rest).or_else(|| string_len(rest))
             };
-            let len = literal.unwrap_or_else(|| rest.chars().next().map_or(1, char::len_utf8));
-            out.push_str(&rest[..len]);
-            len
+            match literal {
+                Some(len) => {
+                    out.push_str("\"\"");
+                    len
+                }
+                None => {
+                    let len = rest.chars().next().map_or(1, char::len_utf8);
+                    out.push_str(&rest[..len]);
+                    len
+                }
+            }
         };
         i += skip;
     }
@@ -198,13 +207,17 @@ fn crate_references(code: &str) -> BTreeSet<String> {
 /// Module → the other top-level modules it names, with one file that does
 /// so for each arrow (to say where it comes from).
 fn module_graph() -> BTreeMap<String, BTreeMap<String, String>> {
-    let files = sources();
+    // The crate roots declare the modules; they are not one.
+    let files: Vec<(String, String)> = sources()
+        .into_iter()
+        .filter(|(f, _)| f != "lib.rs" && f != "main.rs")
+        .collect();
     let modules: BTreeSet<String> = files.iter().map(|(f, _)| top_module(f)).collect();
     let mut graph: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for (file, text) in &files {
         let from = top_module(file);
         let arrows = graph.entry(from.clone()).or_default();
-        for to in crate_references(&without_comments(text)) {
+        for to in crate_references(&code_of(text)) {
             if to != from && modules.contains(&to) {
                 arrows.entry(to).or_insert_with(|| file.clone());
             }
@@ -338,6 +351,37 @@ fn describe(cycle: &[String], graph: &BTreeMap<String, BTreeMap<String, String>>
     shown
 }
 
+/// The modules bottom up: each layer names only modules in layers below
+/// it. Only for a graph without cycles.
+fn layers(graph: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<Vec<String>> {
+    let mut depth: BTreeMap<&str, usize> = BTreeMap::new();
+    while depth.len() < graph.len() {
+        let before = depth.len();
+        for (module, arrows) in graph {
+            if depth.contains_key(module.as_str()) {
+                continue;
+            }
+            let below: Option<Vec<usize>> = arrows
+                .keys()
+                .map(|to| depth.get(to.as_str()).copied())
+                .collect();
+            if let Some(below) = below {
+                let d = below.into_iter().max().map_or(0, |d| d + 1);
+                depth.insert(module, d);
+            }
+        }
+        assert!(depth.len() > before, "the graph has a cycle");
+    }
+    let mut layers: Vec<Vec<String>> = Vec::new();
+    for (module, d) in depth {
+        if layers.len() <= d {
+            layers.resize(d + 1, Vec::new());
+        }
+        layers[d].push(module.to_string());
+    }
+    layers
+}
+
 #[test]
 fn top_level_modules_have_no_cycle() {
     let graph = module_graph();
@@ -345,6 +389,11 @@ fn top_level_modules_have_no_cycle() {
     let shown: Vec<String> = found.iter().map(|c| describe(c, &graph)).collect();
     for cycle in &shown {
         println!("cycle: {cycle}");
+    }
+    if found.is_empty() {
+        for (i, layer) in layers(&graph).iter().enumerate() {
+            println!("layer {i}: {}", layer.join(", "));
+        }
     }
     assert!(
         found.is_empty(),
@@ -395,12 +444,13 @@ fn long_files_say_why() {
 
 #[test]
 fn the_reference_scanner_reads_uses_groups_and_paths() {
-    let code = without_comments(
+    let code = code_of(
         "use crate::config::Secret;\n\
          use crate::{log::Log, sinks::{a, b}, model};\n\
          // use crate::admin;\n\
          /* crate::app */\n\
          let url = \"https://x\"; let c = '\"'; x(crate::metrics::inc());\n\
+         panic!(\"see crate::cli\"); let raw = r#\"crate::fleet \"quoted\"\"#;\n\
          $crate::ignored; other_crate::ignored;\n",
     );
     let found: Vec<String> = crate_references(&code).into_iter().collect();
@@ -427,5 +477,16 @@ fn a_cycle_is_found_and_shown() {
     assert_eq!(
         describe(&found[0], &graph),
         "config → sinks (config.rs) → speaker_api (sinks.rs) → config (speaker_api.rs)"
+    );
+
+    graph.get_mut("config").expect("config").clear();
+    assert!(cycles(&graph).is_empty());
+    assert_eq!(
+        layers(&graph),
+        [
+            vec!["config", "model"],
+            vec!["app", "speaker_api"],
+            vec!["sinks"]
+        ]
     );
 }

@@ -5,12 +5,11 @@
 //! reading it is a shop owner with a text editor.
 //!
 //! One file per section, each with its raw (serde) form, its typed form and
-//! the parser between them: [`gateway`], [`limits`], [`log`],
-//! [`connectors`], [`forward`], [`speaker`] (and its [`simulator`]),
-//! [`mqtt`], [`admin`], [`plugins`]. Beside them: [`locate`] (byte spans to
-//! `file:line:column`), [`values`] (one located value: a duration, a size,
-//! an address), [`name`] (names and ids, checked by type), [`env`]
-//! (`${NAME}`).
+//! the parser between them: `gateway`, `limits`, `log`, `connectors`,
+//! `forward`, `speaker` (and its `simulator`), `mqtt`, `admin`, `plugins`
+//! (and [`trusted_key`]). Beside them: `locate` (byte spans to
+//! `file:line:column`), `values` (one located value: a duration, a size, an
+//! address), `name` (names and ids, checked by type), `env` (`${NAME}`).
 //!
 //! The config sits below everything it configures: it names their settings
 //! and imports none of them (the event log's [`LogOptions`] excepted, which
