@@ -13,8 +13,15 @@
 //! - [`http_server`]: the HTTP server of both listeners (timeouts, connection cap).
 //! - [`app`]: wiring and shutdown order; [`tasks`]: the task tree every
 //!   spawned task hangs under; [`cli`]: the command line.
+//!
+//! Below them all, shared by several: [`model`], [`secret`], [`retry`]
+//! (backoff and `Retry-After`), [`outbound`] (the gateway's own HTTP
+//! client), [`allowed_host`]. Every dependency between these top-level
+//! modules points down the flow (config at the bottom; app, admin and cli
+//! on top), with no cycle: `gateway/tests/module_graph.rs` checks it.
 
 pub mod admin;
+pub mod allowed_host;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -28,6 +35,9 @@ pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod mqtt_link;
+pub mod outbound;
+pub mod retry;
+pub mod secret;
 pub mod sinks;
 pub mod speaker_api;
 pub mod tasks;

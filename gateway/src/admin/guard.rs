@@ -14,7 +14,7 @@ use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
 use super::{Live, error};
-use crate::app::SIMULATOR_PATH;
+use crate::config::SIMULATOR_PATH;
 
 /// Open to supervisors without the token (the `Host` check still applies).
 const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];

@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::status::{RefusedChange, SpeakerBoard};
 use crate::admin::{self, Live};
 use crate::config::{
-    Config, ForwardConfig, MqttBroker, MqttConfig, RouteConfig, SpeakerConfig, SubscriptionConfig,
+    Config, ForwardConfig, MqttBroker, MqttConfig, RouteConfig, SIMULATOR_PATH, Secret,
+    SimulatorConfig, SpeakerApi, SpeakerConfig, SubscriptionConfig,
 };
 use crate::connectors::{Connectors, Plugin, Runtime};
 use crate::fleet::{self, HealthFeed};
@@ -56,9 +57,6 @@ use crate::sinks::{Shutdown, SinkStats, run_sink, sink_names};
 use crate::speaker_api::client::{SpeakerClient, SpeakerCredentials};
 use crate::speaker_api::sim::{SimConfig, Simulator};
 use crate::tasks::{TaskName, Tasks};
-
-/// Where the in-process Speaker API simulator is served on the admin listener.
-pub const SIMULATOR_PATH: &str = "/speaker-sim";
 
 /// How often settled entries and old dedupe keys are collected.
 const GC_EVERY: Duration = Duration::from_secs(600);
@@ -232,15 +230,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let mut extra_admin_routes = axum::Router::new();
     let mut simulator_url = None;
-    if let Some((devices, faults)) = config.speaker.as_ref().and_then(|s| s.simulator.as_ref()) {
+    if let Some(sim) = config.speaker.as_ref().and_then(|s| s.api.simulator()) {
         let simulator = Simulator::new(SimConfig {
-            devices: devices.clone(),
-            faults: faults.clone(),
+            devices: sim.devices.clone(),
+            faults: sim.faults.clone(),
             ..SimConfig::default()
         });
         extra_admin_routes = extra_admin_routes.nest(SIMULATOR_PATH, simulator.router());
-        let url = format!("http://{admin_addr}{SIMULATOR_PATH}/devices/v1");
-        tracing::info!(base_url = %url, devices = devices.len(), "Speaker API simulator in process");
+        let url = SimulatorConfig::base_url(admin_addr);
+        tracing::info!(base_url = %url, devices = sim.devices.len(), "Speaker API simulator in process");
         simulator_url = Some(url);
     }
 
@@ -474,7 +472,7 @@ impl Gateway {
         keep!(gateway.max_body_bytes, "gateway.max_body_bytes");
         keep!(limits, "[limits]");
         keep!(log, "[log]");
-        let simulator = |c: &Config| c.speaker.as_ref().and_then(|s| s.simulator.clone());
+        let simulator = |c: &Config| c.speaker.as_ref().and_then(|s| s.api.simulator().cloned());
         if new.speaker.is_some() && simulator(&new) != simulator(old) {
             // The old speaker settings stay whole: the new ones would talk
             // to a simulator that is not running, or the reverse.
@@ -763,17 +761,28 @@ impl Gateway {
         {
             return Ok(service.clone());
         }
-        let mut credentials = SpeakerCredentials {
-            base_url: speaker.base_url.clone(),
-            client_id: speaker.client_id.clone(),
-            client_secret: speaker.client_secret.clone(),
+        let credentials = match &speaker.api {
+            SpeakerApi::Remote {
+                base_url,
+                client_id,
+                client_secret,
+            } => SpeakerCredentials {
+                base_url: base_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: client_secret.clone(),
+            },
+            SpeakerApi::Simulator(_) => {
+                let sim = SimConfig::default();
+                SpeakerCredentials {
+                    base_url: self
+                        .simulator_url
+                        .clone()
+                        .context("the Speaker API simulator is not running")?,
+                    client_id: sim.client_id,
+                    client_secret: Secret::new(sim.client_secret),
+                }
+            }
         };
-        if speaker.simulator.is_some() {
-            credentials.base_url = self
-                .simulator_url
-                .clone()
-                .context("the Speaker API simulator is not running")?;
-        }
         let client = SpeakerClient::new(credentials, speaker.timeout)
             .context("building the Speaker API client")?
             .with_max_calls_per_sec(speaker.max_calls_per_sec);

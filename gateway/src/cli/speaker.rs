@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use crate::config::{Config, Secret};
+use crate::config::{Config, DEFAULT_BASE_URL, Secret, SimulatorConfig, SpeakerApi};
 use crate::speaker_api::client::{SpeakerClient, SpeakerCredentials, SpeakerError};
 use crate::speaker_api::sim::{ErrorStyle, Faults, SimConfig, SimDevice, Simulator};
 use crate::speaker_api::types::Device;
@@ -111,24 +111,31 @@ impl Console<'_> {
 /// (`SEPAY_SPEAKER_BASE_URL`, `SEPAY_SPEAKER_CLIENT_ID`, `SEPAY_SPEAKER_CLIENT_SECRET`).
 fn credentials(config: &Config) -> anyhow::Result<SpeakerCredentials> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let speaker = config.speaker.as_ref();
-    let simulated = speaker.and_then(|s| s.simulator.as_ref()).is_some();
+    // What `[speaker]` says: a Speaker API and its credentials, or the
+    // simulator inside the gateway (on its admin listener) and its own.
+    let configured = config.speaker.as_ref().map(|s| match &s.api {
+        SpeakerApi::Remote {
+            base_url,
+            client_id,
+            client_secret,
+        } => (base_url.clone(), client_id.clone(), client_secret.clone()),
+        SpeakerApi::Simulator(_) => {
+            let sim = SimConfig::default();
+            (
+                SimulatorConfig::base_url(config.gateway.admin_listen),
+                sim.client_id,
+                Secret::new(sim.client_secret),
+            )
+        }
+    });
     let base_url = env("SEPAY_SPEAKER_BASE_URL")
-        .or_else(|| {
-            simulated.then(|| {
-                format!(
-                    "http://{}{}/devices/v1",
-                    config.gateway.admin_listen,
-                    crate::app::SIMULATOR_PATH
-                )
-            })
-        })
-        .or_else(|| speaker.map(|s| s.base_url.clone()))
-        .unwrap_or_else(|| crate::speaker_api::client::DEFAULT_BASE_URL.to_string());
-    let client_id = env("SEPAY_SPEAKER_CLIENT_ID").or_else(|| speaker.map(|s| s.client_id.clone()));
+        .or_else(|| configured.as_ref().map(|(url, _, _)| url.clone()))
+        .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+    let client_id =
+        env("SEPAY_SPEAKER_CLIENT_ID").or_else(|| configured.as_ref().map(|(_, id, _)| id.clone()));
     let client_secret = env("SEPAY_SPEAKER_CLIENT_SECRET")
         .map(Secret::new)
-        .or_else(|| speaker.map(|s| s.client_secret.clone()));
+        .or_else(|| configured.map(|(_, _, secret)| secret));
     let (Some(client_id), Some(client_secret)) = (client_id, client_secret) else {
         bail!(
             "no Speaker API credentials: set [speaker] client_id and client_secret in {}, \

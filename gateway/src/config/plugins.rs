@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, Locator};
-use crate::connectors::trust::TrustedKey;
+use super::ConfigError;
+use super::locate::Locator;
+use super::trusted_key::TrustedKey;
 
 /// Where the package installs the project's public key (and where a shop
 /// may drop more): trusted when the config names no keys itself.
@@ -60,7 +61,7 @@ impl PluginTrustConfig {
 }
 
 pub(super) fn parse(
-    loc: &Locator,
+    loc: &Locator<'_>,
     raw: RawPlugins,
     resolve: &dyn Fn(&str) -> PathBuf,
 ) -> Result<PluginTrustConfig, ConfigError> {
@@ -92,7 +93,10 @@ pub(super) fn parse(
 }
 
 /// `unsigned`: only the exact words say yes.
-fn allow_unsigned(loc: &Locator, unsigned: Option<Spanned<String>>) -> Result<bool, ConfigError> {
+fn allow_unsigned(
+    loc: &Locator<'_>,
+    unsigned: Option<Spanned<String>>,
+) -> Result<bool, ConfigError> {
     match &unsigned {
         None => Ok(false),
         Some(words) if words.get_ref() == ALLOW_UNSIGNED_WORDS => Ok(true),
@@ -139,11 +143,11 @@ mod tests {
     fn the_package_folder_gives_its_keys_and_skips_what_is_not_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(package_keys(&dir.path().join("missing")).is_empty());
-        let keys = crate::connectors::trust::keygen(dir.path(), "project").expect("keygen");
+        let key = crate::config::trusted_key::testing::write_key(dir.path(), "project");
         std::fs::write(dir.path().join("broken.pub"), "not a key\n").expect("write");
         std::fs::write(dir.path().join("notes.txt"), "ignored\n").expect("write");
         let found = package_keys(dir.path());
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].key_id(), keys.key_id);
+        assert_eq!(found[0].key_id(), key.key_id);
     }
 }

@@ -14,7 +14,7 @@
 //! `plugin inspect`).
 
 use std::fmt;
-use std::io::{Cursor, Read};
+use std::io::Cursor;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -22,11 +22,10 @@ use minisign::{PublicKey, SecretKey, SecretKeyBox, SignatureBox};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::http_client::AllowedHost;
+use crate::allowed_host::AllowedHost;
+use crate::config::trusted_key::{key_id, read_limited};
 
-/// A manifest or signature larger than this is not one: refusing it early
-/// keeps a stray file from being read whole.
-const MAX_SIDECAR_BYTES: u64 = 64 << 10;
+pub use crate::config::TrustedKey;
 
 /// A 32-bit wasm cannot address more than 4 GiB.
 const MAX_MEMORY_MB: u64 = 4096;
@@ -149,104 +148,6 @@ impl Manifest {
         }
         Ok(())
     }
-}
-
-/// A publisher key the shop trusts.
-#[derive(Clone)]
-pub struct TrustedKey {
-    key: PublicKey,
-    key_id: String,
-}
-
-impl fmt::Debug for TrustedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrustedKey")
-            .field("key_id", &self.key_id)
-            .finish()
-    }
-}
-
-/// The same key: its bytes (algorithm, key id, Ed25519 key).
-impl PartialEq for TrustedKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.key.to_bytes() == other.key.to_bytes()
-    }
-}
-
-impl TrustedKey {
-    /// A minisign public key as written in config: the base64 line
-    /// (`RW…`, as `minisign -G` prints it) or the path of a `.pub` file.
-    pub fn parse(text: &str) -> Result<TrustedKey, TrustError> {
-        let text = text.trim();
-        let path = Path::new(text);
-        if path.is_file() {
-            return Self::from_file(path);
-        }
-        // Base64 has `/` too, so a key is told from a path by its prefix.
-        if text.starts_with("RW") {
-            return Self::from_base64(text).map_err(|reason| TrustError::Key {
-                input: text.to_string(),
-                reason,
-            });
-        }
-        Err(TrustError::Key {
-            input: text.to_string(),
-            reason: "neither a minisign public key (the 56-character line starting with RW \
-                     from the .pub file) nor the path of an existing .pub file"
-                .into(),
-        })
-    }
-
-    /// The key in a minisign `.pub` file: its line after the comment.
-    pub fn from_file(path: &Path) -> Result<TrustedKey, TrustError> {
-        let text = read_limited(path).map_err(|source| TrustError::Read {
-            path: path.to_path_buf(),
-            error: source,
-        })?;
-        let text = String::from_utf8(text).map_err(|_| TrustError::Key {
-            input: path.display().to_string(),
-            reason: "not a text file".into(),
-        })?;
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
-            .ok_or_else(|| TrustError::Key {
-                input: path.display().to_string(),
-                reason: "the file holds no key line".into(),
-            })?;
-        Self::from_base64(line).map_err(|reason| TrustError::Key {
-            input: path.display().to_string(),
-            reason,
-        })
-    }
-
-    fn from_base64(line: &str) -> Result<TrustedKey, String> {
-        let bad = |why: &str| format!("not a minisign public key: {why}");
-        if line.len() != 56 {
-            return Err(bad(&format!(
-                "{} characters where a key has 56",
-                line.len()
-            )));
-        }
-        let key = PublicKey::from_base64(line).map_err(|e| bad(&e.to_string()))?;
-        // The crate does not check the algorithm: `Ed` is minisign's only one.
-        if !key.to_bytes().starts_with(b"Ed") {
-            return Err(bad("not an Ed25519 key"));
-        }
-        let key_id = key_id(key.keynum());
-        Ok(TrustedKey { key, key_id })
-    }
-
-    /// The key's id as minisign prints it (16 upper-case hex digits).
-    pub fn key_id(&self) -> &str {
-        &self.key_id
-    }
-}
-
-/// minisign's key id: the 8-byte key number read little-endian, in hex.
-fn key_id(keynum: &[u8]) -> String {
-    keynum.iter().rev().map(|b| format!("{b:02X}")).collect()
 }
 
 /// Whether a plugin file is the one a trusted publisher signed.
@@ -390,7 +291,7 @@ pub fn verify(wasm_path: &Path, wasm_bytes: &[u8], trusted: &[TrustedKey]) -> Ve
     let key_id = key_id(signature.keynum());
     let candidates: Vec<&TrustedKey> = trusted
         .iter()
-        .filter(|k| k.key.keynum() == signature.keynum())
+        .filter(|k| k.public_key().keynum() == signature.keynum())
         .collect();
     if candidates.is_empty() {
         return Verdict::UnknownKey {
@@ -402,7 +303,7 @@ pub fn verify(wasm_path: &Path, wasm_bytes: &[u8], trusted: &[TrustedKey]) -> Ve
     }
     let verified = candidates.iter().any(|k| {
         minisign::verify(
-            &k.key,
+            k.public_key(),
             &signature,
             Cursor::new(&manifest_bytes),
             true,
@@ -441,21 +342,6 @@ pub fn verify(wasm_path: &Path, wasm_bytes: &[u8], trusted: &[TrustedKey]) -> Ve
         };
     }
     Verdict::Signed { manifest, key_id }
-}
-
-/// Reads a manifest, signature or key file, refusing one too large to be one.
-fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_SIDECAR_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_SIDECAR_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {} KiB",
-            MAX_SIDECAR_BYTES >> 10
-        )));
-    }
-    Ok(bytes)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -23,6 +23,7 @@ use crate::admin::status::{Live, StatusReport};
 use crate::model::now_ms;
 use crate::sinks::event::rfc3339;
 use crate::tasks::Tasks;
+pub use crate::sinks::mqtt::{HealthFeed, HealthSnapshot};
 
 /// Bumped only on an incompatible change.
 pub const HEALTH_SCHEMA: u32 = 1;
@@ -154,16 +155,6 @@ impl HealthDoc {
         h.finish()
     }
 }
-
-/// The latest document, serialized, with its [`HealthDoc::fingerprint`].
-#[derive(Debug)]
-pub struct HealthSnapshot {
-    pub fingerprint: u64,
-    pub json: Vec<u8>,
-}
-
-/// What the MQTT sinks follow.
-pub type HealthFeed = watch::Receiver<Option<Arc<HealthSnapshot>>>;
 
 /// Rebuilds the document every few seconds into `feed` until `tasks` is
 /// cancelled (the building runs on `tasks`, off the async threads). Each

@@ -10,7 +10,6 @@
 pub mod event;
 pub mod http;
 pub mod mqtt;
-mod retry;
 pub mod speaker;
 
 use std::future::Future;
@@ -23,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::log::{EventLog, LogEntry, LogError, Settlement};
 use crate::model::now_ms;
 
-pub use retry::{RetryPolicy, parse_retry_after, retry_after};
+pub use crate::retry::{RetryPolicy, parse_retry_after, retry_after};
 
 /// Why one delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

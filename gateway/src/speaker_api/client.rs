@@ -36,12 +36,9 @@ use super::types::{
     CheckNotifyRequest, Device, Envelope, HardwareRequest, NotifyCheck, NotifyRequest,
     NotifyStatus, PairSession, Paired, TokenReply, VerifyRequest, codes,
 };
-use crate::config::Secret;
-use crate::sinks::http::outbound_client;
-use crate::sinks::retry_after;
-
-/// The production API ("bat-dau-nhanh"; no sandbox is published).
-pub const DEFAULT_BASE_URL: &str = "https://speaker-api.sepay.vn/devices/v1";
+use crate::outbound::outbound_client;
+use crate::retry::retry_after;
+use crate::secret::Secret;
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -15,6 +15,7 @@ use super::event::EventJson;
 use super::{RetryPolicy, Sink, SinkError, retry_after};
 use crate::config::ForwardConfig;
 use crate::log::LogEntry;
+use crate::outbound::outbound_client;
 
 /// Status bodies quoted in dead-letter reasons are cut to this.
 const REASON_BODY_BYTES: usize = 200;
@@ -23,18 +24,6 @@ const REASON_BODY_BYTES: usize = 200;
 pub struct HttpSink {
     config: ForwardConfig,
     client: reqwest::Client,
-}
-
-/// The HTTP client every outbound sink uses: a whole-request `timeout`, no
-/// redirects (a redirect is a configuration error, not something to follow
-/// with credentials attached), and the gateway's user agent.
-pub fn outbound_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("soundbox-gateway/", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 impl HttpSink {

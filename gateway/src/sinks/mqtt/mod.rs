@@ -31,6 +31,7 @@
 
 pub mod broker;
 pub mod guard;
+mod health_feed;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -47,11 +48,11 @@ use super::event::{AnnouncementJson, EventJson};
 use super::speaker::{SpeakerHealth, SpeakerState};
 use super::{Shutdown, SinkStats, pause};
 use crate::config::{MqttBroker, MqttConfig};
-use crate::fleet::HealthFeed;
 use crate::log::{EventLog, LogEntry, Settlement};
 pub use crate::mqtt_link::MqttError;
 use crate::mqtt_link::{Connection, tls_config};
 use crate::tasks::Tasks;
+pub use health_feed::{HealthFeed, HealthSnapshot};
 
 /// The name of the `[[mqtt]]` sink without a name (and of the single
 /// `[mqtt]` of earlier versions).

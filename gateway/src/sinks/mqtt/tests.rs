@@ -733,7 +733,7 @@ async fn a_relay_publishes_each_payment_on_its_shops_topic_and_holds_unknown_acc
 
 #[tokio::test]
 async fn the_health_document_is_retained_and_republished_on_change_only() {
-    use crate::fleet::HealthSnapshot;
+    use crate::sinks::mqtt::HealthSnapshot;
     let broker_addr = embedded_broker();
     let subscriber = Subscriber::connect(broker_addr).await;
     let f = fixture();

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::confirm::ConfirmPolicy;
 use super::*;
-use crate::config::Secret;
+use crate::config::{Secret, SpeakerApi};
 use crate::log::{EventLog, Store, scratch_log};
 use crate::model::{BalanceChange, now_ms};
 use crate::sinks::event::AnnouncementJson;
@@ -34,10 +34,11 @@ fn change(txid: &str, account: &str, amount: u64, direction: Direction) -> Balan
 
 fn config(max_age: Duration) -> SpeakerConfig {
     SpeakerConfig {
-        simulator: None,
-        base_url: String::new(),
-        client_id: "sim-client".into(),
-        client_secret: Secret::new("sim-secret"),
+        api: SpeakerApi::Remote {
+            base_url: String::new(),
+            client_id: "sim-client".into(),
+            client_secret: Secret::new("sim-secret"),
+        },
         max_age,
         announce_outgoing: false,
         min_amount: 0,

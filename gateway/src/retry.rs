@@ -1,4 +1,5 @@
-//! When to try a failed delivery again.
+//! When to try a failed call again: the backoff every sink, poller and
+//! MQTT link uses, and a server's `Retry-After`.
 
 use std::time::{Duration, SystemTime};
 
