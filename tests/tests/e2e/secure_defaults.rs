@@ -111,12 +111,7 @@ async fn unsigned_mode_must_be_said_in_words() {
         gw.logs().contains("accepts unsigned webhooks"),
         "a warning at start while unsigned mode is on"
     );
-    let status: serde_json::Value = reqwest::get(format!("http://{}/api/status", gw.admin_addr))
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("status JSON");
+    let status = gw.api_status().await;
     assert!(
         status["warnings"]
             .as_array()

@@ -157,11 +157,9 @@ fn shutdown_does_not_wait_for_idle_or_slow_clients() {
 fn a_flood_of_idle_connections_leaves_webhooks_and_health_answered() {
     const INGRESS_FLOOD: usize = 256 + 200;
     const ADMIN_FLOOD: usize = 64 + 50;
-    let gw = Gateway::start_wrapped(
-        &config(""),
-        "",
-        &["sh", "-c", "ulimit -n 512 && exec \"$0\" \"$@\""],
-    );
+    let gw = Gateway::builder(&config(""))
+        .wrapper(&["sh", "-c", "ulimit -n 512 && exec \"$0\" \"$@\""])
+        .start();
     let mut flood = Vec::new();
     for _ in 0..INGRESS_FLOOD {
         flood.push(TcpStream::connect(&gw.addr).expect("connect"));

@@ -3,27 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::{Gateway, plugin, post, sepay_webhook};
+use soundbox_e2e::{Gateway, SpeakerApi, free_port, post, sepay_connector, sepay_webhook};
 
 fn config(extra: &str) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
+        "{}\
          [speaker]\nsimulator = true\nretry_initial_ms = 10\nretry_max_ms = 100\n{extra}\n\
          [[speaker.sim_devices]]\nhardware_id = \"VNS-SHOP-1\"\npaired = true\n\
          [[speaker.sim_devices]]\nhardware_id = \"VNS-OTHER\"\npaired = true\n\n\
          [[route]]\naccount = \"0123499999\"\nspeakers = [\"VNS-SHOP-1\"]\n",
-        plugin("sepay_webhook").display()
+        sepay_connector()
     )
-}
-
-async fn plays(gw: &Gateway) -> Vec<serde_json::Value> {
-    let url = format!("http://{}/speaker-sim/_sim/plays", gw.admin_addr);
-    reqwest::get(url)
-        .await
-        .expect("plays")
-        .json()
-        .await
-        .expect("json")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -37,7 +27,7 @@ async fn a_sepay_webhook_is_spoken_by_the_routed_speaker() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let played = loop {
-        let played = plays(&gw).await;
+        let played = gw.simulator().plays().await;
         if !played.is_empty() || Instant::now() > deadline {
             break played;
         }
@@ -49,7 +39,7 @@ async fn a_sepay_webhook_is_spoken_by_the_routed_speaker() {
     assert_eq!(played[0]["words"], "một trăm năm mươi nghìn đồng");
     assert!(gw.wait_for_log("announcement sent", Duration::from_secs(5)));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(plays(&gw).await.len(), 1, "announced once");
+    assert_eq!(gw.simulator().plays().await.len(), 1, "announced once");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,7 +55,7 @@ async fn an_hour_old_payment_is_kept_but_not_announced() {
         "{}",
         gw.logs()
     );
-    assert!(plays(&gw).await.is_empty());
+    assert!(gw.simulator().plays().await.is_empty());
 }
 
 /// `speaker-sim` standalone, and the `speaker` commands a shop owner uses.
@@ -74,19 +64,10 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
     use std::io::Write;
     use std::process::{Command, Stdio};
 
-    let port = soundbox_e2e::free_port();
-    // Killed on drop, so a failing assertion does not leave it running
-    // (holding the test's output open).
-    let _sim = KillOnDrop(
-        Command::new(soundbox_e2e::gateway_bin())
-            .args(["speaker-sim", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--device", "VNS-A", "--device", "VNS-B:paired:offline"])
-            .args(["--play-ms", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("speaker-sim"),
-    );
+    let sim = SpeakerApi::builder(free_port())
+        .devices(&["VNS-A", "VNS-B:paired:offline"])
+        .args(&["--play-ms", "0"])
+        .start();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "").expect("config");
@@ -98,10 +79,7 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
             .arg("--config")
             .arg(&config)
             .args(args)
-            .env(
-                "SEPAY_SPEAKER_BASE_URL",
-                format!("http://127.0.0.1:{port}/devices/v1"),
-            )
+            .env("SEPAY_SPEAKER_BASE_URL", sim.url("/devices/v1"))
             .env("SEPAY_SPEAKER_CLIENT_ID", "sim-client")
             .env("SEPAY_SPEAKER_CLIENT_SECRET", "sim-secret")
             .stdin(Stdio::piped())
@@ -134,7 +112,7 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
 
     // Interactive pairing: the code the speaker "reads aloud" is typed in.
     let mut pair = speaker(&["pair", "VNS-A"]).spawn().expect("pair");
-    let otp_url = format!("http://127.0.0.1:{port}/_sim/otp/VNS-A");
+    let otp_url = sim.url("/_sim/otp/VNS-A");
     let deadline = Instant::now() + Duration::from_secs(10);
     let otp = loop {
         if let Ok(r) = reqwest::get(&otp_url).await
@@ -175,14 +153,4 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
     let (code, _, err) = run(&["pair", "VNS-B", "--otp", "1234"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("offline"), "{err}");
-}
-
-/// A child process killed (and reaped) when dropped.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
