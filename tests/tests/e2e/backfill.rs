@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use soundbox_e2e::sepay_api::{SepayApi, SepayTx, vietnam_minutes_ago};
-use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post};
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post, wait_until};
 
 const TOKEN: &str = "e2e-backfill-token";
 
@@ -170,11 +170,11 @@ async fn a_poll_the_log_cannot_store_does_not_move_the_state() {
         "per_page = 2",
         "\n[log]\nmin_free_disk_mb = 1000000000\ndedupe_retention_days = 3650\n",
     ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while gw.logs().matches("could not store polled changes").count() < 3 {
-        assert!(std::time::Instant::now() < deadline, "{}", gw.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = wait_until(Duration::from_secs(30), async || {
+        gw.logs().matches("could not store polled changes").count() >= 3
+    })
+    .await;
+    assert!(refused, "{}", gw.logs());
     assert_eq!(sink.deliveries(), 0);
 
     // Space comes back.

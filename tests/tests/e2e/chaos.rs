@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use soundbox_e2e::mqtt::{Mosquitto, Subscriber, mosquitto_available, transaction_ids};
 use soundbox_e2e::{
     CountingSink, Gateway, SpeakerApi, chaos_size, forward_to, free_port, plugin, rss_kib,
-    sepay_connector, sepay_transaction_id, sepay_webhook, sepay_webhook_id,
+    sepay_connector, sepay_transaction_id, sepay_webhook, sepay_webhook_id, wait_until_blocking,
 };
 
 /// `[speaker]` pointing at the standalone simulator `api`, every account
@@ -198,15 +198,11 @@ fn speaker_api_flapping_announces_every_payment_once() {
 
     // The API stays up now: everything acknowledged gets played.
     let wanted: BTreeSet<u64> = acked.iter().map(|&id| amount(id)).collect();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let plays = loop {
-        let plays = api.logged_plays();
-        let played: BTreeSet<u64> = plays.iter().map(|p| p.2).collect();
-        if wanted.is_subset(&played) || Instant::now() > deadline {
-            break plays;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut plays = Vec::new();
+    wait_until_blocking(Duration::from_secs(90), || {
+        plays = api.logged_plays();
+        wanted.is_subset(&plays.iter().map(|p| p.2).collect())
+    });
     let played: BTreeSet<u64> = plays.iter().map(|p| p.2).collect();
     let missing: Vec<_> = wanted.difference(&played).collect();
     assert!(
@@ -282,15 +278,11 @@ fn a_slow_speaker_api_plays_each_payment_once() {
     rt.block_on(api.control().set_faults(serde_json::json!({})));
 
     let wanted: BTreeSet<u64> = acked.iter().map(|&id| amount(id)).collect();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let plays = loop {
-        let plays = rt.block_on(api.plays());
-        let played: BTreeSet<u64> = plays.iter().filter_map(|p| p["amount"].as_u64()).collect();
-        if wanted.is_subset(&played) || Instant::now() > deadline {
-            break plays;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut plays = Vec::new();
+    wait_until_blocking(Duration::from_secs(90), || {
+        plays = rt.block_on(api.plays());
+        wanted.is_subset(&plays.iter().filter_map(|p| p["amount"].as_u64()).collect())
+    });
     let mut per_amount: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for p in &plays {
         let amount = p["amount"].as_u64().unwrap_or(0);
@@ -809,15 +801,11 @@ fn wall_clock_jumps_lose_and_duplicate_nothing() {
             eprintln!("clock {offset} -> +0, API still down: /readyz {ready} {body}");
         } else {
             // The speaker catches up before the clock moves again.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
+            wait_until_blocking(Duration::from_secs(60), || {
                 let plays = rt.block_on(gw.simulator().plays());
                 let expired = gw.logs().matches("entry expired, not delivered").count();
-                if plays.len() + expired >= acked.len() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+                plays.len() + expired >= acked.len()
+            });
         }
     }
     assert_forwarded_once(&sink, &acked, &gw);

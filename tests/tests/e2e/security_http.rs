@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::{Gateway, plugin, post, sepay_webhook};
+use soundbox_e2e::{Gateway, plugin, post, sepay_webhook, wait_until_blocking};
 
 const KEY: &str = "k3y-security-http";
 const DEVICE: &str = "VNS-SEC-1";
@@ -333,19 +333,12 @@ fn an_admin_token_is_taken_from_the_header_only_and_guards_the_simulator() {
         sepay_webhook(2, 20_000),
     ));
     assert_eq!(r.status, 200, "{}", r.body);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, reply) = raw(admin, &request("GET", plays, admin, &bearer, ""));
-        if reply.contains(DEVICE) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never played: {reply}\n{}",
-            gw.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut reply = String::new();
+    let played = wait_until_blocking(Duration::from_secs(20), || {
+        reply = raw(admin, &request("GET", plays, admin, &bearer, "")).1;
+        reply.contains(DEVICE)
+    });
+    assert!(played, "never played: {reply}\n{}", gw.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]

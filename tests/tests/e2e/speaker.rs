@@ -1,9 +1,12 @@
 //! SePay webhook in → the in-process Speaker API simulator plays the amount
 //! on the routed speaker, with the real binary.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use soundbox_e2e::{Gateway, SpeakerApi, free_port, post, sepay_connector, sepay_webhook};
+use soundbox_e2e::{
+    Gateway, SpeakerApi, free_port, post, sepay_connector, sepay_webhook, wait_until,
+    wait_until_blocking,
+};
 
 fn config(extra: &str) -> String {
     format!(
@@ -25,14 +28,12 @@ async fn a_sepay_webhook_is_spoken_by_the_routed_speaker() {
     let again = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(4242, 150_000)).await;
     assert_eq!(again.status, 200);
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let played = loop {
-        let played = gw.simulator().plays().await;
-        if !played.is_empty() || Instant::now() > deadline {
-            break played;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut played = Vec::new();
+    wait_until(Duration::from_secs(20), async || {
+        played = gw.simulator().plays().await;
+        !played.is_empty()
+    })
+    .await;
     assert_eq!(played.len(), 1, "{played:?}\n{}", gw.logs());
     assert_eq!(played[0]["hardware_id"], "VNS-SHOP-1");
     assert_eq!(played[0]["amount"], 150_000);
@@ -95,15 +96,12 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    // Wait for the simulator.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (code, out, err) = loop {
-        let result = run(&["check", "VNS-A"]);
-        if result.0 == Some(0) || Instant::now() > deadline {
-            break result;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut checked = (None, String::new(), String::new());
+    wait_until_blocking(Duration::from_secs(10), || {
+        checked = run(&["check", "VNS-A"]);
+        checked.0 == Some(0)
+    });
+    let (code, out, err) = checked;
     assert_eq!(code, Some(0), "{err}");
     assert!(
         out.contains("not paired") && out.contains("online"),
@@ -113,17 +111,18 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
     // Interactive pairing: the code the speaker "reads aloud" is typed in.
     let mut pair = speaker(&["pair", "VNS-A"]).spawn().expect("pair");
     let otp_url = sim.url("/_sim/otp/VNS-A");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let otp = loop {
+    let mut otp = None;
+    wait_until(Duration::from_secs(10), async || {
         if let Ok(r) = reqwest::get(&otp_url).await
             && r.status().is_success()
         {
             let v: serde_json::Value = r.json().await.expect("json");
-            break v["otp"].as_str().expect("otp").to_string();
+            otp = Some(v["otp"].as_str().expect("otp").to_string());
         }
-        assert!(Instant::now() < deadline, "no OTP was spoken");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        otp.is_some()
+    })
+    .await;
+    let otp = otp.expect("no OTP was spoken");
     let wrong = if otp == "0000" { "1111" } else { "0000" };
     writeln!(pair.stdin.as_mut().expect("stdin"), "{wrong}\n{otp}").expect("type otp");
     let out = pair.wait_with_output().expect("pair result");
