@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::gateway::Gateway;
+use crate::net::serve;
 use crate::wait::wait_until_blocking;
 
 /// What [`CountingSink`] saw of one payment.
@@ -40,9 +41,6 @@ impl CountingSink {
         use axum::http::{HeaderMap, StatusCode};
         use std::sync::atomic::Ordering;
 
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind sink");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let url = format!("http://{}/events", listener.local_addr().expect("addr"));
         let counts: Arc<Mutex<Counts>> = Arc::default();
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -85,16 +83,8 @@ impl CountingSink {
                 }
             }),
         );
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("sink runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let _ = axum::serve(listener, app).await;
-            });
-        });
+        let addr = serve(app);
+        let url = format!("http://{addr}/events");
         CountingSink {
             url,
             counts,
