@@ -414,6 +414,20 @@ impl Gateway {
         std::fs::rename(&tmp, &path).expect("rename config");
     }
 
+    /// Replaces `from` by `to` in the config file in place (the file is
+    /// truncated and written again, as `sed -i` or a simple editor does).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = self.config_with(from, to);
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    /// The config file's text with `from` replaced by `to`.
+    fn config_with(&self, from: &str, to: &str) -> String {
+        let text = std::fs::read_to_string(self.config_path()).expect("read config");
+        assert!(text.contains(from), "{from} not in the config");
+        text.replace(from, to)
+    }
+
     /// Config reloads the gateway applied so far (`config reloaded` lines).
     pub fn reloads(&self) -> usize {
         self.logs().matches("config reloaded").count()
@@ -422,10 +436,9 @@ impl Gateway {
     /// Replaces `from` by `to` in the config ([`Gateway::write_config`])
     /// and waits until the gateway applied the change.
     pub async fn reload(&self, from: &str, to: &str) {
-        let text = std::fs::read_to_string(self.config_path()).expect("read config");
-        assert!(text.contains(from), "{from} not in the config");
+        let text = self.config_with(from, to);
         let before = self.reloads();
-        self.write_config(&text.replace(from, to));
+        self.write_config(&text);
         self.eventually("the config reloaded", Duration::from_secs(30), async || {
             self.reloads() > before
         })

@@ -178,12 +178,7 @@ async fn a_poll_the_log_cannot_store_does_not_move_the_state() {
     assert_eq!(sink.deliveries(), 0);
 
     // Space comes back.
-    let text = std::fs::read_to_string(gw.config_path()).expect("read config");
-    std::fs::write(
-        gw.config_path(),
-        text.replace("min_free_disk_mb = 1000000000", "min_free_disk_mb = 1"),
-    )
-    .expect("write config");
+    gw.edit_config("min_free_disk_mb = 1000000000", "min_free_disk_mb = 1");
     gw.kill_and_restart();
     each_once(&sink, &expected, &gw).await;
 }

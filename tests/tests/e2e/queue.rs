@@ -59,8 +59,7 @@ async fn dead_letters_are_listed_and_retried_while_running_and_while_stopped() {
     assert!(err.contains("not a dead letter"), "{err}");
 
     // Fix the URL, start again, retry from the CLI while running.
-    let text = std::fs::read_to_string(gw.config_path()).expect("read config");
-    std::fs::write(gw.config_path(), text.replace(&broken, &sink.url)).expect("write config");
+    gw.edit_config(&broken, &sink.url);
     gw.kill_and_restart();
     let (code, out, err) = gw.queue(&["retry", "--dead"]);
     assert_eq!(code, 0, "{err}");
@@ -90,12 +89,7 @@ async fn a_full_store_answers_503_and_loses_nothing() {
     );
 
     // Space comes back; the provider retries; the payment goes through once.
-    let text = std::fs::read_to_string(gw.config_path()).expect("read config");
-    std::fs::write(
-        gw.config_path(),
-        text.replace("min_free_disk_mb = 1000000000", "min_free_disk_mb = 1"),
-    )
-    .expect("write config");
+    gw.edit_config("min_free_disk_mb = 1000000000", "min_free_disk_mb = 1");
     gw.kill_and_restart();
     let accepted = post(&gw.url("/hooks/sepay"), &[], body).await;
     assert_eq!(accepted.status, 200, "{}", accepted.body);

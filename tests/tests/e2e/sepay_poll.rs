@@ -141,9 +141,7 @@ async fn a_token_fixed_in_the_config_recovers_on_reload() {
 
     let tx = SepayTx::incoming(1, 50_000);
     api.add(tx.clone());
-    let path = gw.config_path();
-    let text = std::fs::read_to_string(&path).expect("read config");
-    std::fs::write(&path, text.replace("the-old-token", TOKEN)).expect("write config");
+    gw.edit_config("the-old-token", TOKEN);
     assert!(
         gw.wait_for_log("config reloaded", Duration::from_secs(10)),
         "{}",

@@ -396,12 +396,10 @@ async fn a_plugin_signed_outside_the_repo_runs_tampered_or_foreign_ones_do_not()
     );
 
     let path = gw.config_path();
-    let text = std::fs::read_to_string(&path).expect("read config");
-    let granted = text.replace(
+    gw.edit_config(
         "[connector.config]",
         "allowed_hosts = [\"api.hello-bank.example\"]\n[connector.config]",
     );
-    std::fs::write(&path, granted).expect("write config");
     wait_for_version(&gw, "hello", "hello 2.0.0").await;
     assert_eq!(signed_sample(&url).await, 200, "version 2 answers");
     let warnings = status_warnings(&gw).await;
