@@ -68,24 +68,20 @@ mod chain;
 mod lanes;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde::Deserialize;
 
 use common::{Stats, goal, micros, ms, stats};
-use soundbox_e2e::sepay_webhook;
-
-/// The plugins of `make plugins` are unsigned: the gateways here run them
-/// as on a developer's machine.
-const UNSIGNED_PLUGINS: &str = "[plugins]\nunsigned = \"allowed for local development\"\n";
+use soundbox_e2e::mqtt::{Message, Subscriber, topic_matches};
+use soundbox_e2e::{
+    Gateway, RssPeak, SimControl, SpeakerApi, free_port, sepay_connector, sepay_webhook, wait_until,
+};
 /// Raw `fdatasync` appends (the physical limit) and their record size.
 const RAW_SYNCS: usize = 3_000;
 const RECORD_BYTES: usize = 200;
@@ -125,122 +121,49 @@ fn load_client() -> reqwest::Client {
 /// speaker takes about 2 s; time to voice does not depend on it.
 const PLAY_MS: u64 = 50;
 
-/// A standalone Speaker API simulator (`speaker-sim` of the release binary);
-/// killed on drop.
-struct SpeakerSim {
-    port: u16,
-    child: Child,
+/// The release binary the bench measures.
+fn release_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_soundbox-gateway"))
 }
 
-impl SpeakerSim {
-    /// With `devices` as `--device` takes them (`HWID:paired[:offline]`).
-    fn start(devices: &[String]) -> SpeakerSim {
-        let port = common::free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_soundbox-gateway"));
-        command.args(["speaker-sim", "--listen", &format!("127.0.0.1:{port}")]);
-        for device in devices {
-            command.args(["--device", device]);
-        }
-        let child = command
-            .args(["--play-ms", &PLAY_MS.to_string()])
-            .env("SOUNDBOX_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start speaker-sim");
-        let mut sim = SpeakerSim { port, child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = sim.child.try_wait() {
-                panic!("speaker-sim exited ({status}): does it take these flags?");
-            }
-            assert!(Instant::now() < deadline, "speaker-sim did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        sim
-    }
-
-    /// With the one paired speaker every payment of the one-speaker runs goes to.
-    fn one_speaker() -> SpeakerSim {
-        SpeakerSim::start(&[format!("{SPEAKER}:paired")])
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Amount → the speakers that played it (one entry per play).
-    async fn plays(&self, client: &reqwest::Client) -> HashMap<u64, Vec<String>> {
-        #[derive(Deserialize)]
-        struct Play {
-            amount: u64,
-            hardware_id: String,
-        }
-        let plays: Vec<Play> = client
-            .get(self.url("/_sim/plays"))
-            .send()
-            .await
-            .expect("GET /_sim/plays")
-            .json()
-            .await
-            .expect("plays JSON");
-        let mut by_amount: HashMap<u64, Vec<String>> = HashMap::new();
-        for p in plays {
-            by_amount.entry(p.amount).or_default().push(p.hardware_id);
-        }
-        by_amount
-    }
-
-    /// Announcements played so far (`GET /_sim/stats`).
-    async fn played(&self, client: &reqwest::Client) -> u64 {
-        let stats: serde_json::Value = client
-            .get(self.url("/_sim/stats"))
-            .send()
-            .await
-            .expect("GET /_sim/stats")
-            .json()
-            .await
-            .expect("stats JSON");
-        stats["plays"].as_u64().unwrap_or(0)
-    }
-
-    /// Waits until the speakers played `n` announcements in all; false
-    /// after `limit`.
-    async fn wait_played(&self, client: &reqwest::Client, n: u64, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.played(client).await >= n {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// `PUT /_sim/<path>` with `body`; panics unless the simulator takes it.
-    async fn put(&self, client: &reqwest::Client, path: &str, body: serde_json::Value) {
-        let reply = client
-            .put(self.url(&format!("/_sim/{path}")))
-            .json(&body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("PUT /_sim/{path}: {e}"));
-        let status = reply.status();
-        let text = reply.text().await.unwrap_or_default();
-        assert!(
-            status.is_success(),
-            "PUT /_sim/{path} {body} answered {status}: {text}"
-        );
-    }
+/// A standalone Speaker API simulator (`speaker-sim` of the release
+/// binary) with `devices` as `--device` takes them (`HWID:paired[:offline]`),
+/// playing for [`PLAY_MS`]; killed on drop.
+fn speaker_sim(devices: &[String]) -> SpeakerApi {
+    SpeakerApi::builder(free_port())
+        .binary(release_binary())
+        .devices(devices)
+        .args(&["--play-ms", &PLAY_MS.to_string()])
+        .start()
 }
 
-impl Drop for SpeakerSim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// With the one paired speaker every payment of the one-speaker runs goes to.
+fn one_speaker() -> SpeakerApi {
+    speaker_sim(&[format!("{SPEAKER}:paired")])
+}
+
+/// Amount → the speakers that played it (one entry per play).
+async fn plays_by_amount(sim: &SimControl) -> HashMap<u64, Vec<String>> {
+    #[derive(Deserialize)]
+    struct Play {
+        amount: u64,
+        hardware_id: String,
     }
+    let mut by_amount: HashMap<u64, Vec<String>> = HashMap::new();
+    for play in sim.plays().await {
+        let p: Play = serde_json::from_value(play).expect("a play");
+        by_amount.entry(p.amount).or_default().push(p.hardware_id);
+    }
+    by_amount
+}
+
+/// Waits until the speakers played `n` announcements in all
+/// (`GET /_sim/stats`); false after `limit`.
+async fn wait_played(sim: &SimControl, n: u64, limit: Duration) -> bool {
+    wait_until(limit, async || {
+        sim.stats().await["plays"].as_u64().unwrap_or(0) >= n
+    })
+    .await
 }
 
 /// One webhook as the load generator saw it.
@@ -398,50 +321,39 @@ fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
     seen.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A QoS 1 subscriber to a gateway's `events` and `announcements`, on a
-/// thread and runtime of its own, so the load generator does not delay its
-/// timestamps.
-struct Subscriber {
+/// A gateway's `events` and `announcements` as they arrive, by payment
+/// amount: a QoS 1 [`Subscriber`] (on a thread and runtime of its own, so
+/// the load generator does not delay its timestamps) that files each
+/// message into [`Seen`].
+struct Listener {
     seen: Arc<Mutex<Seen>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    subscriber: Subscriber,
 }
 
-/// How long [`Subscriber::wait_until`] waits once no announcement arrives:
+/// How long [`Listener::wait_until`] waits once no announcement arrives:
 /// longer than the gateway's confirmation (1.5 s + 11 polls 1 s apart).
 const QUIET: Duration = Duration::from_secs(15);
 
-impl Subscriber {
-    /// To `<prefix>/events` and `<prefix>/announcements`; `prefix` may hold
-    /// `+` levels (`chain/+`: every gateway of a chain).
-    fn connect(port: u16, prefix: &str) -> Subscriber {
+impl Listener {
+    /// To `<prefix>/events` and `<prefix>/announcements` on the broker on
+    /// `port`; `prefix` may hold `+` levels (`chain/+`: every gateway of a
+    /// chain).
+    fn connect(port: u16, prefix: &str) -> Listener {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let subscribed = Arc::new(AtomicUsize::new(0));
-        let topics = [
+        let (events, announcements) = (
             format!("{prefix}/events"),
             format!("{prefix}/announcements"),
-        ];
-        let thread = {
-            let (seen, stop, subscribed) = (seen.clone(), stop.clone(), subscribed.clone());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("subscriber runtime");
-                rt.block_on(subscribe(port, topics, seen, stop, subscribed));
-            })
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while subscribed.load(Ordering::SeqCst) < 2 {
-            assert!(Instant::now() < deadline, "no SubAck from the broker");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Subscriber {
-            seen,
-            stop,
-            thread: Some(thread),
-        }
+        );
+        let filed = seen.clone();
+        let subscriber = Subscriber::options(port)
+            .filter(&events)
+            .filter(&announcements)
+            .clean_session()
+            .keep_alive(Duration::from_secs(30))
+            .max_packet_size(256 << 10)
+            .on_message(move |m| file(&filed, &events, &announcements, &m))
+            .connect_blocking();
+        Listener { seen, subscriber }
     }
 
     fn with<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
@@ -453,11 +365,13 @@ impl Subscriber {
         self.seen.clone()
     }
 
-    /// Stops listening; returns what it saw.
+    /// Stops listening; returns what it saw, with the connection's errors.
     fn finish(self) -> Seen {
-        let seen = self.seen.clone();
-        drop(self);
-        std::mem::take(&mut *lock(&seen))
+        let errors = self.subscriber.connection_errors();
+        drop(self.subscriber);
+        let mut seen = std::mem::take(&mut *lock(&self.seen));
+        seen.connection_errors = errors;
+        seen
     }
 
     /// Waits until `done(seen, id)` for every payment in `ids`; false after
@@ -506,94 +420,33 @@ fn settled(s: &Seen, id: u64) -> bool {
     s.events.contains_key(&amount(id)) && s.result(amount(id)).is_some()
 }
 
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+/// Files message `m` into `seen`: on `events` (a filter) by amount, on
+/// `announcements` as what was [`Heard`]; anything else is unreadable.
+fn file(seen: &Mutex<Seen>, events: &str, announcements: &str, m: &Message) {
+    let json: Option<serde_json::Value> = serde_json::from_slice(&m.payload).ok();
+    let amount = json.as_ref().and_then(|j| j["amount"].as_u64());
+    let mut s = lock(seen);
+    match (amount, json) {
+        (Some(a), _) if topic_matches(events, &m.topic) => {
+            s.events.entry(a).or_default().push(m.arrived)
         }
-    }
-}
-
-async fn subscribe(
-    port: u16,
-    topics: [String; 2],
-    seen: Arc<Mutex<Seen>>,
-    stop: Arc<AtomicBool>,
-    subscribed: Arc<AtomicUsize>,
-) {
-    let mut options = MqttOptions::new(
-        format!("bench-subscriber-{}-{port}", std::process::id()),
-        "127.0.0.1",
-        port,
-    );
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(256 << 10, 256 << 10);
-    let (client, mut eventloop) = AsyncClient::new(options, 100);
-    for topic in &topics {
-        client
-            .subscribe(topic, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-    }
-    while !stop.load(Ordering::SeqCst) {
-        let event = match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
-            Ok(event) => event,
-            Err(_) => continue,
-        };
-        let (now, now_wall) = (Instant::now(), SystemTime::now());
-        match event {
-            Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                subscribed.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(Event::Incoming(Incoming::Publish(p))) => {
-                let json: Option<serde_json::Value> = serde_json::from_slice(&p.payload).ok();
-                let amount = json.as_ref().and_then(|j| j["amount"].as_u64());
-                let mut s = lock(&seen);
-                match (amount, json) {
-                    (Some(a), _) if topic_matches(&topics[0], &p.topic) => {
-                        s.events.entry(a).or_default().push(now)
-                    }
-                    (Some(a), Some(j)) if topic_matches(&topics[1], &p.topic) => {
-                        let text = |k: &str| j[k].as_str().unwrap_or_default().to_string();
-                        let heard = Heard {
-                            arrived: now,
-                            arrived_wall: now_wall,
-                            result: text("result"),
-                            detail: text("detail"),
-                            at: j["at"]
-                                .as_str()
-                                .and_then(|t| humantime::parse_rfc3339(t).ok()),
-                            hardware_id: text("hardware_id"),
-                            seq: j["seq"].as_u64().unwrap_or(0),
-                        };
-                        s.announcements.entry(a).or_default().push(heard);
-                        s.last_announcement = Some(now);
-                    }
-                    _ => s.unreadable += 1,
-                }
-            }
-            Ok(_) => {}
-            Err(error) => {
-                lock(&seen).connection_errors.push((now, error.to_string()));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        (Some(a), Some(j)) if topic_matches(announcements, &m.topic) => {
+            let text = |k: &str| j[k].as_str().unwrap_or_default().to_string();
+            let heard = Heard {
+                arrived: m.arrived,
+                arrived_wall: m.arrived_wall,
+                result: text("result"),
+                detail: text("detail"),
+                at: j["at"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok()),
+                hardware_id: text("hardware_id"),
+                seq: j["seq"].as_u64().unwrap_or(0),
+            };
+            s.announcements.entry(a).or_default().push(heard);
+            s.last_announcement = Some(m.arrived);
         }
-    }
-    let _ = client.disconnect().await;
-}
-
-/// Whether MQTT topic filter `filter` (with `+` levels, no `#`) matches `topic`.
-fn topic_matches(filter: &str, topic: &str) -> bool {
-    let (mut f, mut t) = (filter.split('/'), topic.split('/'));
-    loop {
-        match (f.next(), t.next()) {
-            (None, None) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            _ => return false,
-        }
+        _ => s.unreadable += 1,
     }
 }
 
@@ -601,15 +454,14 @@ fn topic_matches(filter: &str, topic: &str) -> bool {
 /// the `at` of its `sent` announcement on MQTT or, for a `sent` MQTT did not
 /// bring, the time of the gateway's "announcement sent" log line. Also how
 /// many came from the log.
-fn voiced_at(seen: &Seen, log: &Path) -> (HashMap<u64, SystemTime>, usize) {
+fn voiced_at(seen: &Seen, log: &str) -> (HashMap<u64, SystemTime>, usize) {
     let mut at: HashMap<u64, SystemTime> = seen
         .announcements
         .iter()
         .filter_map(|(a, heard)| Some((*a, heard.iter().find(|h| h.is_sent())?.at?)))
         .collect();
     let mut from_log = 0;
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    for line in text.lines().filter(|l| l.contains("announcement sent")) {
+    for line in log.lines().filter(|l| l.contains("announcement sent")) {
         let Ok(json) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
@@ -664,33 +516,6 @@ fn mqtt_delay(seen: &Seen) -> Stats {
     )
 }
 
-/// Samples a process's RSS every 20 ms while running; the maximum on stop.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<u64>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut max = 0;
-            while !flag.load(Ordering::SeqCst) {
-                max = max.max(soundbox_e2e::rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            max.max(soundbox_e2e::rss_kib(pid))
-        });
-        RssSampler { stop, thread }
-    }
-
-    fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("RSS sampler")
-    }
-}
-
 /// The naive server's state: one HTTP client, a token taken once.
 #[derive(Clone)]
 struct Naive {
@@ -738,7 +563,7 @@ async fn naive_hook(State(naive): State<Naive>, body: axum::body::Bytes) -> (Sta
 }
 
 /// Starts the naive server on `rt` in front of `sim`; returns its address.
-fn start_naive(rt: &tokio::runtime::Runtime, sim: &SpeakerSim) -> String {
+fn start_naive(rt: &tokio::runtime::Runtime, sim: &SpeakerApi) -> String {
     let client = reqwest::Client::new();
     let token = rt.block_on(async {
         let reply: serde_json::Value = client
@@ -972,6 +797,41 @@ impl Delivery {
     }
 }
 
+/// How a section of the bench (the ten speakers, the chain) ended.
+struct Outcome {
+    /// Whether each wait ended with everything announced.
+    drained: Vec<(&'static str, bool)>,
+    delivery: Delivery,
+    /// `sent` announcements: their `at` → the bench.
+    mqtt_delay: Stats,
+    /// The gateways' warnings and errors, by message.
+    warnings: HashMap<String, usize>,
+    sent: u64,
+    acknowledged: u64,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    /// The tail of the section's report: `delay`, what the MQTT delay is;
+    /// `whose`, whose logs the warnings are; `section`, its name.
+    fn print(&self, delay: &str, whose: &str, section: &str) {
+        println!(
+            "  `sent` reached the bench p50 {:.1} ms p99 {:.1} ms after its `at` ({delay})",
+            ms(self.mqtt_delay.p50),
+            ms(self.mqtt_delay.p99)
+        );
+        println!(
+            "  correctness: {} webhooks sent, {} acknowledged; everything announced in time: {:?}",
+            self.sent, self.acknowledged, self.drained
+        );
+        self.delivery.print();
+        let mut warnings: Vec<_> = self.warnings.iter().collect();
+        warnings.sort();
+        println!("    {whose} log warnings/errors, by message: {warnings:?}");
+        println!("  {section} run took {:.0} s", self.elapsed.as_secs_f64());
+    }
+}
+
 /// Everything measured of the gateway.
 #[derive(Default)]
 struct GatewayRun {
@@ -1003,103 +863,58 @@ struct GatewayRun {
     total: u64,
 }
 
-/// A gateway (`soundbox-gateway run`, release) on `dir`, logging JSON at
-/// its default level to `dir/gateway.log`; killed on drop.
-struct GatewayProcess {
-    child: Option<Child>,
-    pid: u32,
-    /// `POST` webhooks here.
-    url: String,
-    /// Its admin API's address.
-    admin: String,
-    mqtt_port: u16,
-    log_path: std::path::PathBuf,
-}
-
-impl GatewayProcess {
-    /// With the SePay plugin (`auth = "none"`), `[speaker]` on `sim`,
-    /// `routes` (its `[[route]]` tables) and the embedded MQTT broker;
-    /// returns once `/readyz` answers 200.
-    fn start(dir: &Path, sim: &SpeakerSim, routes: &str) -> GatewayProcess {
-        std::fs::create_dir_all(dir).expect("gateway dir");
-        let (listen, admin, mqtt_port) = gateway_config(dir, sim, routes);
-        GatewayProcess::launch(dir, &listen, &admin, mqtt_port)
-    }
-
-    /// On `dir/config.toml` as written, which listens on `listen` (webhooks),
-    /// `admin` and, if it has the embedded broker, `mqtt_port`.
-    fn launch(dir: &Path, listen: &str, admin: &str, mqtt_port: u16) -> GatewayProcess {
-        let log_path = dir.join("gateway.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_soundbox-gateway"))
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(dir.join("config.toml"))
-            .env_remove("SOUNDBOX_LOG")
-            .stdout(Stdio::null())
-            .stderr(File::create(&log_path).expect("gateway log file"))
-            .spawn()
-            .expect("start the gateway");
-        if !common::wait_ready(admin, Instant::now(), Duration::from_secs(60)) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the gateway was not ready within 60 s; its log:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        GatewayProcess {
-            pid: child.id(),
-            child: Some(child),
-            url: format!("http://{listen}/hooks/sepay"),
-            admin: admin.to_string(),
-            mqtt_port,
-            log_path,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait.
-    fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
-            common::stop(child);
-        }
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn gateway_config(dir: &Path, sim: &SpeakerSim, routes: &str) -> (String, String, u16) {
-    let (listen, admin, mqtt) = (
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
+/// A gateway under test (`soundbox-gateway run`, release) on `config`, in
+/// a temp dir under `dir`, logging JSON at its default level to its
+/// `gateway.log` (nothing reads it while the gateway runs); returns once
+/// `/readyz` answers 200. Killed on drop.
+fn start_gateway(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    config: &str,
+    gateway_keys: &str,
+) -> Gateway {
+    std::fs::create_dir_all(dir).expect("gateway dir");
+    let gateway = Gateway::builder(config)
+        .gateway_keys(gateway_keys)
+        .binary(release_binary())
+        .dir_in(dir)
+        .log_file()
+        .default_log_level()
+        .start();
+    let (code, body) = rt.block_on(gateway.wait_ready(200, Duration::from_secs(60)));
+    assert_eq!(
+        code,
+        200,
+        "the gateway was not ready within 60 s ({body}); its log:\n{}",
+        gateway.logs()
     );
-    let text = format!(
-        "[gateway]\nid = \"bench\"\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-         data_dir = \"data\"\n\n\
-         [[connector]]\nname = \"sepay\"\nplugin = \"{plugin}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
-         [speaker]\nbase_url = \"{base}\"\nclient_id = \"sim-client\"\nclient_secret = \"sim-secret\"\n\
-         max_age_secs = 86400\n\n\
-         {routes}\n\
-         [mqtt]\nbroker = \"embedded\"\nembedded_listen = \"127.0.0.1:{mqtt}\"\n\n{UNSIGNED_PLUGINS}",
-        plugin = common::sepay_plugin().display(),
-        base = sim.url("/devices/v1"),
-    );
-    std::fs::write(dir.join("config.toml"), text).expect("write the gateway config");
-    (
-        format!("127.0.0.1:{listen}"),
-        format!("127.0.0.1:{admin}"),
-        mqtt,
+    gateway
+}
+
+/// `[speaker]` on `sim`, announcing payments up to a day old.
+fn speaker_table(sim: &SpeakerApi) -> String {
+    format!(
+        "[speaker]\n{}client_secret = \"sim-secret\"\nmax_age_secs = 86400\n\n",
+        sim.speaker_keys()
     )
+}
+
+/// The measured gateway: the SePay plugin (`auth = "none"`), `[speaker]`
+/// on `sim`, `routes` (its `[[route]]` tables) and the embedded MQTT
+/// broker; and the broker's port.
+fn start_bench_gateway(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    sim: &SpeakerApi,
+    routes: &str,
+) -> (Gateway, u16) {
+    let mqtt = free_port();
+    let config = format!(
+        "{}{}{routes}\n[mqtt]\nbroker = \"embedded\"\nembedded_listen = \"127.0.0.1:{mqtt}\"\n\n",
+        sepay_connector(),
+        speaker_table(sim),
+    );
+    (start_gateway(rt, dir, &config, "id = \"bench\""), mqtt)
 }
 
 /// `at` − `origin` in seconds, negative when `at` came first.
@@ -1132,10 +947,9 @@ fn cpu_time(pid: u32) -> Duration {
 
 /// Warnings and errors in the gateway's JSON log, counted by message (with
 /// its `reason` field if `with_reason`, and when it first happened).
-fn warnings(log: &Path, with_reason: bool) -> HashMap<String, usize> {
+fn warnings(log: &str, with_reason: bool) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    for line in text.lines() {
+    for line in log.lines() {
         if !line.contains("\"WARN\"") && !line.contains("\"ERROR\"") {
             continue;
         }
@@ -1162,12 +976,12 @@ fn warnings(log: &Path, with_reason: bool) -> HashMap<String, usize> {
 }
 
 fn run_gateway(rt: &tokio::runtime::Runtime, dir: &Path) -> GatewayRun {
-    let sim = SpeakerSim::one_speaker();
+    let sim = one_speaker();
     let routes = format!("[[route]]\naccount = \"*\"\nspeakers = [\"{SPEAKER}\"]\n");
-    let mut gateway = GatewayProcess::start(dir, &sim, &routes);
-    let pid = gateway.pid;
-    let subscriber = Subscriber::connect(gateway.mqtt_port, "soundbox/bench");
-    let url = gateway.url.clone();
+    let (mut gateway, mqtt_port) = start_bench_gateway(rt, dir, &sim, &routes);
+    let pid = gateway.pid();
+    let subscriber = Listener::connect(mqtt_port, "soundbox/bench");
+    let url = gateway.url("/hooks/sepay");
     let client = load_client();
     let mut run = GatewayRun::default();
 
@@ -1182,7 +996,7 @@ fn run_gateway(rt: &tokio::runtime::Runtime, dir: &Path) -> GatewayRun {
     assert!(
         warm.iter().all(Shot::ok),
         "warm-up webhooks were refused; the gateway's log:\n{}",
-        gateway.log()
+        gateway.logs()
     );
     assert!(
         subscriber.wait_until(0..WARM_UP, Duration::from_secs(30), settled),
@@ -1206,7 +1020,7 @@ fn run_gateway(rt: &tokio::runtime::Runtime, dir: &Path) -> GatewayRun {
 
     // Under load.
     let load_ids = seq_ids.end..seq_ids.end + LOAD;
-    let sampler = RssSampler::start(pid);
+    let sampler = RssPeak::watch(pid, Duration::from_millis(20));
     let cpu_before = cpu_time(pid);
     let load_started = Instant::now();
     run.load_started_utc = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -1226,11 +1040,12 @@ fn run_gateway(rt: &tokio::runtime::Runtime, dir: &Path) -> GatewayRun {
     run.hwm_kib = soundbox_e2e::status_kib(pid, "VmHWM:");
     // Late duplicates have a moment to show up.
     std::thread::sleep(Duration::from_secs(2));
-    let plays = rt.block_on(sim.plays(&client));
+    let plays = rt.block_on(plays_by_amount(&sim.control()));
     let seen = subscriber.finish();
-    gateway.stop();
+    gateway.shut_down();
 
-    let (voiced_at, from_log) = voiced_at(&seen, &gateway.log_path);
+    let log = gateway.logs();
+    let (voiced_at, from_log) = voiced_at(&seen, &log);
     let first_event = |a: u64| seen.events.get(&a).and_then(|v| v.first().copied());
     let first_result = |a: u64| seen.result(a).map(|h| h.arrived);
     for (phase, shots) in [(&mut run.sequential, &seq), (&mut run.load, &load)] {
@@ -1262,7 +1077,7 @@ fn run_gateway(rt: &tokio::runtime::Runtime, dir: &Path) -> GatewayRun {
         .map(|(at, e)| (signed_secs(*at, load_started), e.clone()))
         .collect();
     run.total = acknowledged.len() as u64;
-    run.warnings = warnings(&gateway.log_path, true);
+    run.warnings = warnings(&log, true);
     run
 }
 
@@ -1274,7 +1089,7 @@ struct NaiveRun {
 }
 
 fn run_naive(rt: &tokio::runtime::Runtime) -> NaiveRun {
-    let sim = SpeakerSim::one_speaker();
+    let sim = one_speaker();
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1300,7 +1115,7 @@ fn run_naive(rt: &tokio::runtime::Runtime) -> NaiveRun {
             one_speaker_body,
         )
         .await;
-        (seq, load, sim.plays(&client).await)
+        (seq, load, plays_by_amount(&sim.control()).await)
     });
     let mut tally = Tally::default();
     for s in seq.iter().chain(&load).filter(|s| s.ok()) {

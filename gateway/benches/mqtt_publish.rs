@@ -9,11 +9,12 @@
 //! an outage: the sink's best case for batching); no subscriber is attached.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use soundbox_e2e::free_port;
+use soundbox_e2e::mqtt::{Mosquitto, mosquitto_installed};
 use soundbox_gateway::config::{Endpoint, MqttBroker, MqttConfig};
 use soundbox_gateway::log::{LogOptions, Store};
 use soundbox_gateway::model::BalanceChange;
@@ -24,12 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 const EVENTS: usize = 10_000;
 const WINDOWS: [usize; 4] = [1, 16, 64, 256];
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
 
 fn change(i: usize) -> BalanceChange {
     BalanceChange {
@@ -141,46 +136,9 @@ async fn bare_rate(broker_addr: SocketAddr, window: usize) -> f64 {
     rate
 }
 
-struct Mosquitto(Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_mosquitto(dir: &std::path::Path) -> Option<(SocketAddr, Mosquitto)> {
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).is_file())?;
-    let addr = free_addr();
-    let config = dir.join("mosquitto.conf");
-    let text = format!(
-        "listener {} 127.0.0.1\nallow_anonymous true\nuser root\nmax_queued_messages 100000\n",
-        addr.port()
-    );
-    std::fs::write(&config, text).ok()?;
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let guard = Mosquitto(child);
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return Some((addr, guard));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 #[tokio::main]
 async fn main() {
-    let embedded = free_addr();
+    let embedded = SocketAddr::from(([127, 0, 0, 1], free_port()));
     // Through the guard, as a POS client publishing on its own topics would:
     // the bench's `bench/` prefix is not the one it protects.
     let access = broker::Access {
@@ -189,14 +147,16 @@ async fn main() {
         users: Vec::new(),
     };
     broker::start(embedded, access).expect("embedded broker");
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let mosquitto = start_mosquitto(scratch.path());
+    // Nothing kept on disk, and room for the whole backlog.
+    let mosquitto = mosquitto_installed().then(|| {
+        Mosquitto::start_without_persistence("allow_anonymous true\nmax_queued_messages 100000\n")
+    });
     if mosquitto.is_none() {
         println!("mosquitto not found: its rows are skipped (apt-get install mosquitto)");
     }
     let mut brokers = vec![("embedded (guard)", embedded)];
-    if let Some((addr, _)) = &mosquitto {
-        brokers.push(("mosquitto", *addr));
+    if let Some(broker) = &mosquitto {
+        brokers.push(("mosquitto", SocketAddr::from(([127, 0, 0, 1], broker.port))));
     }
 
     println!("MQTT publish, {EVENTS} events of ~420 bytes, QoS 1, loopback");

@@ -28,6 +28,8 @@ use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+
+use crate::net::serve;
 use soundbox_plugin_sdk::time::parse_vietnam_local;
 
 /// The account `sepay_webhook()` pays into.
@@ -194,9 +196,6 @@ pub struct SepayApi {
 impl SepayApi {
     /// Serves on a free loopback port; requests must carry `Bearer <token>`.
     pub fn start(token: &str) -> SepayApi {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake SePay");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
         let state = Arc::new(Mutex::new(State {
             token: token.into(),
             enforce_rate: true,
@@ -212,16 +211,8 @@ impl SepayApi {
                 },
             ),
         );
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("fake SePay runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let _ = axum::serve(listener, app).await;
-            });
-        });
+        let addr = serve(app);
+        let url = format!("http://{addr}");
         SepayApi { url, state }
     }
 

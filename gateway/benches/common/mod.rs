@@ -1,7 +1,9 @@
-//! Helpers the benches share (`mod common;` in each): paths and ports,
-//! a tiny HTTP status getter, disk writes of a process, percentiles, goal
-//! verdicts, the raw `fdatasync` floor, the plugin-call measurement and the
-//! startup measurement. Not a bench itself: a subdirectory is not auto-discovered.
+//! Helpers the benches share (`mod common;` in each): a tiny HTTP status
+//! getter, disk writes of a process, percentiles, goal verdicts, the raw
+//! `fdatasync` floor, the plugin-call measurement and the startup
+//! measurement. Paths, ports and the processes of the end-to-end bench are
+//! the e2e harness's (`soundbox_e2e`). Not a bench itself: a subdirectory
+//! is not auto-discovered.
 #![allow(dead_code)]
 
 use std::fs::OpenOptions;
@@ -18,28 +20,7 @@ use soundbox_gateway::connectors::{IncomingRequest, Plugin, Runtime};
 use soundbox_plugin_sdk::testing::TestHost;
 use soundbox_plugin_sdk::{HttpRequest, WebhookConnector};
 
-/// The workspace root.
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-/// The built SePay webhook plugin; panics with the command that builds it.
-pub fn sepay_plugin() -> PathBuf {
-    let plugin = workspace().join("plugins/target/wasm32-wasip2/release/sepay_webhook.wasm");
-    assert!(plugin.is_file(), "build the plugins first: make plugins");
-    plugin
-}
-
-/// A loopback port free right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use soundbox_e2e::{free_port, plugin, workspace};
 
 /// The status line of `GET path`, or None if nothing answers yet.
 pub fn http_status(addr: &str, path: &str) -> Option<u16> {
@@ -191,7 +172,7 @@ pub fn plugin_call_samples(
     .expect("store");
     let mut settings = toml::Table::new();
     settings.insert("api_key".into(), "k".into());
-    let config = ConnectorConfig::ad_hoc(sepay_plugin(), settings);
+    let config = ConnectorConfig::ad_hoc(plugin("sepay_webhook"), settings);
     let runtime = Arc::new(Runtime::new(PluginLimits::default(), None).expect("runtime"));
     let plugin = rt
         .block_on(Plugin::load(
@@ -250,7 +231,7 @@ pub fn plugin_call_samples(
 /// The default `config.toml` in `dir` on free ports with the absolute plugin
 /// path; returns its path and the admin address.
 pub fn default_config(dir: &Path) -> (PathBuf, String) {
-    let plugin = sepay_plugin();
+    let plugin = plugin("sepay_webhook");
     let admin = format!("127.0.0.1:{}", free_port());
     let text = std::fs::read_to_string(workspace().join("config.toml"))
         .expect("config.toml")

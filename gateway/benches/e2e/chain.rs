@@ -39,101 +39,49 @@ fn shop_id(shop: u64) -> String {
 /// Everything measured of the chain.
 pub(super) struct ChainRun {
     pub chain: Scenario,
-    pub drained: Vec<(&'static str, bool)>,
-    pub delivery: Delivery,
-    /// `sent` announcements: their `at` → the bench, over the cluster.
-    pub mqtt_delay: Stats,
-    /// The relay's and the shops' warnings and errors, by message.
-    pub warnings: HashMap<String, usize>,
-    pub sent: u64,
-    pub acknowledged: u64,
-    pub elapsed: Duration,
-}
-
-/// The `[gateway]` table of gateway `id` on fresh ports: its text, and
-/// where it listens for webhooks and for the admin API.
-fn gateway_table(id: &str) -> (String, String, String) {
-    let (listen, admin) = (
-        format!("127.0.0.1:{}", common::free_port()),
-        format!("127.0.0.1:{}", common::free_port()),
-    );
-    let table = format!(
-        "[gateway]\nid = \"{id}\"\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\ndata_dir = \"data\"\n\n{UNSIGNED_PLUGINS}\n"
-    );
-    (table, listen, admin)
+    /// Its `sent` announcements travelled over the cluster; its warnings
+    /// are the relay's and the shops'.
+    pub outcome: Outcome,
 }
 
 /// Shop `shop`: its payments from its topic through `broker`, announced on
 /// its speaker; its events and announcements on the cluster.
-fn start_shop(dir: &Path, shop: u64, broker: &str, sim: &SpeakerSim) -> GatewayProcess {
-    let dir = dir.join(shop_id(shop));
-    std::fs::create_dir_all(&dir).expect("shop dir");
-    let (table, listen, admin) = gateway_table(&shop_id(shop));
-    let text = format!(
-        "{table}[[connector]]\nname = \"chain\"\nplugin = \"{plugin}\"\n\
+fn start_shop(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    shop: u64,
+    broker: &str,
+    sim: &SpeakerApi,
+) -> Gateway {
+    let config = format!(
+        "[[connector]]\nname = \"chain\"\nplugin = \"{plugin}\"\n\
          [connector.config]\nexpect_topic = \"chain/{id}/payments\"\naccounts = \"{account}\"\n\
          [connector.mqtt]\nbroker = \"{broker}\"\ntopic = \"chain/{id}/payments\"\nretry_max_ms = 1000\n\n\
-         [speaker]\nbase_url = \"{base}\"\nclient_id = \"sim-client\"\nclient_secret = \"sim-secret\"\n\
-         max_age_secs = 86400\n\n\
+         {speaker_table}\
          [[route]]\naccount = \"{account}\"\nspeakers = [\"{speaker}\"]\n\n\
          [[mqtt]]\nname = \"chain\"\nbroker = \"{broker}\"\ntopic_prefix = \"chain\"\nretry_max_ms = 1000\n",
         plugin = soundbox_e2e::plugin("chain_relay").display(),
         id = shop_id(shop),
         account = account(shop),
         speaker = hardware_id(shop),
-        base = sim.url("/devices/v1"),
+        speaker_table = speaker_table(sim),
     );
-    std::fs::write(dir.join("config.toml"), text).expect("write the shop config");
-    GatewayProcess::launch(&dir, &listen, &admin, 0)
+    let id = format!("id = \"{}\"", shop_id(shop));
+    start_gateway(rt, &dir.join(shop_id(shop)), &config, &id)
 }
 
 /// The relay: SePay's webhooks in, each payment out on its shop's topic
 /// through `broker`.
-fn start_relay(dir: &Path, broker: &str) -> GatewayProcess {
-    let dir = dir.join("relay");
-    std::fs::create_dir_all(&dir).expect("relay dir");
-    let (table, listen, admin) = gateway_table("relay");
+fn start_relay(rt: &tokio::runtime::Runtime, dir: &Path, broker: &str) -> Gateway {
     let shops: String = (0..SPEAKERS)
         .map(|s| format!("\"{}\" = \"{}\"\n", account(s), shop_id(s)))
         .collect();
-    let text = format!(
-        "{table}[[connector]]\nname = \"sepay\"\nplugin = \"{plugin}\"\n\
-         [connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
-         [[mqtt]]\nname = \"shops\"\nbroker = \"{broker}\"\ntopic_prefix = \"chain\"\nretry_max_ms = 1000\n\
+    let config = format!(
+        "{}[[mqtt]]\nname = \"shops\"\nbroker = \"{broker}\"\ntopic_prefix = \"chain\"\nretry_max_ms = 1000\n\
          [mqtt.relay]\ntopic = \"chain/{{shop}}/payments\"\n[mqtt.relay.shops]\n{shops}",
-        plugin = common::sepay_plugin().display(),
+        sepay_connector(),
     );
-    std::fs::write(dir.join("config.toml"), text).expect("write the relay config");
-    GatewayProcess::launch(&dir, &listen, &admin, 0)
-}
-
-/// Waits until every shop's subscription is up (`/api/status`): the cluster
-/// keeps a shop's messages only once its session exists.
-async fn wait_subscribed(client: &reqwest::Client, admins: &[String]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for admin in admins {
-        loop {
-            let status: Option<serde_json::Value> = match client
-                .get(format!("http://{admin}/api/status"))
-                .send()
-                .await
-            {
-                Ok(reply) => reply.json().await.ok(),
-                Err(_) => None,
-            };
-            let connected = status
-                .as_ref()
-                .and_then(|s| s["subscriptions"][0]["connected"].as_bool());
-            if connected == Some(true) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the shop on {admin} never subscribed: {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    start_gateway(rt, &dir.join("relay"), &config, "id = \"relay\"")
 }
 
 /// None when `nats-server` is not installed.
@@ -146,21 +94,25 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> Option<ChainRun> 
     let devices: Vec<String> = (0..SPEAKERS)
         .map(|s| format!("{}:paired", hardware_id(s)))
         .collect();
-    let sim = SpeakerSim::start(&devices);
-    let mut shops: Vec<GatewayProcess> = (0..SPEAKERS)
-        .map(|s| start_shop(dir, s, &cluster.mqtt_url(s as usize % NODES), &sim))
+    let sim = speaker_sim(&devices);
+    let control = sim.control();
+    let mut shops: Vec<Gateway> = (0..SPEAKERS)
+        .map(|s| start_shop(rt, dir, s, &cluster.mqtt_url(s as usize % NODES), &sim))
         .collect();
     let client = load_client();
-    let admins: Vec<String> = shops.iter().map(|g| g.admin.clone()).collect();
-    rt.block_on(wait_subscribed(&client, &admins));
-    let mut relay = start_relay(dir, &cluster.mqtt_url(0));
-    let subscriber = Subscriber::connect(cluster.mqtt_port(NODES - 1), "chain/+");
-    let url = relay.url.clone();
+    // The cluster keeps a shop's messages only once its session exists.
+    rt.block_on(soundbox_e2e::admin::wait_subscribed(
+        &shops,
+        Duration::from_secs(60),
+    ));
+    let mut relay = start_relay(rt, dir, &cluster.mqtt_url(0));
+    let subscriber = Listener::connect(cluster.mqtt_port(NODES - 1), "chain/+");
+    let url = relay.url("/hooks/sepay");
     let logs = || -> String {
         shops
             .iter()
             .chain([&relay])
-            .map(|g| g.log())
+            .map(Gateway::logs)
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -193,27 +145,28 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> Option<ChainRun> 
     let load_ids = take(&mut next, LOAD);
     let load = rt.block_on(closed_loop(&client, &url, load_ids, SENDERS, body));
     let played = acked(&warm, all) + acked(&seq, all) + acked(&load, all);
-    let ok = rt.block_on(sim.wait_played(&client, played, CHAIN_DRAIN_LIMIT));
+    let ok = rt.block_on(wait_played(&control, played, CHAIN_DRAIN_LIMIT));
     drained.push(("every payment played at its shop", ok));
     let ok = subscriber.wait_until(0..next, CHAIN_DRAIN_LIMIT, settled);
     drained.push(("final results", ok));
     // A moment for late duplicates.
     std::thread::sleep(Duration::from_secs(2));
-    let plays = rt.block_on(sim.plays(&client));
+    let plays = rt.block_on(plays_by_amount(&control));
     let seen = subscriber.finish();
-    relay.stop();
+    relay.shut_down();
     for shop in &mut shops {
-        shop.stop();
+        shop.shut_down();
     }
 
     let mut voiced = HashMap::new();
     let mut from_log = 0;
     let mut warnings_by_message: HashMap<String, usize> = HashMap::new();
     for gateway in shops.iter().chain([&relay]) {
-        let (at, n) = voiced_at(&seen, &gateway.log_path);
+        let log = gateway.logs();
+        let (at, n) = voiced_at(&seen, &log);
         voiced.extend(at);
         from_log += n;
-        for (message, count) in warnings(&gateway.log_path, false) {
+        for (message, count) in warnings(&log, false) {
             *warnings_by_message.entry(message).or_insert(0) += count;
         }
     }
@@ -229,13 +182,15 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> Option<ChainRun> 
     delivery.sent_from_log = from_log;
     Some(ChainRun {
         chain: Scenario::of(&seq, &load, &voiced, all),
-        drained,
-        delivery,
-        mqtt_delay: mqtt_delay(&seen),
-        warnings: warnings_by_message,
-        sent: next,
-        acknowledged: acknowledged.len() as u64,
-        elapsed: started.elapsed(),
+        outcome: Outcome {
+            drained,
+            delivery,
+            mqtt_delay: mqtt_delay(&seen),
+            warnings: warnings_by_message,
+            sent: next,
+            acknowledged: acknowledged.len() as u64,
+            elapsed: started.elapsed(),
+        },
     })
 }
 
@@ -308,26 +263,18 @@ impl ChainRun {
             "  timed: {}/{} acknowledged payments; non-2xx or failed at the relay: {}",
             self.chain.timed, self.chain.acknowledged, self.chain.failed
         );
-        println!(
-            "  `sent` reached the bench p50 {:.1} ms p99 {:.1} ms after its `at` (over the cluster; not in time to voice)",
-            ms(self.mqtt_delay.p50),
-            ms(self.mqtt_delay.p99)
+        self.outcome.print(
+            "over the cluster; not in time to voice",
+            "relay's and shops'",
+            "chain",
         );
-        println!(
-            "  correctness: {} webhooks sent, {} acknowledged; everything announced in time: {:?}",
-            self.sent, self.acknowledged, self.drained
-        );
-        self.delivery.print();
-        let mut warnings: Vec<_> = self.warnings.iter().collect();
-        warnings.sort();
-        println!("    relay's and shops' log warnings/errors, by message: {warnings:?}");
-        println!("  chain run took {:.0} s", self.elapsed.as_secs_f64());
     }
 
     /// No figure of the chain has a target yet: only that each payment is
     /// announced once, at its shop, in its shop's order.
     pub fn goals(&self) -> bool {
-        let exceptions = self.delivery.exceptions() + (self.chain.acknowledged - self.chain.timed);
+        let exceptions =
+            self.outcome.delivery.exceptions() + (self.chain.acknowledged - self.chain.timed);
         println!(
             "  [{}] chain: every payment the relay acknowledged timed, announced once at its shop's speaker, in order: {exceptions} exceptions",
             if exceptions == 0 { " met  " } else { "NOT met" }

@@ -141,14 +141,7 @@ pub(super) struct LanesRun {
     /// last of them was voiced.
     pub backlog: usize,
     pub backlog_voiced_after: Option<Duration>,
-    /// Whether each wait ended with everything announced.
-    pub drained: Vec<(&'static str, bool)>,
-    pub delivery: Delivery,
-    pub mqtt_delay: Stats,
-    pub warnings: HashMap<String, usize>,
-    pub sent: u64,
-    pub acknowledged: u64,
-    pub elapsed: Duration,
+    pub outcome: Outcome,
 }
 
 /// Senders that each post a webhook and, if `waits(id)`, wait until its
@@ -229,7 +222,8 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> LanesRun {
     let devices: Vec<String> = (0..SPEAKERS)
         .map(|s| format!("{}:paired", hardware_id(s)))
         .collect();
-    let sim = SpeakerSim::start(&devices);
+    let sim = speaker_sim(&devices);
+    let control = sim.control();
     let routes: String = (0..SPEAKERS)
         .map(|s| {
             format!(
@@ -239,10 +233,10 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> LanesRun {
             )
         })
         .collect();
-    let mut gateway = GatewayProcess::start(dir, &sim, &routes);
-    let subscriber = Subscriber::connect(gateway.mqtt_port, "soundbox/bench");
+    let (mut gateway, mqtt_port) = start_bench_gateway(rt, dir, &sim, &routes);
+    let subscriber = Listener::connect(mqtt_port, "soundbox/bench");
     let client = load_client();
-    let url = gateway.url.clone();
+    let url = gateway.url("/hooks/sepay");
     let mut next = 0;
     let mut drained = Vec::new();
     let one_sender = |ids: std::ops::Range<u64>| vec![(ids.collect::<Vec<u64>>(), 1)];
@@ -253,12 +247,12 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> LanesRun {
     assert!(
         warm.iter().all(Shot::ok),
         "warm-up webhooks were refused; the gateway's log:\n{}",
-        gateway.log()
+        gateway.logs()
     );
     assert!(
         subscriber.wait_until(ids, Duration::from_secs(30), voiced),
         "warm-up payments were not announced within 30 s; the gateway's log:\n{}",
-        gateway.log()
+        gateway.logs()
     );
     let mut played = acked(&warm, all);
 
@@ -274,12 +268,12 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> LanesRun {
     let ids = take(&mut next, LOAD);
     let on_load = rt.block_on(closed_loop(&client, &url, ids, SENDERS, body));
     played += acked(&on_seq, all) + acked(&on_load, all);
-    let ok = rt.block_on(sim.wait_played(&client, played, LANES_DRAIN_LIMIT));
+    let ok = rt.block_on(wait_played(&control, played, LANES_DRAIN_LIMIT));
     drained.push(("all online", ok));
 
     // 2. One offline: its lane waits, the other nine's should not.
     let offline_hw = hardware_id(OFFLINE);
-    rt.block_on(set_online(&sim, &client, &offline_hw, false));
+    rt.block_on(control.set_online(&offline_hw, false));
     let ids = take(&mut next, SEQUENTIAL);
     let off_seq = rt.block_on(voice_loop(
         &client,
@@ -291,17 +285,17 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> LanesRun {
     let ids = take(&mut next, LOAD);
     let off_load = rt.block_on(closed_loop(&client, &url, ids, SENDERS, body));
     played += acked(&off_seq, online) + acked(&off_load, online);
-    let ok = rt.block_on(sim.wait_played(&client, played, LANES_DRAIN_LIMIT));
+    let ok = rt.block_on(wait_played(&control, played, LANES_DRAIN_LIMIT));
     drained.push(("one offline, the other nine", ok));
     let back = SystemTime::now();
-    rt.block_on(set_online(&sim, &client, &offline_hw, true));
+    rt.block_on(control.set_online(&offline_hw, true));
     let backlog = (acked(&off_seq, offline) + acked(&off_load, offline)) as usize;
     played += backlog as u64;
-    let ok = rt.block_on(sim.wait_played(&client, played, LANES_DRAIN_LIMIT));
+    let ok = rt.block_on(wait_played(&control, played, LANES_DRAIN_LIMIT));
     drained.push(("the offline speaker's backlog once back", ok));
 
     // 3. Flaky API.
-    rt.block_on(set_faults(&sim, &client, true));
+    rt.block_on(set_faults(&control, true));
     let ids = take(&mut next, FLAKY_PER_SPEAKER * SPEAKERS);
     let flaky_seq = rt.block_on(voice_loop(
         &client,
@@ -319,20 +313,21 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> LanesRun {
         all,
     ));
     played += acked(&flaky_seq, all) + acked(&flaky_load, all);
-    let ok = rt.block_on(sim.wait_played(&client, played, LANES_DRAIN_LIMIT));
+    let ok = rt.block_on(wait_played(&control, played, LANES_DRAIN_LIMIT));
     drained.push(("flaky API", ok));
-    rt.block_on(set_faults(&sim, &client, false));
+    rt.block_on(set_faults(&control, false));
 
     // Every final result (the confirmations run up to ~13 s), then a moment
     // for late duplicates.
     let ok = subscriber.wait_until(0..next, LANES_DRAIN_LIMIT, settled);
     drained.push(("final results", ok));
     std::thread::sleep(Duration::from_secs(2));
-    let plays = rt.block_on(sim.plays(&client));
+    let plays = rt.block_on(plays_by_amount(&control));
     let seen = subscriber.finish();
-    gateway.stop();
+    gateway.shut_down();
 
-    let (voiced, from_log) = voiced_at(&seen, &gateway.log_path);
+    let log = gateway.logs();
+    let (voiced, from_log) = voiced_at(&seen, &log);
     let shots: Vec<&Shot> = [
         &warm,
         &on_seq,
@@ -363,28 +358,20 @@ pub(super) fn run(rt: &tokio::runtime::Runtime, dir: &Path) -> LanesRun {
         flaky: Scenario::of(&flaky_seq, &flaky_load, &voiced, all),
         backlog,
         backlog_voiced_after,
-        drained,
-        delivery,
-        mqtt_delay: mqtt_delay(&seen),
-        warnings: warnings(&gateway.log_path, false),
-        sent: next,
-        acknowledged: acknowledged.len() as u64,
-        elapsed: started.elapsed(),
+        outcome: Outcome {
+            drained,
+            delivery,
+            mqtt_delay: mqtt_delay(&seen),
+            warnings: warnings(&log, false),
+            sent: next,
+            acknowledged: acknowledged.len() as u64,
+            elapsed: started.elapsed(),
+        },
     }
 }
 
-/// Takes `hardware_id` offline or back online in the simulator.
-async fn set_online(sim: &SpeakerSim, client: &reqwest::Client, hardware_id: &str, online: bool) {
-    sim.put(
-        client,
-        &format!("devices/{hardware_id}/online"),
-        serde_json::json!(online),
-    )
-    .await;
-}
-
 /// The flaky API's faults on, or every fault off; plays stay [`PLAY_MS`].
-async fn set_faults(sim: &SpeakerSim, client: &reqwest::Client, flaky: bool) {
+async fn set_faults(sim: &SimControl, flaky: bool) {
     let faults = if flaky {
         serde_json::json!({
             "error_rate": FLAKY_ERROR_RATE,
@@ -395,7 +382,7 @@ async fn set_faults(sim: &SpeakerSim, client: &reqwest::Client, flaky: bool) {
     } else {
         serde_json::json!({ "play_ms": PLAY_MS })
     };
-    sim.put(client, "faults", faults).await;
+    sim.set_faults(faults).await;
 }
 
 /// A row of the ten-speaker table: each scenario's figure, and the ratios
@@ -494,20 +481,11 @@ impl LanesRun {
             self.backlog_voiced_after
                 .map_or("never".into(), |d| format!("{:.1} s", d.as_secs_f64()))
         );
-        println!(
-            "  `sent` reached the bench p50 {:.1} ms p99 {:.1} ms after its `at` (MQTT's share, not in time to voice)",
-            ms(self.mqtt_delay.p50),
-            ms(self.mqtt_delay.p99)
+        self.outcome.print(
+            "MQTT's share, not in time to voice",
+            "gateway",
+            "ten-speaker",
         );
-        println!(
-            "  correctness: {} webhooks sent, {} acknowledged; everything announced in time: {:?}",
-            self.sent, self.acknowledged, self.drained
-        );
-        self.delivery.print();
-        let mut warnings: Vec<_> = self.warnings.iter().collect();
-        warnings.sort();
-        println!("    gateway log warnings/errors, by message: {warnings:?}");
-        println!("  ten-speaker run took {:.0} s", self.elapsed.as_secs_f64());
     }
 
     /// The time-to-voice goals; true if all are met.
@@ -557,7 +535,7 @@ impl LanesRun {
             .iter()
             .map(|s| s.acknowledged - s.timed)
             .sum();
-        let exceptions = self.delivery.exceptions() + untimed;
+        let exceptions = self.outcome.delivery.exceptions() + untimed;
         println!(
             "  [{}] ten speakers: every acknowledged payment timed, announced once, played once, in its lane's order: {exceptions} exceptions",
             if exceptions == 0 { " met  " } else { "NOT met" }

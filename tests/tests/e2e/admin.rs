@@ -3,9 +3,9 @@
 //! and the status page as a real browser renders it.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use soundbox_e2e::{Gateway, SpeakerApi, free_port, plugin, post, sepay_webhook};
+use soundbox_e2e::{Gateway, SpeakerApi, admin, free_port, plugin, post, sepay_webhook};
 
 /// The SePay connector's API key, and the header that carries it: the
 /// status page's verdict must be green, and unsigned mode is a warning.
@@ -24,34 +24,13 @@ fn config(api: &SpeakerApi, admin: &str) -> String {
     )
 }
 
-async fn get(url: &str) -> (u16, String) {
-    let r = reqwest::get(url).await.expect("admin GET");
-    (r.status().as_u16(), r.text().await.expect("body"))
-}
-
-/// Polls `/readyz` until it answers `status`, up to `timeout`.
-async fn wait_ready(gw: &Gateway, status: u16, timeout: Duration) -> (u16, String) {
-    let url = format!("http://{}/readyz", gw.admin_addr);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (code, body) = get(&url).await;
-        if code == status || Instant::now() > deadline {
-            return (code, body);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_fails_while_the_speaker_api_is_down_and_recovers_after() {
     let api_port = free_port();
     let mut api = SpeakerApi::start(api_port, None);
     let gw = Gateway::start(&config(&api, ""));
-    assert_eq!(
-        get(&format!("http://{}/healthz", gw.admin_addr)).await.0,
-        200
-    );
-    let (code, body) = wait_ready(&gw, 200, Duration::from_secs(10)).await;
+    assert_eq!(gw.admin_get("/healthz").await.0, 200);
+    let (code, body) = gw.wait_ready(200, Duration::from_secs(10)).await;
     assert_eq!(code, 200, "{body}");
 
     // The API goes away; a payment arrives and cannot be announced.
@@ -59,9 +38,9 @@ async fn readyz_fails_while_the_speaker_api_is_down_and_recovers_after() {
     let r = post(&gw.url("/hooks/sepay"), SIGNED, sepay_webhook(1, 50_000)).await;
     assert_eq!(r.status, 200, "stored while the API is down: {}", r.body);
     // Still ready within the threshold (2 s): a blip is no alarm.
-    let (code, _) = get(&format!("http://{}/readyz", gw.admin_addr)).await;
+    let (code, _) = gw.admin_get("/readyz").await;
     assert_eq!(code, 200, "not unready before the threshold");
-    let (code, body) = wait_ready(&gw, 503, Duration::from_secs(15)).await;
+    let (code, body) = gw.wait_ready(503, Duration::from_secs(15)).await;
     assert_eq!(
         code, 503,
         "unready once the outage outlasts the threshold: {body}"
@@ -73,16 +52,9 @@ async fn readyz_fails_while_the_speaker_api_is_down_and_recovers_after() {
     assert!(problems.contains("sink `speaker:VNS-SHOP-1`"), "{problems}");
 
     // The status API says the same, and the payment waits.
-    let (_, status) = get(&format!("http://{}/api/status", gw.admin_addr)).await;
-    let status: serde_json::Value = serde_json::from_str(&status).expect("status json");
+    let status = gw.api_status().await;
     assert_eq!(status["ready"], false);
-    let speaker = status["sinks"]
-        .as_array()
-        .expect("sinks")
-        .iter()
-        .find(|s| s["sink"] == "speaker:VNS-SHOP-1")
-        .expect("the speaker's lane")
-        .clone();
+    let speaker = admin::sink(&status, "speaker:VNS-SHOP-1").expect("the speaker's lane");
     assert_eq!(speaker["pending"], 1, "{speaker}");
     assert!(speaker["failing_since_ms"].is_number(), "{speaker}");
 
@@ -90,7 +62,7 @@ async fn readyz_fails_while_the_speaker_api_is_down_and_recovers_after() {
     // it, so this also covers the token refresh); the payment goes out and
     // the gateway is ready again.
     let _back = SpeakerApi::start(api_port, None);
-    let (code, body) = wait_ready(&gw, 200, Duration::from_secs(20)).await;
+    let (code, body) = gw.wait_ready(200, Duration::from_secs(20)).await;
     assert_eq!(
         code,
         200,
@@ -117,39 +89,16 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     assert_eq!(bad.status, 400);
     assert!(gw.wait_for_log("announcement sent", Duration::from_secs(10)));
 
-    let response = reqwest::get(format!("http://{}/metrics", gw.admin_addr))
-        .await
-        .expect("metrics");
-    assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .expect("ascii")
-        .to_string();
+    let metrics = gw.metrics().await;
     assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
+        metrics
+            .content_type
+            .starts_with("text/plain; version=0.0.4"),
+        "{}",
+        metrics.content_type
     );
-    let text = response.text().await.expect("text");
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-
-    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                prometheus_parse::Value::Histogram(ref buckets) => {
-                    buckets.last().map_or(0.0, |b| b.count)
-                }
-                prometheus_parse::Value::Summary(_) => 0.0,
-            })
-            .sum()
-    };
+    let (text, scrape) = (&metrics.text, &metrics.scrape);
+    let value = |name: &str, labels: &[(&str, &str)]| metrics.value(name, labels).unwrap_or(0.0);
     let ok = [("connector", "sepay"), ("status", "200")];
     assert_eq!(
         value("soundbox_webhook_responses_total", &ok),
@@ -193,11 +142,10 @@ async fn an_admin_token_guards_everything_but_health() {
     let api = SpeakerApi::start(free_port(), None);
     let token = "s3cret-admin-token-0123456789";
     let gw = Gateway::start(&config(&api, &format!("token = \"{token}\"")));
-    let admin = |path: &str| format!("http://{}{path}", gw.admin_addr);
     for path in ["/", "/metrics", "/api/status", "/api/queue"] {
-        assert_eq!(get(&admin(path)).await.0, 401, "{path} without the token");
+        assert_eq!(gw.admin_get(path).await.0, 401, "{path} without the token");
         let with = reqwest::Client::new()
-            .get(admin(path))
+            .get(gw.admin_url(path))
             .bearer_auth(token)
             .send()
             .await
@@ -205,16 +153,16 @@ async fn an_admin_token_guards_everything_but_health() {
         assert_eq!(with.status(), 200, "{path} with the token");
     }
     // Never from the URL; a browser sends it as a Basic password.
-    assert_eq!(get(&admin(&format!("/?token={token}"))).await.0, 401);
+    assert_eq!(gw.admin_get(&format!("/?token={token}")).await.0, 401);
     let basic = reqwest::Client::new()
-        .get(admin("/"))
+        .get(gw.admin_url("/"))
         .basic_auth("staff", Some(token))
         .send()
         .await
         .expect("GET");
     assert_eq!(basic.status(), 200, "the token as a Basic password");
-    assert_eq!(get(&admin("/healthz")).await.0, 200);
-    assert_eq!(get(&admin("/readyz")).await.0, 200);
+    assert_eq!(gw.admin_get("/healthz").await.0, 200);
+    assert_eq!(gw.admin_get("/readyz").await.0, 200);
 }
 
 /// The page shop staff open, rendered by headless Chromium: the payment,
@@ -240,7 +188,7 @@ async fn the_status_page_renders_in_a_real_browser() {
     assert_eq!(r.status, 200);
     assert!(gw.wait_for_log("announcement sent", Duration::from_secs(10)));
 
-    let url = format!("http://{}/", gw.admin_addr);
+    let url = gw.admin_url("/");
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
     let png = shots.join("status-page.png");
@@ -322,9 +270,9 @@ async fn readyz_names_a_connector_that_keeps_failing() {
         plugin("sepay_poll").display()
     );
     let gw = Gateway::start(&config);
-    let (code, body) = wait_ready(&gw, 503, Duration::from_secs(30)).await;
+    let (code, body) = gw.wait_ready(503, Duration::from_secs(30)).await;
     assert_eq!(code, 503, "{body}\n{}", gw.logs());
     assert!(body.contains("connector `sepay-poll`"), "{body}");
-    let (_, page) = get(&format!("http://{}/", gw.admin_addr)).await;
+    let (_, page) = gw.admin_get("/").await;
     assert!(page.contains("failing ("), "{page}");
 }

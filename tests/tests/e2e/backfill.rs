@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use soundbox_e2e::sepay_api::{SepayApi, SepayTx, vietnam_minutes_ago};
-use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post};
+use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post, wait_until};
 
 const TOKEN: &str = "e2e-backfill-token";
 
@@ -170,20 +170,15 @@ async fn a_poll_the_log_cannot_store_does_not_move_the_state() {
         "per_page = 2",
         "\n[log]\nmin_free_disk_mb = 1000000000\ndedupe_retention_days = 3650\n",
     ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while gw.logs().matches("could not store polled changes").count() < 3 {
-        assert!(std::time::Instant::now() < deadline, "{}", gw.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = wait_until(Duration::from_secs(30), async || {
+        gw.logs().matches("could not store polled changes").count() >= 3
+    })
+    .await;
+    assert!(refused, "{}", gw.logs());
     assert_eq!(sink.deliveries(), 0);
 
     // Space comes back.
-    let text = std::fs::read_to_string(gw.config_path()).expect("read config");
-    std::fs::write(
-        gw.config_path(),
-        text.replace("min_free_disk_mb = 1000000000", "min_free_disk_mb = 1"),
-    )
-    .expect("write config");
+    gw.edit_config("min_free_disk_mb = 1000000000", "min_free_disk_mb = 1");
     gw.kill_and_restart();
     each_once(&sink, &expected, &gw).await;
 }

@@ -9,10 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::{Gateway, SpeakerApi, chaos_size, free_port, plugin, rss_kib, sepay_webhook};
+use soundbox_e2e::{
+    Gateway, RssPeak, SpeakerApi, chaos_size, free_port, rss_kib, sepay_connector, sepay_webhook,
+};
 
 const SPEAKER: &str = "VNS-SHOP-1";
 /// Amounts are `BASE_AMOUNT + id`, so a play names its payment.
@@ -21,13 +23,13 @@ const SENDERS: u64 = 8;
 
 fn config(api_port: u16, calls_per_sec: u32) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
+        "{}\
          [speaker]\nbase_url = \"http://127.0.0.1:{api_port}/devices/v1\"\n\
          client_id = \"sim-client\"\nclient_secret = \"sim-secret\"\n\
          max_calls_per_sec = {calls_per_sec}\nmax_age_secs = 86400\n\
          retry_initial_ms = 50\nretry_max_ms = 500\ntimeout_ms = 2000\n\n\
          [[route]]\naccount = \"*\"\nspeakers = [\"{SPEAKER}\"]\n",
-        plugin("sepay_webhook").display()
+        sepay_connector()
     )
 }
 
@@ -78,34 +80,6 @@ async fn post_all(url: String, n: u64) -> BTreeMap<u64, Sent> {
     all
 }
 
-/// Samples the RSS of `pid` every 100 ms until stopped; the peak, KiB.
-struct RssPeak {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-}
-
-impl RssPeak {
-    fn watch(pid: u32) -> RssPeak {
-        let (stop, peak) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU64::new(0)),
-        );
-        let (s, p) = (stop.clone(), peak.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        RssPeak { stop, peak }
-    }
-
-    fn finish(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -118,7 +92,7 @@ async fn a_backlog_built_while_the_speaker_api_is_down_drains_in_order_at_its_ra
     let gw = Gateway::start(&config(api_port, calls_per_sec));
     let idle = rss_kib(gw.pid());
 
-    let ingest_peak = RssPeak::watch(gw.pid());
+    let ingest_peak = RssPeak::watch(gw.pid(), Duration::from_millis(100));
     let started = Instant::now();
     let sent = post_all(gw.url("/hooks/sepay"), payments).await;
     let ingest = started.elapsed();
@@ -126,8 +100,12 @@ async fn a_backlog_built_while_the_speaker_api_is_down_drains_in_order_at_its_ra
     assert_eq!(sent.len() as u64, payments);
     let queued = rss_kib(gw.pid());
 
-    let drain_peak = RssPeak::watch(gw.pid());
-    let api = SpeakerApi::start_rate_limited(api_port, calls_per_sec);
+    let drain_peak = RssPeak::watch(gw.pid(), Duration::from_millis(100));
+    // Calls beyond `calls_per_sec` answered 429 with `Retry-After`, as a
+    // rate-limited API does.
+    let api = SpeakerApi::builder(api_port)
+        .args(&["--max-calls-per-sec", &calls_per_sec.to_string()])
+        .start();
     let back = Instant::now();
     // Two calls a payment (notify, check_notify): the drain cannot be faster
     // than `payments * 2 / calls_per_sec`; allow three times that.

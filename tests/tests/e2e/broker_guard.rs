@@ -8,16 +8,16 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, MqttOptions, QoS,
 };
 use soundbox_e2e::mqtt::Subscriber;
-use soundbox_e2e::{Gateway, free_port, plugin, post, run_cli, sepay_webhook};
+use soundbox_e2e::{Gateway, free_port, post, run_cli, sepay_connector, sepay_webhook};
 
 /// A SePay connector and `[mqtt]` on the embedded broker at `listen`, with
 /// the default topic prefix (`soundbox`): topics are `soundbox/e2e/…`.
 fn config(listen: &str, extra_mqtt: &str) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
+        "{}\
          [mqtt]\nbroker = \"embedded\"\nembedded_listen = \"{listen}\"\n\
          retry_initial_ms = 50\nretry_max_ms = 500\n{extra_mqtt}\n",
-        plugin("sepay_webhook").display()
+        sepay_connector()
     )
 }
 
@@ -197,13 +197,12 @@ async fn a_broker_on_the_network_needs_accounts_and_checks_them() {
 
     // With an account, on every address: it reads, nobody else does.
     let port = free_port();
-    let gw = Gateway::start_with_env(
-        &config(
-            &format!("0.0.0.0:{port}"),
-            "embedded_users = [{ username = \"pos\", password = \"${E2E_POS_MQTT_PASSWORD}\" }]",
-        ),
-        &[("E2E_POS_MQTT_PASSWORD", "correct horse battery")],
-    );
+    let gw = Gateway::builder(&config(
+        &format!("0.0.0.0:{port}"),
+        "embedded_users = [{ username = \"pos\", password = \"${E2E_POS_MQTT_PASSWORD}\" }]",
+    ))
+    .envs(&[("E2E_POS_MQTT_PASSWORD", "correct horse battery")])
+    .start();
     assert_eq!(
         connack(port, "pos-1", None).await,
         Err("NotAuthorized".into())

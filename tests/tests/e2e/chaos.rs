@@ -41,33 +41,23 @@
 //! the gateway's own appends from getting there.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::mqtt::{Mosquitto, Subscriber, mosquitto_available};
+use soundbox_e2e::mqtt::{Mosquitto, Subscriber, mosquitto_available, transaction_ids};
 use soundbox_e2e::{
-    CountingSink, Gateway, SpeakerApi, chaos_size, forward_to, free_port, gateway_bin, plugin,
-    rss_kib, sepay_transaction_id, sepay_webhook, sepay_webhook_id,
+    CountingSink, Gateway, SpeakerApi, chaos_size, forward_to, free_port, plugin, rss_kib,
+    sepay_connector, sepay_transaction_id, sepay_webhook, sepay_webhook_id, wait_until_blocking,
 };
 
-/// The SePay webhook connector, no authentication.
-fn sepay_connector() -> String {
-    format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n",
-        plugin("sepay_webhook").display()
-    )
-}
-
-/// `[speaker]` pointing at the standalone simulator on `port`, every account
+/// `[speaker]` pointing at the standalone simulator `api`, every account
 /// routed to its speaker `VNS-SHOP-1`, retrying quickly.
-fn speaker_config(port: u16, extra: &str) -> String {
+fn speaker_config(api: &SpeakerApi, extra: &str) -> String {
     format!(
-        "[speaker]\nbase_url = \"http://127.0.0.1:{port}/devices/v1\"\nclient_id = \"sim-client\"\n\
-         client_secret = \"sim-secret\"\nretry_initial_ms = 20\nretry_max_ms = 300\n{extra}\n\n\
-         [[route]]\naccount = \"*\"\nspeakers = [\"VNS-SHOP-1\"]\n\n"
+        "[speaker]\n{}client_secret = \"sim-secret\"\nretry_initial_ms = 20\nretry_max_ms = 300\n{extra}\n\n\
+         [[route]]\naccount = \"*\"\nspeakers = [\"VNS-SHOP-1\"]\n\n",
+        api.speaker_keys()
     )
 }
 
@@ -171,108 +161,21 @@ fn ms(lo: u64, hi: u64) -> Duration {
     Duration::from_millis(fastrand::u64(lo..hi))
 }
 
-/// Fails unless `log` shows no panic.
-fn assert_no_panic(gw: &Gateway) {
-    let logs = gw.logs();
-    assert!(!logs.contains("panicked"), "the gateway panicked:\n{logs}");
-}
-
 // ---------------------------------------------------------------------------
 // 1. Speaker API flapping
-
-/// One play as a simulator logged it: which run of the process, the
-/// `requestId`, the amount.
-type LoggedPlay = (u32, String, u64);
-
-/// The standalone Speaker API simulator as a process the test kills and
-/// starts again on the same port. A killed simulator forgets what it played
-/// (the real API does not), so every play of every run is collected from its
-/// log, which survives the kill.
-struct FlappingApi {
-    port: u16,
-    child: Option<Child>,
-    run: u32,
-    plays: Arc<Mutex<Vec<LoggedPlay>>>,
-}
-
-impl FlappingApi {
-    fn start(port: u16) -> FlappingApi {
-        let mut api = FlappingApi {
-            port,
-            child: None,
-            run: 0,
-            plays: Arc::default(),
-        };
-        api.up();
-        api
-    }
-
-    fn up(&mut self) {
-        self.run += 1;
-        let mut child = Command::new(gateway_bin())
-            .args(["--log-format", "json", "speaker-sim"])
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--device", "VNS-SHOP-1:paired"])
-            .env("SOUNDBOX_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("speaker-sim");
-        let stderr = child.stderr.take().expect("stderr");
-        let (plays, run) = (self.plays.clone(), self.run);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                let fields = &json["fields"];
-                if fields["message"] == "speaker plays" {
-                    let id = fields["request_id"].as_str().unwrap_or_default();
-                    let amount = fields["amount"].as_u64().unwrap_or(0);
-                    plays
-                        .lock()
-                        .expect("plays")
-                        .push((run, id.to_string(), amount));
-                }
-            }
-        });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "speaker-sim did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILL: the API vanishes mid-request.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn plays(&self) -> Vec<LoggedPlay> {
-        self.plays.lock().expect("plays").clone()
-    }
-}
-
-impl Drop for FlappingApi {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 #[test]
 fn speaker_api_flapping_announces_every_payment_once() {
     let payments: u64 = chaos_size(60, 400);
     let cycles: u32 = chaos_size(10, 80);
     let workers = 2;
-    let mut api = FlappingApi::start(free_port());
+    // A killed simulator forgets what it played (the real API does not), so
+    // every play of every run is collected from its log, which survives.
+    let mut api = SpeakerApi::builder(free_port()).log_plays().start();
     let gw = Gateway::start(&format!(
         "{}{}",
         sepay_connector(),
-        speaker_config(api.port, "timeout_ms = 1000")
+        speaker_config(&api, "timeout_ms = 1000")
     ));
     // Spread the payments over the flapping (about 0.9 s a cycle).
     let pace = Duration::from_millis(u64::from(cycles) * 900 * workers as u64 / payments);
@@ -286,24 +189,20 @@ fn speaker_api_flapping_announces_every_payment_once() {
     let started = Instant::now();
     for _ in 0..cycles {
         std::thread::sleep(ms(500, 1000));
-        api.kill();
+        api.stop();
         std::thread::sleep(ms(50, 300));
-        api.up();
+        api.restart();
     }
     let acked = rt.block_on(sender).expect("sender");
     let flapped = started.elapsed();
 
     // The API stays up now: everything acknowledged gets played.
     let wanted: BTreeSet<u64> = acked.iter().map(|&id| amount(id)).collect();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let plays = loop {
-        let plays = api.plays();
-        let played: BTreeSet<u64> = plays.iter().map(|p| p.2).collect();
-        if wanted.is_subset(&played) || Instant::now() > deadline {
-            break plays;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut plays = Vec::new();
+    wait_until_blocking(Duration::from_secs(90), || {
+        plays = api.logged_plays();
+        wanted.is_subset(&plays.iter().map(|p| p.2).collect())
+    });
     let played: BTreeSet<u64> = plays.iter().map(|p| p.2).collect();
     let missing: Vec<_> = wanted.difference(&played).collect();
     assert!(
@@ -335,7 +234,7 @@ fn speaker_api_flapping_announces_every_payment_once() {
         replays <= cycles as usize,
         "{replays} replays from {cycles} kills"
     );
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
     eprintln!(
         "speaker API flapping: {payments} payments, {cycles} kills in {:.1}s, {replays} replays by a restarted simulator",
         flapped.as_secs_f64()
@@ -345,33 +244,15 @@ fn speaker_api_flapping_announces_every_payment_once() {
 // ---------------------------------------------------------------------------
 // 2. Speaker API slower than the client's timeout
 
-async fn sim_json(
-    method: reqwest::Method,
-    port: u16,
-    path: &str,
-    body: serde_json::Value,
-) -> serde_json::Value {
-    client()
-        .request(method, format!("http://127.0.0.1:{port}/_sim{path}"))
-        .json(&body)
-        .send()
-        .await
-        .expect("simulator control")
-        .json()
-        .await
-        .expect("json")
-}
-
 #[test]
 fn a_slow_speaker_api_plays_each_payment_once() {
     let payments: u64 = chaos_size(20, 150);
     let slow_for = Duration::from_secs(chaos_size(4, 40));
     let api = SpeakerApi::start(free_port(), None);
-    let port = api.port;
     let gw = Gateway::start(&format!(
         "{}{}",
         sepay_connector(),
-        speaker_config(port, "timeout_ms = 300")
+        speaker_config(&api, "timeout_ms = 300")
     ));
     let rt = runtime();
     // A first payment with the API well: the gateway holds a token.
@@ -380,7 +261,7 @@ fn a_slow_speaker_api_plays_each_payment_once() {
     // plays the notification after the delay; the client has given up and
     // retries it with the same requestId.
     let faults = serde_json::json!({ "latency_ms": 1000 });
-    rt.block_on(sim_json(reqwest::Method::PUT, port, "/faults", faults));
+    rt.block_on(api.control().set_faults(faults));
     let pace = slow_for / payments as u32;
     let mut acked = rt.block_on(post_all(
         gw.url("/hooks/sepay"),
@@ -394,29 +275,14 @@ fn a_slow_speaker_api_plays_each_payment_once() {
         "the slow API made deliveries time out: {}",
         gw.logs()
     );
-    rt.block_on(sim_json(
-        reqwest::Method::PUT,
-        port,
-        "/faults",
-        serde_json::json!({}),
-    ));
+    rt.block_on(api.control().set_faults(serde_json::json!({})));
 
     let wanted: BTreeSet<u64> = acked.iter().map(|&id| amount(id)).collect();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let plays = loop {
-        let plays = rt.block_on(sim_json(
-            reqwest::Method::GET,
-            port,
-            "/plays",
-            serde_json::Value::Null,
-        ));
-        let plays = plays.as_array().cloned().unwrap_or_default();
-        let played: BTreeSet<u64> = plays.iter().filter_map(|p| p["amount"].as_u64()).collect();
-        if wanted.is_subset(&played) || Instant::now() > deadline {
-            break plays;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut plays = Vec::new();
+    wait_until_blocking(Duration::from_secs(90), || {
+        plays = rt.block_on(api.plays());
+        wanted.is_subset(&plays.iter().filter_map(|p| p["amount"].as_u64()).collect())
+    });
     let mut per_amount: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for p in &plays {
         let amount = p["amount"].as_u64().unwrap_or(0);
@@ -429,7 +295,7 @@ fn a_slow_speaker_api_plays_each_payment_once() {
         assert_eq!(ids.len(), 1, "payment of {amount} played {ids:?}");
     }
     let timeouts = gw.logs().matches("will retry").count();
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
     eprintln!(
         "slow speaker API: {payments} payments, {timeouts} failed attempts retried, each played once"
     );
@@ -485,18 +351,11 @@ async fn a_broker_down_from_the_start_gets_every_payment_once_it_is_up() {
     let want: BTreeSet<String> = acked.iter().map(|&id| sepay_transaction_id(id)).collect();
     let got_all = sub
         .wait_until(&events, Duration::from_secs(90), |m| {
-            let got: BTreeSet<String> = m
-                .iter()
-                .filter_map(|m| m.json()["transaction_id"].as_str().map(str::to_string))
-                .collect();
-            want.is_subset(&got)
+            want.is_subset(&transaction_ids(m))
         })
         .await;
     let messages = sub.on(&events);
-    let got: BTreeSet<String> = messages
-        .iter()
-        .filter_map(|m| m.json()["transaction_id"].as_str().map(str::to_string))
-        .collect();
+    let got = transaction_ids(&messages);
     let missing: Vec<_> = want.difference(&got).collect();
     assert!(
         got_all && missing.is_empty(),
@@ -514,7 +373,7 @@ async fn a_broker_down_from_the_start_gets_every_payment_once_it_is_up() {
             .expect("a sepay_webhook() id");
         assert_eq!(event["amount"], amount(id), "amount of payment {id}");
     }
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
     eprintln!(
         "broker down from the start: {} payments, {} messages",
         want.len(),
@@ -645,15 +504,13 @@ fn a_full_disk_answers_503_and_loses_nothing() {
     // The data dir is a link to the tmpfs (the gateway's temp dir cleanup
     // then never reaches into the mount). No free-space reserve: the point
     // is the filesystem refusing writes, not the gateway refusing early.
-    let gw = Gateway::start_with_setup(
-        &format!(
-            "{}{}\n[log]\nmin_free_disk_mb = 0\n",
-            sepay_connector(),
-            forward_to(&sink.url)
-        ),
-        &[],
-        |dir| std::os::unix::fs::symlink(&store, dir.join("data")).expect("link data dir"),
-    );
+    let gw = Gateway::builder(&format!(
+        "{}{}\n[log]\nmin_free_disk_mb = 0\n",
+        sepay_connector(),
+        forward_to(&sink.url)
+    ))
+    .setup(|dir| std::os::unix::fs::symlink(&store, dir.join("data")).expect("link data dir"))
+    .start();
     // Fill the filesystem but for a little room, so a few payments fill it.
     let headroom = chaos_size(256, 1024) << 10;
     let filler = fs.path().join("filler");
@@ -696,14 +553,7 @@ fn a_full_disk_answers_503_and_loses_nothing() {
     );
 
     // Still up, and saying what is wrong.
-    let readyz = rt.block_on(async {
-        let r = client
-            .get(format!("http://{}/readyz", gw.admin_addr))
-            .send()
-            .await
-            .expect("admin answers while the disk is full");
-        (r.status().as_u16(), r.text().await.unwrap_or_default())
-    });
+    let readyz = rt.block_on(gw.admin_get("/readyz"));
     assert_eq!(
         readyz.0, 503,
         "not ready while the log cannot write: {readyz:?}"
@@ -730,14 +580,8 @@ fn a_full_disk_answers_503_and_loses_nothing() {
         waiting.len(),
         gw.logs()
     );
-    let readyz = rt.block_on(async {
-        client
-            .get(format!("http://{}/readyz", gw.admin_addr))
-            .send()
-            .await
-            .map_or(0, |r| r.status().as_u16())
-    });
-    assert_eq!(readyz, 200, "ready again once the store recovered");
+    let (readyz, body) = rt.block_on(gw.admin_get("/readyz"));
+    assert_eq!(readyz, 200, "ready again once the store recovered: {body}");
 
     // The process dies (a reboot, a supervisor) while the disk is full again:
     // opening the store then fails, and must not be mistaken for damage (a
@@ -748,8 +592,7 @@ fn a_full_disk_answers_503_and_loses_nothing() {
     let filler2 = fs.path().join("filler2");
     let fill = fs.available().saturating_sub(4096);
     std::fs::write(&filler2, vec![0u8; fill as usize]).expect("filler");
-    let config = gw.config_path().display().to_string();
-    let status = soundbox_e2e::run_cli(&["queue", "--config", &config, "status"]);
+    let status = gw.queue(&["status"]);
     let aside: Vec<String> = std::fs::read_dir(fs.path())
         .expect("read data dir")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -784,7 +627,7 @@ fn a_full_disk_answers_503_and_loses_nothing() {
         acked.insert(id);
     }
     assert_forwarded(&sink, &acked, &gw, 1);
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
     drop(gw);
 }
 
@@ -859,7 +702,7 @@ fn a_plugin_that_hangs_every_call_does_not_disturb_the_others() {
         last <= first + 64 * 1024,
         "resident memory grew from {first} KiB to {last} KiB over {waves} waves: {rss:?}"
     );
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
     let status = gw.shut_down();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     eprintln!(
@@ -891,15 +734,6 @@ fn libfaketime() -> Option<PathBuf> {
     found
 }
 
-async fn admin_get(gw: &Gateway, path: &str) -> (u16, String) {
-    let r = client()
-        .get(format!("http://{}{path}", gw.admin_addr))
-        .send()
-        .await
-        .expect("admin answers");
-    (r.status().as_u16(), r.text().await.unwrap_or_default())
-}
-
 #[test]
 fn wall_clock_jumps_lose_and_duplicate_nothing() {
     let Some(lib) = libfaketime() else { return };
@@ -910,21 +744,20 @@ fn wall_clock_jumps_lose_and_duplicate_nothing() {
     let sink = CountingSink::start();
     let lib = lib.display().to_string();
     let clock_path = clock.path().display().to_string();
-    let mut gw = Gateway::start_with_env(
-        &format!(
-            "{}{}\n[speaker]\nsimulator = true\nretry_initial_ms = 20\nretry_max_ms = 300\n\
+    let mut gw = Gateway::builder(&format!(
+        "{}{}\n[speaker]\nsimulator = true\nretry_initial_ms = 20\nretry_max_ms = 300\n\
              [[speaker.sim_devices]]\nhardware_id = \"VNS-SHOP-1\"\npaired = true\n\n\
              [[route]]\naccount = \"*\"\nspeakers = [\"VNS-SHOP-1\"]\n",
-            sepay_connector(),
-            forward_to(&sink.url)
-        ),
-        &[
-            ("LD_PRELOAD", &lib),
-            ("FAKETIME_TIMESTAMP_FILE", &clock_path),
-            ("FAKETIME_NO_CACHE", "1"),
-            ("DONT_FAKE_MONOTONIC", "1"),
-        ],
-    );
+        sepay_connector(),
+        forward_to(&sink.url)
+    ))
+    .envs(&[
+        ("LD_PRELOAD", &lib),
+        ("FAKETIME_TIMESTAMP_FILE", &clock_path),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ])
+    .start();
     let rt = runtime();
     let url = gw.url("/hooks/sepay");
     let mut acked = BTreeSet::new();
@@ -942,14 +775,7 @@ fn wall_clock_jumps_lose_and_duplicate_nothing() {
     ] {
         set_clock(offset);
         let faults = serde_json::json!({ "outage": api_down });
-        rt.block_on(async {
-            client()
-                .put(format!("http://{}/speaker-sim/_sim/faults", gw.admin_addr))
-                .json(&faults)
-                .send()
-                .await
-                .expect("simulator faults")
-        });
+        rt.block_on(gw.simulator().set_faults(faults));
         // Payments flow while the clock jumps under them.
         let ids: Vec<u64> = (next..next + per_phase).collect();
         next += per_phase;
@@ -960,32 +786,26 @@ fn wall_clock_jumps_lose_and_duplicate_nothing() {
             Duration::from_millis(30),
         )));
         phases.push((offset, api_down, ids));
-        let (status, body) = rt.block_on(admin_get(&gw, "/api/status"));
+        let (status, body) = rt.block_on(gw.admin_get("/api/status"));
         assert_eq!(status, 200, "status at {offset}: {body}");
-        let (status, body) = rt.block_on(admin_get(&gw, "/metrics"));
+        let (status, body) = rt.block_on(gw.admin_get("/metrics"));
         assert_eq!(status, 200, "metrics at {offset}: {body}");
-        let (ready, body) = rt.block_on(admin_get(&gw, "/readyz"));
+        let (ready, body) = rt.block_on(gw.admin_get("/readyz"));
         eprintln!("clock {offset}: /readyz {ready} {body}");
         if api_down {
             // What the status says when the clock is corrected while the
             // API is still down (reported, not asserted: both the failing
             // time and the oldest pending age are wall-clock differences).
             set_clock("+0");
-            let (ready, body) = rt.block_on(admin_get(&gw, "/readyz"));
+            let (ready, body) = rt.block_on(gw.admin_get("/readyz"));
             eprintln!("clock {offset} -> +0, API still down: /readyz {ready} {body}");
         } else {
             // The speaker catches up before the clock moves again.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                let (_, plays) = rt.block_on(admin_get(&gw, "/speaker-sim/_sim/plays"));
-                let plays: Vec<serde_json::Value> =
-                    serde_json::from_str(&plays).unwrap_or_default();
+            wait_until_blocking(Duration::from_secs(60), || {
+                let plays = rt.block_on(gw.simulator().plays());
                 let expired = gw.logs().matches("entry expired, not delivered").count();
-                if plays.len() + expired >= acked.len() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+                plays.len() + expired >= acked.len()
+            });
         }
     }
     assert_forwarded_once(&sink, &acked, &gw);
@@ -994,8 +814,7 @@ fn wall_clock_jumps_lose_and_duplicate_nothing() {
     // those that arrived while the clock was 3 h ahead: by this gateway's
     // clock the bank booked them 3 h ago, past the max age (5 min), so they
     // are expired (kept, and forwarded as the assertion above shows).
-    let (_, plays) = rt.block_on(admin_get(&gw, "/speaker-sim/_sim/plays"));
-    let plays: Vec<serde_json::Value> = serde_json::from_str(&plays).unwrap_or_default();
+    let plays = rt.block_on(gw.simulator().plays());
     let expired = gw.logs().matches("entry expired, not delivered").count();
     let amounts: Vec<u64> = plays.iter().filter_map(|p| p["amount"].as_u64()).collect();
     let announced: BTreeSet<u64> = amounts.iter().copied().collect();
@@ -1020,8 +839,8 @@ fn wall_clock_jumps_lose_and_duplicate_nothing() {
         "every payment announced or expired\n{}",
         gw.logs()
     );
-    let (_, status) = rt.block_on(admin_get(&gw, "/api/status"));
-    assert_no_panic(&gw);
+    let (_, status) = rt.block_on(gw.admin_get("/api/status"));
+    gw.assert_no_panic();
     let exit = gw.shut_down();
     assert!(exit.success(), "clean exit on SIGTERM: {exit:?}");
     eprintln!(

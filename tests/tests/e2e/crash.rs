@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use soundbox_e2e::{
-    CountingSink, Gateway, chaos_size, plugin, post_until_2xx, sepay_webhook, sepay_webhook_id,
+    CountingSink, Gateway, chaos_size, post_until_2xx, sepay_connector, sepay_webhook,
+    sepay_webhook_id,
 };
 
 /// Payments per run.
@@ -25,9 +26,9 @@ fn min_kills() -> usize {
 
 fn config(sink: &CountingSink) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
+        "{}\
          [[forward]]\nname = \"pos\"\nurl = \"{}\"\nretry_initial_ms = 10\nretry_max_ms = 200\ntimeout_ms = 2000\n",
-        plugin("sepay_webhook").display(),
+        sepay_connector(),
         sink.url
     )
 }

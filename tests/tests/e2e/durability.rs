@@ -31,10 +31,8 @@ async fn every_acknowledged_webhook_was_synced_to_disk_first() {
         "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n",
         plugin("sepay_webhook").display()
     );
-    let gw = Gateway::start_wrapped(
-        &config,
-        "",
-        &[
+    let gw = Gateway::builder(&config)
+        .wrapper(&[
             "strace",
             "-f",
             "-qq",
@@ -44,8 +42,8 @@ async fn every_acknowledged_webhook_was_synced_to_disk_first() {
             "trace=fdatasync,fsync,syncfs,sync_file_range,write,writev,sendto,sendmsg",
             "-o",
             &trace_arg,
-        ],
-    );
+        ])
+        .start();
     let url = gw.url("/hooks/sepay");
     for id in 1..=WEBHOOKS {
         // The last one twice: the repeat is acknowledged without a write.

@@ -17,14 +17,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use soundbox_e2e::mqtt::{Mosquitto, Subscriber, mosquitto_available};
 use soundbox_e2e::nats::{NatsCluster, nats_available};
 use soundbox_e2e::tls::{Pki, openssl_available};
 use soundbox_e2e::{
-    Gateway, SpeakerApi, chaos_size, free_port, plugin, post_until_2xx, run_cli, sepay_webhook_to,
+    Gateway, SpeakerApi, admin, chaos_size, free_port, plugin, post_until_2xx, run_cli,
+    sepay_connector, sepay_webhook_to, wait_until,
 };
 
 const SHOPS: usize = 10;
@@ -54,10 +55,10 @@ fn relay_config(broker: &str) -> String {
         .map(|i| format!("\"{}\" = \"{}\"\n", account(i), shop_id(i)))
         .collect();
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
+        "{}\
          [[mqtt]]\nname = \"shops\"\nbroker = \"{broker}\"\ntopic_prefix = \"chain\"\nretry_max_ms = 1000\n\
          [mqtt.relay]\ntopic = \"chain/{{shop}}/payments\"\n[mqtt.relay.shops]\n{shops}",
-        plugin("sepay_webhook").display()
+        sepay_connector()
     )
 }
 
@@ -78,34 +79,6 @@ fn shop_config(i: usize, broker: &str, speaker_keys: &str) -> String {
     )
 }
 
-/// Waits until every gateway's `/api/status` says its subscription is up.
-async fn wait_subscribed(shops: &[Gateway], timeout: Duration) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + timeout;
-    for (i, shop) in shops.iter().enumerate() {
-        loop {
-            let url = format!("http://{}/api/status", shop.admin_addr);
-            let status: Option<Value> = match client.get(&url).send().await {
-                Ok(r) => r.json().await.ok(),
-                Err(_) => None,
-            };
-            let subscribed = status
-                .as_ref()
-                .and_then(|s| s["subscriptions"][0]["connected"].as_bool())
-                == Some(true);
-            if subscribed {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "shop {i} never subscribed: {status:?}\n{}",
-                shop.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
 /// Runs blocking harness calls (process kills, waits) off the runtime's
 /// workers.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -119,16 +92,13 @@ async fn a_chain_over_a_nats_cluster_announces_each_payment_once_at_its_shop() {
     }
     let payments = chaos_size(500u64, 2_000);
     let mut cluster = blocking(|| NatsCluster::start(3));
-    let api = SpeakerApi::start_with(
-        free_port(),
-        &(0..SHOPS)
-            .map(|i| format!("{}:paired", speaker(i)))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        &[],
-    );
+    let api = SpeakerApi::builder(free_port())
+        .devices(
+            &(0..SHOPS)
+                .map(|i| format!("{}:paired", speaker(i)))
+                .collect::<Vec<_>>(),
+        )
+        .start();
     // Every event any gateway publishes on the cluster, to check no shop
     // logged another's payment.
     let events = Subscriber::connect(cluster.mqtt_port(2), "chain/+/events").await;
@@ -136,17 +106,17 @@ async fn a_chain_over_a_nats_cluster_announces_each_payment_once_at_its_shop() {
     let mut shops: Vec<Gateway> = (0..SHOPS)
         .map(|i| {
             let broker = cluster.mqtt_url(i % 3);
-            Gateway::start_with_gateway_keys(
-                &shop_config(i, &broker, &api.speaker_keys()),
-                &format!("id = \"{}\"\nshutdown_grace_secs = 2", shop_id(i)),
-            )
+            Gateway::builder(&shop_config(i, &broker, &api.speaker_keys()))
+                .gateway_keys(&format!("id = \"{}\"\nshutdown_grace_secs = 2", shop_id(i)))
+                .start()
         })
         .collect();
     // A shop's session must exist before the relay publishes to it (the
     // cluster keeps messages only for sessions it knows): docs/fleet.md.
-    wait_subscribed(&shops, Duration::from_secs(60)).await;
-    let relay =
-        Gateway::start_with_gateway_keys(&relay_config(&cluster.mqtt_url(0)), "id = \"relay\"");
+    admin::wait_subscribed(&shops, Duration::from_secs(60)).await;
+    let relay = Gateway::builder(&relay_config(&cluster.mqtt_url(0)))
+        .gateway_keys("id = \"relay\"")
+        .start();
 
     // Payments for random shops, each acknowledged by the relay; chaos at
     // fixed points of the flow.
@@ -213,14 +183,10 @@ async fn a_chain_over_a_nats_cluster_announces_each_payment_once_at_its_shop() {
         }
         by_speaker
     };
-    let deadline = Instant::now() + Duration::from_secs(chaos_size(180, 600));
-    loop {
-        let plays = api.plays().await;
-        if plays.len() as u64 >= payments || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_until(Duration::from_secs(chaos_size(180, 600)), async || {
+        api.plays().await.len() as u64 >= payments
+    })
+    .await;
     // A little longer, so a late duplicate would show.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let plays = api.plays().await;
@@ -257,25 +223,22 @@ async fn a_chain_over_a_nats_cluster_announces_each_payment_once_at_its_shop() {
 
     // `fleet status` lists every gateway, online, from the retained documents.
     let broker = cluster.mqtt_url(1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let listed = loop {
+    let mut listed: Vec<Value> = Vec::new();
+    wait_until(Duration::from_secs(30), async || {
         let out = blocking(|| {
             run_cli(&[
                 "fleet", "status", "--broker", &broker, "--prefix", "chain", "--json",
             ])
         });
-        let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        listed = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let online = |id: &str| {
             listed
                 .iter()
                 .any(|g| g["id"] == id && g["status"] == "online" && g["health"]["gateway"] == id)
         };
-        let all = (0..SHOPS).all(|i| online(&shop_id(i))) && online("relay");
-        if all || Instant::now() > deadline {
-            break listed;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+        (0..SHOPS).all(|i| online(&shop_id(i))) && online("relay")
+    })
+    .await;
     let ids: BTreeSet<String> = listed
         .iter()
         .filter(|g| g["status"] == "online" && !g["health"].is_null())
@@ -315,9 +278,10 @@ async fn mosquitto_with_client_certificates() {
             key.display()
         )
     };
-    let api = SpeakerApi::start_with(free_port(), &["SB-1:paired"], &[]);
-    let shop = Gateway::start_with_gateway_keys(
-        &format!(
+    let api = SpeakerApi::builder(free_port())
+        .devices(&["SB-1:paired"])
+        .start();
+    let shop = Gateway::builder(&format!(
             "[[connector]]\nname = \"chain\"\nplugin = \"{}\"\n[connector.config]\naccounts = \"{acct}\"\n\
              [connector.mqtt]\nbroker = \"{url}\"\ntopic = \"chain/shop-1/payments\"\n{}retry_max_ms = 500\n\n\
              [speaker]\n{}client_secret = \"sim-secret\"\n\n[[route]]\naccount = \"{acct}\"\nspeakers = [\"SB-1\"]\n\n\
@@ -326,23 +290,18 @@ async fn mosquitto_with_client_certificates() {
             tls(&shop_cert, &shop_key),
             api.speaker_keys(),
             acct = account(1),
-        ),
-        "id = \"shop-1\"",
-    );
-    wait_subscribed(std::slice::from_ref(&shop), Duration::from_secs(30)).await;
+        )).gateway_keys("id = \"shop-1\"").start();
+    admin::wait_subscribed(std::slice::from_ref(&shop), Duration::from_secs(30)).await;
 
     // Three relays: no client certificate, one from another CA, the right one.
     let relay_with = |tls: &str, id: &str| {
-        Gateway::start_with_gateway_keys(
-            &format!(
-                "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
+        Gateway::builder(&format!(
+                "{}\
                  [[mqtt]]\nname = \"shops\"\nbroker = \"{url}\"\ntopic_prefix = \"chain\"\n{tls}retry_max_ms = 500\n\
                  [mqtt.relay]\ntopic = \"chain/{{shop}}/payments\"\n[mqtt.relay.shops]\n\"{}\" = \"shop-1\"\n",
-                plugin("sepay_webhook").display(),
+                sepay_connector(),
                 account(1)
-            ),
-            &format!("id = \"{id}\""),
-        )
+            )).gateway_keys(&format!("id = \"{id}\"")).start()
     };
     let no_cert = relay_with(
         &format!("ca_file = \"{}\"\n", pki.ca_cert.display()),
@@ -364,25 +323,15 @@ async fn mosquitto_with_client_certificates() {
     }
     // Both keep their payment and keep failing to connect, saying why.
     for relay in [&no_cert, &rogue] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let sink = loop {
-            let status: Value = client
-                .get(format!("http://{}/api/status", relay.admin_addr))
-                .send()
-                .await
-                .expect("status")
-                .json()
-                .await
-                .expect("status JSON");
-            let sink = status["sinks"]
-                .as_array()
-                .and_then(|s| s.iter().find(|s| s["sink"] == "mqtt:shops").cloned())
+        let mut sink = Value::Null;
+        wait_until(Duration::from_secs(20), async || {
+            let status = relay.api_status().await;
+            sink = admin::sink(&status, "mqtt:shops")
+                .cloned()
                 .unwrap_or_default();
-            if !sink["last_error"].is_null() || Instant::now() > deadline {
-                break sink;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+            !sink["last_error"].is_null()
+        })
+        .await;
         assert_eq!(sink["pending"], 1, "{sink}");
         assert!(
             !sink["last_error"].is_null(),
@@ -397,45 +346,23 @@ async fn mosquitto_with_client_certificates() {
     let relay = relay_with(&tls(&relay_cert, &relay_key), "relay");
     let body = sepay_webhook_to(&account(1), 3, amount(3));
     post_until_2xx(&client, &relay.url("/hooks/sepay"), &body, &3).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while api.plays().await.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(Duration::from_secs(30), async || {
+        !api.plays().await.is_empty()
+    })
+    .await;
     let plays = api.plays().await;
     let amounts: Vec<u64> = plays.iter().filter_map(|p| p["amount"].as_u64()).collect();
     assert_eq!(amounts, vec![amount(3)], "{plays:?}");
 
     // The broker goes away: past `stall_after_secs`, /readyz names the
     // subscription; back once the broker is.
-    let readyz = || async {
-        let r = client
-            .get(format!("http://{}/readyz", shop.admin_addr))
-            .send()
-            .await
-            .expect("readyz");
-        (r.status().as_u16(), r.text().await.unwrap_or_default())
-    };
-    assert_eq!(readyz().await.0, 200);
+    assert_eq!(shop.admin_get("/readyz").await.0, 200);
     let mut broker = broker;
     blocking(|| broker.stop());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (code, body) = loop {
-        let (code, body) = readyz().await;
-        if code != 200 || Instant::now() > deadline {
-            break (code, body);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (code, body) = shop.wait_ready(503, Duration::from_secs(30)).await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("connector `chain`: not subscribed"), "{body}");
     blocking(|| broker.restart());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while readyz().await.0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "still unready: {}",
-            readyz().await.1
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (code, body) = shop.wait_ready(200, Duration::from_secs(30)).await;
+    assert_eq!(code, 200, "still unready: {body}");
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use soundbox_e2e::net::serve;
 use soundbox_e2e::{Gateway, post, run_cli, workspace};
 use soundbox_plugin_sdk::signature::hmac_sha256_hex;
 
@@ -64,9 +65,6 @@ struct EventSink {
 
 impl EventSink {
     fn start() -> EventSink {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind sink");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let url = format!("http://{}/events", listener.local_addr().expect("addr"));
         let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
         let kept = events.clone();
         let app = axum::Router::new().route(
@@ -84,16 +82,8 @@ impl EventSink {
                 }
             }),
         );
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("sink runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let _ = axum::serve(listener, app).await;
-            });
-        });
+        let addr = serve(app);
+        let url = format!("http://{addr}/events");
         EventSink { url, events }
     }
 

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::{Gateway, plugin, post, rss_kib, sepay_webhook};
+use soundbox_e2e::{Gateway, plugin, post, rss_kib, sepay_connector, sepay_webhook};
 
 /// What the attacks may add to the gateway's resident memory: the
 /// gateway-wide plugin memory budget (`total_memory_mb = 64` below) plus
@@ -29,10 +29,7 @@ fn config() -> String {
     [
         "[limits]\nmemory_mb = 16\ncpu_budget_ms = 200\ntotal_memory_mb = 64\nkv_max_kb = 512\n\n"
             .to_string(),
-        format!(
-            "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n",
-            plugin("sepay_webhook").display()
-        ),
+        sepay_connector(),
         hostile("result", "huge-result", ""),
         hostile("kv", "kv-flood", ""),
         hostile("memory", "memory-sum", "hold_mb = 12"),
@@ -87,7 +84,9 @@ fn check_attack(connector: &str, body: &str, status: u16, reply: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_plugin_attacks_leave_the_gateway_and_its_neighbours_alone() {
-    let gw = Gateway::start_with_env(&config(), &[("TOKIO_WORKER_THREADS", "2")]);
+    let gw = Gateway::builder(&config())
+        .env("TOKIO_WORKER_THREADS", "2")
+        .start();
     let sepay = gw.url("/hooks/sepay");
     let mut id = 7_000_000;
     // Warm up: every plugin compiled and called once, so the baseline holds

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use soundbox_e2e::mqtt::Subscriber;
 use soundbox_e2e::{
-    Gateway, SpeakerApi, chaos_size, free_port, plugin, post, post_until_2xx, run_cli,
+    Gateway, SpeakerApi, chaos_size, free_port, post, post_until_2xx, sepay_connector,
     sepay_webhook_to,
 };
 
@@ -100,13 +100,6 @@ fn account(i: usize) -> String {
 /// The log's name for `hw`'s lane.
 fn lane_name(hw: &str) -> String {
     format!("speaker:{hw}")
-}
-
-fn sepay_connector() -> String {
-    format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n",
-        plugin("sepay_webhook").display()
-    )
 }
 
 /// `[[route]]` tables: each account to its speakers.
@@ -251,58 +244,9 @@ async fn post_as_sepay(url: &str, p: &Payment) -> soundbox_e2e::Reply {
     }
 }
 
-/// The last `n` lines of the gateway's log, for failure messages.
-fn log_tail(gw: &Gateway, n: usize) -> String {
-    let logs = gw.logs();
-    let lines: Vec<&str> = logs.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Polls `done` until it holds; fails with `what` and the log's tail after
-/// `timeout`.
-async fn eventually(
-    gw: &Gateway,
-    what: &str,
-    timeout: Duration,
-    mut done: impl AsyncFnMut() -> bool,
-) {
-    let deadline = Instant::now() + timeout;
-    while !done().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; gateway log (tail):\n{}",
-            log_tail(gw, 300)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
-/// GET on the admin listener: status and body.
-async fn admin_get(gw: &Gateway, path: &str) -> (u16, String) {
-    let r = client()
-        .get(format!("http://{}{path}", gw.admin_addr))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("admin GET {path}: {e}"));
-    (r.status().as_u16(), r.text().await.unwrap_or_default())
-}
-
-async fn admin_json(gw: &Gateway, path: &str) -> Value {
-    let (status, body) = admin_get(gw, path).await;
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-}
-
 /// Every sink's queue (`GET /api/queue`), by name.
 async fn queues(gw: &Gateway) -> BTreeMap<String, Value> {
-    let report = admin_json(gw, "/api/queue").await;
+    let report = gw.admin_json("/api/queue").await;
     report["sinks"]
         .as_array()
         .unwrap_or_else(|| panic!("no sinks in {report}"))
@@ -331,20 +275,12 @@ fn n(v: &Value) -> u64 {
 /// `queue list --sink <lane> [--state S] --json` run by the CLI (through the
 /// admin API, the gateway holding the store).
 fn queue_list(gw: &Gateway, sink: &str, state: Option<&str>) -> Vec<Value> {
-    let config = gw.config_path().display().to_string();
-    let mut args = vec![
-        "queue", "--config", &config, "list", "--sink", sink, "--json", "--limit", "10000",
-    ];
+    let mut args = vec!["list", "--sink", sink, "--json", "--limit", "10000"];
     if let Some(state) = state {
         args.extend(["--state", state]);
     }
-    let out = run_cli(&args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "queue list --sink {sink}: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout, stderr) = gw.queue(&args);
+    assert_eq!(code, 0, "queue list --sink {sink}: {stderr}{stdout}");
     match serde_json::from_str(&stdout) {
         Ok(Value::Array(items)) => items,
         other => panic!("queue list --sink {sink}: {other:?}"),
@@ -374,7 +310,7 @@ fn assert_played_once(plays: &[Value], payments: &[Payment], gw: &Gateway) {
     assert!(
         missing.is_empty() && extra.is_empty(),
         "never played: {missing:?}; played but not expected: {extra:?}\n{}",
-        log_tail(gw, 300)
+        gw.log_tail(300)
     );
     let mut per_request: BTreeMap<&str, u32> = BTreeMap::new();
     for p in plays {
@@ -401,28 +337,13 @@ fn assert_played_once(plays: &[Value], payments: &[Payment], gw: &Gateway) {
 
 /// Waits until every lane of `speakers` has nothing pending.
 async fn drained(gw: &Gateway, speakers: &[String]) {
-    eventually(
-        gw,
-        "every lane drained",
-        Duration::from_secs(60),
-        async || {
-            let all = queues(gw).await;
-            speakers
-                .iter()
-                .all(|hw| all.get(&lane_name(hw)).is_some_and(|l| l["pending"] == 0))
-        },
-    )
+    gw.eventually("every lane drained", Duration::from_secs(60), async || {
+        let all = queues(gw).await;
+        speakers
+            .iter()
+            .all(|hw| all.get(&lane_name(hw)).is_some_and(|l| l["pending"] == 0))
+    })
     .await;
-}
-
-/// Fails unless the log shows no panic.
-fn assert_no_panic(gw: &Gateway) {
-    let logs = gw.logs();
-    assert!(
-        !logs.contains("panicked"),
-        "the gateway panicked:\n{}",
-        log_tail(gw, 300)
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -448,8 +369,7 @@ async fn ten_speakers_one_offline_then_back(style: &str) {
     let (theirs, others): (Vec<Payment>, Vec<Payment>) =
         payments.iter().cloned().partition(|p| p.hw == offline);
     let want: BTreeSet<(String, u64)> = others.iter().map(Payment::play).collect();
-    eventually(
-        &gw,
+    gw.eventually(
         "every payment of the nine online speakers played",
         Duration::from_secs(60),
         async || want.is_subset(&played(&sim.plays().await)),
@@ -487,8 +407,7 @@ async fn ten_speakers_one_offline_then_back(style: &str) {
     // It comes back: its payments, still fresh, are announced once.
     sim.set_online(&offline, true).await;
     let want: BTreeSet<(String, u64)> = payments.iter().map(Payment::play).collect();
-    eventually(
-        &gw,
+    gw.eventually(
         "the speaker that came back to play its payments",
         Duration::from_secs(60),
         async || want.is_subset(&played(&sim.plays().await)),
@@ -503,7 +422,7 @@ async fn ten_speakers_one_offline_then_back(style: &str) {
             assert_eq!(n(&l["delivered"]), 4, "{l}");
         }
     }
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
 }
 
 in_both_styles!(async an_offline_speakers_payments_expire_saying_offline);
@@ -538,8 +457,7 @@ async fn an_offline_speakers_payments_expire_saying_offline(style: &str) {
     pay_all(&gw, &payments).await;
     let theirs: Vec<&Payment> = payments.iter().filter(|p| p.hw == offline).collect();
 
-    eventually(
-        &gw,
+    gw.eventually(
         "the offline speaker's payments to expire",
         Duration::from_secs(60),
         async || {
@@ -559,11 +477,9 @@ async fn an_offline_speakers_payments_expire_saying_offline(style: &str) {
         );
     }
     // The same through the admin API.
-    let api = admin_json(
-        &gw,
-        &format!("/api/queue/{}?state=expired", lane_name(&offline)),
-    )
-    .await;
+    let api = gw
+        .admin_json(&format!("/api/queue/{}?state=expired", lane_name(&offline)))
+        .await;
     assert_eq!(api.as_array().map(Vec::len), Some(theirs.len()), "{api}");
 
     // Nothing of it played; no lane has a dead letter.
@@ -586,7 +502,7 @@ async fn an_offline_speakers_payments_expire_saying_offline(style: &str) {
         "offline past max age ({style}): {} expired saying offline; the other nine announced {announced} of 9 within 3 s",
         expired.len()
     );
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
 }
 
 // ---------------------------------------------------------------------------
@@ -621,8 +537,7 @@ async fn two_speakers_on_one_route_one_offline(style: &str) {
         .collect();
 
     let want: BTreeSet<(String, u64)> = on_up.iter().map(Payment::play).collect();
-    eventually(
-        &gw,
+    gw.eventually(
         "the online speaker of the route to play",
         Duration::from_secs(60),
         async || want.is_subset(&played(&sim.plays().await)),
@@ -643,8 +558,7 @@ async fn two_speakers_on_one_route_one_offline(style: &str) {
     sim.set_online(&down, true).await;
     let all: Vec<Payment> = on_up.iter().chain(&on_down).cloned().collect();
     let want: BTreeSet<(String, u64)> = all.iter().map(Payment::play).collect();
-    eventually(
-        &gw,
+    gw.eventually(
         "the second speaker to play once back",
         Duration::from_secs(60),
         async || want.is_subset(&played(&sim.plays().await)),
@@ -652,7 +566,7 @@ async fn two_speakers_on_one_route_one_offline(style: &str) {
     .await;
     drained(&gw, &[up, down]).await;
     assert_played_once(&sim.plays().await, &all, &gw);
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
 }
 
 // ---------------------------------------------------------------------------
@@ -703,8 +617,7 @@ async fn a_flaky_api_announces_every_payment_once(style: &str) {
         sender.await.expect("sender");
     }
     let want: BTreeSet<(String, u64)> = payments.iter().map(Payment::play).collect();
-    eventually(
-        &gw,
+    gw.eventually(
         "all 300 payments played",
         Duration::from_secs(120),
         async || want.is_subset(&played(&sim.plays().await)),
@@ -729,7 +642,7 @@ async fn a_flaky_api_announces_every_payment_once(style: &str) {
     // The faults did bite: notifies failed and were retried.
     let retried = gw.logs().matches("delivery failed; will retry").count();
     assert!(retried > 0, "no notify was retried: {stats}");
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
     eprintln!(
         "flaky API ({style}): 300 payments announced once each in {:.1} s after {retried} retries; simulator {stats}",
         took.as_secs_f64()
@@ -798,7 +711,7 @@ async fn failed_and_unconfirmed_announcements_on_mqtt(style: &str) {
             .await,
         "{:?}\n{}",
         sub.on(&health),
-        log_tail(&gw, 100)
+        gw.log_tail(100)
     );
     let late = Subscriber::connect(mqtt_port, &health).await;
     assert!(
@@ -828,7 +741,7 @@ async fn failed_and_unconfirmed_announcements_on_mqtt(style: &str) {
         .await,
         "no final result for the FAILED payment: {:?}\n{}",
         results_for(&sub, &announcements, first.amount()),
-        log_tail(&gw, 100)
+        gw.log_tail(100)
     );
     let results = results_for(&sub, &announcements, first.amount());
     assert_eq!(result_names(&results), ["sent", "failed"], "{results:#?}");
@@ -883,7 +796,7 @@ async fn failed_and_unconfirmed_announcements_on_mqtt(style: &str) {
         .await,
         "no final result for the unconfirmed payment: {:?}\n{}",
         results_for(&sub, &announcements, second.amount()),
-        log_tail(&gw, 100)
+        gw.log_tail(100)
     );
     let results = results_for(&sub, &announcements, second.amount());
     assert_eq!(
@@ -900,7 +813,7 @@ async fn failed_and_unconfirmed_announcements_on_mqtt(style: &str) {
     // It was played (never confirmed is not never said), once.
     let plays = sim.plays().await;
     assert_eq!(played(&plays), BTreeSet::from([second.play()]), "{plays:?}");
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
 }
 
 // ---------------------------------------------------------------------------
@@ -936,8 +849,7 @@ async fn refusals_are_classified_by_pair_check(style: &str) {
     let sim = gw.simulator();
     let payments = payments_for(&route_table, 1, 1);
     pay_all(&gw, &payments).await;
-    eventually(
-        &gw,
+    gw.eventually(
         "each lane to settle its payment",
         Duration::from_secs(60),
         async || {
@@ -964,7 +876,7 @@ async fn refusals_are_classified_by_pair_check(style: &str) {
     );
 
     assert_played_once(&sim.plays().await, &payments[2..], &gw);
-    let status = admin_json(&gw, "/api/status").await;
+    let status = gw.api_status().await;
     let state = status["speakers"]
         .as_array()
         .and_then(|s| s.iter().find(|s| s["hardware_id"] == unpaired))
@@ -977,7 +889,7 @@ async fn refusals_are_classified_by_pair_check(style: &str) {
             .contains(&format!("Speaker {unpaired} is not paired")),
         "the status names it: {status}"
     );
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
 }
 
 // ---------------------------------------------------------------------------
@@ -1070,8 +982,10 @@ fn sigkill_loop_with_a_flapping_speaker(style: &str) {
     let speakers: Vec<String> = route_table.iter().map(|(_, s)| s[0].clone()).collect();
     let flapping = speakers[2].clone();
     let devices: Vec<String> = speakers.iter().map(|hw| format!("{hw}:paired")).collect();
-    let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
-    let api = SpeakerApi::start_with(free_port(), &devices, &["--error-style", style]);
+    let api = SpeakerApi::builder(free_port())
+        .devices(&devices)
+        .args(&["--error-style", style])
+        .start();
     let mut gw = Gateway::start(&format!(
         "{}[speaker]\n{}client_secret = \"sim-secret\"\nmax_age_secs = 600\ntimeout_ms = 2000\n\n{}",
         sepay_connector(),
@@ -1148,7 +1062,7 @@ fn sigkill_loop_with_a_flapping_speaker(style: &str) {
     runtime.block_on(drained(&gw, &speakers));
     let plays = runtime.block_on(control.plays());
     assert_played_once(&plays, &acked, &gw);
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
     eprintln!(
         "SIGKILL loop ({style}): {} payments, {killed} kills, {flips} flips of {flapping}, {:.1} s",
         acked.len(),
@@ -1161,45 +1075,11 @@ fn sigkill_loop_with_a_flapping_speaker(style: &str) {
 
 in_both_styles!(async status_readyz_and_metrics_name_the_offline_speaker);
 
-/// One sample of `/metrics`, if there is one: `metric{labels...}`.
-async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let (_, text) = admin_get(gw, "/metrics").await;
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .expect("Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .and_then(|s| match s.value {
-            prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-}
-
 /// `soundbox_speaker_online{hardware_id}`, if `/metrics` has it.
 async fn speaker_online(gw: &Gateway, hw: &str) -> Option<f64> {
-    metric(gw, "soundbox_speaker_online", &[("hardware_id", hw)]).await
-}
-
-/// Replaces the config the way an editor does, and waits for the reload.
-async fn reload(gw: &Gateway, from: &str, to: &str) {
-    let path = gw.config_path();
-    let text = std::fs::read_to_string(&path).expect("read config");
-    assert!(text.contains(from), "{from} not in the config");
-    let before = gw.logs().matches("config reloaded").count();
-    let tmp = path.with_extension("toml.new");
-    std::fs::write(&tmp, text.replace(from, to)).expect("write config");
-    std::fs::rename(&tmp, &path).expect("rename config");
-    eventually(
-        gw,
-        "the config reloaded",
-        Duration::from_secs(30),
-        async || gw.logs().matches("config reloaded").count() > before,
-    )
-    .await;
+    gw.metrics()
+        .await
+        .value("soundbox_speaker_online", &[("hardware_id", hw)])
 }
 
 /// With one speaker offline and payments waiting for it: `/api/status` has
@@ -1240,18 +1120,17 @@ async fn status_readyz_and_metrics_name_the_offline_speaker(style: &str) {
             .cloned()
             .unwrap_or(Value::Null)
     };
-    eventually(
-        &gw,
+    gw.eventually(
         "the status to show the offline speaker with its payments",
         Duration::from_secs(30),
         async || {
-            let status = admin_json(&gw, "/api/status").await;
+            let status = gw.api_status().await;
             let s = speaker(&status, &down);
             s["online"] == false && n(&s["waiting"]) >= theirs.len() as u64
         },
     )
     .await;
-    let status = admin_json(&gw, "/api/status").await;
+    let status = gw.api_status().await;
     let s = speaker(&status, &down);
     assert_eq!(s["paired"], true, "{s}");
     assert!(s["down_since_ms"].is_i64(), "{s}");
@@ -1264,18 +1143,17 @@ async fn status_readyz_and_metrics_name_the_offline_speaker(style: &str) {
     assert!(warnings.contains(&down), "a warning names it: {status}");
     assert!(!warnings.contains(&up), "only the offline one: {warnings}");
     // Down for less than stall_after_secs: a warning, not unready.
-    let (ready, body) = admin_get(&gw, "/readyz").await;
+    let (ready, body) = gw.admin_get("/readyz").await;
     assert_eq!(ready, 200, "{body}");
-    eventually(
-        &gw,
+    gw.eventually(
         "the other speaker's payment played",
         Duration::from_secs(30),
         async || played(&sim.plays().await).contains(&(up.clone(), amount(1))),
     )
     .await;
-    let status = admin_json(&gw, "/api/status").await;
+    let status = gw.api_status().await;
     assert_eq!(speaker(&status, &up)["online"], true, "{status}");
-    let page = admin_get(&gw, "/").await.1;
+    let page = gw.admin_get("/").await.1;
     assert!(page.contains(&down) && page.contains("offline"), "{page}");
 
     assert_eq!(
@@ -1283,8 +1161,7 @@ async fn status_readyz_and_metrics_name_the_offline_speaker(style: &str) {
         Some(0.0),
         "soundbox_speaker_online of {down}"
     );
-    eventually(
-        &gw,
+    gw.eventually(
         "soundbox_speaker_online 1 for the other",
         Duration::from_secs(10),
         async || speaker_online(&gw, &up).await == Some(1.0),
@@ -1292,14 +1169,14 @@ async fn status_readyz_and_metrics_name_the_offline_speaker(style: &str) {
     .await;
 
     // Down longer than stall_after_secs (2 s now): unready, naming it.
-    reload(&gw, "stall_after_secs = 3600", "stall_after_secs = 2").await;
+    gw.reload("stall_after_secs = 3600", "stall_after_secs = 2")
+        .await;
     let mut last = (0, String::new());
-    eventually(
-        &gw,
+    gw.eventually(
         "/readyz to answer 503 naming the speaker",
         Duration::from_secs(30),
         async || {
-            last = admin_get(&gw, "/readyz").await;
+            last = gw.admin_get("/readyz").await;
             last.0 == 503 && last.1.contains(&down)
         },
     )
@@ -1311,29 +1188,24 @@ async fn status_readyz_and_metrics_name_the_offline_speaker(style: &str) {
 
     // Back online: its payments are announced and the gateway is ready.
     sim.set_online(&down, true).await;
-    eventually(
-        &gw,
+    gw.eventually(
         "ready again with the speaker back",
         Duration::from_secs(60),
-        async || admin_get(&gw, "/readyz").await.0 == 200,
+        async || gw.admin_get("/readyz").await.0 == 200,
     )
     .await;
     let want: BTreeSet<(String, u64)> = payments.iter().map(Payment::play).collect();
-    eventually(
-        &gw,
-        "its payments played",
-        Duration::from_secs(30),
-        async || want.is_subset(&played(&sim.plays().await)),
-    )
+    gw.eventually("its payments played", Duration::from_secs(30), async || {
+        want.is_subset(&played(&sim.plays().await))
+    })
     .await;
     drained(&gw, &[up, down.clone()]).await;
     assert_played_once(&sim.plays().await, &payments, &gw);
-    eventually(
-        &gw,
+    gw.eventually(
         "soundbox_speaker_online 1 once back",
         Duration::from_secs(10),
         async || speaker_online(&gw, &down).await == Some(1.0),
     )
     .await;
-    assert_no_panic(&gw);
+    gw.assert_no_panic();
 }

@@ -8,15 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use soundbox_e2e::mqtt::{Message, Mosquitto, Subscriber, mosquitto_available};
-use soundbox_e2e::{Gateway, free_port, plugin, post, sepay_transaction_id, sepay_webhook};
+use soundbox_e2e::mqtt::{Message, Mosquitto, Subscriber, mosquitto_available, transaction_ids};
+use soundbox_e2e::{
+    Gateway, admin, free_port, post, sepay_connector, sepay_transaction_id, sepay_webhook,
+    wait_until,
+};
 
 /// A SePay connector and `[mqtt]` with `mqtt_keys`; topics under `prefix`.
 fn config(prefix: &str, mqtt_keys: &str) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
+        "{}\
          [mqtt]\ntopic_prefix = \"{prefix}\"\nretry_initial_ms = 50\nretry_max_ms = 500\n{mqtt_keys}\n",
-        plugin("sepay_webhook").display()
+        sepay_connector()
     )
 }
 
@@ -56,18 +59,6 @@ async fn reaches(counter: &AtomicU64, n: u64) {
     }
 }
 
-fn transaction_ids(sub: &Subscriber, topic: &str) -> BTreeSet<String> {
-    distinct_payments(&sub.on(topic))
-}
-
-/// Distinct transaction ids in `messages` (a resent event counts once).
-fn distinct_payments(messages: &[Message]) -> BTreeSet<String> {
-    messages
-        .iter()
-        .filter_map(|m| m.json()["transaction_id"].as_str().map(str::to_string))
-        .collect()
-}
-
 fn expected_ids(ids: std::ops::Range<u64>) -> BTreeSet<String> {
     ids.map(sepay_transaction_id).collect()
 }
@@ -105,11 +96,11 @@ async fn every_payment_reaches_a_mosquitto_subscriber() {
     let events = format!("{prefix}/e2e/events");
     let all = sub
         .wait_until(&events, Duration::from_secs(20), |m| {
-            distinct_payments(m).len() >= 100
+            transaction_ids(m).len() >= 100
         })
         .await;
     assert!(all, "{} events\n{}", sub.on(&events).len(), gw.logs());
-    assert_eq!(transaction_ids(&sub, &events), expected_ids(0..100));
+    assert_eq!(sub.transaction_ids(&events), expected_ids(0..100));
     assert_eq!(sub.distinct_ids(&events).len(), 100);
     let event = sub
         .on(&events)
@@ -141,21 +132,15 @@ async fn every_payment_reaches_a_mosquitto_subscriber() {
 
     // `queue status` shows the MQTT sink caught up (its PubAcks may land
     // just after the subscriber saw the last event).
-    let config_path = gw.config_path().display().to_string();
     let mut pending = serde_json::Value::Null;
-    for _ in 0..50 {
-        let out = soundbox_e2e::run_cli(&["queue", "--config", &config_path, "status", "--json"]);
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-        pending = status["sinks"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["sink"] == "mqtt"))
-            .map(|s| s["pending"].clone())
-            .unwrap_or_else(|| panic!("no mqtt sink in {status}"));
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(Duration::from_secs(5), async || {
+        let status = gw.queue_status();
+        pending = admin::sink(&status, "mqtt")
+            .unwrap_or_else(|| panic!("no mqtt sink in {status}"))["pending"]
+            .clone();
+        pending == 0
+    })
+    .await;
     assert_eq!(pending, 0);
 }
 
@@ -193,10 +178,10 @@ async fn a_broker_restart_mid_stream_loses_no_payment() {
 
     let all = sub
         .wait_until(&events, Duration::from_secs(30), |m| {
-            distinct_payments(m).len() >= 300
+            transaction_ids(m).len() >= 300
         })
         .await;
-    let got = transaction_ids(&sub, &events);
+    let got = sub.transaction_ids(&events);
     let missing: Vec<_> = expected_ids(0..300).difference(&got).cloned().collect();
     assert!(
         all && missing.is_empty(),
@@ -409,13 +394,13 @@ async fn tls_and_a_password_to_an_external_broker() {
     post_payments(&gw, 0..10).await;
     let events = format!("{prefix}/e2e/events");
     assert!(
-        sub.wait_until(&events, Duration::from_secs(15), |m| distinct_payments(m)
+        sub.wait_until(&events, Duration::from_secs(15), |m| transaction_ids(m)
             .len()
             >= 10)
             .await,
         "{}",
         gw.logs()
     );
-    assert_eq!(transaction_ids(&sub, &events), expected_ids(0..10));
+    assert_eq!(sub.transaction_ids(&events), expected_ids(0..10));
     assert!(!gw.logs().contains("s3cret-pass"));
 }

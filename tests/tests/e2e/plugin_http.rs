@@ -68,9 +68,8 @@ async fn plugin_http_ignores_the_ambient_proxy() {
     let proxy = Listener::start(false);
     let upstream = Listener::start(true);
     let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
-    let gw = Gateway::start_with_env(
-        &fetcher(&format!("[\"127.0.0.1:{}\"]", upstream.port)),
-        &[
+    let gw = Gateway::builder(&fetcher(&format!("[\"127.0.0.1:{}\"]", upstream.port)))
+        .envs(&[
             ("HTTPS_PROXY", &proxy_url),
             ("HTTP_PROXY", &proxy_url),
             ("ALL_PROXY", &proxy_url),
@@ -79,8 +78,8 @@ async fn plugin_http_ignores_the_ambient_proxy() {
             ("all_proxy", &proxy_url),
             ("NO_PROXY", ""),
             ("no_proxy", ""),
-        ],
-    );
+        ])
+        .start();
     let target = format!("http://127.0.0.1:{}/", upstream.port);
     let reply = post(&gw.url("/hooks/fetch"), &[], target).await;
     assert_eq!(reply.status, 200, "{}\n{}", reply.body, gw.logs());

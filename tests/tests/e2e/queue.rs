@@ -5,45 +5,17 @@
 use std::time::{Duration, Instant};
 
 use soundbox_e2e::{
-    CountingSink, Gateway, forward_to, plugin, post, run_cli, sepay_transaction_id, sepay_webhook,
+    CountingSink, Gateway, forward_to, post, sepay_connector, sepay_transaction_id, sepay_webhook,
+    wait_until_blocking,
 };
 
 fn config(url: &str, extra: &str) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
+        "{}\
          {forward}{extra}",
-        plugin("sepay_webhook").display(),
+        sepay_connector(),
         forward = forward_to(url),
     )
-}
-
-fn queue(gw: &Gateway, args: &[&str]) -> (i32, String, String) {
-    let config = gw.config_path();
-    let mut all = vec!["queue", "--config", config.to_str().expect("utf-8 path")];
-    all.extend_from_slice(args);
-    let out = run_cli(&all);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn status_json(gw: &Gateway) -> serde_json::Value {
-    let (code, out, err) = queue(gw, &["status", "--json"]);
-    assert_eq!(code, 0, "queue status failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,10 +29,13 @@ async fn dead_letters_are_listed_and_retried_while_running_and_while_stopped() {
         assert_eq!(r.status, 200, "{}", r.body);
     }
     // Running: the CLI goes through the admin API.
-    wait_until("two dead letters", Duration::from_secs(20), || {
-        status_json(&gw)["sinks"][0]["dead_letters"] == 2
-    });
-    let (code, out, err) = queue(&gw, &["list", "--state", "dead", "--json"]);
+    assert!(
+        wait_until_blocking(Duration::from_secs(20), || {
+            gw.queue_status()["sinks"][0]["dead_letters"] == 2
+        }),
+        "timed out waiting for two dead letters"
+    );
+    let (code, out, err) = gw.queue(&["list", "--state", "dead", "--json"]);
     assert_eq!(code, 0, "{err}");
     let items: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(items.as_array().map(Vec::len), Some(2), "{out}");
@@ -71,27 +46,26 @@ async fn dead_letters_are_listed_and_retried_while_running_and_while_stopped() {
             .contains("404"),
         "{out}"
     );
-    let (code, out, _) = queue(&gw, &["status"]);
+    let (code, out, _) = gw.queue(&["status"]);
     assert_eq!(code, 0);
     assert!(out.contains("pos") && out.contains("log: healthy"), "{out}");
 
     // Stopped: the CLI opens the store itself and sees the same.
     gw.kill();
-    let status = status_json(&gw);
+    let status = gw.queue_status();
     assert_eq!(status["sinks"][0]["dead_letters"], 2, "{status}");
-    let (code, _, err) = queue(&gw, &["retry", "999"]);
+    let (code, _, err) = gw.queue(&["retry", "999"]);
     assert_eq!(code, 1);
     assert!(err.contains("not a dead letter"), "{err}");
 
     // Fix the URL, start again, retry from the CLI while running.
-    let text = std::fs::read_to_string(gw.config_path()).expect("read config");
-    std::fs::write(gw.config_path(), text.replace(&broken, &sink.url)).expect("write config");
+    gw.edit_config(&broken, &sink.url);
     gw.kill_and_restart();
-    let (code, out, err) = queue(&gw, &["retry", "--dead"]);
+    let (code, out, err) = gw.queue(&["retry", "--dead"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("requeued 2"), "{out}");
     assert!(sink.wait_for(2, Duration::from_secs(20)), "{}", gw.logs());
-    let status = status_json(&gw);
+    let status = gw.queue_status();
     assert_eq!(status["sinks"][0]["dead_letters"], 0, "{status}");
     assert_eq!(status["sinks"][0]["pending"], 0, "{status}");
 }
@@ -115,12 +89,7 @@ async fn a_full_store_answers_503_and_loses_nothing() {
     );
 
     // Space comes back; the provider retries; the payment goes through once.
-    let text = std::fs::read_to_string(gw.config_path()).expect("read config");
-    std::fs::write(
-        gw.config_path(),
-        text.replace("min_free_disk_mb = 1000000000", "min_free_disk_mb = 1"),
-    )
-    .expect("write config");
+    gw.edit_config("min_free_disk_mb = 1000000000", "min_free_disk_mb = 1");
     gw.kill_and_restart();
     let accepted = post(&gw.url("/hooks/sepay"), &[], body).await;
     assert_eq!(accepted.status, 200, "{}", accepted.body);
@@ -157,12 +126,12 @@ async fn a_damaged_store_is_moved_aside_and_the_gateway_keeps_serving() {
     let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(2, 20_000)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(sink.wait_for(2, Duration::from_secs(20)));
-    let status = status_json(&gw);
+    let status = gw.queue_status();
     let aside = status["health"]["damaged_store"]
         .as_str()
         .expect("reported");
     assert!(std::path::Path::new(aside).exists(), "{aside}");
-    let (_, out, _) = queue(&gw, &["status"]);
+    let (_, out, _) = gw.queue(&["status"]);
     assert!(out.contains("DEGRADED"), "{out}");
 }
 
@@ -175,7 +144,7 @@ async fn queue_status_leaves_a_damaged_store_for_run_to_recover() {
     let mut gw = stopped_with_a_damaged_store(&sink).await;
     let data = gw.dir.path().join("data");
 
-    let (code, _, err) = queue(&gw, &["status"]);
+    let (code, _, err) = gw.queue(&["status"]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("cannot be opened") && err.contains("soundbox-gateway run"),
@@ -207,8 +176,9 @@ async fn queue_status_leaves_a_damaged_store_for_run_to_recover() {
 async fn sigterm_lets_a_delivery_finish_within_the_grace_period() {
     let sink = CountingSink::start();
     sink.set_delay(Duration::from_millis(800));
-    let mut gw =
-        Gateway::start_with_gateway_keys(&config(&sink.url, ""), "shutdown_grace_secs = 5");
+    let mut gw = Gateway::builder(&config(&sink.url, ""))
+        .gateway_keys("shutdown_grace_secs = 5")
+        .start();
     let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(1, 10_000)).await;
     assert_eq!(r.status, 200);
     assert!(gw.wait_for_log("sink started", Duration::from_secs(5)));
@@ -224,8 +194,9 @@ async fn sigterm_lets_a_delivery_finish_within_the_grace_period() {
 async fn sigterm_abandons_a_slow_delivery_after_the_grace_period_and_resends_it_later() {
     let sink = CountingSink::start();
     sink.set_delay(Duration::from_secs(30));
-    let mut gw =
-        Gateway::start_with_gateway_keys(&config(&sink.url, ""), "shutdown_grace_secs = 1");
+    let mut gw = Gateway::builder(&config(&sink.url, ""))
+        .gateway_keys("shutdown_grace_secs = 1")
+        .start();
     let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(1, 10_000)).await;
     assert_eq!(r.status, 200);
     std::thread::sleep(Duration::from_millis(300));

@@ -5,20 +5,15 @@
 use std::path::Path;
 use std::time::Duration;
 
-use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin, post, sepay_webhook};
+use soundbox_e2e::{
+    CountingSink, Gateway, forward_to, plugin, post, sepay_webhook, wait_until_blocking,
+};
 
 fn sepay(name: &str, extra: &str) -> String {
     format!(
         "[[connector]]\nname = \"{name}\"\nplugin = \"{}\"\n{extra}\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n",
         plugin("sepay_webhook").display()
     )
-}
-
-/// Replaces the config the way an editor does: a new file renamed over it.
-fn write_config(path: &Path, text: &str) {
-    let tmp = path.with_extension("toml.new");
-    std::fs::write(&tmp, text).expect("write config");
-    std::fs::rename(&tmp, path).expect("rename config");
 }
 
 /// The gateway's own `[gateway]` table, which the harness wrote first.
@@ -28,29 +23,15 @@ fn gateway_table(path: &Path) -> String {
     text[..end].to_string()
 }
 
-/// How many log lines contain `needle`.
-fn count(gw: &Gateway, needle: &str) -> usize {
-    gw.logs().matches(needle).count()
-}
-
-fn reloads(gw: &Gateway) -> usize {
-    count(gw, "config reloaded")
-}
-
 /// Waits until `n` log lines contain `needle`.
 fn wait_for_count(gw: &Gateway, needle: &str, n: usize) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::time::Instant::now() < deadline {
-        if count(gw, needle) >= n {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    wait_until_blocking(Duration::from_secs(60), || {
+        gw.logs().matches(needle).count() >= n
+    })
 }
 
 fn wait_for_reloads(gw: &Gateway, n: usize) -> bool {
-    wait_for_count(gw, "config reloaded", n)
+    wait_until_blocking(Duration::from_secs(60), || gw.reloads() >= n)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -76,27 +57,21 @@ async fn reloads_while_200_payments_flow_deliver_each_once() {
     // 1: the connector's settings change (its plugin is reloaded) and a
     // second connector appears.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    write_config(
-        &path,
-        &format!(
-            "{head}{}{}{}",
-            sepay("sepay", "allowed_hosts = [\"example.vn\"]"),
-            sepay("sepay-two", ""),
-            forward_to(&sink.url)
-        ),
-    );
+    gw.write_config(&format!(
+        "{head}{}{}{}",
+        sepay("sepay", "allowed_hosts = [\"example.vn\"]"),
+        sepay("sepay-two", ""),
+        forward_to(&sink.url)
+    ));
     assert!(wait_for_reloads(&gw, 1), "{}", gw.logs());
     // 2: the forward's settings change: that sink restarts from its cursor.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let slower_retry = forward_to(&sink.url).replace("retry_max_ms = 100", "retry_max_ms = 200");
-    write_config(
-        &path,
-        &format!(
-            "{head}{}{}{slower_retry}",
-            sepay("sepay", "allowed_hosts = [\"example.vn\"]"),
-            sepay("sepay-two", ""),
-        ),
-    );
+    gw.write_config(&format!(
+        "{head}{}{}{slower_retry}",
+        sepay("sepay", "allowed_hosts = [\"example.vn\"]"),
+        sepay("sepay-two", ""),
+    ));
     assert!(wait_for_reloads(&gw, 2), "{}", gw.logs());
     assert!(gw.logs().contains("restarting sink with new settings"));
 
@@ -135,10 +110,7 @@ async fn a_bad_change_is_refused_and_the_old_config_keeps_serving() {
     let wait_refusals = |gw: &Gateway, n: usize| wait_for_count(gw, "config change refused", n);
 
     // An unknown key: refused, naming the file, line and key.
-    write_config(
-        &path,
-        &format!("{head}{good}\n[speaker]\nsimulater = true\n"),
-    );
+    gw.write_config(&format!("{head}{good}\n[speaker]\nsimulater = true\n"));
     assert!(wait_refusals(&gw, 1), "{}", gw.logs());
     let logs = gw.logs();
     let refusal = logs
@@ -154,13 +126,10 @@ async fn a_bad_change_is_refused_and_the_old_config_keeps_serving() {
     // A plugin that is not a component: refused before anything changes.
     let broken = gw.dir.path().join("broken.wasm");
     std::fs::write(&broken, b"\0asm not really").expect("write broken plugin");
-    write_config(
-        &path,
-        &format!(
-            "{head}{good}[[connector]]\nname = \"broken\"\nplugin = \"{}\"\n",
-            broken.display()
-        ),
-    );
+    gw.write_config(&format!(
+        "{head}{good}[[connector]]\nname = \"broken\"\nplugin = \"{}\"\n",
+        broken.display()
+    ));
     assert!(wait_refusals(&gw, 2), "{}", gw.logs());
     assert!(gw.logs().contains("a plugin would not load"));
 
@@ -170,10 +139,10 @@ async fn a_bad_change_is_refused_and_the_old_config_keeps_serving() {
     let r = post(&gw.url("/hooks/broken"), &[], "{}").await;
     assert_eq!(r.status, 404, "the refused connector was not added");
     assert!(sink.wait_for(1, Duration::from_secs(20)));
-    assert_eq!(reloads(&gw), 0, "nothing was applied");
+    assert_eq!(gw.reloads(), 0, "nothing was applied");
 
     // A good change after the bad ones applies.
-    write_config(&path, &format!("{head}{good}{}", sepay("sepay-two", "")));
+    gw.write_config(&format!("{head}{good}{}", sepay("sepay-two", "")));
     assert!(wait_for_reloads(&gw, 1), "{}", gw.logs());
     let r = post(&gw.url("/hooks/sepay-two"), &[], sepay_webhook(2, 20_000)).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -250,5 +219,5 @@ async fn a_changed_plugin_file_replaces_the_connector() {
     let r = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(2, 20_000)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(sink.wait_for(2, Duration::from_secs(20)));
-    assert_eq!(reloads(&gw), 1);
+    assert_eq!(gw.reloads(), 1);
 }

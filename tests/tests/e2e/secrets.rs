@@ -37,17 +37,16 @@ async fn no_secret_appears_in_logs_or_admin_answers() {
         api.speaker_keys(),
         pos.url
     );
-    let gw = Gateway::start_with_env(
-        &config,
-        &[
+    let gw = Gateway::builder(&config)
+        .envs(&[
             ("SOUNDBOX_LOG", "debug"),
             ("SEPAY_WEBHOOK_API_KEY", WEBHOOK_KEY),
             ("SEPAY_SPEAKER_CLIENT_SECRET", SPEAKER_SECRET),
             ("POS_TOKEN", POS_TOKEN),
             ("MQTT_PASSWORD", MQTT_PASSWORD),
             ("ADMIN_TOKEN", ADMIN_TOKEN),
-        ],
-    );
+        ])
+        .start();
 
     let hook = gw.url("/hooks/sepay");
     let good = format!("Apikey {WEBHOOK_KEY}");

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use soundbox_e2e::{Gateway, free_port, plugin, post, run_cli, sepay_webhook, workspace};
+use soundbox_e2e::{
+    Gateway, free_port, plugin, post, run_cli, sepay_webhook, wait_until, workspace,
+};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -55,14 +57,12 @@ async fn the_shipped_config_refuses_an_unsigned_payment() {
     .await;
     assert_eq!(signed.status, 200, "the README's sample: {}", signed.body);
     let sim = gw.simulator();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let plays = loop {
-        let plays = sim.plays().await;
-        if !plays.is_empty() || std::time::Instant::now() > deadline {
-            break plays;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut plays = Vec::new();
+    wait_until(Duration::from_secs(20), async || {
+        plays = sim.plays().await;
+        !plays.is_empty()
+    })
+    .await;
     let amounts: Vec<u64> = plays.iter().filter_map(|p| p["amount"].as_u64()).collect();
     assert_eq!(amounts, [150_000], "only the signed payment is spoken");
     // The refused ones burnt no dedupe key: the real payment 1 still counts.
@@ -111,12 +111,7 @@ async fn unsigned_mode_must_be_said_in_words() {
         gw.logs().contains("accepts unsigned webhooks"),
         "a warning at start while unsigned mode is on"
     );
-    let status: serde_json::Value = reqwest::get(format!("http://{}/api/status", gw.admin_addr))
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("status JSON");
+    let status = gw.api_status().await;
     assert!(
         status["warnings"]
             .as_array()

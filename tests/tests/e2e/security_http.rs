@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use soundbox_e2e::{Gateway, plugin, post, sepay_webhook};
+use soundbox_e2e::{Gateway, plugin, post, sepay_webhook, wait_until_blocking};
 
 const KEY: &str = "k3y-security-http";
 const DEVICE: &str = "VNS-SEC-1";
@@ -157,11 +157,9 @@ fn shutdown_does_not_wait_for_idle_or_slow_clients() {
 fn a_flood_of_idle_connections_leaves_webhooks_and_health_answered() {
     const INGRESS_FLOOD: usize = 256 + 200;
     const ADMIN_FLOOD: usize = 64 + 50;
-    let gw = Gateway::start_wrapped(
-        &config(""),
-        "",
-        &["sh", "-c", "ulimit -n 512 && exec \"$0\" \"$@\""],
-    );
+    let gw = Gateway::builder(&config(""))
+        .wrapper(&["sh", "-c", "ulimit -n 512 && exec \"$0\" \"$@\""])
+        .start();
     let mut flood = Vec::new();
     for _ in 0..INGRESS_FLOOD {
         flood.push(TcpStream::connect(&gw.addr).expect("connect"));
@@ -335,19 +333,12 @@ fn an_admin_token_is_taken_from_the_header_only_and_guards_the_simulator() {
         sepay_webhook(2, 20_000),
     ));
     assert_eq!(r.status, 200, "{}", r.body);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, reply) = raw(admin, &request("GET", plays, admin, &bearer, ""));
-        if reply.contains(DEVICE) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never played: {reply}\n{}",
-            gw.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut reply = String::new();
+    let played = wait_until_blocking(Duration::from_secs(20), || {
+        reply = raw(admin, &request("GET", plays, admin, &bearer, "")).1;
+        reply.contains(DEVICE)
+    });
+    assert!(played, "never played: {reply}\n{}", gw.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -77,10 +77,9 @@ fn logged(gw: &Gateway) -> usize {
 #[tokio::test]
 async fn form_multipart_and_oauth2_webhooks_are_accepted_once() {
     let sink = CountingSink::start();
-    let gw = Gateway::start_with_env(
-        &config(&sink),
-        &[("SEPAY_OAUTH_CLIENT_SECRET", CLIENT_SECRET)],
-    );
+    let gw = Gateway::builder(&config(&sink))
+        .env("SEPAY_OAUTH_CLIENT_SECRET", CLIENT_SECRET)
+        .start();
     let url = gw.url("/hooks/sepay");
     let apikey = format!("Apikey {API_KEY}");
     let auth = [("Authorization", apikey.as_str())];

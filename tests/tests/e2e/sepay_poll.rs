@@ -2,7 +2,7 @@
 //! the real gateway, against the fake SePay API v2; and a rotated API token.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use soundbox_e2e::sepay_api::{SepayApi, SepayTx, vietnam_minutes_ago};
 use soundbox_e2e::{CountingSink, Gateway, forward_to, plugin};
@@ -80,24 +80,6 @@ async fn the_poller_alone_delivers_every_transaction_once_across_a_restart() {
     );
 }
 
-async fn readyz(gw: &Gateway) -> (u16, String) {
-    let r = reqwest::get(format!("http://{}/readyz", gw.admin_addr))
-        .await
-        .expect("readyz");
-    (r.status().as_u16(), r.text().await.expect("body"))
-}
-
-async fn wait_ready(gw: &Gateway, status: u16, timeout: Duration) -> (u16, String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (code, body) = readyz(gw).await;
-        if code == status || Instant::now() > deadline {
-            return (code, body);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// A token rotated in SePay's dashboard: the poller keeps trying (with
 /// backoff), `/readyz` and the status API name the reason after
 /// `connector_failures` failures in a row, and all is well again once the
@@ -112,25 +94,15 @@ async fn a_rejected_token_shows_on_readyz_and_recovers() {
         config(&api, &sink, "mode = \"all\"")
     );
     let gw = Gateway::start(&config);
-    let (code, body) = wait_ready(&gw, 503, Duration::from_secs(30)).await;
+    let (code, body) = gw.wait_ready(503, Duration::from_secs(30)).await;
     assert_eq!(code, 503, "{body}\n{}", gw.logs());
     assert!(
         body.contains("SePay rejected the API token (401); check api_token"),
         "{body}"
     );
-    let status = reqwest::get(format!("http://{}/api/status", gw.admin_addr))
-        .await
-        .expect("status")
-        .text()
-        .await
-        .expect("body");
+    let (_, status) = gw.admin_get("/api/status").await;
     assert!(status.contains("SePay rejected the API token"), "{status}");
-    let page = reqwest::get(format!("http://{}/", gw.admin_addr))
-        .await
-        .expect("status page")
-        .text()
-        .await
-        .expect("body");
+    let (_, page) = gw.admin_get("/").await;
     assert!(
         page.contains("SePay rejected the API token (401); check api_token"),
         "the status page names it: {page}"
@@ -141,7 +113,7 @@ async fn a_rejected_token_shows_on_readyz_and_recovers() {
     let tx = SepayTx::incoming(1, 50_000);
     api.add(tx.clone());
     api.reject_token(false);
-    let (code, body) = wait_ready(&gw, 200, Duration::from_secs(30)).await;
+    let (code, body) = gw.wait_ready(200, Duration::from_secs(30)).await;
     assert_eq!(code, 200, "{body}");
     assert!(sink.wait_for(1, Duration::from_secs(10)), "{}", gw.logs());
     assert_eq!(sink.arrivals()[0].transaction_id, tx.poll_key());
@@ -160,7 +132,7 @@ async fn a_token_fixed_in_the_config_recovers_on_reload() {
         config(&api, &sink, "mode = \"all\"").replace(TOKEN, "the-old-token")
     );
     let gw = Gateway::start(&config);
-    let (code, body) = wait_ready(&gw, 503, Duration::from_secs(30)).await;
+    let (code, body) = gw.wait_ready(503, Duration::from_secs(30)).await;
     assert_eq!(code, 503, "{body}\n{}", gw.logs());
     assert!(
         body.contains("SePay rejected the API token (401)"),
@@ -169,15 +141,13 @@ async fn a_token_fixed_in_the_config_recovers_on_reload() {
 
     let tx = SepayTx::incoming(1, 50_000);
     api.add(tx.clone());
-    let path = gw.config_path();
-    let text = std::fs::read_to_string(&path).expect("read config");
-    std::fs::write(&path, text.replace("the-old-token", TOKEN)).expect("write config");
+    gw.edit_config("the-old-token", TOKEN);
     assert!(
         gw.wait_for_log("config reloaded", Duration::from_secs(10)),
         "{}",
         gw.logs()
     );
-    let (code, body) = wait_ready(&gw, 200, Duration::from_secs(30)).await;
+    let (code, body) = gw.wait_ready(200, Duration::from_secs(30)).await;
     assert_eq!(code, 200, "{body}");
     assert!(sink.wait_for(1, Duration::from_secs(10)), "{}", gw.logs());
     assert_eq!(sink.arrivals()[0].transaction_id, tx.poll_key());

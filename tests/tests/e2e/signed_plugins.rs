@@ -14,9 +14,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use soundbox_e2e::{Gateway, gateway_bin, post, run_cli, workspace};
+use soundbox_e2e::{
+    Gateway, gateway_bin, post, run_cli, wait_until, wait_until_blocking, workspace,
+};
 use soundbox_plugin_sdk::signature::hmac_sha256_hex;
 
 const SAMPLE: &str = include_str!("../../../examples/hello-connector/payload.json");
@@ -188,18 +190,16 @@ fn refused_start(dir: &Path, config: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the gateway");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(!status.success(), "the gateway exited with success");
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the gateway started with a plugin it must refuse");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut exited = None;
+    wait_until_blocking(Duration::from_secs(120), || {
+        exited = child.try_wait().expect("wait");
+        exited.is_some()
+    });
+    let Some(status) = exited else {
+        let _ = child.kill();
+        panic!("the gateway started with a plugin it must refuse");
+    };
+    assert!(!status.success(), "the gateway exited with success");
     let mut stderr = String::new();
     use std::io::Read;
     if let Some(mut pipe) = child.stderr.take() {
@@ -242,19 +242,9 @@ fn copy_into(wasm: &Path, folder: &Path) -> PathBuf {
     copy
 }
 
-/// `GET /api/status`.
-async fn api_status(gw: &Gateway) -> serde_json::Value {
-    reqwest::get(format!("http://{}/api/status", gw.admin_addr))
-        .await
-        .expect("GET /api/status")
-        .json()
-        .await
-        .expect("status JSON")
-}
-
 /// The connector's entry in `/api/status`, if it runs.
 async fn connector_status(gw: &Gateway, name: &str) -> Option<serde_json::Value> {
-    let status = api_status(gw).await;
+    let status = gw.api_status().await;
     status["connectors"]
         .as_array()
         .and_then(|all| all.iter().find(|c| c["name"] == name).cloned())
@@ -262,26 +252,24 @@ async fn connector_status(gw: &Gateway, name: &str) -> Option<serde_json::Value>
 
 /// Waits until connector `name`'s row says `want` of a refused file on disk.
 async fn wait_for_on_disk(gw: &Gateway, name: &str, want: Option<&str>) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let row = connector_status(gw, name)
+    let mut row = serde_json::Value::Null;
+    let shown = wait_until(Duration::from_secs(60), async || {
+        row = connector_status(gw, name)
             .await
             .expect("the connector runs");
-        if row["on_disk"].as_str() == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}'s file on disk never showed as {want:?}: {row}\n{}",
-            gw.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        row["on_disk"].as_str() == want
+    })
+    .await;
+    assert!(
+        shown,
+        "{name}'s file on disk never showed as {want:?}: {row}\n{}",
+        gw.logs()
+    );
 }
 
 /// `/api/status`'s warnings, as one text.
 async fn status_warnings(gw: &Gateway) -> String {
-    api_status(gw).await["warnings"].to_string()
+    gw.api_status().await["warnings"].to_string()
 }
 
 /// The version `/api/status` shows for connector `name`.
@@ -292,19 +280,17 @@ async fn version(gw: &Gateway, name: &str) -> Option<String> {
 
 /// Waits until `/api/status` shows `name` at `want`.
 async fn wait_for_version(gw: &Gateway, name: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let now = version(gw, name).await;
-        if now.as_deref() == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {want} (at {now:?}):\n{}",
-            gw.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut now = None;
+    let reached = wait_until(Duration::from_secs(240), async || {
+        now = version(gw, name).await;
+        now.as_deref() == Some(want)
+    })
+    .await;
+    assert!(
+        reached,
+        "{name} never reached {want} (at {now:?}):\n{}",
+        gw.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -410,12 +396,10 @@ async fn a_plugin_signed_outside_the_repo_runs_tampered_or_foreign_ones_do_not()
     );
 
     let path = gw.config_path();
-    let text = std::fs::read_to_string(&path).expect("read config");
-    let granted = text.replace(
+    gw.edit_config(
         "[connector.config]",
         "allowed_hosts = [\"api.hello-bank.example\"]\n[connector.config]",
     );
-    std::fs::write(&path, granted).expect("write config");
     wait_for_version(&gw, "hello", "hello 2.0.0").await;
     assert_eq!(signed_sample(&url).await, 200, "version 2 answers");
     let warnings = status_warnings(&gw).await;

@@ -1,29 +1,22 @@
 //! SePay webhook in → the in-process Speaker API simulator plays the amount
 //! on the routed speaker, with the real binary.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use soundbox_e2e::{Gateway, plugin, post, sepay_webhook};
+use soundbox_e2e::{
+    Gateway, SpeakerApi, free_port, post, sepay_connector, sepay_webhook, wait_until,
+    wait_until_blocking,
+};
 
 fn config(extra: &str) -> String {
     format!(
-        "[[connector]]\nname = \"sepay\"\nplugin = \"{}\"\n[connector.config]\nauth = \"none\"\nallow_unsigned = true\n\n\
+        "{}\
          [speaker]\nsimulator = true\nretry_initial_ms = 10\nretry_max_ms = 100\n{extra}\n\
          [[speaker.sim_devices]]\nhardware_id = \"VNS-SHOP-1\"\npaired = true\n\
          [[speaker.sim_devices]]\nhardware_id = \"VNS-OTHER\"\npaired = true\n\n\
          [[route]]\naccount = \"0123499999\"\nspeakers = [\"VNS-SHOP-1\"]\n",
-        plugin("sepay_webhook").display()
+        sepay_connector()
     )
-}
-
-async fn plays(gw: &Gateway) -> Vec<serde_json::Value> {
-    let url = format!("http://{}/speaker-sim/_sim/plays", gw.admin_addr);
-    reqwest::get(url)
-        .await
-        .expect("plays")
-        .json()
-        .await
-        .expect("json")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -35,21 +28,19 @@ async fn a_sepay_webhook_is_spoken_by_the_routed_speaker() {
     let again = post(&gw.url("/hooks/sepay"), &[], sepay_webhook(4242, 150_000)).await;
     assert_eq!(again.status, 200);
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let played = loop {
-        let played = plays(&gw).await;
-        if !played.is_empty() || Instant::now() > deadline {
-            break played;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut played = Vec::new();
+    wait_until(Duration::from_secs(20), async || {
+        played = gw.simulator().plays().await;
+        !played.is_empty()
+    })
+    .await;
     assert_eq!(played.len(), 1, "{played:?}\n{}", gw.logs());
     assert_eq!(played[0]["hardware_id"], "VNS-SHOP-1");
     assert_eq!(played[0]["amount"], 150_000);
     assert_eq!(played[0]["words"], "một trăm năm mươi nghìn đồng");
     assert!(gw.wait_for_log("announcement sent", Duration::from_secs(5)));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(plays(&gw).await.len(), 1, "announced once");
+    assert_eq!(gw.simulator().plays().await.len(), 1, "announced once");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,7 +56,7 @@ async fn an_hour_old_payment_is_kept_but_not_announced() {
         "{}",
         gw.logs()
     );
-    assert!(plays(&gw).await.is_empty());
+    assert!(gw.simulator().plays().await.is_empty());
 }
 
 /// `speaker-sim` standalone, and the `speaker` commands a shop owner uses.
@@ -74,19 +65,10 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
     use std::io::Write;
     use std::process::{Command, Stdio};
 
-    let port = soundbox_e2e::free_port();
-    // Killed on drop, so a failing assertion does not leave it running
-    // (holding the test's output open).
-    let _sim = KillOnDrop(
-        Command::new(soundbox_e2e::gateway_bin())
-            .args(["speaker-sim", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--device", "VNS-A", "--device", "VNS-B:paired:offline"])
-            .args(["--play-ms", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("speaker-sim"),
-    );
+    let sim = SpeakerApi::builder(free_port())
+        .devices(&["VNS-A", "VNS-B:paired:offline"])
+        .args(&["--play-ms", "0"])
+        .start();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "").expect("config");
@@ -98,10 +80,7 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
             .arg("--config")
             .arg(&config)
             .args(args)
-            .env(
-                "SEPAY_SPEAKER_BASE_URL",
-                format!("http://127.0.0.1:{port}/devices/v1"),
-            )
+            .env("SEPAY_SPEAKER_BASE_URL", sim.url("/devices/v1"))
             .env("SEPAY_SPEAKER_CLIENT_ID", "sim-client")
             .env("SEPAY_SPEAKER_CLIENT_SECRET", "sim-secret")
             .stdin(Stdio::piped())
@@ -117,15 +96,12 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    // Wait for the simulator.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (code, out, err) = loop {
-        let result = run(&["check", "VNS-A"]);
-        if result.0 == Some(0) || Instant::now() > deadline {
-            break result;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut checked = (None, String::new(), String::new());
+    wait_until_blocking(Duration::from_secs(10), || {
+        checked = run(&["check", "VNS-A"]);
+        checked.0 == Some(0)
+    });
+    let (code, out, err) = checked;
     assert_eq!(code, Some(0), "{err}");
     assert!(
         out.contains("not paired") && out.contains("online"),
@@ -134,18 +110,19 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
 
     // Interactive pairing: the code the speaker "reads aloud" is typed in.
     let mut pair = speaker(&["pair", "VNS-A"]).spawn().expect("pair");
-    let otp_url = format!("http://127.0.0.1:{port}/_sim/otp/VNS-A");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let otp = loop {
+    let otp_url = sim.url("/_sim/otp/VNS-A");
+    let mut otp = None;
+    wait_until(Duration::from_secs(10), async || {
         if let Ok(r) = reqwest::get(&otp_url).await
             && r.status().is_success()
         {
             let v: serde_json::Value = r.json().await.expect("json");
-            break v["otp"].as_str().expect("otp").to_string();
+            otp = Some(v["otp"].as_str().expect("otp").to_string());
         }
-        assert!(Instant::now() < deadline, "no OTP was spoken");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        otp.is_some()
+    })
+    .await;
+    let otp = otp.expect("no OTP was spoken");
     let wrong = if otp == "0000" { "1111" } else { "0000" };
     writeln!(pair.stdin.as_mut().expect("stdin"), "{wrong}\n{otp}").expect("type otp");
     let out = pair.wait_with_output().expect("pair result");
@@ -175,14 +152,4 @@ async fn speaker_commands_pair_with_the_spoken_code_and_notify() {
     let (code, _, err) = run(&["pair", "VNS-B", "--otp", "1234"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("offline"), "{err}");
-}
-
-/// A child process killed (and reaped) when dropped.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

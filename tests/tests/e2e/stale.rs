@@ -64,15 +64,9 @@ fn batch(items: &[(&str, Duration)]) -> (String, String) {
 
 /// `soundbox_stale_changes_total{connector="bank"}`, 0 when not yet exported.
 async fn stale_count(gw: &Gateway) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", gw.admin_addr))
+    gw.metrics()
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find(|l| l.starts_with("soundbox_stale_changes_total{connector=\"bank\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .value("soundbox_stale_changes_total", &[("connector", "bank")])
         .unwrap_or(0.0)
 }
 

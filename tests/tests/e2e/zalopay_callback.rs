@@ -138,13 +138,6 @@ async fn zalopay_callback_signed_retried_tampered_and_stale() {
     assert!(!gw.logs().contains(KEY2), "key2 leaked into the log");
 }
 
-async fn readyz(gw: &Gateway) -> (u16, String) {
-    let r = reqwest::get(format!("http://{}/readyz", gw.admin_addr))
-        .await
-        .expect("readyz");
-    (r.status().as_u16(), r.text().await.expect("body"))
-}
-
 /// The gateway's clock 2 h behind ZaloPay's (a Pi after a power cut, before
 /// NTP) — simulated by a callback whose `server_time` is 2 h ahead — and then
 /// 2 h ahead: each validly signed callback is answered `return_code: 0`, which
@@ -156,7 +149,7 @@ async fn zalopay_callback_with_the_clock_two_hours_off_is_called_again_and_shows
     let sink = CountingSink::start();
     let gw = zalopay_gateway(&sink.url);
     let url = gw.url("/hooks/zalopay");
-    assert_eq!(readyz(&gw).await.0, 200, "{}", gw.logs());
+    assert_eq!(gw.admin_get("/readyz").await.0, 200, "{}", gw.logs());
 
     let two_hours_ms = 2 * 3_600_000;
     for (i, skew) in [two_hours_ms, two_hours_ms, -two_hours_ms]
@@ -173,7 +166,7 @@ async fn zalopay_callback_with_the_clock_two_hours_off_is_called_again_and_shows
             reply.body
         );
     }
-    let (code, body) = readyz(&gw).await;
+    let (code, body) = gw.admin_get("/readyz").await;
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("connector `zalopay`") && body.contains("clock") && body.contains("NTP"),
@@ -190,5 +183,5 @@ async fn zalopay_callback_with_the_clock_two_hours_off_is_called_again_and_shows
     let retry = post(&url, &[], callback(260_101_000_000_010, 150_000)).await;
     assert_eq!(retry.json()["return_code"], 1, "{}", retry.body);
     assert!(sink.wait_for(1, Duration::from_secs(10)), "forwarded");
-    assert_eq!(readyz(&gw).await.0, 200);
+    assert_eq!(gw.admin_get("/readyz").await.0, 200);
 }
