@@ -5,6 +5,10 @@
 //! sending, then the rest of the task tree (admin server, GC, ...) gets a
 //! deadline, then the log is closed.
 //!
+//! Long because it is the one place that wires every stage and applies a
+//! reload to each of them; the order of start, reload and shutdown reads
+//! best in one file.
+//!
 //! Every task hangs under one root ([`Tasks`]): each poller, subscription and
 //! sink on a child of its own, which a reload cancels to replace it; the
 //! listeners and the background work on children stopped in the order above.

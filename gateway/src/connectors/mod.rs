@@ -1,6 +1,10 @@
 //! The connector runtime: loads each `[[connector]]` plugin (a WebAssembly
 //! component) and calls it in a sandbox.
 //!
+//! Long because loading, admitting, calling and budgeting a plugin share the
+//! runtime's state; the imports (kv, http_client, host) and the manifest
+//! checks (trust) are already files of their own.
+//!
 //! Invariants:
 //! - One `InstancePre` per plugin, a fresh instance per call: a trapped
 //!   instance is never re-entered, and calls share no guest state.

@@ -1,5 +1,9 @@
 //! Signed plugins with declared capabilities.
 //!
+//! Long because the manifest, its signature, the key list and the grant
+//! (what a signed plugin may use) are one decision, made once before
+//! compiling.
+//!
 //! A plugin `x.wasm` ships with `x.manifest.toml` beside it (who wrote it, the
 //! wasm's SHA-256, what it needs) and `x.manifest.toml.minisig`, a standard
 //! minisign signature of the manifest's bytes, so the stock tool checks it

@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use crate::admin::status::{Live, StatusReport};
 use crate::model::now_ms;
 use crate::sinks::event::rfc3339;
-use crate::tasks::Tasks;
 pub use crate::sinks::mqtt::{HealthFeed, HealthSnapshot};
+use crate::tasks::Tasks;
 
 /// Bumped only on an incompatible change.
 pub const HEALTH_SCHEMA: u32 = 1;

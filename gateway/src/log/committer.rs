@@ -6,6 +6,11 @@
 //! applies it (payments to the index, the rest to sled), and only then
 //! answers each caller.
 //!
+//! Long because every kind of write (append, settle, pass, register, forget,
+//! requeue, GC's removals) is worked out against one transaction here; split
+//! by kind, the rules that keep a commit all-or-nothing would be spread over
+//! files.
+//!
 //! Durability by kind: appends (with their plugin KV), registrations,
 //! forgetting and requeues are answered after the `fdatasync`. Settlements,
 //! passes and GC's removals are answered once applied and become durable

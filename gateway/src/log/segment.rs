@@ -1,6 +1,9 @@
 //! One segment file of the event log: a commit is one checksummed record
 //! appended here and made durable with a single `fdatasync`.
 //!
+//! Long because the file format, its writer and its scanner (which tells a
+//! torn last record from damage) must agree byte for byte.
+//!
 //! A record holds the commit's writes (puts and removes, each a key's whole
 //! new value): the payments themselves (tree [`LOG`], which stays in the
 //! segments and is found through an in-memory index) and everything else,

@@ -1,6 +1,10 @@
 //! [`Store`]: everything durable, behind one committer thread for writes
 //! and tokio's blocking pool for reads, so no disk call runs on an async
 //! worker.
+//!
+//! Long because it holds the store's whole read side (scans that merge the
+//! segments with sled, status, queue list, GC's plan) next to the async API;
+//! the write side is the committer.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,8 @@
 //! The embedded broker's front door.
 //!
+//! Long because it reads MQTT 3.1.1 packets itself (rumqttd has no per-topic
+//! ACL), and each rule below is a few lines of that parsing.
+//!
 //! rumqttd 0.20 checks a login at CONNECT but has no per-topic ACL. So it
 //! listens on a loopback port of its own, behind logins only this process
 //! knows, and clients reach it through this guard on `mqtt.embedded_listen`.

@@ -1,6 +1,9 @@
 //! The MQTT sink: every payment published (QoS 1) on the shop's broker, for
 //! POS screens, customer displays and store systems.
 //!
+//! Long because the publish window, the PubAck bookkeeping and the reconnect
+//! loop share one connection's state.
+//!
 //! rumqttc keeps unacknowledged publishes in memory only, and drops them when
 //! the broker has no session for it; its event loop also reconnects at once,
 //! forever. So here the log decides what is (re)sent: each connection is a

@@ -1,6 +1,10 @@
 //! A stand-in for the SePay Speaker API, in process (the default config and
 //! the tests use it) or standalone (`speaker-sim`).
 //!
+//! Long because it follows each page of SePay's Speaker API (tokens,
+//! devices, pairing, notify, notify status, faults) in one server, so the
+//! simulator can be read against the published pages.
+//!
 //! It follows SePay's pages (developer.sepay.vn/vi/speaker-api/: "tong-quan",
 //! "bat-dau-nhanh", "tao-access-token", "Kiểm tra thiết bị",
 //! "yeu-cau-lien-ket-thiet-bi", "kiem-tra-otp",
