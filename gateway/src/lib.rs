@@ -7,7 +7,8 @@
 //! - [`config`]: TOML → validated [`config::Config`], errors with file, line, key.
 //! - [`ingress`]: `POST /hooks/<connector>` (axum).
 //! - [`connectors`]: the wasmtime host that runs connector plugins in a sandbox.
-//! - [`log`]: the durable event log (sled): dedupe, group commit, per-sink cursors.
+//! - [`log`]: the durable store: payments in segment files, the rest in sled;
+//!   dedupe, group commit, per-sink acknowledgements.
 //! - [`sinks`]: delivery from the log to each destination, with retries and TTL.
 //! - [`admin`]: the loopback API behind `queue` while the gateway runs.
 //! - [`http_server`]: the HTTP server of both listeners (timeouts, connection cap).
