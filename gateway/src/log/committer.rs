@@ -98,7 +98,7 @@ pub(super) enum Message {
         ops: Vec<Op>,
         reply: Reply<()>,
     },
-    /// Flush sled and write a checkpoint marker.
+    /// Apply the staged writes to sled and flush it.
     Checkpoint {
         reply: Reply<()>,
     },
