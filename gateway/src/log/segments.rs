@@ -55,6 +55,19 @@ struct Slots {
     live: usize,
 }
 
+impl Slots {
+    /// The payment in slot `i`, unless removed.
+    fn location(&self, i: usize) -> Option<Location> {
+        let &(offset, len) = self.slots.get(i)?;
+        (len != 0).then(|| Location {
+            seq: self.first + i as u64,
+            file: self.file.clone(),
+            offset: offset.into(),
+            len,
+        })
+    }
+}
+
 /// Sequence number → place in a segment, for every payment the segments hold.
 #[derive(Debug, Default)]
 pub struct Index {
@@ -108,13 +121,7 @@ impl Index {
 
     pub fn get(&self, seq: u64) -> Option<Location> {
         let (_, slots) = self.by_first.range(..=seq).next_back()?;
-        let &(offset, len) = slots.slots.get((seq - slots.first) as usize)?;
-        (len != 0).then(|| Location {
-            seq,
-            file: slots.file.clone(),
-            offset: offset.into(),
-            len,
-        })
+        slots.location((seq - slots.first) as usize)
     }
 
     pub fn contains(&self, seq: u64) -> bool {
@@ -131,18 +138,11 @@ impl Index {
         let mut out = Vec::new();
         for slots in self.by_first.range(start..).map(|(_, s)| s) {
             let skip = from.saturating_sub(slots.first) as usize;
-            for (i, &(offset, len)) in slots.slots.iter().enumerate().skip(skip) {
+            for i in skip..slots.slots.len() {
                 if out.len() >= limit {
                     return out;
                 }
-                if len != 0 {
-                    out.push(Location {
-                        seq: slots.first + i as u64,
-                        file: slots.file.clone(),
-                        offset: offset.into(),
-                        len,
-                    });
-                }
+                out.extend(slots.location(i));
             }
         }
         out
@@ -153,18 +153,11 @@ impl Index {
         let mut out = Vec::new();
         for slots in self.by_first.range(..before).rev().map(|(_, s)| s) {
             let end = (before - slots.first).min(slots.slots.len() as u64) as usize;
-            for (i, &(offset, len)) in slots.slots[..end].iter().enumerate().rev() {
+            for i in (0..end).rev() {
                 if out.len() >= limit {
                     return out;
                 }
-                if len != 0 {
-                    out.push(Location {
-                        seq: slots.first + i as u64,
-                        file: slots.file.clone(),
-                        offset: offset.into(),
-                        len,
-                    });
-                }
+                out.extend(slots.location(i));
             }
         }
         out
