@@ -36,6 +36,15 @@ const GC_CHUNK: usize = 4096;
 /// Index entries taken per lock while scanning.
 const SCAN_CHUNK: usize = 256;
 
+/// Which way [`Store::scan`] reads the log.
+#[derive(Debug, Clone, Copy)]
+enum Scan {
+    /// In order, from this sequence number.
+    From(u64),
+    /// Newest first, from the end.
+    Back,
+}
+
 /// What the committer and the readers share.
 pub(super) struct Shared {
     data_dir: PathBuf,
@@ -448,24 +457,35 @@ impl Store {
         self.look_now(|store, engine| store.cursor_in(engine, sink))
     }
 
-    /// Calls `each` with every entry's record from `from` on, in order,
+    /// Calls `each` with every entry's record in the order `scan` asks,
     /// until it returns false: the segments' payments merged with sled's
     /// `events` tree (stores from before the segments, dead letters moved out
     /// of collected segments).
-    fn scan_from(
+    fn scan(
         &self,
         engine: &Engine,
-        from: u64,
+        scan: Scan,
         mut each: impl FnMut(u64, &[u8]) -> Result<bool, LogError>,
     ) -> Result<(), LogError> {
-        let mut in_sled = engine.events.range(from.to_be_bytes()..).peekable();
-        let mut at = from;
+        let (in_sled, mut next): (Box<dyn Iterator<Item = _>>, u64) = match scan {
+            Scan::From(from) => (Box::new(engine.events.range(from.to_be_bytes()..)), from),
+            Scan::Back => (Box::new(engine.events.iter().rev()), u64::MAX),
+        };
+        let mut in_sled = in_sled.peekable();
+        // Whether `a` comes before `b` in this scan.
+        let earlier = |a: u64, b: u64| match scan {
+            Scan::From(_) => a < b,
+            Scan::Back => a > b,
+        };
         loop {
-            let chunk = self.shared.index().from(at, SCAN_CHUNK);
+            let chunk = match scan {
+                Scan::From(_) => self.shared.index().from(next, SCAN_CHUNK),
+                Scan::Back => self.shared.index().before(next, SCAN_CHUNK),
+            };
             let last_chunk = chunk.len() < SCAN_CHUNK;
             for place in chunk {
                 while let Some(item) =
-                    in_sled.next_if(|i| !matches!(i, Ok((k, _)) if be(k) >= place.seq))
+                    in_sled.next_if(|i| !matches!(i, Ok((k, _)) if !earlier(be(k), place.seq)))
                 {
                     let (key, value) = item?;
                     if !each(be(&key), &value)? {
@@ -478,46 +498,10 @@ impl Store {
                 if !each(place.seq, &place.read()?)? {
                     return Ok(());
                 }
-                at = place.seq + 1;
-            }
-            if last_chunk {
-                break;
-            }
-        }
-        for item in in_sled {
-            let (key, value) = item?;
-            if !each(be(&key), &value)? {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Store::scan_from`] backwards, from the newest entry.
-    fn scan_back(
-        &self,
-        engine: &Engine,
-        mut each: impl FnMut(u64, &[u8]) -> Result<bool, LogError>,
-    ) -> Result<(), LogError> {
-        let mut in_sled = engine.events.iter().rev().peekable();
-        let mut before = u64::MAX;
-        loop {
-            let chunk = self.shared.index().before(before, SCAN_CHUNK);
-            let last_chunk = chunk.len() < SCAN_CHUNK;
-            for place in chunk {
-                while let Some(item) =
-                    in_sled.next_if(|i| !matches!(i, Ok((k, _)) if be(k) <= place.seq))
-                {
-                    let (key, value) = item?;
-                    if !each(be(&key), &value)? {
-                        return Ok(());
-                    }
-                }
-                in_sled.next_if(|i| matches!(i, Ok((k, _)) if be(k) == place.seq));
-                if !each(place.seq, &place.read()?)? {
-                    return Ok(());
-                }
-                before = place.seq;
+                next = match scan {
+                    Scan::From(_) => place.seq + 1,
+                    Scan::Back => place.seq,
+                };
             }
             if last_chunk {
                 break;
@@ -537,7 +521,7 @@ impl Store {
         if limit == 0 {
             return Ok(out);
         }
-        self.scan_from(engine, from, |seq, bytes| {
+        self.scan(engine, Scan::From(from), |seq, bytes| {
             if let Some(entry) = self.shared.decode(seq, bytes) {
                 out.push(entry);
             }
@@ -589,7 +573,7 @@ impl Store {
             // below the lowest), so this counts without reading the backlog.
             None => {
                 pending = next_seq.saturating_sub(cursor) - acked.len() as u64;
-                self.scan_from(engine, cursor, |seq, bytes| {
+                self.scan(engine, Scan::From(cursor), |seq, bytes| {
                     if acked.contains(&seq) {
                         return Ok(true);
                     }
@@ -599,7 +583,7 @@ impl Store {
             }
             Some(wants) => {
                 let mut scanned = 0;
-                self.scan_from(engine, cursor, |seq, bytes| {
+                self.scan(engine, Scan::From(cursor), |seq, bytes| {
                     scanned += 1;
                     if scanned > FILTERED_STATUS_SCAN {
                         // Too long to read for a status: count the rest whole.
@@ -669,7 +653,7 @@ impl Store {
             if limit == 0 {
                 return Ok(items);
             }
-            store.scan_back(engine, |seq, bytes| {
+            store.scan(engine, Scan::Back, |seq, bytes| {
                 let Some(entry) = store.shared.decode(seq, bytes) else {
                     return Ok(true);
                 };
@@ -767,7 +751,7 @@ impl Store {
         let keep_ms = self.shared.options.keep_settled.as_millis() as i64;
         let mut removals = Vec::new();
         let mut removed = Vec::new();
-        self.scan_from(engine, 0, |seq, bytes| {
+        self.scan(engine, Scan::From(0), |seq, bytes| {
             if seq >= horizon {
                 return Ok(false);
             }
