@@ -397,10 +397,7 @@ impl Committer {
     /// collected.
     fn checkpoint_with(&mut self, engine: &Engine) -> Result<(), LogError> {
         let at = self.segments.end();
-        engine.apply_staged()?;
-        engine.meta.insert(engine::CHECKPOINTED, at.to_bytes())?;
-        engine.flush_and_sync(&self.data_file, &*self.shared.disk)?;
-        engine.clear_staged();
+        engine.checkpoint(at, &self.data_file, &*self.shared.disk)?;
         let collected = {
             let index = self.shared.index();
             self.segments.checkpoint(at, |id| index.live(id) == 0)?
@@ -463,21 +460,13 @@ impl Committer {
         self.segments.rewrite_unsynced()?;
         self.shared.close_engine();
         let engine = self.shared.reopen_engine()?;
-        let segments::Opened {
-            segments,
-            index,
-            replay,
-            ..
-        } = Segments::open(
+        let (segments, index) = Segments::open_replayed(
             &self.shared.segments_dir(),
             self.shared.options.segment_bytes,
             self.shared.disk.clone(),
-            engine.checkpointed()?,
+            &engine,
         )?;
         self.segments = segments;
-        for ops in &replay {
-            engine.apply(ops)?;
-        }
         *self.shared.index_mut() = index;
         self.data_file = engine::open_data_file(&self.shared.state_dir())?;
         self.unsynced_since = None;

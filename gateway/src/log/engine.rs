@@ -160,9 +160,9 @@ impl Engine {
         self.staged_bytes.load(Ordering::Relaxed)
     }
 
-    /// Applies the staged writes to sled (the caller then flushes), leaving
-    /// them staged so readers see the same values meanwhile.
-    pub fn apply_staged(&self) -> Result<(), LogError> {
+    /// Applies the staged writes to sled (a checkpoint then flushes),
+    /// leaving them staged so readers see the same values meanwhile.
+    fn apply_staged(&self) -> Result<(), LogError> {
         let staged = self.staged();
         for (name, writes) in staged.iter() {
             let tree = self.tree(name)?;
@@ -177,7 +177,7 @@ impl Engine {
     }
 
     /// After a flush of what [`Engine::apply_staged`] applied.
-    pub fn clear_staged(&self) {
+    fn clear_staged(&self) {
         self.staged
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -369,18 +369,25 @@ impl Engine {
         Ok(out)
     }
 
-    /// `flush()` then `fdatasync` of sled's data file: everything applied so
-    /// far survives a power cut.
-    pub fn flush_and_sync(
+    /// A checkpoint: the staged writes go into sled with `at`, the place in
+    /// the segments they reach, then `flush()` and an `fdatasync` of sled's
+    /// data file make them survive a power cut; the next opening replays
+    /// from `at`.
+    pub fn checkpoint(
         &self,
+        at: Position,
         data_file: &std::fs::File,
         disk: &dyn super::disk::Disk,
     ) -> Result<(), LogError> {
+        self.apply_staged()?;
+        self.meta.insert(CHECKPOINTED, at.to_bytes())?;
         self.db.flush()?;
         let started = std::time::Instant::now();
         let synced = disk.sync_data(data_file);
         super::committer::observe_sync("fdatasync", started);
-        synced.map_err(|e| LogError::Storage(format!("fdatasync of the store: {e}")))
+        synced.map_err(|e| LogError::Storage(format!("fdatasync of the store: {e}")))?;
+        self.clear_staged();
+        Ok(())
     }
 }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use super::LogError;
 use super::disk::Disk;
+use super::engine::Engine;
 use super::segment::{self, LogWrite, Op, Position, SegmentFile, io_error};
 
 /// Collected segment files kept for reuse.
@@ -349,6 +350,21 @@ impl Segments {
             index,
             replay,
         })
+    }
+
+    /// [`Segments::open`] from where `engine`'s last checkpoint ends, with
+    /// the writes since then replayed into it.
+    pub fn open_replayed(
+        dir: &Path,
+        segment_bytes: u64,
+        disk: Arc<dyn Disk>,
+        engine: &Engine,
+    ) -> Result<(Segments, Index), LogError> {
+        let opened = Segments::open(dir, segment_bytes, disk, engine.checkpointed()?)?;
+        for ops in &opened.replay {
+            engine.apply(ops)?;
+        }
+        Ok((opened.segments, opened.index))
     }
 
     /// Where the next record goes.

@@ -20,7 +20,7 @@ use super::engine::{self, ACKED, CURSOR, DEAD, Engine, OUTCOME, REQUEUED, RETIRE
 use super::open::Recovery;
 use super::record::{self, LogEntry};
 use super::segment::{self, LOG, Op};
-use super::segments::{self, Index, Segments};
+use super::segments::{Index, Segments};
 use super::{
     Committed, EventLog, GcReport, KvBatch, LogError, LogFuture, LogHealth, LogOptions, QueueItem,
     Settlement, SinkStatus,
@@ -227,30 +227,19 @@ impl Store {
         for ops in opened.replay.iter().chain(&legacy) {
             engine.apply(ops)?;
         }
-        let segments::Opened {
-            mut segments,
-            index,
-            replay,
-            ..
-        } = Segments::open(
+        let (mut segments, mut index) = Segments::open_replayed(
             &data_dir.join("events"),
             options.segment_bytes,
             disk.clone(),
-            engine.checkpointed()?,
+            &engine,
         )?;
-        for ops in &replay {
-            engine.apply(ops)?;
-        }
         engine.make_registry(now_ms())?;
         let data_file = engine::open_data_file(&state)?;
         // Replayed writes are in sled's synced files now: the next opening
         // starts from here.
         let at = segments.end();
-        engine.meta.insert(engine::CHECKPOINTED, at.to_bytes())?;
-        engine.flush_and_sync(&data_file, &*disk)?;
-        let collected = segments.checkpoint(at, |id| index.live(id) == 0)?;
-        let mut index = index;
-        for id in collected {
+        engine.checkpoint(at, &data_file, &*disk)?;
+        for id in segments.checkpoint(at, |id| index.live(id) == 0)? {
             index.forget_segment(id);
         }
         if legacy_wal.exists() {
