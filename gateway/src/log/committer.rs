@@ -335,15 +335,9 @@ impl Committer {
         let mut ops = Vec::new();
         for seq in damaged {
             let key = seq.to_be_bytes().to_vec();
-            let in_segment = self.shared.index().get(seq);
-            let (tree, value) = match in_segment {
-                Some(place) => (LOG, place.read().ok()),
-                None => (
-                    engine::EVENTS,
-                    engine.events.get(&key).ok().flatten().map(|v| v.to_vec()),
-                ),
+            let Ok(Some((tree, value))) = self.shared.record(&engine, seq) else {
+                continue;
             };
-            let Some(value) = value else { continue };
             if record::decode(&value).is_ok() {
                 continue;
             }

@@ -146,6 +146,23 @@ impl Shared {
         }
     }
 
+    /// Entry `seq`'s record as stored, with the tree that holds it: a
+    /// segment ([`LOG`]) or sled's `events`.
+    pub fn record(
+        &self,
+        engine: &Engine,
+        seq: u64,
+    ) -> Result<Option<(&'static str, Vec<u8>)>, LogError> {
+        let place = self.index().get(seq);
+        Ok(match place {
+            Some(place) => Some((LOG, place.read()?)),
+            None => engine
+                .events
+                .get(seq.to_be_bytes())?
+                .map(|v| (engine::EVENTS, v.to_vec())),
+        })
+    }
+
     /// Damaged records noted by readers since the last call.
     pub fn take_damaged(&self) -> Vec<u64> {
         let mut damaged = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
@@ -424,12 +441,10 @@ impl Store {
     }
 
     fn entry_in(&self, engine: &Engine, seq: u64) -> Result<Option<LogEntry>, LogError> {
-        let place = self.shared.index().get(seq);
-        let bytes = match place {
-            Some(place) => Some(place.read()?),
-            None => engine.events.get(seq.to_be_bytes())?.map(|v| v.to_vec()),
-        };
-        Ok(bytes.and_then(|v| self.shared.decode(seq, &v)))
+        Ok(self
+            .shared
+            .record(engine, seq)?
+            .and_then(|(_, bytes)| self.shared.decode(seq, &bytes)))
     }
 
     fn cursor_in(&self, engine: &Engine, sink: &str) -> Result<u64, LogError> {
