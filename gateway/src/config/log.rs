@@ -58,5 +58,6 @@ pub(super) fn parse(loc: &Locator<'_>, lr: RawLog) -> Result<LogOptions, ConfigE
             true,
         )?,
         segment_bytes: dl.segment_bytes,
+        gather: dl.gather,
     })
 }

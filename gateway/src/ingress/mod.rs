@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 
 use crate::connectors::{CallError, Connectors, IncomingRequest, Plugin, Rejection};
 use crate::http_server;
-use crate::log::{Appended, EventLog, KvBatch, LogError};
+use crate::log::{AppendExpected, Appended, EventLog, KvBatch, LogError};
 use crate::metrics::metrics;
 use crate::model::{self, BalanceChange};
 use crate::tasks::Tasks;
@@ -241,6 +241,9 @@ async fn handle(
             ),
         );
     }
+    // From here until its append is queued, the committer may hold a
+    // commit for this webhook to share it.
+    let expected = ingress.log.expect_append();
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -285,7 +288,7 @@ async fn handle(
         return stale_refused();
     }
     let kv = plugin.kv_batch(result.kv_writes);
-    if let Err(error) = store(&*ingress.log, name, changes, kv).await {
+    if let Err(error) = store(&*ingress.log, name, changes, kv, expected).await {
         return not_stored(name, &error);
     }
     answer(name, Ok(result.reply))
@@ -312,12 +315,13 @@ pub(crate) fn answer(
 /// Appends `changes` durably, with the plugin's KV writes from the same
 /// call, and logs what became of each: new, or a duplicate of a payment
 /// already seen (a provider's retry, or a poller and a webhook connector that
-/// both saw it).
+/// both saw it). `expected` is let go once the append is queued.
 pub async fn store(
     log: &dyn EventLog,
     connector: &str,
     changes: Vec<BalanceChange>,
     kv: Option<KvBatch>,
+    expected: AppendExpected,
 ) -> Result<(), LogError> {
     if changes.is_empty() && kv.is_none() {
         return Ok(());
@@ -326,7 +330,9 @@ pub async fn store(
         .iter()
         .map(|c| (c.provider.clone(), c.transaction_id.clone(), c.amount))
         .collect();
-    let committed = log.append(changes, kv).await?;
+    let committed = log.append(changes, kv);
+    drop(expected);
+    let committed = committed.await?;
     if let Err(reason) = &committed.kv {
         tracing::warn!(%connector, %reason, "plugin KV writes not applied");
     }

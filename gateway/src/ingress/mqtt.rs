@@ -30,7 +30,7 @@ use serde::Serialize;
 use super::StaleRule;
 use crate::config::SubscriptionConfig;
 use crate::connectors::{CallError, Connectors, IncomingRequest, Rejection};
-use crate::log::EventLog;
+use crate::log::{AppendExpected, EventLog};
 use crate::model::now_ms;
 use crate::mqtt_link::{Connection, MqttError, tls_config};
 use crate::tasks::Tasks;
@@ -287,7 +287,7 @@ impl Subscription {
             return Handled::Dropped("older than the dedupe window".into());
         }
         let kv = plugin.kv_batch(result.kv_writes);
-        match super::store(&*self.log, name, changes, kv).await {
+        match super::store(&*self.log, name, changes, kv, AppendExpected::default()).await {
             Ok(()) => Handled::Stored,
             Err(error) => Handled::Retry(format!("not stored: {error}")),
         }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::connectors::{CallError, Plugin, Rejection};
-use crate::log::EventLog;
+use crate::log::{AppendExpected, EventLog};
 use crate::model;
 use crate::sinks::RetryPolicy;
 
@@ -89,7 +89,7 @@ async fn poll_once(
     let found = result.changes.len();
     let (changes, _) = stale.sift(name, result.changes, model::now_ms());
     let kv = plugin.kv_batch(result.kv_writes);
-    if let Err(error) = super::store(log, name, changes, kv).await {
+    if let Err(error) = super::store(log, name, changes, kv, AppendExpected::default()).await {
         tracing::error!(
             connector = %name, %error, found,
             "could not store polled changes; the next poll fetches them again"

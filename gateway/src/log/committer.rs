@@ -191,18 +191,7 @@ impl Committer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut batch = Vec::new();
-            let mut closing = false;
-            let mut next = Some(first);
-            while let Some(message) = next.take() {
-                match message {
-                    Message::Close => closing = true,
-                    message => batch.push(message),
-                }
-                if batch.len() < MAX_BATCH && !closing {
-                    next = requests.try_recv().ok();
-                }
-            }
+            let (batch, closing) = self.gather(&requests, first);
             self.commit(batch);
             if closing {
                 break;
@@ -212,6 +201,39 @@ impl Committer {
             && let Err(error) = self.checkpoint()
         {
             tracing::error!(%error, "event log: final checkpoint failed; the write-ahead file has everything");
+        }
+    }
+
+    /// The next commit's requests: `first` and whatever is queued behind
+    /// it; and if that must sync while webhooks are on their way to an
+    /// append, those that come within `LogOptions::gather` too. True if told to close.
+    fn gather(&self, requests: &Receiver<Message>, first: Message) -> (Vec<Message>, bool) {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        let until = Instant::now() + self.shared.options.gather;
+        loop {
+            match next.take() {
+                Some(Message::Close) => return (batch, true),
+                Some(message) => batch.push(message),
+                None => {}
+            }
+            if batch.len() >= MAX_BATCH {
+                return (batch, false);
+            }
+            next = requests.try_recv().ok();
+            if next.is_some() {
+                continue;
+            }
+            let worth_waiting =
+                self.shared.appends_expected() > 0 && batch.iter().any(Message::needs_sync);
+            let left = until.saturating_duration_since(Instant::now());
+            if !worth_waiting || left.is_zero() {
+                return (batch, false);
+            }
+            match requests.recv_timeout(left) {
+                Ok(message) => next = Some(message),
+                Err(_) => return (batch, false),
+            }
         }
     }
 

@@ -62,6 +62,7 @@ pub mod faulty {
         /// Called at the start of every stalled sync (a test learns a commit
         /// is on the disk).
         stalls: AtomicU64,
+        syncs: AtomicU64,
         free_bytes: Mutex<Option<u64>>,
     }
 
@@ -86,6 +87,11 @@ pub mod faulty {
             self.stalls.load(Ordering::SeqCst)
         }
 
+        /// How many times `sync_data` was called.
+        pub fn syncs(&self) -> u64 {
+            self.syncs.load(Ordering::SeqCst)
+        }
+
         /// Reports `bytes` free (None: the real figure).
         pub fn set_free_bytes(&self, bytes: Option<u64>) {
             *self.free_bytes.lock().unwrap_or_else(|e| e.into_inner()) = bytes;
@@ -98,6 +104,7 @@ pub mod faulty {
         }
 
         fn sync_data(&self, file: &File) -> io::Result<()> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
             let stall = self.sync_stall_ms.load(Ordering::SeqCst);
             if stall > 0 {
                 self.stalls.fetch_add(1, Ordering::SeqCst);

@@ -36,6 +36,7 @@ mod store;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -180,6 +181,13 @@ pub struct LogOptions {
     /// Size of one segment file of the event log (written once, then
     /// reused once collected).
     pub segment_bytes: u64,
+    /// How long a commit that must sync waits for the webhooks on their way
+    /// to an append ([`AppendExpected`]) to join it: PostgreSQL's
+    /// `commit_delay` with `commit_siblings`, but only while one is really
+    /// coming; alone, a webhook's commit starts at once. 500 µs: with 32
+    /// senders on the e2e load, 2.8 → 2.25 KiB written per payment, same
+    /// rate.
+    pub gather: Duration,
 }
 
 impl Default for LogOptions {
@@ -191,6 +199,33 @@ impl Default for LogOptions {
             max_disk_bytes: 1 << 30,
             min_free_disk_bytes: 64 << 20,
             segment_bytes: 4 << 20,
+            gather: Duration::from_micros(500),
+        }
+    }
+}
+
+/// A webhook on its way to [`EventLog::append`], from its arrival until its
+/// append is queued (then dropped). While any is, the committer holds a
+/// commit that must sync a little longer, so they share its `fdatasync` and
+/// page writes instead of each paying for its own; alone, a webhook waits
+/// for nobody.
+#[derive(Debug, Default)]
+pub struct AppendExpected(Option<Arc<AtomicUsize>>);
+
+impl AppendExpected {
+    /// Counts one more expected append in `expected` until dropped.
+    fn counted_in(expected: &Arc<AtomicUsize>) -> Self {
+        expected.fetch_add(1, Ordering::AcqRel);
+        AppendExpected(Some(expected.clone()))
+    }
+}
+
+impl Drop for AppendExpected {
+    fn drop(&mut self) {
+        if let Some(expected) = &self.0 {
+            // Release: the append queued before this is seen by whoever
+            // reads the count.
+            expected.fetch_sub(1, Ordering::Release);
         }
     }
 }
@@ -203,6 +238,12 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
     /// Makes `changes` (and `kv`, the plugin's writes from the same call)
     /// durable; resolves only once they would survive a power cut.
     fn append(&self, changes: Vec<BalanceChange>, kv: Option<KvBatch>) -> LogFuture<Committed>;
+
+    /// Says an append is coming (a webhook is in its plugin); drop the
+    /// guard once [`EventLog::append`] has been called.
+    fn expect_append(&self) -> AppendExpected {
+        AppendExpected::default()
+    }
 
     /// The next sequence number to be assigned; changes after every commit.
     fn watch(&self) -> watch::Receiver<u64>;

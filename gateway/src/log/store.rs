@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,8 @@ use super::record::{self, LogEntry};
 use super::segment::{self, LOG, Op};
 use super::segments::{Index, Segments};
 use super::{
-    Committed, EventLog, GcReport, KvBatch, LogError, LogFuture, LogHealth, LogOptions, QueueItem,
-    Settlement, SinkStatus,
+    AppendExpected, Committed, EventLog, GcReport, KvBatch, LogError, LogFuture, LogHealth,
+    LogOptions, QueueItem, Settlement, SinkStatus,
 };
 use crate::model::{BalanceChange, now_ms};
 
@@ -61,6 +61,8 @@ pub(super) struct Shared {
     damaged: Mutex<std::collections::BTreeSet<u64>>,
     /// Where each payment lies in the segments; changed by the committer only.
     index: RwLock<Index>,
+    /// Webhooks between their arrival and their append ([`AppendExpected`]).
+    appends_expected: Arc<AtomicUsize>,
 }
 
 impl Shared {
@@ -71,6 +73,11 @@ impl Shared {
     /// The event log's segment files.
     pub fn segments_dir(&self) -> PathBuf {
         self.data_dir.join("events")
+    }
+
+    /// How many webhooks are on their way to an append.
+    pub fn appends_expected(&self) -> usize {
+        self.appends_expected.load(Ordering::Acquire)
     }
 
     pub fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -276,6 +283,7 @@ impl Store {
             disk,
             dir_handle,
             next_seq: AtomicU64::new(next_seq),
+            appends_expected: Arc::default(),
             notify,
             health: Mutex::new(opened.health),
             damaged: Mutex::default(),
@@ -882,6 +890,10 @@ impl Store {
 impl EventLog for Store {
     fn append(&self, changes: Vec<BalanceChange>, kv: Option<KvBatch>) -> LogFuture<Committed> {
         self.ask(|reply| Message::Append { changes, kv, reply })
+    }
+
+    fn expect_append(&self) -> AppendExpected {
+        AppendExpected::counted_in(&self.shared.appends_expected)
     }
 
     fn watch(&self) -> watch::Receiver<u64> {

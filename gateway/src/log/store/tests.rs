@@ -143,6 +143,37 @@ fn a_failed_sync_keeps_its_sequence_numbers() {
     assert_eq!(log.health().last_error, None, "recovered in place");
 }
 
+/// A commit that must sync waits for a webhook on its way to an append
+/// (up to `gather`), so both share one `fdatasync`; with nobody coming, an
+/// append is committed at once, however long `gather` is.
+#[test]
+fn an_expected_append_joins_the_commit_ahead_of_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = FaultyDisk::new();
+    let gather = Duration::from_secs(5);
+    let options = LogOptions {
+        gather,
+        ..options()
+    };
+    let log = Store::open_on(dir.path(), options, disk.clone()).expect("open");
+    let started = std::time::Instant::now();
+    assert_eq!(append(&log, &["alone"]), vec![Appended::New(0)]);
+    assert!(started.elapsed() < gather / 2, "nobody was coming: no wait");
+
+    let syncs = disk.syncs();
+    let coming = log.expect_append();
+    let first = log.append_changes(vec![change("a")]);
+    // The committer has `a` in hand and waits for the expected one.
+    std::thread::sleep(Duration::from_millis(100));
+    let second = log.append_changes(vec![change("b")]);
+    drop(coming);
+    let first = crate::log::block_on(first).expect("a stored");
+    let second = crate::log::block_on(second).expect("b stored");
+    assert_eq!(first.appended, vec![Appended::New(1)]);
+    assert_eq!(second.appended, vec![Appended::New(2)]);
+    assert_eq!(disk.syncs() - syncs, 1, "a and b share one fdatasync");
+}
+
 /// Appends `txid` until the store takes it (it refuses while it reopens).
 fn retry_until_stored(log: &Store, txid: &str) -> Appended {
     for _ in 0..100 {
