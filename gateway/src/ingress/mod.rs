@@ -588,7 +588,9 @@ mod tests {
         }
         let full = not_stored(
             "c",
-            &LogError::Full("12 MiB free on /var/lib, 64 reserved".into()),
+            &LogError::Full(crate::log::StorageError::msg(
+                "12 MiB free on /var/lib, 64 reserved",
+            )),
         );
         assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body = body_of(full).await;
@@ -598,7 +600,10 @@ mod tests {
         );
         let failed = not_stored(
             "c",
-            &LogError::Storage("Io(Custom { kind: StorageFull })".into()),
+            &LogError::storage(
+                "segment write /var/lib/x",
+                std::io::Error::other("Io(Custom { kind: StorageFull })"),
+            ),
         );
         let body = body_of(failed).await;
         assert!(

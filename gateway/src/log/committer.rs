@@ -39,7 +39,7 @@ use super::record::{self, LogEntry};
 use super::segment::{LOG, Op};
 use super::segments::{self, Segments};
 use super::store::Shared;
-use super::{Appended, Committed, KvBatch, KvOp, LogError, Settlement};
+use super::{Appended, Committed, KvBatch, KvOp, LogError, Settlement, StorageError};
 use crate::model::{BalanceChange, now_ms};
 
 /// At most this many requests share one commit, to bound the record.
@@ -491,23 +491,23 @@ impl Committer {
         let options = &self.shared.options;
         let used = engine.db.size_on_disk()? + self.segments.disk_bytes();
         if used >= options.max_disk_bytes {
-            return Err(LogError::Full(format!(
+            return Err(LogError::Full(StorageError::msg(format!(
                 "store is {} MiB, limit {} MiB",
                 used >> 20,
                 options.max_disk_bytes >> 20
-            )));
+            ))));
         }
         let free = self
             .shared
             .disk
             .free_bytes(&self.shared.dir_handle)
-            .map_err(|e| LogError::Storage(format!("statvfs: {e}")))?;
+            .map_err(|e| LogError::storage("statvfs", e))?;
         if free < options.min_free_disk_bytes {
-            return Err(LogError::Full(format!(
+            return Err(LogError::Full(StorageError::msg(format!(
                 "{} MiB free on the data filesystem, {} MiB reserved",
                 free >> 20,
                 options.min_free_disk_bytes >> 20
-            )));
+            ))));
         }
         Ok(())
     }
@@ -936,7 +936,7 @@ pub(super) fn observe_sync(call: &str, started: Instant) {
 /// Makes everything on the data directory's filesystem durable.
 pub(super) fn sync_filesystem(dir: &File) -> Result<(), LogError> {
     let started = Instant::now();
-    let result = rustix::fs::syncfs(dir).map_err(|e| LogError::Storage(format!("syncfs: {e}")));
+    let result = rustix::fs::syncfs(dir).map_err(|e| LogError::storage("syncfs", e));
     observe_sync("syncfs", started);
     result
 }
