@@ -354,7 +354,8 @@ pub(crate) fn stale_refused() -> Response {
     )
 }
 
-/// A 503 the sender will retry; what went wrong goes to our log only.
+/// A 503 the sender will retry; what went wrong goes to our log only, and
+/// only here (the store leaves it to whoever answers for the failure).
 fn not_stored(name: &str, error: &LogError) -> Response {
     tracing::error!(connector = %name, %error, "could not store changes; sender will retry");
     let (code, text) = match error {

@@ -239,6 +239,8 @@ impl Committer {
             Ok::<_, LogError>(())
         })();
         if let Err(error) = result {
+            // Nobody waits for these writes, so nobody else logs it.
+            tracing::error!(%error, "event log sync or checkpoint failed; the store is reopened in place");
             self.failed(error);
         }
     }
@@ -355,8 +357,12 @@ impl Committer {
         drop(engine);
         let n = (ops.len() / 2) as u64;
         if n > 0 {
-            let (reply, _) = oneshot::channel();
+            let (reply, mut answer) = oneshot::channel();
             self.commit(vec![Message::Remove { ops, reply }]);
+            // Answered by now; no one else waits for it.
+            if let Ok(Err(error)) = answer.try_recv() {
+                tracing::error!(%error, "cannot move damaged records to quarantine");
+            }
             self.shared.count_quarantined(n);
         }
     }
@@ -412,8 +418,13 @@ impl Committer {
         Ok(())
     }
 
+    /// Marks the store broken; it is reopened in place before the next
+    /// commit. Logged once, by whoever handles the error: the callers that
+    /// were waiting (ingress answers 503, a sink retries, GC tries again
+    /// later), or the committer itself where nobody waits (idle syncs and
+    /// checkpoints, the quarantine).
     fn failed(&mut self, error: LogError) {
-        tracing::error!(%error, "event log commit failed; senders get 503 and retry; the store is reopened in place");
+        tracing::debug!(%error, "event log commit failed; the store is reopened in place");
         self.shared.set_last_error(Some(error.to_string()));
         self.broken = Some(error);
     }
