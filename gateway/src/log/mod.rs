@@ -54,7 +54,7 @@ pub use store::Store;
 /// device`), so `%error` in a log line or `to_string()` loses nothing.
 /// `source()` hands the same underlying error to code that wants it (its
 /// `io::ErrorKind`, say); a chain printer must not print it again, which
-/// [`crate::error_chain`] sees to. It is `Clone` (one commit failure answers
+/// [`crate::error::chain`] sees to. It is `Clone` (one commit failure answers
 /// every caller of a batch), so the underlying errors are shared in an `Arc`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LogError {
