@@ -16,10 +16,11 @@
 //!   spawned task hangs under; [`cli`]: the command line.
 //!
 //! Below them all, shared by several: [`model`], [`secret`], [`retry`]
-//! (backoff and `Retry-After`), [`outbound`] (the gateway's own HTTP
-//! client), [`allowed_host`]. Every dependency between these top-level
-//! modules points down the flow (config at the bottom; app, admin and cli
-//! on top), with no cycle: `gateway/tests/module_graph.rs` checks it.
+//! (backoff and `Retry-After`), [`error`] (an error with its causes on one
+//! line), [`outbound`] (the gateway's own HTTP client), [`allowed_host`].
+//! Every dependency between these top-level modules points down the flow
+//! (config at the bottom; app, admin and cli on top), with no cycle:
+//! `gateway/tests/module_graph.rs` checks it.
 
 pub mod admin;
 pub mod allowed_host;
@@ -27,6 +28,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connectors;
+pub mod error;
 pub mod fleet;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;

@@ -202,7 +202,10 @@ mod tests {
         assert!(b.is_cancelled());
     }
 
-    #[tokio::test]
+    /// On tokio's paused clock: the watcher's wait takes no real time, and
+    /// the clock stands still while the blocking job runs (tokio does not
+    /// auto-advance past a running `spawn_blocking`).
+    #[tokio::test(start_paused = true)]
     async fn shut_down_waits_for_every_task_of_the_tree() {
         let root = Tasks::new();
         let child = root.child();
@@ -225,7 +228,7 @@ mod tests {
         assert_eq!(root.running(), "");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn shut_down_gives_up_at_the_deadline_and_names_what_still_runs() {
         let root = Tasks::new();
         for _ in 0..2 {
@@ -236,7 +239,9 @@ mod tests {
         aborted.abort();
         let _ = aborted.await;
         tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
         assert!(!root.shut_down(Duration::from_millis(50)).await);
+        assert_eq!(started.elapsed(), Duration::from_millis(50), "not sooner");
         assert_eq!(root.running(), "stuck ×2");
     }
 }

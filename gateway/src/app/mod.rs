@@ -442,7 +442,7 @@ impl Gateway {
         if let Err(error) = self.update_sinks(&new).await {
             // Only a sink that cannot be built (a bad CA file, say) gets here;
             // the others run with the new settings.
-            tracing::error!(error = %format!("{error:#}"), "a sink could not start with the new config");
+            tracing::error!(error = %crate::error::chain(error.as_ref()), "a sink could not start with the new config");
         }
         self.config = new;
         self.live.config.store(Arc::new(self.config.clone()));
@@ -653,7 +653,7 @@ impl Gateway {
                 }
                 Err(error) if first_error.is_none() => first_error = Some(error),
                 Err(error) => {
-                    tracing::error!(sink = %name, error = %format!("{error:#}"), "sink not started")
+                    tracing::error!(sink = %name, error = %crate::error::chain(error.as_ref()), "sink not started")
                 }
             }
         }

@@ -113,7 +113,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

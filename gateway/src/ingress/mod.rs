@@ -360,7 +360,8 @@ pub(crate) fn stale_refused() -> Response {
     )
 }
 
-/// A 503 the sender will retry; what went wrong goes to our log only.
+/// A 503 the sender will retry; what went wrong goes to our log only, and
+/// only here (the store leaves it to whoever answers for the failure).
 fn not_stored(name: &str, error: &LogError) -> Response {
     tracing::error!(connector = %name, %error, "could not store changes; sender will retry");
     let (code, text) = match error {
@@ -594,7 +595,9 @@ mod tests {
         }
         let full = not_stored(
             "c",
-            &LogError::Full("12 MiB free on /var/lib, 64 reserved".into()),
+            &LogError::Full(crate::log::StorageError::msg(
+                "12 MiB free on /var/lib, 64 reserved",
+            )),
         );
         assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body = body_of(full).await;
@@ -604,7 +607,10 @@ mod tests {
         );
         let failed = not_stored(
             "c",
-            &LogError::Storage("Io(Custom { kind: StorageFull })".into()),
+            &LogError::storage(
+                "segment write /var/lib/x",
+                std::io::Error::other("Io(Custom { kind: StorageFull })"),
+            ),
         );
         let body = body_of(failed).await;
         assert!(

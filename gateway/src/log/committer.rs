@@ -39,7 +39,7 @@ use super::record::{self, LogEntry};
 use super::segment::{LOG, Op};
 use super::segments::{self, Segments};
 use super::store::Shared;
-use super::{Appended, Committed, KvBatch, KvOp, LogError, Settlement};
+use super::{Appended, Committed, KvBatch, KvOp, LogError, Settlement, StorageError};
 use crate::model::{BalanceChange, now_ms};
 
 /// At most this many requests share one commit, to bound the record.
@@ -261,6 +261,8 @@ impl Committer {
             Ok::<_, LogError>(())
         })();
         if let Err(error) = result {
+            // Nobody waits for these writes, so nobody else logs it.
+            tracing::error!(%error, "event log sync or checkpoint failed; the store is reopened in place");
             self.failed(error);
         }
     }
@@ -377,8 +379,12 @@ impl Committer {
         drop(engine);
         let n = (ops.len() / 2) as u64;
         if n > 0 {
-            let (reply, _) = oneshot::channel();
+            let (reply, mut answer) = oneshot::channel();
             self.commit(vec![Message::Remove { ops, reply }]);
+            // Answered by now; no one else waits for it.
+            if let Ok(Err(error)) = answer.try_recv() {
+                tracing::error!(%error, "cannot move damaged records to quarantine");
+            }
             self.shared.count_quarantined(n);
         }
     }
@@ -434,8 +440,13 @@ impl Committer {
         Ok(())
     }
 
+    /// Marks the store broken; it is reopened in place before the next
+    /// commit. Logged once, by whoever handles the error: the callers that
+    /// were waiting (ingress answers 503, a sink retries, GC tries again
+    /// later), or the committer itself where nobody waits (idle syncs and
+    /// checkpoints, the quarantine).
     fn failed(&mut self, error: LogError) {
-        tracing::error!(%error, "event log commit failed; senders get 503 and retry; the store is reopened in place");
+        tracing::debug!(%error, "event log commit failed; the store is reopened in place");
         self.shared.set_last_error(Some(error.to_string()));
         self.broken = Some(error);
     }
@@ -513,23 +524,23 @@ impl Committer {
         let options = &self.shared.options;
         let used = engine.db.size_on_disk()? + self.segments.disk_bytes();
         if used >= options.max_disk_bytes {
-            return Err(LogError::Full(format!(
+            return Err(LogError::Full(StorageError::msg(format!(
                 "store is {} MiB, limit {} MiB",
                 used >> 20,
                 options.max_disk_bytes >> 20
-            )));
+            ))));
         }
         let free = self
             .shared
             .disk
             .free_bytes(&self.shared.dir_handle)
-            .map_err(|e| LogError::Storage(format!("statvfs: {e}")))?;
+            .map_err(|e| LogError::storage("statvfs", e))?;
         if free < options.min_free_disk_bytes {
-            return Err(LogError::Full(format!(
+            return Err(LogError::Full(StorageError::msg(format!(
                 "{} MiB free on the data filesystem, {} MiB reserved",
                 free >> 20,
                 options.min_free_disk_bytes >> 20
-            )));
+            ))));
         }
         Ok(())
     }
@@ -958,7 +969,7 @@ pub(super) fn observe_sync(call: &str, started: Instant) {
 /// Makes everything on the data directory's filesystem durable.
 pub(super) fn sync_filesystem(dir: &File) -> Result<(), LogError> {
     let started = Instant::now();
-    let result = rustix::fs::syncfs(dir).map_err(|e| LogError::Storage(format!("syncfs: {e}")));
+    let result = rustix::fs::syncfs(dir).map_err(|e| LogError::storage("syncfs", e));
     observe_sync("syncfs", started);
     result
 }

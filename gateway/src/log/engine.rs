@@ -385,7 +385,7 @@ impl Engine {
         let started = std::time::Instant::now();
         let synced = disk.sync_data(data_file);
         super::committer::observe_sync("fdatasync", started);
-        synced.map_err(|e| LogError::Storage(format!("fdatasync of the store: {e}")))?;
+        synced.map_err(|e| LogError::storage("fdatasync of the store", e))?;
         self.clear_staged();
         Ok(())
     }
@@ -393,6 +393,5 @@ impl Engine {
 
 /// sled's data file, `state/db`, which holds every segment of its log.
 pub fn open_data_file(state: &Path) -> Result<std::fs::File, LogError> {
-    std::fs::File::open(state.join("db"))
-        .map_err(|e| LogError::Storage(format!("open state/db: {e}")))
+    std::fs::File::open(state.join("db")).map_err(|e| LogError::storage("open state/db", e))
 }

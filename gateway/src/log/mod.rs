@@ -49,12 +49,20 @@ pub use store::Store;
 
 /// Why the log could not do what was asked. Ingress answers 503 to every one
 /// of these, so the sender retries and nothing acknowledged is lost.
+///
+/// How it prints: the `Display` text is the whole story, ending with the
+/// error underneath (`storage failed: segment write: No space left on
+/// device`), so `%error` in a log line or `to_string()` loses nothing.
+/// `source()` hands the same underlying error to code that wants it (its
+/// `io::ErrorKind`, say); a chain printer must not print it again, which
+/// [`crate::error::chain`] sees to. It is `Clone` (one commit failure answers
+/// every caller of a batch), so the underlying errors are shared in an `Arc`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LogError {
     #[error("the event log is full ({0}); free disk space or raise log.max_disk_mb")]
-    Full(String),
+    Full(#[source] StorageError),
     #[error("storage failed: {0}")]
-    Storage(String),
+    Storage(#[source] StorageError),
     #[error("the event log in {0} is in use by another gateway process")]
     Locked(String),
     #[error(
@@ -70,12 +78,84 @@ pub enum LogError {
          Only `soundbox-gateway run` recovers a damaged store (it moves it aside and \
          salvages what still reads): start the gateway (systemctl start soundbox-gateway)"
     )]
-    Damaged { path: String, reason: String },
+    Damaged {
+        path: String,
+        #[source]
+        reason: StorageError,
+    },
+}
+
+impl LogError {
+    /// `Storage`: `context` (what was being done) failed with `source`.
+    pub(crate) fn storage(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        LogError::Storage(StorageError::new(context, source))
+    }
+
+    /// `Full` if the disk or a quota ran out, else `Storage`.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        let kind = source.kind();
+        let error = StorageError::new(context, source);
+        match kind {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                LogError::Full(error)
+            }
+            _ => LogError::Storage(error),
+        }
+    }
 }
 
 impl From<sled::Error> for LogError {
     fn from(e: sled::Error) -> Self {
-        LogError::Storage(e.to_string())
+        LogError::Storage(StorageError::new(String::new(), e))
+    }
+}
+
+/// What a store call was doing when it failed, and the error underneath
+/// when there is one. Prints as `context: cause` (or either alone).
+#[derive(Debug, Clone)]
+pub struct StorageError {
+    context: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StorageError {
+    pub fn new(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StorageError {
+            context: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// A failure with nothing underneath (a refusal, a panic).
+    pub fn msg(context: impl Into<String>) -> Self {
+        StorageError {
+            context: context.into(),
+            source: None,
+        }
+    }
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) if self.context.is_empty() => write!(f, "{source}"),
+            Some(source) => write!(f, "{}: {source}", self.context),
+            None => f.write_str(&self.context),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -365,10 +445,40 @@ pub fn block_on<T: Send>(future: LogFuture<T>) -> Result<T, LogError> {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| LogError::Storage(format!("runtime: {e}")))?
+                    .map_err(|e| LogError::storage("runtime", e))?
                     .block_on(future)
             })
             .join()
-            .map_err(|_| LogError::Storage("store call panicked".into()))?
+            .map_err(|_| LogError::Storage(StorageError::msg("store call panicked")))?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::LogError;
+
+    #[test]
+    fn a_storage_error_keeps_its_cause_and_prints_it_once() {
+        let full = io::ErrorKind::StorageFull;
+        let error = LogError::io("create /data/events/7", full.into());
+        assert!(matches!(error, LogError::Full(_)), "{error}");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the event log is full (create /data/events/7: {}); \
+                 free disk space or raise log.max_disk_mb",
+                io::Error::from(full)
+            )
+        );
+        let cause = std::error::Error::source(&error)
+            .and_then(|e| e.source())
+            .and_then(|e| e.downcast_ref::<io::Error>());
+        assert_eq!(cause.map(io::Error::kind), Some(full));
+        assert_eq!(crate::error::chain(&error), error.to_string());
+
+        let denied = LogError::io("open state/db", io::ErrorKind::PermissionDenied.into());
+        assert!(matches!(denied, LogError::Storage(_)), "{denied}");
+    }
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use super::record;
 use super::segment::{self, Op};
-use super::{LogError, LogHealth, LogOptions};
+use super::{LogError, LogHealth, LogOptions, StorageError};
 use crate::model::now_ms;
 
 pub(super) struct Opened {
@@ -59,13 +59,13 @@ pub(super) fn open_or_recover(
     recovery: Recovery,
 ) -> Result<Opened, LogError> {
     create_private_dir(data_dir)
-        .map_err(|e| LogError::Storage(format!("create {}: {e}", data_dir.display())))?;
+        .map_err(|e| LogError::storage(format!("create {}", data_dir.display()), e))?;
     let path = data_dir.join("state");
     ensure_writable(&path)?;
     ensure_not_locked(&path)?;
     match try_open(&path, options) {
         // Taken by another process since the check above: still not damage.
-        Err(Failed::Damaged(reason)) if reason.contains("could not acquire lock") => {
+        Err(Failed::Damaged(reason)) if reason.to_string().contains("could not acquire lock") => {
             Err(LogError::Locked(path.display().to_string()))
         }
         // The disk is full (or read-only, or failing): the store is fine
@@ -90,10 +90,11 @@ pub(super) fn open_or_recover(
                 "event log store cannot be opened; moving it aside and starting a fresh one"
             );
             std::fs::rename(&path, &aside).map_err(|e| {
-                LogError::Storage(format!(
-                    "store {} is damaged ({reason}) and cannot be moved aside: {e}",
+                let context = format!(
+                    "store {} is damaged ({reason}) and cannot be moved aside",
                     path.display()
-                ))
+                );
+                LogError::storage(context, e)
             })?;
             let db = try_open(&path, options).map_err(|failed| match failed {
                 Failed::Damaged(reason) => LogError::Storage(reason),
@@ -130,7 +131,7 @@ pub(super) fn reopen(path: &Path, options: &LogOptions) -> Result<sled::Db, LogE
 /// Why sled would not open a store.
 enum Failed {
     /// Something about the store itself (or a lock held elsewhere).
-    Damaged(String),
+    Damaged(StorageError),
     /// The machine refused an operation (disk full, read-only, I/O error):
     /// not the store's fault, and a fresh store would fail the same way.
     Environment(LogError),
@@ -148,19 +149,13 @@ fn try_open(path: &Path, options: &LogOptions) -> Result<sled::Db, Failed> {
     // sled panics on some kinds of corruption instead of returning an error.
     match catch_unwind(AssertUnwindSafe(|| config.open())) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(sled::Error::Io(e))) if is_environment(&e) => {
-            let reason = format!("{}: {e}", path.display());
-            Err(Failed::Environment(match e.kind() {
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-                    LogError::Full(reason)
-                }
-                _ => LogError::Storage(reason),
-            }))
-        }
-        Ok(Err(e)) => Err(Failed::Damaged(e.to_string())),
-        Err(_) => Err(Failed::Damaged(
-            "sled panicked while opening the store".to_string(),
+        Ok(Err(sled::Error::Io(e))) if is_environment(&e) => Err(Failed::Environment(
+            LogError::io(path.display().to_string(), e),
         )),
+        Ok(Err(e)) => Err(Failed::Damaged(StorageError::new(String::new(), e))),
+        Err(_) => Err(Failed::Damaged(StorageError::msg(
+            "sled panicked while opening the store",
+        ))),
     }
 }
 
@@ -193,11 +188,12 @@ fn ensure_writable(path: &Path) -> Result<(), LogError> {
         if let Err(e) = opened
             && e.kind() == std::io::ErrorKind::PermissionDenied
         {
-            return Err(LogError::Storage(format!(
-                "{}: {e}; the gateway's user must own the data directory (e.g. chown -R soundbox-gateway: {})",
+            let context = format!(
+                "{}: the gateway's user must own the data directory (e.g. chown -R soundbox-gateway: {})",
                 file.display(),
                 path.parent().unwrap_or(path).display()
-            )));
+            );
+            return Err(LogError::storage(context, e));
         }
     }
     Ok(())

@@ -111,13 +111,7 @@ impl std::fmt::Debug for SegmentFile {
 }
 
 pub fn io_error(what: &str, path: &Path, e: std::io::Error) -> LogError {
-    let reason = format!("{what} {}: {e}", path.display());
-    match e.kind() {
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-            LogError::Full(reason)
-        }
-        _ => LogError::Storage(reason),
-    }
+    LogError::io(format!("{what} {}", path.display()), e)
 }
 
 impl SegmentFile {
@@ -211,7 +205,7 @@ impl SegmentFile {
         header.extend_from_slice(&crc.to_le_bytes());
         self.disk
             .write_at(&self.file, &header, 0)
-            .map_err(|e| LogError::Storage(format!("segment header: {e}")))
+            .map_err(|e| LogError::storage("segment header", e))
     }
 
     pub fn file(&self) -> Arc<File> {
@@ -246,7 +240,7 @@ impl SegmentFile {
         record[4..8].copy_from_slice(&crc.to_le_bytes());
         self.disk
             .write_at(&self.file, &record, self.end)
-            .map_err(|e| LogError::Storage(format!("segment write: {e}")))?;
+            .map_err(|e| LogError::storage("segment write", e))?;
         self.end += record.len() as u64;
         Ok(log)
     }
@@ -264,7 +258,7 @@ impl SegmentFile {
         let started = std::time::Instant::now();
         let result = self.disk.sync_data(&self.file);
         super::committer::observe_sync("fdatasync", started);
-        result.map_err(|e| LogError::Storage(format!("fdatasync of the event log: {e}")))?;
+        result.map_err(|e| LogError::storage("fdatasync of the event log", e))?;
         self.synced = self.end;
         Ok(())
     }
@@ -280,10 +274,10 @@ impl SegmentFile {
         let mut bytes = vec![0u8; (self.end - self.synced) as usize];
         self.file
             .read_exact_at(&mut bytes, self.synced)
-            .map_err(|e| LogError::Storage(format!("segment read: {e}")))?;
+            .map_err(|e| LogError::storage("segment read", e))?;
         self.disk
             .write_at(&self.file, &bytes, self.synced)
-            .map_err(|e| LogError::Storage(format!("segment write: {e}")))?;
+            .map_err(|e| LogError::storage("segment write", e))?;
         self.sync()
     }
 }

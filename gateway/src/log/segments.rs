@@ -40,7 +40,7 @@ impl Location {
         let mut bytes = vec![0u8; self.len as usize];
         self.file
             .read_exact_at(&mut bytes, self.offset)
-            .map_err(|e| LogError::Storage(format!("event log read: {e}")))?;
+            .map_err(|e| LogError::storage("event log read", e))?;
         Ok(bytes)
     }
 }

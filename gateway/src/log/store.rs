@@ -23,7 +23,7 @@ use super::segment::{self, LOG, Op};
 use super::segments::{Index, Segments};
 use super::{
     AppendExpected, Committed, EventLog, GcReport, KvBatch, LogError, LogFuture, LogHealth,
-    LogOptions, QueueItem, Settlement, SinkStatus,
+    LogOptions, QueueItem, Settlement, SinkStatus, StorageError,
 };
 use crate::model::{BalanceChange, now_ms};
 
@@ -94,7 +94,7 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| LogError::Storage("the store is being reopened".into()))
+            .ok_or_else(|| LogError::Storage(StorageError::msg("the store is being reopened")))
     }
 
     /// Takes the engine away and waits (briefly) for readers to let go of it,
@@ -268,10 +268,10 @@ impl Store {
         }
         if legacy_wal.exists() {
             std::fs::remove_file(&legacy_wal)
-                .map_err(|e| LogError::Storage(format!("remove {}: {e}", legacy_wal.display())))?;
+                .map_err(|e| LogError::storage(format!("remove {}", legacy_wal.display()), e))?;
         }
         let dir_handle = File::open(data_dir)
-            .map_err(|e| LogError::Storage(format!("open {}: {e}", data_dir.display())))?;
+            .map_err(|e| LogError::storage(format!("open {}", data_dir.display()), e))?;
         // Once: a fresh store's files and directory entries become durable.
         committer::sync_filesystem(&dir_handle)?;
         let next_seq = engine.stored_next_seq()?.max(index.end());
@@ -294,7 +294,7 @@ impl Store {
         let committer = std::thread::Builder::new()
             .name("store-committer".into())
             .spawn(move || committer.run(receiver))
-            .map_err(|e| LogError::Storage(format!("cannot start the committer: {e}")))?;
+            .map_err(|e| LogError::storage("cannot start the committer", e))?;
         let store = Store {
             shared,
             requests,
@@ -351,7 +351,7 @@ impl Store {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || store.look_now(read))
                 .await
-                .map_err(|e| LogError::Storage(format!("store read panicked: {e}")))?
+                .map_err(|e| LogError::storage("store read panicked", e))?
         })
     }
 

@@ -24,13 +24,15 @@
 //!   bursting into 429s.
 
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
+// std's Instant, except that tests on tokio's paused clock move it.
+use tokio::time::Instant;
 
 use super::types::{
     CheckNotifyRequest, Device, Envelope, HardwareRequest, NotifyCheck, NotifyRequest,

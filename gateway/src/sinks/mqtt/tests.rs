@@ -122,6 +122,19 @@ impl Subscriber {
             .collect()
     }
 
+    /// What arrived on `topic` once `done` holds for it, or after 5 s (the
+    /// caller's assertion then says what is missing).
+    async fn wait_on(&self, topic: &str, done: impl Fn(&[Publish]) -> bool) -> Vec<Publish> {
+        for _ in 0..500 {
+            let arrived = self.on(topic);
+            if done(&arrived) {
+                return arrived;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.on(topic)
+    }
+
     /// The distinct event ids seen on `topic`, waiting until there are `n`.
     async fn wait_for_events(&self, topic: &str, n: usize) -> Vec<serde_json::Value> {
         for _ in 0..1000 {
@@ -245,17 +258,17 @@ async fn publishes_every_entry_in_order_and_settles_on_puback() {
 
     // A late subscriber still learns the gateway is online (retained).
     let late = Subscriber::connect(broker_addr).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let retained = late.wait_on(STATUS, |p| !p.is_empty()).await;
     assert_eq!(
-        late.on(STATUS).last().map(|p| &p.payload[..]),
+        retained.last().map(|p| &p.payload[..]),
         Some(&b"online"[..])
     );
 
     // A clean stop says `offline`, retained.
     f.stop.cancel();
     handle.await.expect("sink task");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let status = subscriber.on(STATUS);
+    let offline = |p: &[Publish]| p.last().is_some_and(|p| &p.payload[..] == b"offline");
+    let status = subscriber.wait_on(STATUS, offline).await;
     assert_eq!(status.last().map(|p| &p.payload[..]), Some(&b"offline"[..]));
 }
 
@@ -424,13 +437,7 @@ async fn announcements_are_published_while_connected() {
     tx.send(announcement.clone()).expect("send");
     let _sink = f.start(config(broker_addr, 4), rx);
     let topic = "soundbox/shop-1/announcements";
-    for _ in 0..500 {
-        if !subscriber.on(topic).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let got = subscriber.on(topic);
+    let got = subscriber.wait_on(topic, |p| !p.is_empty()).await;
     assert_eq!(got.len(), 1);
     let json: serde_json::Value = serde_json::from_slice(&got[0].payload).expect("json");
     assert_eq!(json["words"], "một trăm năm mươi nghìn đồng");
@@ -756,12 +763,7 @@ async fn the_health_document_is_retained_and_republished_on_change_only() {
             .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
             .collect()
     };
-    for _ in 0..500 {
-        if !texts().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    subscriber.wait_on(HEALTH, |p| !p.is_empty()).await;
     assert_eq!(texts(), vec!["{\"n\":1}"]);
     // Same fingerprint within health_every: not published again.
     feed.send_replace(snapshot(1, "{\"n\":2}"));
@@ -769,22 +771,11 @@ async fn the_health_document_is_retained_and_republished_on_change_only() {
     assert_eq!(texts(), vec!["{\"n\":1}"]);
     // A changed fingerprint: at once.
     feed.send_replace(snapshot(2, "{\"n\":3}"));
-    for _ in 0..500 {
-        if texts().len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    subscriber.wait_on(HEALTH, |p| p.len() == 2).await;
     assert_eq!(texts(), vec!["{\"n\":1}", "{\"n\":3}"]);
     // Retained: a late subscriber gets the latest.
     let late = Subscriber::connect(broker_addr).await;
-    for _ in 0..500 {
-        if !late.on(HEALTH).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let latest = late.on(HEALTH);
+    let latest = late.wait_on(HEALTH, |p| !p.is_empty()).await;
     assert_eq!(
         latest.last().map(|p| &p.payload[..]),
         Some(&b"{\"n\":3}"[..])

@@ -1,6 +1,12 @@
 //! The client against the simulator, over real HTTP on loopback, in both
 //! error styles; and against canned answers for what the simulator never
 //! sends (numbers for strings, envelope-less errors).
+//!
+//! Tests that wait for a token, an OTP, a rate or a play to run out do so on
+//! tokio's paused clock, which the client and the simulator read
+//! (`tokio::time::Instant`): the clock moves only when every task waits and
+//! no socket is ready, so a call on loopback is never cut short. The paced
+//! client's test stays on real time: governor keeps its own clock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,7 +108,7 @@ async fn a_revoked_token_is_refreshed_once_and_the_call_retried() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_token_is_replaced_before_it_expires() {
     let f = fixture().await;
     f.sim.set_token_ttl(Duration::from_secs(1));
@@ -186,7 +192,7 @@ async fn rate_limits_outages_and_server_errors() {
     assert!(err.is_retriable());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn calls_over_the_allowed_rate_get_429_with_the_wait_that_passes() {
     let f = fixture().await;
     f.sim.set_faults(Faults {
@@ -264,7 +270,7 @@ async fn pairing_with_the_spoken_otp() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_expired_pairing_session_is_refused() {
     let f = fixture().await;
     f.sim.set_otp_ttl(Duration::from_millis(50));
@@ -316,7 +322,7 @@ async fn notify_is_idempotent_by_request_id_and_plays_the_amount() {
 
 /// By `requestId` alone: PENDING while the speaker talks (300 ms here), then
 /// SUCCESS, with the documented fields.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn check_notify_by_request_id_is_pending_then_success() {
     for style in STYLES {
         let f = fixture_in(style).await;

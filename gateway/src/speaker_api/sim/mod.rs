@@ -31,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -41,6 +41,9 @@ use axum::routing::{get, post, put};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+// std's Instant, except that tests on tokio's paused clock move it: token,
+// OTP and play times pass without real waiting.
+use tokio::time::Instant;
 
 use super::types::{
     CheckNotifyRequest, Device, HardwareRequest, NotifyRequest, NotifyStatus, PairSession, Paired,
