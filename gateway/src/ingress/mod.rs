@@ -315,7 +315,7 @@ pub(crate) fn answer(
 /// Appends `changes` durably, with the plugin's KV writes from the same
 /// call, and logs what became of each: new, or a duplicate of a payment
 /// already seen (a provider's retry, or a poller and a webhook connector that
-/// both saw it). `expected` is let go once the append is queued.
+/// both saw it). `expected` is let go as the append is queued.
 pub async fn store(
     log: &dyn EventLog,
     connector: &str,
@@ -330,9 +330,10 @@ pub async fn store(
         .iter()
         .map(|c| (c.provider.clone(), c.transaction_id.clone(), c.amount))
         .collect();
-    let committed = log.append(changes, kv);
+    // Let go before the append is queued, not after: a committer that
+    // received it while this still counted would wait for it in vain.
     drop(expected);
-    let committed = committed.await?;
+    let committed = log.append(changes, kv).await?;
     if let Err(reason) = &committed.kv {
         tracing::warn!(%connector, %reason, "plugin KV writes not applied");
     }

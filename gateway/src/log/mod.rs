@@ -284,8 +284,9 @@ impl Default for LogOptions {
     }
 }
 
-/// A webhook on its way to [`EventLog::append`], from its arrival until its
-/// append is queued (then dropped). While any is, the committer holds a
+/// A webhook on its way to [`EventLog::append`], from its arrival until
+/// right before its append is queued (dropped then: dropped after, a
+/// committer that already has the append would wait for it in vain). While any is, the committer holds a
 /// commit that must sync a little longer, so they share its `fdatasync` and
 /// page writes instead of each paying for its own; alone, a webhook waits
 /// for nobody.
@@ -303,8 +304,6 @@ impl AppendExpected {
 impl Drop for AppendExpected {
     fn drop(&mut self) {
         if let Some(expected) = &self.0 {
-            // Release: the append queued before this is seen by whoever
-            // reads the count.
             expected.fetch_sub(1, Ordering::Release);
         }
     }
@@ -320,7 +319,7 @@ pub trait EventLog: Send + Sync + std::fmt::Debug + 'static {
     fn append(&self, changes: Vec<BalanceChange>, kv: Option<KvBatch>) -> LogFuture<Committed>;
 
     /// Says an append is coming (a webhook is in its plugin); drop the
-    /// guard once [`EventLog::append`] has been called.
+    /// guard right before calling [`EventLog::append`].
     fn expect_append(&self) -> AppendExpected {
         AppendExpected::default()
     }

@@ -165,8 +165,8 @@ fn an_expected_append_joins_the_commit_ahead_of_it() {
     let first = log.append_changes(vec![change("a")]);
     // The committer has `a` in hand and waits for the expected one.
     std::thread::sleep(Duration::from_millis(100));
-    let second = log.append_changes(vec![change("b")]);
     drop(coming);
+    let second = log.append_changes(vec![change("b")]);
     let first = crate::log::block_on(first).expect("a stored");
     let second = crate::log::block_on(second).expect("b stored");
     assert_eq!(first.appended, vec![Appended::New(1)]);
