@@ -330,20 +330,24 @@ impl Committer {
             fail_answers(answers, &error);
             return;
         }
-        self.shared.advance(next);
+        let news = self.shared.make_readable(next);
         let checkpointed = if wants_checkpoint {
             self.checkpoint()
         } else {
             Ok(())
         };
         drop(engine);
-        if let Err(error) = checkpointed {
-            self.failed(error.clone());
-            fail_answers(answers, &error);
-            return;
+        match checkpointed {
+            Ok(()) => answers.into_iter().for_each(Answer::send),
+            Err(error) => {
+                self.failed(error.clone());
+                fail_answers(answers, &error);
+            }
         }
-        for answer in answers {
-            answer.send();
+        // Callers first: sinks woken first would take the async workers
+        // while a webhook's 2xx waited behind them.
+        if news {
+            self.shared.wake_readers(next);
         }
     }
 

@@ -125,10 +125,21 @@ impl Shared {
 
     /// Entries below `next` are applied: wake the sinks.
     pub fn advance(&self, next: u64) {
-        let before = self.next_seq.fetch_max(next, Ordering::AcqRel);
-        if next > before {
-            self.notify.send_replace(next);
+        if self.make_readable(next) {
+            self.wake_readers(next);
         }
+    }
+
+    /// Entries below `next` become readable (never moves back); true if
+    /// that is news for the sinks.
+    pub fn make_readable(&self, next: u64) -> bool {
+        let before = self.next_seq.fetch_max(next, Ordering::AcqRel);
+        next > before
+    }
+
+    /// Tells the sinks waiting for new entries that `next` is readable.
+    pub fn wake_readers(&self, next: u64) {
+        self.notify.send_replace(next);
     }
 
     pub fn set_last_error(&self, error: Option<String>) {
