@@ -215,6 +215,7 @@ pub async fn run_sink<S: Sink>(
         // operator asked for them. Entries not for this sink are passed in
         // runs, each run recorded before the next delivery (the store moves
         // the cursor only over entries settled or passed).
+        let read = batch.len();
         let mut passed: Option<u64> = None;
         for entry in batch {
             if !requeued && !sink.wants(&entry) {
@@ -233,6 +234,14 @@ pub async fn run_sink<S: Sink>(
         }
         if let Some(through) = passed {
             pass(&*log, &name, through, &shutdown.stop).await;
+        }
+        // A short batch read the log to its end, and nothing was committed
+        // or requeued since: reading again would find nothing, so wait.
+        if !requeued && read < READ_BATCH && matches!(changes.has_changed(), Ok(false)) {
+            tokio::select! {
+                _ = shutdown.stop.cancelled() => break,
+                changed = changes.changed() => if changed.is_err() { break },
+            }
         }
     }
     tracing::info!(sink = %name, "sink stopped");
