@@ -266,7 +266,8 @@ pub struct LogOptions {
     /// `commit_delay` with `commit_siblings`, but only while one is really
     /// coming; alone, a webhook's commit starts at once. 500 µs: with 32
     /// senders on the e2e load, 2.8 → 2.25 KiB written per payment, same
-    /// rate.
+    /// rate. The bound is what a slow plugin call (one waiting on its own
+    /// HTTP request) costs every sync made while it runs.
     pub gather: Duration,
 }
 
