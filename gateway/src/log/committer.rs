@@ -361,6 +361,7 @@ impl Committer {
             return;
         };
         let mut ops = Vec::new();
+        let mut moved = Vec::new();
         for seq in damaged {
             let key = seq.to_be_bytes().to_vec();
             let Ok(Some((tree, value))) = self.shared.record(&engine, seq) else {
@@ -379,17 +380,22 @@ impl Committer {
                 key,
                 value: None,
             });
+            moved.push(seq);
         }
         drop(engine);
-        let n = (ops.len() / 2) as u64;
-        if n > 0 {
-            let (reply, mut answer) = oneshot::channel();
-            self.commit(vec![Message::Remove { ops, reply }]);
-            // Answered by now; no one else waits for it.
-            if let Ok(Err(error)) = answer.try_recv() {
-                tracing::error!(%error, "cannot move damaged records to quarantine");
+        if moved.is_empty() {
+            return;
+        }
+        let (reply, mut answer) = oneshot::channel();
+        self.commit(vec![Message::Remove { ops, reply }]);
+        // Answered by now; no one else waits for it.
+        match answer.try_recv() {
+            Ok(Ok(())) => self.shared.count_quarantined(moved.len() as u64),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot move damaged records to quarantine; will try again");
+                self.shared.return_damaged(moved);
             }
-            self.shared.count_quarantined(n);
+            Err(_) => self.shared.return_damaged(moved),
         }
     }
 

@@ -240,7 +240,7 @@ impl SegmentFile {
         record[4..8].copy_from_slice(&crc.to_le_bytes());
         self.disk
             .write_at(&self.file, &record, self.end)
-            .map_err(|e| LogError::storage("segment write", e))?;
+            .map_err(|e| LogError::io("segment write", e))?;
         self.end += record.len() as u64;
         Ok(log)
     }
@@ -258,7 +258,7 @@ impl SegmentFile {
         let started = std::time::Instant::now();
         let result = self.disk.sync_data(&self.file);
         super::committer::observe_sync("fdatasync", started);
-        result.map_err(|e| LogError::storage("fdatasync of the event log", e))?;
+        result.map_err(|e| LogError::io("fdatasync of the event log", e))?;
         self.synced = self.end;
         Ok(())
     }
@@ -277,7 +277,7 @@ impl SegmentFile {
             .map_err(|e| LogError::storage("segment read", e))?;
         self.disk
             .write_at(&self.file, &bytes, self.synced)
-            .map_err(|e| LogError::storage("segment write", e))?;
+            .map_err(|e| LogError::io("segment write", e))?;
         self.sync()
     }
 }

@@ -187,6 +187,12 @@ impl Shared {
         std::mem::take(&mut *damaged).into_iter().collect()
     }
 
+    /// Puts back records whose move to quarantine failed, to try again.
+    pub fn return_damaged(&self, seqs: impl IntoIterator<Item = u64>) {
+        let mut damaged = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
+        damaged.extend(seqs);
+    }
+
     pub fn count_quarantined(&self, n: u64) {
         if let Ok(mut health) = self.health.lock() {
             health.quarantined += n;
