@@ -206,7 +206,8 @@ impl Committer {
 
     /// The next commit's requests: `first` and whatever is queued behind
     /// it; and if that must sync while webhooks are on their way to an
-    /// append, those that come within `LogOptions::gather` too. True if told to close.
+    /// append, those that come within `LogOptions::gather` too. True if
+    /// told to close.
     fn gather(&self, requests: &Receiver<Message>, first: Message) -> (Vec<Message>, bool) {
         let mut batch = Vec::new();
         let mut next = Some(first);

@@ -287,10 +287,10 @@ impl Default for LogOptions {
 
 /// A webhook on its way to [`EventLog::append`], from its arrival until
 /// right before its append is queued (dropped then: dropped after, a
-/// committer that already has the append would wait for it in vain). While any is, the committer holds a
-/// commit that must sync a little longer, so they share its `fdatasync` and
-/// page writes instead of each paying for its own; alone, a webhook waits
-/// for nobody.
+/// committer that already has the append would wait for it in vain). While
+/// any is, the committer holds a commit that must sync a little longer, so
+/// they share its `fdatasync` and page writes instead of each paying for
+/// its own; alone, a webhook waits for nobody.
 #[derive(Debug, Default)]
 pub struct AppendExpected(Option<Arc<AtomicUsize>>);
 

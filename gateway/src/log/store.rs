@@ -413,9 +413,7 @@ impl Store {
             let n = asked.await?;
             if n > 0 {
                 // Wake the sink's worker.
-                shared
-                    .notify
-                    .send_replace(shared.next_seq.load(Ordering::Acquire));
+                shared.wake_readers(shared.next_seq.load(Ordering::Acquire));
             }
             Ok(n)
         })

@@ -204,13 +204,6 @@ pub async fn run_sink<S: Sink>(
                 continue;
             }
         };
-        if batch.is_empty() {
-            tokio::select! {
-                _ = shutdown.stop.cancelled() => break,
-                changed = changes.changed() => if changed.is_err() { break },
-            }
-            continue;
-        }
         // Requeued dead letters are delivered whatever `wants` says: an
         // operator asked for them. Entries not for this sink are passed in
         // runs, each run recorded before the next delivery (the store moves
@@ -235,9 +228,10 @@ pub async fn run_sink<S: Sink>(
         if let Some(through) = passed {
             pass(&*log, &name, through, &shutdown.stop).await;
         }
-        // A short batch read the log to its end, and nothing was committed
-        // or requeued since: reading again would find nothing, so wait.
-        if !requeued && read < READ_BATCH && matches!(changes.has_changed(), Ok(false)) {
+        // Nothing read, or a short batch that reached the log's end: wait
+        // for the next commit or requeue (at once if one came since the
+        // read) instead of reading again for nothing.
+        if read == 0 || (!requeued && read < READ_BATCH) {
             tokio::select! {
                 _ = shutdown.stop.cancelled() => break,
                 changed = changes.changed() => if changed.is_err() { break },
