@@ -16,6 +16,8 @@ pub struct Metrics {
     registry: Registry,
     /// Webhook responses by connector (`unknown` for no such connector) and status.
     pub webhook_responses: IntCounterVec,
+    /// A webhook's handler entry to its answer, by connector and status.
+    pub webhook_seconds: HistogramVec,
     /// Plugin calls by connector, kind (`webhook`/`poll`) and result
     /// (`ok`, `rejected`, `trap`, `timeout`, `cpu_budget`, `memory`, `invalid`, ...).
     pub plugin_calls: IntCounterVec,
@@ -97,12 +99,29 @@ impl Metrics {
         let r = &registry;
         // 100 µs .. 10 s: a plugin call is ~1 ms, an fsync 0.1-10 ms on a Pi's SD card.
         let latency = prometheus::exponential_buckets(0.0001, 2.5, 13).expect("valid buckets");
+        // A webhook's answer is one plugin call plus one fdatasync: 0.3-1 ms
+        // on an SSD, where 0.1 ms steps tell a slow commit from a slow call;
+        // up to seconds on a worn SD card or behind a stalled disk.
+        let answer = [
+            0.0002, 0.0003, 0.0004, 0.0005, 0.0006, 0.0007, 0.0008, 0.0009, 0.001, 0.00125, 0.0015,
+            0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]
+        .to_vec();
         Metrics {
             webhook_responses: counter(
                 r,
                 "webhook_responses_total",
                 "Webhook responses sent, by connector and HTTP status.",
                 &["connector", "status"],
+            ),
+            webhook_seconds: histogram(
+                r,
+                "webhook_duration_seconds",
+                "Time from a webhook reaching its handler to its answer (plugin call and \
+                 durable store included; the network and HTTP parsing are not), by connector \
+                 and HTTP status.",
+                &["connector", "status"],
+                answer,
             ),
             plugin_calls: counter(
                 r,

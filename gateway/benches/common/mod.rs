@@ -37,6 +37,77 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
+/// The body of `GET path` (the admin server's `/metrics`, say), or None if
+/// nothing answers.
+pub fn http_body(addr: &str, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    Some(body.to_string())
+}
+
+/// The cumulative buckets `(le, count)` of Prometheus histogram `name` in
+/// the exposition `text`, for the series whose labels include each of
+/// `labels` (`connector="sepay"`, say), in the order exposed (ascending).
+pub fn histogram_buckets(text: &str, name: &str, labels: &[&str]) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    text.lines()
+        .filter(|line| line.starts_with(&prefix))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| {
+            let le = line.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = line.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect()
+}
+
+/// The `q` quantile (0.0–1.0) of what a histogram observed between two
+/// scrapes of [`histogram_buckets`], interpolated linearly inside its
+/// bucket as Prometheus's `histogram_quantile` does: exact to a bucket's
+/// width. None if nothing was observed or it fell in the `+Inf` bucket.
+pub fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<Duration> {
+    let counted = |le: f64| {
+        let at = |buckets: &[(f64, f64)]| {
+            buckets
+                .iter()
+                .find(|(l, _)| *l == le)
+                .map_or(0.0, |(_, c)| *c)
+        };
+        at(after) - at(before)
+    };
+    let total = after.last().map(|(le, _)| counted(*le))?;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (le, _) in after {
+        let count = counted(*le);
+        if count >= rank {
+            if le.is_infinite() {
+                return None;
+            }
+            let within = (rank - below) / (count - below).max(f64::MIN_POSITIVE);
+            return Some(Duration::from_secs_f64(lower + (le - lower) * within));
+        }
+        (lower, below) = (*le, count);
+    }
+    None
+}
+
 /// Bytes process `pid` has caused to be written to storage so far: the
 /// `write_bytes` of `/proc/<pid>/io`, counted as it dirties page-cache pages
 /// (4 KiB each, again each time a page synced clean is written to). 0 once

@@ -15,7 +15,7 @@
 //! log ([`StaleRule`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -196,7 +196,8 @@ async fn not_found() -> Response {
     )
 }
 
-/// A webhook, counted in `webhook_responses_total` by connector and status.
+/// A webhook, counted in `webhook_responses_total` and timed in
+/// `webhook_duration_seconds` by connector and status.
 async fn webhook(
     State(ingress): State<Arc<Ingress>>,
     Path(name): Path<String>,
@@ -205,13 +206,18 @@ async fn webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let started = Instant::now();
     let plugin = ingress.connectors.load().get(&name).cloned();
     let label = if plugin.is_some() { &name } else { "unknown" };
     let response = handle(&ingress, plugin, &name, method, query, headers, body).await;
-    metrics()
-        .webhook_responses
-        .with_label_values(&[label, response.status().as_str()])
-        .inc();
+    let status = response.status();
+    let labels = [label, status.as_str()];
+    let metrics = metrics();
+    metrics.webhook_responses.with_label_values(&labels).inc();
+    metrics
+        .webhook_seconds
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 

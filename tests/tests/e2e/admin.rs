@@ -107,6 +107,12 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     );
     let bad = [("connector", "sepay"), ("status", "400")];
     assert_eq!(value("soundbox_webhook_responses_total", &bad), 1.0);
+    assert_eq!(
+        value("soundbox_webhook_duration_seconds", &ok),
+        3.0,
+        "every answered webhook timed"
+    );
+    assert_eq!(value("soundbox_webhook_duration_seconds", &bad), 1.0);
     let calls = [
         ("connector", "sepay"),
         ("kind", "webhook"),
