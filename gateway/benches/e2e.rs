@@ -48,6 +48,11 @@
 //! once: losses, duplicates, non-2xx replies and the gateway's warnings are
 //! counted and printed.
 //!
+//! **The gateway's own answer** one at a time is its
+//! `webhook_duration_seconds` histogram (handler to answer, in 0.1 ms steps
+//! up to 1 ms) read before and after that phase: the 2xx without the
+//! loopback round trip and the wake-ups at both ends.
+//!
 //! Figures, each next to its baselines where they compare: 2xx, time to
 //! voice, final result and MQTT event p50/p99 one at a time and under load,
 //! with their rates; the `fdatasync` floor (p50, p99, /s); the gateway's RSS
