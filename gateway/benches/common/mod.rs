@@ -22,33 +22,31 @@ use soundbox_plugin_sdk::{HttpRequest, WebhookConnector};
 
 use soundbox_e2e::{free_port, plugin, workspace};
 
-/// The status line of `GET path`, or None if nothing answers yet.
-pub fn http_status(addr: &str, path: &str) -> Option<u16> {
+/// The whole response to `GET path` (`Connection: close`), or None if
+/// nothing answers.
+fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
         // The admin server answers only its own address as Host (DNS rebinding).
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// The status of `GET path`, or None if nothing answers yet.
+pub fn http_status(addr: &str, path: &str) -> Option<u16> {
+    http_get(addr, path)?.get(9..12)?.parse().ok()
 }
 
 /// The body of `GET path` (the admin server's `/metrics`, say), or None if
 /// nothing answers.
 pub fn http_body(addr: &str, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
+    let response = http_get(addr, path)?;
     let (_, body) = response.split_once("\r\n\r\n")?;
     Some(body.to_string())
 }
