@@ -77,23 +77,21 @@ pub fn histogram_buckets(text: &str, name: &str, labels: &[&str]) -> Vec<(f64, f
 /// bucket as Prometheus's `histogram_quantile` does: exact to a bucket's
 /// width. None if nothing was observed or it fell in the `+Inf` bucket.
 pub fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<Duration> {
-    let counted = |le: f64| {
-        let at = |buckets: &[(f64, f64)]| {
-            buckets
-                .iter()
-                .find(|(l, _)| *l == le)
-                .map_or(0.0, |(_, c)| *c)
-        };
-        at(after) - at(before)
-    };
-    let total = after.last().map(|(le, _)| counted(*le))?;
+    // Each bucket's count between the scrapes (a series absent before counted 0).
+    let observed: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, count)| {
+            let earlier = before.iter().find(|(l, _)| *l == le).map_or(0.0, |b| b.1);
+            (le, count - earlier)
+        })
+        .collect();
+    let total = observed.last()?.1;
     if total <= 0.0 {
         return None;
     }
     let rank = q * total;
     let (mut lower, mut below) = (0.0, 0.0);
-    for (le, _) in after {
-        let count = counted(*le);
+    for (le, count) in observed {
         if count >= rank {
             if le.is_infinite() {
                 return None;
@@ -101,7 +99,7 @@ pub fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -
             let within = (rank - below) / (count - below).max(f64::MIN_POSITIVE);
             return Some(Duration::from_secs_f64(lower + (le - lower) * within));
         }
-        (lower, below) = (*le, count);
+        (lower, below) = (le, count);
     }
     None
 }
