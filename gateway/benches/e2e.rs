@@ -10,6 +10,10 @@
 //!   same webhook natively (serde_json), calls `notify` on its own standalone
 //!   simulator (`soundbox-gateway speaker-sim`; token once) and answers 200.
 //!   No durability, no plugin, no MQTT: its 2xx is its time to voice.
+//! - Durable floor: the least any server that syncs each webhook before its
+//!   2xx takes here: axum appends the body to a file and `fdatasync`s it on
+//!   the blocking pool, then answers 200; one at a time, right after the
+//!   physical limit. Goal #3's ratio for the gateway reads against it.
 //! - The gateway: `soundbox-gateway run` with the SePay plugin (`auth =
 //!   "none"`), `[speaker]` on its own standalone simulator with every account
 //!   routed to one paired speaker, `[mqtt] broker = "embedded"`, default log
@@ -599,6 +603,65 @@ fn start_naive(rt: &tokio::runtime::Runtime, sim: &SpeakerApi) -> String {
     let addr = listener.local_addr().expect("naive addr");
     rt.spawn(async move { axum::serve(listener, router).await });
     addr.to_string()
+}
+
+/// The durable floor: the least any server that keeps each webhook on disk
+/// before its 2xx takes on this machine. axum appends the body to a file and
+/// `fdatasync`s it on the blocking pool (the gateway keeps disk work off its
+/// async workers too), then answers 200: no parsing, plugin, index or sinks.
+/// Driven by the same client one at a time, 1 ms apart (the gateway's next
+/// webhook waits for the previous one's voice on MQTT, about that long).
+fn run_durable_floor(rt: &tokio::runtime::Runtime, dir: &Path) -> Phase {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("durable floor runtime");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("durable-floor.log"))
+        .expect("open the durable floor's file");
+    let file = Arc::new(Mutex::new(file));
+    let keep = move |body: axum::body::Bytes| {
+        let file = file.clone();
+        async move {
+            let synced = tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut file = file.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+                file.write_all(&body)?;
+                file.sync_data()
+            })
+            .await;
+            match synced {
+                Ok(Ok(())) => (StatusCode::OK, r#"{"success":true}"#),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "not stored"),
+            }
+        }
+    };
+    let router = axum::Router::new().route("/hooks/sepay", axum::routing::post(keep));
+    let listener = server_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind the durable floor");
+    let url = format!(
+        "http://{}/hooks/sepay",
+        listener.local_addr().expect("durable floor addr")
+    );
+    server_rt.spawn(async move { axum::serve(listener, router).await });
+    let client = load_client();
+    let seq = rt.block_on(async {
+        let mut seq = Vec::new();
+        for id in 0..WARM_UP + SEQUENTIAL {
+            let shot = post_one(&client, &url, id, one_speaker_body(id)).await;
+            if id >= WARM_UP {
+                seq.push(shot);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        seq
+    });
+    server_rt.shutdown_background();
+    ack_phase(&seq)
 }
 
 /// Latency figures of one phase of one system.
@@ -1263,6 +1326,7 @@ fn main() {
     let raw_written =
         common::write_bytes(std::process::id()).saturating_sub(written) as f64 / RAW_SYNCS as f64;
     let raw = stats(raw_samples);
+    let floor = run_durable_floor(&rt, scratch.path());
     let gw = run_gateway(&rt, scratch.path());
     let lanes = lanes::run(&rt, &scratch.path().join("lanes"));
     let chain = chain::run(&rt, &scratch.path().join("chain"));
@@ -1326,6 +1390,7 @@ fn main() {
     solo("fdatasync p50 ms (physical limit)", ms(raw.p50), 3);
     solo("fdatasync p99 ms (physical limit)", ms(raw.p99), 3);
     solo("fdatasync /s (physical limit)", raw_rate, 0);
+    latency_rows("durable floor 2xx", seq, floor.ack, None, Some(raw));
     let mib = |kib: u64| kib as f64 / 1024.0;
     solo("gateway RSS MiB, idle (warm)", mib(gw.idle_rss_kib), 1);
     solo("gateway RSS MiB, max under load", mib(gw.load_rss_kib), 1);
@@ -1421,6 +1486,14 @@ fn main() {
         ms(gw.sequential_answer.p99),
         gw.sequential_answer.p99.as_secs_f64() / raw.p99.as_secs_f64(),
         ms(ns.ack.p50),
+    );
+    println!(
+        "  [ note  ] #3 the durable floor (a bare server: body appended + fdatasync on the blocking pool, 200), one at a \
+         time: its 2xx p99 {:.2} ms / fdatasync p99: {:.2} x ({} failed); the gateway's 2xx p99 / the floor's: {:.2} x",
+        ms(floor.ack.p99),
+        floor.ack.p99.as_secs_f64() / raw.p99.as_secs_f64(),
+        floor.failed,
+        gs.ack.p99.as_secs_f64() / floor.ack.p99.as_secs_f64(),
     );
     goal(
         &format!("#3 webhooks acknowledged /s, {SENDERS} concurrent senders (group commit)"),
