@@ -2,7 +2,7 @@
 //! as it happens (calls, deliveries, responses, fsyncs); queue depths are
 //! read from the log when `/metrics` is scraped, so they cannot drift.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -36,6 +36,8 @@ pub struct Metrics {
     pub queue_dead_letters: IntGaugeVec,
     pub log_degraded: IntGauge,
     pub gc_runs: prometheus::IntCounter,
+    /// Log lines dropped because stderr was not read fast enough.
+    pub log_lines_dropped: prometheus::IntCounter,
     pub connector_consecutive_failures: IntGaugeVec,
     pub ready: IntGauge,
     /// Per routed speaker, from `pair/check`: 1, 0, or -1 before the first answer.
@@ -189,6 +191,14 @@ impl Metrics {
                 prometheus::IntCounter::new("log_gc_runs_total", "Store GC passes run.")
                     .expect("valid counter"),
             ),
+            log_lines_dropped: register(
+                r,
+                prometheus::IntCounter::new(
+                    "log_lines_dropped_total",
+                    "Log lines dropped because stderr (journald, a pipe) was not read fast enough.",
+                )
+                .expect("valid counter"),
+            ),
             connector_consecutive_failures: gauge(
                 r,
                 "connector_consecutive_failures",
@@ -220,6 +230,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Some(dropped) = DROPPED_LOG_LINES.get() {
+            let dropped = dropped.dropped_lines() as u64;
+            self.log_lines_dropped
+                .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
+        }
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for valid metric families.
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
@@ -229,5 +244,79 @@ impl Metrics {
     }
 }
 
+/// The log writer's count of dropped lines, read at scrape time.
+static DROPPED_LOG_LINES: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Exports the log writer's dropped lines as `log_lines_dropped_total`; the
+/// first writer given is the one counted.
+pub fn count_dropped_log_lines(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = DROPPED_LOG_LINES.set(counter);
+}
+
 /// The content type of [`Metrics::encode`].
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::mpsc;
+
+    use tracing_appender::non_blocking::NonBlockingBuilder;
+
+    use super::*;
+
+    /// A stderr nobody reads: says when a write starts, which then waits
+    /// until the test ends.
+    struct Stalled {
+        started: mpsc::Sender<()>,
+        until: mpsc::Receiver<()>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.started.send(());
+            let _ = self.until.recv();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn exported_dropped_lines() -> u64 {
+        metrics()
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("soundbox_log_lines_dropped_total "))
+            .and_then(|v| v.parse().ok())
+            .expect("log_lines_dropped_total exported")
+    }
+
+    #[test]
+    fn log_lines_the_writer_drops_are_exported() {
+        let (started, write_started) = mpsc::channel();
+        let (unstall, until) = mpsc::channel();
+        let (mut writer, guard) = NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(2)
+            .finish(Stalled { started, until });
+        count_dropped_log_lines(writer.error_counter());
+        writer
+            .write_all(b"the line stderr is stuck on\n")
+            .expect("lossy");
+        write_started
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the writer thread took the first line");
+        // Two more fit in the queue; the other eight are dropped.
+        for _ in 0..10 {
+            writer
+                .write_all(b"a line\n")
+                .expect("a lossy write never fails");
+        }
+        assert_eq!(exported_dropped_lines(), 8);
+        writer.write_all(b"one more\n").expect("lossy");
+        assert_eq!(exported_dropped_lines(), 9);
+        drop(unstall);
+        drop(guard);
+    }
+}

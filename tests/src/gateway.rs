@@ -46,6 +46,8 @@ struct Launch {
     default_log_level: bool,
     /// Log to this file instead of capturing stderr.
     log_file: Option<PathBuf>,
+    /// Stop reading stderr once the gateway listens.
+    stall_log: bool,
 }
 
 /// What runs on a gateway's directory before it starts.
@@ -71,6 +73,7 @@ pub struct GatewayBuilder<'a> {
     parent: Option<PathBuf>,
     log_file: bool,
     default_log_level: bool,
+    stall_log: bool,
 }
 
 impl<'a> GatewayBuilder<'a> {
@@ -136,6 +139,14 @@ impl<'a> GatewayBuilder<'a> {
         self
     }
 
+    /// Stops reading the gateway's stderr once it listens, and keeps the
+    /// pipe open unread, as a stalled journald does; [`Gateway::logs`] then
+    /// has the lines up to there.
+    pub fn stall_log_reader(mut self) -> Self {
+        self.stall_log = true;
+        self
+    }
+
     /// Writes the config, starts the process and waits until ingress
     /// listens.
     pub fn start(self) -> Gateway {
@@ -178,6 +189,7 @@ impl<'a> GatewayBuilder<'a> {
             env: self.env,
             default_log_level: self.default_log_level,
             log_file: self.log_file.then(|| dir.path().join("gateway.log")),
+            stall_log: self.stall_log,
         };
         let wrapper: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
         let (child, addr, logs) = launch.spawn(&config_path, &wrapper);
@@ -226,7 +238,7 @@ impl Launch {
                     .stderr(Stdio::piped())
                     .spawn()
                     .expect("spawn gateway");
-                capture(child)
+                capture(child, self.stall_log)
             }
         }
     }
@@ -256,18 +268,26 @@ impl Launch {
 }
 
 /// Collects `child`'s JSON log lines from its stderr and waits for the line
-/// that says where ingress listens.
-fn capture(mut child: Child) -> (Child, String, Logs) {
+/// that says where ingress listens; with `stall`, reads nothing after it
+/// (the reading thread parks for good, holding the pipe open).
+fn capture(mut child: Child, stall: bool) -> (Child, String, Logs) {
     let stderr = child.stderr.take().expect("stderr");
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = logs.clone();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = listening_addr(&line) {
-                let _ = tx.send(addr);
-            }
+        let mut lines = BufReader::new(stderr).lines();
+        while let Some(Ok(line)) = lines.next() {
+            let listening = listening_addr(&line);
             sink.lock().expect("log lock").push(line);
+            if let Some(addr) = listening {
+                let _ = tx.send(addr);
+                if stall {
+                    loop {
+                        std::thread::park();
+                    }
+                }
+            }
         }
     });
     match rx.recv_timeout(START_LIMIT) {
@@ -309,6 +329,7 @@ impl Gateway {
             parent: None,
             log_file: false,
             default_log_level: false,
+            stall_log: false,
         }
     }
 

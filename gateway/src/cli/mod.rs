@@ -99,18 +99,23 @@ enum PluginCommand {
 /// Parses the command line, runs the command, prints the whole error chain.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let log_writer = init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
+            drop(log_writer);
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let result = runtime.block_on(dispatch(cli.command));
+    drop(runtime);
+    // The queued log lines go out before the error that ends the run.
+    drop(log_writer);
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", crate::error::chain(e.as_ref()));
@@ -192,7 +197,18 @@ async fn cancel_on_signal(token: CancellationToken) {
     token.cancel();
 }
 
-fn init_tracing(format: LogFormat) {
+/// Log lines queued for stderr at most; past that, new lines are dropped
+/// and counted (`soundbox_log_lines_dropped_total`). A few MiB: seconds of
+/// a busy relay's log, hours of a shop's.
+const LOG_LINES_QUEUED: usize = 10_000;
+
+/// Log lines are formatted where they happen and written to stderr by a
+/// thread of their own. Written inline, a reader that stops reading (a
+/// stalled journald, a full pipe) blocks the async workers at their next
+/// line, and no webhook is answered until it reads again; this way a stall
+/// costs log lines, not payments. Drop the guard to write out what is
+/// queued (it waits at most about a second).
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SOUNDBOX_LOG")
         // The embedded broker logs every client connect and disconnect (the
@@ -200,9 +216,15 @@ fn init_tracing(format: LogFormat) {
         // brings it back.
         .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn,rumqttd=off"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES_QUEUED)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    crate::metrics::count_dropped_log_lines(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi);
     match format {
         LogFormat::Text => builder
@@ -210,4 +232,5 @@ fn init_tracing(format: LogFormat) {
             .init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use soundbox_e2e::{Gateway, plugin, post};
+use soundbox_e2e::{Gateway, plugin, post, sepay_connector, sepay_webhook};
 
 const SAMPLE: &str = include_str!("../../../examples/payloads/sepay-webhook.json");
 
@@ -93,4 +93,32 @@ async fn restart_reuses_the_compiled_plugin_cache_and_sigterm_exits_cleanly() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     let status = gw.stop();
     assert!(status.success(), "SIGTERM exit: {status:?}");
+}
+
+/// A log reader that stops reading (journald stuck behind a slow SD card)
+/// costs log lines, not payments. Written inline, each webhook's log line
+/// held an async worker once the 64 KiB pipe was full: the gateway stopped
+/// answering within a few hundred webhooks, and then did not stop on SIGTERM.
+#[tokio::test]
+async fn a_stalled_log_reader_stalls_no_webhook() {
+    let mut gw = Gateway::builder(&sepay_connector())
+        .stall_log_reader()
+        .start();
+    let url = gw.url("/hooks/sepay");
+    // An accepted webhook logs a line of some 350 bytes: 600 of them are
+    // three times what the pipe holds.
+    let statuses = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut statuses = Vec::new();
+        for id in 0..600 {
+            let body = sepay_webhook(700_000 + id, 10_000 + id);
+            statuses.push(post(&url, &[], body).await.status);
+        }
+        statuses
+    })
+    .await
+    .expect("webhooks stalled behind the unread log");
+    let refused: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(refused.is_empty(), "not all answered 200: {refused:?}");
+    assert_eq!(gw.admin_get("/healthz").await.0, 200);
+    assert!(gw.shut_down().success(), "a clean stop on SIGTERM");
 }
