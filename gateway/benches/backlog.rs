@@ -51,11 +51,7 @@ fn change(i: usize) -> BalanceChange {
 /// Child process: open the store, drain it, print
 /// `pending peak_kib_after_open peak_kib secs`.
 fn drain(dir: &Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = common::runtime("drain");
     let log = Store::open(dir, options()).expect("open");
     let after_open = soundbox_e2e::status_kib(std::process::id(), "VmHWM:");
     let pending = log.status("pos").expect("status").pending;

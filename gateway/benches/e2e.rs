@@ -597,10 +597,17 @@ fn start_naive(rt: &tokio::runtime::Runtime, sim: &SpeakerApi) -> String {
     let router = axum::Router::new()
         .route("/hooks/sepay", axum::routing::post(naive_hook))
         .with_state(state);
+    serve_on_loopback(rt, router, "the naive server")
+}
+
+/// Serves `router` on `rt` at a free loopback port; returns its address.
+fn serve_on_loopback(rt: &tokio::runtime::Runtime, router: axum::Router, what: &str) -> String {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind the naive server");
-    let addr = listener.local_addr().expect("naive addr");
+        .unwrap_or_else(|e| panic!("bind {what}: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{what}'s address: {e}"));
     rt.spawn(async move { axum::serve(listener, router).await });
     addr.to_string()
 }
@@ -612,11 +619,7 @@ fn start_naive(rt: &tokio::runtime::Runtime, sim: &SpeakerApi) -> String {
 /// Driven by the same client one at a time, 1 ms apart (the gateway's next
 /// webhook waits for the previous one's voice on MQTT, about that long).
 fn run_durable_floor(rt: &tokio::runtime::Runtime, dir: &Path) -> Phase {
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("durable floor runtime");
+    let server_rt = common::runtime("durable floor");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -640,14 +643,8 @@ fn run_durable_floor(rt: &tokio::runtime::Runtime, dir: &Path) -> Phase {
         }
     };
     let router = axum::Router::new().route("/hooks/sepay", axum::routing::post(keep));
-    let listener = server_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind the durable floor");
-    let url = format!(
-        "http://{}/hooks/sepay",
-        listener.local_addr().expect("durable floor addr")
-    );
-    server_rt.spawn(async move { axum::serve(listener, router).await });
+    let addr = serve_on_loopback(&server_rt, router, "the durable floor");
+    let url = format!("http://{addr}/hooks/sepay");
     let client = load_client();
     let seq = rt.block_on(async {
         let mut seq = Vec::new();
@@ -1180,11 +1177,7 @@ struct NaiveRun {
 
 fn run_naive(rt: &tokio::runtime::Runtime) -> NaiveRun {
     let sim = one_speaker();
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("naive server runtime");
+    let server_rt = common::runtime("naive server");
     let addr = start_naive(&server_rt, &sim);
     let url = format!("http://{addr}/hooks/sepay");
     let client = load_client();
@@ -1307,11 +1300,7 @@ fn main() {
     // The gateway's data dir and the raw file share one filesystem (under
     // target/: a real disk, not a tmpfs).
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("load generator runtime");
+    let rt = common::runtime("load generator");
 
     let (wasm, native) =
         common::plugin_call_samples(&common::sepay_body(500), WASM_CALLS, NATIVE_CALLS);

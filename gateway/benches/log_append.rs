@@ -146,11 +146,7 @@ fn log_concurrent(rt: &tokio::runtime::Runtime, writers: usize) -> Row {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = common::runtime("log append");
     let rows = vec![
         raw_fdatasync(),
         sled_then("sled insert+flush+syncfs", "", |dir| {

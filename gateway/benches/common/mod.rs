@@ -104,6 +104,16 @@ pub fn histogram_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -
     None
 }
 
+/// A multi-threaded tokio runtime with two workers (the load generator, a
+/// baseline server); `what` names it if it cannot be built.
+pub fn runtime(what: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{what} runtime: {e}"))
+}
+
 /// Bytes process `pid` has caused to be written to storage so far: the
 /// `write_bytes` of `/proc/<pid>/io`, counted as it dirties page-cache pages
 /// (4 KiB each, again each time a page synced clean is written to). 0 once
@@ -223,11 +233,7 @@ pub fn plugin_call_samples(
     wasm_calls: usize,
     native_calls: usize,
 ) -> (Vec<Duration>, Vec<Duration>) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let rt = runtime("plugin call");
     let scratch = tempfile::tempdir().expect("tempdir");
     let store = soundbox_gateway::log::Store::open(
         scratch.path(),
